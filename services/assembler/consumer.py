@@ -1,0 +1,147 @@
+"""The broker adapter: deliveries in, acks and rejects out; the only module here using aio-pika.
+
+Each delivery runs in its own task (aio-pika's model). The task parses the
+message, calls the pure handler and then acks (stored), rejects to the
+dead-letter queue (can never be stored) or keeps retrying while MongoDB is
+away: the message stays unacked, so nothing is lost and prefetch stops the
+flow. Shutdown has two phases: stop taking deliveries, then wait for the
+running ones up to a limit; whatever is still unacked is redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+
+from services.assembler.handler import Handled
+from services.assembler.metrics import AssemblerMetrics
+from shared.errors import PoisonMessage, TransientError
+from shared.queue import Block, declare_topology, decode
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Block], Awaitable[Handled]]
+
+
+class BlockConsumer:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        queue_name: str,
+        handler: Handler,
+        metrics: AssemblerMetrics,
+        *,
+        prefetch: int,
+        retry_max_delay: float,
+    ) -> None:
+        self._connection = connection
+        self._queue_name = queue_name
+        self._handler = handler
+        self._metrics = metrics
+        self._prefetch = prefetch
+        self._retry_max_delay = retry_max_delay
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        self._queue = await declare_topology(self._channel, self._queue_name)
+        self._tag = await self._queue.consume(self._on_message)
+        log.info("consuming %s with prefetch %d", self._queue_name, self._prefetch)
+
+    async def stop(self, drain_timeout: float) -> None:
+        """Stop deliveries, let running blocks finish for up to ``drain_timeout`` s, close."""
+        self._stopping.set()
+        if self._queue is not None and self._tag is not None:
+            try:
+                await self._queue.cancel(self._tag)
+            except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+                log.warning("could not cancel the consumer: %s", exc.__class__.__name__)
+        pending = set(self._in_flight)
+        if pending:
+            log.info("draining %d in-flight blocks", len(pending))
+            _done, pending = await asyncio.wait(pending, timeout=drain_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            log.warning("%d blocks left unacked; the broker will redeliver them", len(pending))
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        self._metrics.in_flight.inc()
+        try:
+            await self._process(message)
+        finally:
+            self._in_flight.discard(task)
+            self._metrics.in_flight.dec()
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        try:
+            block = decode(message.body, dict(message.headers))
+        except PoisonMessage as exc:
+            await self._dead_letter(message, str(exc))
+            return
+        delay = 0.25
+        while True:
+            try:
+                outcome = await self._handler(block)
+            except PoisonMessage as exc:
+                await self._dead_letter(message, str(exc))
+                return
+            except TransientError as exc:
+                self._metrics.retries.inc()
+                if self._stopping.is_set():
+                    await self._settle(message.nack(requeue=True))
+                    return
+                log.warning("block %s/%d: %s; retrying", block.carve_id, block.block_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_delay)
+                continue
+            except Exception:
+                await self._unexpected(message, block)
+                return
+            await self._settle(message.ack())
+            self._metrics.blocks.labels(outcome.value).inc()
+            if outcome is not Handled.DUPLICATE:
+                self._metrics.block_bytes.inc(len(block.data))
+            return
+
+    async def _unexpected(self, message: AbstractIncomingMessage, block: Block) -> None:
+        # A bug, not bad data: give it one more delivery, then park it for a human.
+        log.exception("block %s/%d: unexpected error", block.carve_id, block.block_id)
+        if message.redelivered:
+            await self._dead_letter(message, "unexpected error twice")
+        else:
+            await self._settle(message.nack(requeue=True))
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, why: str) -> None:
+        log.error("dead-lettering message %s: %s", message.message_id, why)
+        self._metrics.blocks.labels("dead_lettered").inc()
+        await self._settle(message.reject(requeue=False))
+
+    @staticmethod
+    async def _settle(action: Awaitable[None]) -> None:
+        # After a broker restart the delivery's channel is gone: the broker has
+        # already requeued the message, and storing it again is a no-op.
+        try:
+            await action
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            log.warning("could not settle a delivery (%s); it will be redelivered", exc)

@@ -1,0 +1,69 @@
+"""The assembler app factory: a queue consumer inside the aiohttp lifecycle.
+
+The HTTP side only serves /healthz, /readyz and /metrics; the work is the
+consumer, started and drained by a cleanup context.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.assembler import keys
+from services.assembler.consumer import BlockConsumer
+from services.assembler.handler import handle_block
+from services.assembler.metrics import AssemblerMetrics, TimedFinalizer
+from services.assembler.settings import AssemblerSettings
+from services.assembler.store import GridChunkStore
+from shared import keys as shared_keys
+from shared.finalize import Finalizer
+from shared.health import add_health_routes, check_amqp, check_mongo
+from shared.metrics import new_registry
+from shared.resources import amqp_ctx, mongo_ctx
+
+
+async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    metrics = app[keys.METRICS]
+    db = app[shared_keys.MONGO_DB]
+    finalizer = Finalizer(
+        db,
+        settings.mongo_bucket,
+        owner=f"{socket.gethostname()}:{os.getpid()}",
+        lease_seconds=settings.finalize_lease,
+    )
+    handler = functools.partial(
+        handle_block,
+        store=GridChunkStore(db, settings.mongo_bucket),
+        finalizer=TimedFinalizer(finalizer, metrics),
+    )
+    consumer = BlockConsumer(
+        app[shared_keys.AMQP],
+        settings.amqp_queue,
+        handler,
+        metrics,
+        prefetch=settings.prefetch,
+        retry_max_delay=settings.retry_max_delay,
+    )
+    await consumer.start()
+    app[keys.CONSUMER] = consumer
+    try:
+        yield
+    finally:
+        await consumer.stop(settings.drain_timeout)
+
+
+def create_app(settings: AssemblerSettings) -> web.Application:
+    app = web.Application()
+    app[keys.SETTINGS] = settings
+    app[shared_keys.SERVICE_NAME] = "carve-assembler"
+    registry = new_registry()
+    app[shared_keys.REGISTRY] = registry
+    app[keys.METRICS] = AssemblerMetrics.create(registry)
+    app.cleanup_ctx.extend([mongo_ctx(settings), amqp_ctx(settings), _consumer_ctx])
+    add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo})
+    return app

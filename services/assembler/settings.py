@@ -1,0 +1,19 @@
+"""Assembler settings: ``CARVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import AmqpSettings, HttpSettings, MongoSettings
+
+
+class AssemblerSettings(HttpSettings, AmqpSettings, MongoSettings):
+    http_port: int = Field(8081, ge=0, le=65535)
+    # Blocks in flight per process; memory is about prefetch x block size.
+    prefetch: int = Field(16, ge=1, le=1000)
+    # On SIGTERM, how long in-flight blocks may take before they are cancelled (and redelivered).
+    drain_timeout: float = Field(20.0, ge=0)
+    # A finalizer that stops renewing its lease for this long is presumed dead.
+    finalize_lease: float = Field(60.0, gt=0)
+    # Longest pause between retries of a block while MongoDB is unreachable.
+    retry_max_delay: float = Field(10.0, gt=0)

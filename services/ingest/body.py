@@ -1,0 +1,69 @@
+"""Reading request bodies with a limit known before the payload arrives.
+
+A block body's largest valid size depends on the session's block size, and
+the session id sits in the body. osquery writes it before the base64 payload,
+so the first bytes name the session, the session names the limit, and a body
+over that limit is refused on its Content-Length without being read.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+from aiohttp import web
+
+from shared.errors import InvalidRequest, PayloadTooLarge
+
+PEEK_BYTES = 512
+_BLOCK_ID_RE = re.compile(rb'"block_id"\s*:\s*(\d{1,12})\s*[,}]')
+
+
+def check_declared_length(request: web.Request, limit: int) -> None:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes")
+
+
+async def read_prefix(request: web.Request, size: int = PEEK_BYTES) -> bytes:
+    """Up to ``size`` bytes from the start of the body (fewer only at its end)."""
+    parts: list[bytes] = []
+    have = 0
+    while have < size:
+        part = await request.content.read(size - have)
+        if not part:
+            break
+        parts.append(part)
+        have += len(part)
+    return b"".join(parts)
+
+
+async def read_rest(request: web.Request, prefix: bytes, limit: int) -> bytes:
+    """The whole body, given its first bytes; PayloadTooLarge as soon as it passes ``limit``."""
+    check_declared_length(request, limit)
+    parts = [prefix]
+    have = len(prefix)
+    while True:
+        part = await request.content.readany()
+        if not part:
+            break
+        have += len(part)
+        if have > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def peek_block_id(prefix: bytes) -> int | None:
+    match = _BLOCK_ID_RE.search(prefix)
+    return int(match.group(1)) if match else None
+
+
+def parse_json_object(body: bytes) -> dict[str, object]:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"body is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidRequest("body must be a JSON object")
+    return value

@@ -1,0 +1,67 @@
+"""The ingest app factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.ingest import keys
+from services.ingest.metrics import IngestMetrics
+from services.ingest.middlewares import osquery_errors
+from services.ingest.publisher import BlockPublisher
+from services.ingest.routes import setup_routes
+from services.ingest.sessions import SessionStore
+from services.ingest.settings import IngestSettings
+from shared import keys as shared_keys
+from shared.carves import COLLECTION
+from shared.health import add_health_routes, check_amqp, check_mongo, check_redis
+from shared.metrics import new_registry
+from shared.protocol import max_block_body
+from shared.resources import amqp_ctx, mongo_ctx, redis_ctx
+
+
+async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    app[keys.SESSIONS] = SessionStore(
+        app[shared_keys.REDIS],
+        app[shared_keys.MONGO_DB][COLLECTION],
+        prefix=settings.redis_key_prefix,
+        ttl=settings.session_ttl,
+    )
+    yield
+
+
+async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    publisher = BlockPublisher(app[shared_keys.AMQP], settings.amqp_queue, settings.publish_timeout)
+    await publisher.open()
+    app[keys.PUBLISHER] = publisher
+    try:
+        yield
+    finally:
+        await publisher.close()
+
+
+def create_app(settings: IngestSettings) -> web.Application:
+    # client_max_size only guards request.read(); block bodies are read with their own limit.
+    app = web.Application(
+        middlewares=[osquery_errors], client_max_size=max_block_body(settings.max_block_size)
+    )
+    app[keys.SETTINGS] = settings
+    app[shared_keys.SERVICE_NAME] = "carve-ingest"
+    registry = new_registry()
+    app[shared_keys.REGISTRY] = registry
+    app[keys.METRICS] = IngestMetrics.create(registry)
+    app.cleanup_ctx.extend(
+        [
+            redis_ctx(settings),
+            mongo_ctx(settings),
+            amqp_ctx(settings),
+            _sessions_ctx,
+            _publisher_ctx,
+        ]
+    )
+    setup_routes(app)
+    add_health_routes(app, {"redis": check_redis, "rabbitmq": check_amqp, "mongodb": check_mongo})
+    return app

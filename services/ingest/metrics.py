@@ -1,0 +1,50 @@
+"""Ingest metrics, registered on the app's own registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+@dataclass(frozen=True)
+class IngestMetrics:
+    starts: Counter
+    blocks: Counter
+    rejections: Counter
+    block_bytes: Counter
+    unavailable: Counter
+    latency: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> IngestMetrics:
+        return cls(
+            starts=Counter(
+                "carve_starts", "Carve start requests by outcome", ["outcome"], registry=registry
+            ),
+            blocks=Counter(
+                "carve_blocks", "Block requests by outcome", ["outcome"], registry=registry
+            ),
+            rejections=Counter(
+                "carve_rejections",
+                "Requests refused as bad input, by reason",
+                ["endpoint", "reason"],
+                registry=registry,
+            ),
+            block_bytes=Counter(
+                "carve_block_bytes", "Decoded bytes of accepted blocks", registry=registry
+            ),
+            unavailable=Counter(
+                "carve_backend_unavailable",
+                "Requests answered 503 because a backend failed",
+                ["backend"],
+                registry=registry,
+            ),
+            latency=Histogram(
+                "carve_request_seconds",
+                "Request latency by endpoint",
+                ["endpoint"],
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                registry=registry,
+            ),
+        )

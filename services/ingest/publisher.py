@@ -1,0 +1,55 @@
+"""Publishing blocks to RabbitMQ: persistent, confirmed, never waiting past a deadline.
+
+The one module of ingest that touches aio-pika. Concurrent requests share one
+confirm-mode channel, so their confirms are pipelined by the broker rather
+than serialized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
+
+from shared.errors import Unavailable
+from shared.queue import Block, declare_topology, encode
+
+log = logging.getLogger(__name__)
+
+
+class BlockPublisher:
+    def __init__(self, connection: AbstractRobustConnection, queue: str, timeout: float) -> None:
+        self._connection = connection
+        self._queue = queue
+        self._timeout = timeout
+        self._channel: AbstractChannel | None = None
+
+    async def open(self) -> None:
+        # on_return_raises: an unroutable message (queue deleted) must fail, not vanish.
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        await declare_topology(channel, self._queue)
+        self._channel = channel
+
+    async def close(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    async def publish(self, block: Block) -> None:
+        """Return once RabbitMQ has confirmed ``block``; raise Unavailable otherwise, quickly."""
+        channel = self._channel
+        if channel is None or channel.is_closed or self._connection.is_closed:
+            raise Unavailable("rabbitmq", "not connected")
+        try:
+            async with asyncio.timeout(self._timeout):
+                await channel.default_exchange.publish(
+                    encode(block), routing_key=self._queue, mandatory=True
+                )
+        except TimeoutError as exc:
+            # Also what a broker in a memory or disk alarm (blocking publishers) looks like.
+            raise Unavailable("rabbitmq", "confirm timed out") from exc
+        except DeliveryError as exc:
+            raise Unavailable("rabbitmq", "message returned or nacked") from exc
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            raise Unavailable("rabbitmq", exc.__class__.__name__) from exc

@@ -1,0 +1,188 @@
+"""Upload sessions: Redis holds them, MongoDB remembers them.
+
+A session is a Redis hash (the carve's geometry, request_id, a hash of the
+node key) plus a bitmap of the blocks already confirmed by RabbitMQ. Any
+ingest replica can serve any block. The carve document in MongoDB also holds
+the session id, so a session lost with Redis (a restart without persistence)
+is rebuilt on first use instead of failing the carve; only the duplicate
+filter restarts empty, which the idempotent storage makes harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.carves import Status, new_carve_doc, same_start
+from shared.errors import Conflict, Unavailable, UnknownSession
+from shared.mongo import Document
+from shared.protocol import StartRequest
+
+log = logging.getLogger(__name__)
+
+
+def redact(session_id: str) -> str:
+    """Enough of a session id to follow it in logs, not enough to use it."""
+    return session_id[:6] + "…"
+
+
+def node_key_digest(node_key: str) -> str:
+    return hashlib.sha256(node_key.encode()).hexdigest() if node_key else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    session_id: str
+    carve_id: str
+    request_id: str
+    block_count: int
+    block_size: int
+    carve_size: int
+    node_key_sha256: str
+
+    def node_key_matches(self, node_key: str) -> bool:
+        """False only when both sides know a node key and they differ."""
+        if not self.node_key_sha256 or not node_key:
+            return True
+        return hmac.compare_digest(self.node_key_sha256, node_key_digest(node_key))
+
+    @classmethod
+    def from_carve(cls, doc: Document) -> Session:
+        return cls(
+            session_id=doc["session_id"],
+            carve_id=doc["_id"],
+            request_id=doc["request_id"],
+            block_count=doc["block_count"],
+            block_size=doc["block_size"],
+            carve_size=doc["carve_size"],
+            node_key_sha256=node_key_digest(doc.get("node_key") or ""),
+        )
+
+
+@asynccontextmanager
+async def _backend(name: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, ConnectionFailure) as exc:
+        raise Unavailable(name, exc.__class__.__name__) from exc
+
+
+class SessionStore:
+    """Sessions and their block bitmaps in Redis, rebuilt from the carves collection if lost."""
+
+    def __init__(
+        self, redis: Redis, carves: AsyncCollection[Document], *, prefix: str, ttl: int
+    ) -> None:
+        self._redis = redis
+        self._carves = carves
+        self._prefix = prefix
+        self._ttl = ttl
+
+    def _keys(self, session_id: str) -> tuple[str, str]:
+        return f"{self._prefix}s:{session_id}", f"{self._prefix}b:{session_id}"
+
+    async def start(self, start: StartRequest) -> tuple[str, bool]:
+        """Open a session for ``start``; return (session_id, resumed).
+
+        A start repeated with identical fields (osquery retrying after a lost
+        reply) gets the same session back; any other reuse of a carve_id is
+        refused.
+        """
+        async with _backend("mongodb"):
+            existing = await self._carves.find_one({"_id": start.carve_id})
+            if existing is None:
+                session_id = secrets.token_urlsafe(24)  # 192 random bits, [A-Za-z0-9_-]
+                try:
+                    await self._carves.insert_one(
+                        new_carve_doc(start, session_id, datetime.now(UTC))
+                    )
+                except DuplicateKeyError:
+                    existing = await self._carves.find_one({"_id": start.carve_id})
+            if existing is not None:
+                if existing["status"] != Status.RECEIVING or not same_start(existing, start):
+                    raise Conflict(
+                        f"carve_id {start.carve_id} is already used (status {existing['status']})"
+                    )
+                session_id = existing["session_id"]
+        doc = existing or {"_id": start.carve_id, "session_id": session_id, **start.model_dump()}
+        await self._save(Session.from_carve(doc))
+        return session_id, existing is not None
+
+    async def _save(self, session: Session) -> None:
+        meta, _bits = self._keys(session.session_id)
+        async with _backend("redis"), self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(
+                meta,
+                mapping={
+                    "carve_id": session.carve_id,
+                    "request_id": session.request_id,
+                    "block_count": session.block_count,
+                    "block_size": session.block_size,
+                    "carve_size": session.carve_size,
+                    "node_key_sha256": session.node_key_sha256,
+                },
+            )
+            pipe.expire(meta, self._ttl)
+            await pipe.execute()
+
+    async def get(self, session_id: str, block_hint: int | None = None) -> tuple[Session, bool]:
+        """The session and whether block ``block_hint`` was already confirmed (one round trip)."""
+        meta, bits = self._keys(session_id)
+        async with _backend("redis"), self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(meta)
+            pipe.getbit(bits, block_hint if block_hint is not None else 0)
+            fields, seen = await pipe.execute()
+        if fields:
+            return _parse(session_id, fields), bool(seen) and block_hint is not None
+        return await self._recover(session_id), False
+
+    async def _recover(self, session_id: str) -> Session:
+        async with _backend("mongodb"):
+            doc = await self._carves.find_one(
+                {"session_id": session_id, "status": Status.RECEIVING.value}
+            )
+        if doc is None:
+            raise UnknownSession("unknown or ended session")
+        session = Session.from_carve(doc)
+        await self._save(session)
+        log.warning("session %s of carve %s rebuilt from MongoDB", redact(session_id), doc["_id"])
+        return session
+
+    async def seen(self, session_id: str, block_id: int) -> bool:
+        async with _backend("redis"):
+            return bool(await self._redis.getbit(self._keys(session_id)[1], block_id))
+
+    async def mark(self, session_id: str, block_id: int) -> bool:
+        """Record block ``block_id`` as confirmed; False if it already was (a racing duplicate)."""
+        meta, bits = self._keys(session_id)
+        async with _backend("redis"), self._redis.pipeline(transaction=False) as pipe:
+            pipe.setbit(bits, block_id, 1)
+            pipe.expire(bits, self._ttl)
+            pipe.expire(meta, self._ttl)
+            old, _, _ = await pipe.execute()
+        return not old
+
+
+def _parse(session_id: str, fields: dict[bytes, bytes]) -> Session:
+    get = {k.decode(): v.decode() for k, v in fields.items()}
+    return Session(
+        session_id=session_id,
+        carve_id=get["carve_id"],
+        request_id=get["request_id"],
+        block_count=int(get["block_count"]),
+        block_size=int(get["block_size"]),
+        carve_size=int(get["carve_size"]),
+        node_key_sha256=get.get("node_key_sha256", ""),
+    )

@@ -1,0 +1,19 @@
+"""Ingest settings: ``CARVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import AmqpSettings, GiB, HttpSettings, MiB, MongoSettings, RedisSettings
+
+
+class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
+    http_port: int = Field(8080, ge=0, le=65535)
+    max_block_size: int = Field(16 * MiB, ge=1)
+    max_carve_size: int = Field(100 * GiB, ge=1)
+    # How long to wait for RabbitMQ's confirm before telling osquery to retry.
+    publish_timeout: float = Field(5.0, gt=0)
+    # Whole-request budget, kept well under osquery's 16 s hard limit.
+    request_timeout: float = Field(12.0, gt=0)
+    # Redis session lifetime, refreshed by every block.
+    session_ttl: int = Field(48 * 3600, ge=60)

@@ -1,0 +1,213 @@
+"""Finalizing a carve: exactly once, after every chunk is in GridFS.
+
+Used by the assembler (when the last block lands) and by the janitor (when an
+assembler died mid-way). Steps, each safe to repeat:
+
+1. count the carve's chunks in MongoDB (the source of truth, not a counter);
+2. take a lease on the carve document (``find_one_and_update`` on a
+   condition, so of several racing finalizers exactly one proceeds; a lease
+   left by a crashed finalizer expires and is taken over);
+3. stream the chunks in order, checking each one's length, hashing them
+   (memory: one cursor batch, a few MiB at most); a chunk that does not
+   fit marks the carve failed as corrupt;
+4. write the GridFS files document (a duplicate from an earlier, interrupted
+   attempt is fine: same content);
+5. mark the carve complete, only if the lease is still ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from shared.carves import COLLECTION, Compression, Status, archive_filename
+from shared.mongo import Document, transient_on_outage
+from shared.protocol import ZSTD_MAGIC, expected_block_length
+
+log = logging.getLogger(__name__)
+
+# A cursor batch holds about this many bytes of chunks.
+_BATCH_BYTES = 4 * 1024 * 1024
+
+
+class Outcome(StrEnum):
+    FINALIZED = "finalized"
+    NOT_READY = "not_ready"  # chunks still missing
+    BUSY = "busy"  # another finalizer holds the lease
+    ALREADY = "already"  # not receiving any more (complete, failed, expired) or unknown
+    CORRUPT = "corrupt"  # stored chunks do not match the carve's geometry: marked failed
+
+
+class _Corrupt(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    chunks: int = 0
+    sha256: str | None = None
+
+
+class Finalizer:
+    """Finalizes carves stored in ``db`` under GridFS bucket ``bucket``."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        bucket: str,
+        *,
+        owner: str,
+        lease_seconds: float = 60.0,
+    ) -> None:
+        self._carves = db[COLLECTION]
+        self._files = db[f"{bucket}.files"]
+        self._chunks = db[f"{bucket}.chunks"]
+        self._owner = owner
+        self._lease = timedelta(seconds=lease_seconds)
+
+    async def maybe_finalize(self, carve_id: str) -> Result:
+        """Finalize ``carve_id`` if all its chunks are present and nobody else is at it."""
+        with transient_on_outage("finalize"):
+            doc = await self._carves.find_one({"_id": carve_id})
+            if doc is None or doc["status"] != Status.RECEIVING:
+                return Result(Outcome.ALREADY)
+            count = await self._chunks.count_documents({"files_id": carve_id})
+            if count < doc["block_count"]:
+                # The per-block counter can fall short after a crash; this heals it.
+                await self._carves.update_one(
+                    {"_id": carve_id}, {"$max": {"blocks_received": count}}
+                )
+                return Result(Outcome.NOT_READY, chunks=count)
+            if not await self._claim(carve_id):
+                return Result(Outcome.BUSY, chunks=count)
+            return await self._finish(doc)
+
+    async def _claim(self, carve_id: str) -> bool:
+        now = datetime.now(UTC)
+        claimed = await self._carves.find_one_and_update(
+            {
+                "_id": carve_id,
+                "status": Status.RECEIVING.value,
+                "$or": [
+                    {"finalize_lease": None},
+                    {"finalize_lease.until": {"$lt": now}},
+                    {"finalize_lease.owner": self._owner},
+                ],
+            },
+            {"$set": {"finalize_lease": {"owner": self._owner, "until": now + self._lease}}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return claimed is not None
+
+    async def _renew(self, carve_id: str) -> None:
+        until = datetime.now(UTC) + self._lease
+        await self._carves.update_one(
+            {"_id": carve_id, "finalize_lease.owner": self._owner},
+            {"$set": {"finalize_lease.until": until}},
+        )
+
+    async def _finish(self, doc: Document) -> Result:
+        started = time.monotonic()
+        carve_id: str = doc["_id"]
+        try:
+            sha256, compression = await self._hash_chunks(doc)
+        except _Corrupt as exc:
+            log.error("carve %s cannot be finalized: %s", carve_id, exc)
+            await self._carves.update_one(
+                {"_id": carve_id, "finalize_lease.owner": self._owner},
+                {
+                    "$set": {
+                        "status": Status.FAILED.value,
+                        "failure_reason": f"corrupt: {exc}",
+                        "updated_at": datetime.now(UTC),
+                    },
+                    "$unset": {"finalize_lease": ""},
+                },
+            )
+            return Result(Outcome.CORRUPT)
+        filename = archive_filename(carve_id, compression)
+        now = datetime.now(UTC)
+        try:
+            await self._files.insert_one(
+                {
+                    "_id": carve_id,
+                    "length": doc["carve_size"],
+                    "chunkSize": doc["block_size"],
+                    "uploadDate": now,
+                    "filename": filename,
+                    "metadata": {"sha256": sha256, "compression": compression.value},
+                }
+            )
+        except DuplicateKeyError:
+            log.info("carve %s: files document already written by an earlier attempt", carve_id)
+        done = await self._carves.update_one(
+            {
+                "_id": carve_id,
+                "status": Status.RECEIVING.value,
+                "finalize_lease.owner": self._owner,
+            },
+            {
+                "$set": {
+                    "status": Status.COMPLETE.value,
+                    "sha256": sha256,
+                    "compression": compression.value,
+                    "filename": filename,
+                    "blocks_received": doc["block_count"],
+                    "completed_at": now,
+                    "updated_at": now,
+                },
+                "$unset": {"finalize_lease": ""},
+            },
+        )
+        if done.modified_count != 1:
+            # Our lease expired and another finalizer took over: it writes the same result.
+            return Result(Outcome.BUSY)
+        log.info(
+            "carve %s finalized: %d bytes in %d chunks, sha256 %s, %.3f s",
+            carve_id,
+            doc["carve_size"],
+            doc["block_count"],
+            sha256,
+            time.monotonic() - started,
+        )
+        return Result(Outcome.FINALIZED, chunks=doc["block_count"], sha256=sha256)
+
+    async def _hash_chunks(self, doc: Document) -> tuple[str, Compression]:
+        carve_id = doc["_id"]
+        count, size, length = doc["block_count"], doc["block_size"], doc["carve_size"]
+        digest = hashlib.sha256()
+        compression = Compression.NONE
+        expected_n = 0
+        last_renew = time.monotonic()
+        cursor = (
+            self._chunks.find({"files_id": carve_id}, {"n": 1, "data": 1, "_id": 0})
+            .sort("n", 1)
+            .batch_size(max(1, _BATCH_BYTES // size))
+        )
+        async for chunk in cursor:
+            n, data = chunk["n"], bytes(chunk["data"])
+            want = expected_block_length(n, count, size, length) if 0 <= n < count else -1
+            if n != expected_n or len(data) != want:
+                raise _Corrupt(
+                    f"chunk {n} (len {len(data)}) where chunk {expected_n} "
+                    f"of {want} bytes was expected"
+                )
+            if n == 0 and data.startswith(ZSTD_MAGIC):
+                compression = Compression.ZSTD
+            digest.update(data)
+            expected_n += 1
+            if time.monotonic() - last_renew > self._lease.total_seconds() / 3:
+                await self._renew(carve_id)
+                last_renew = time.monotonic()
+        if expected_n != count:
+            raise _Corrupt(f"{expected_n} chunks streamed, {count} expected")
+        return digest.hexdigest(), compression

@@ -1,0 +1,62 @@
+"""``/healthz`` (the process runs) and ``/readyz`` (its backends answer) for every service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from shared import keys
+from shared.metrics import metrics_view
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[web.Application], Awaitable[None]]
+READY_CHECKS: web.AppKey[dict[str, Check]] = web.AppKey("ready_checks")
+_CHECK_TIMEOUT = 2.0
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = request.app[READY_CHECKS]
+    results = await asyncio.gather(*(_run(c, request.app) for c in checks.values()))
+    status = dict(zip(checks, results, strict=True))
+    ok = all(r == "ok" for r in results)
+    return web.json_response(
+        {"status": "ok" if ok else "unavailable", "checks": status}, status=200 if ok else 503
+    )
+
+
+async def _run(check: Check, app: web.Application) -> str:
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT):
+            await check(app)
+    except Exception as exc:  # any failure means "not ready", whatever its kind
+        return f"error: {exc.__class__.__name__}"
+    return "ok"
+
+
+async def check_redis(app: web.Application) -> None:
+    await app[keys.REDIS].ping()
+
+
+async def check_amqp(app: web.Application) -> None:
+    if app[keys.AMQP].is_closed:
+        raise ConnectionError("AMQP connection closed")
+
+
+async def check_mongo(app: web.Application) -> None:
+    await app[keys.MONGO_CLIENT].admin.command("ping")
+
+
+def add_health_routes(app: web.Application, checks: dict[str, Check]) -> None:
+    """Register /healthz, /readyz and /metrics on ``app``."""
+    app[READY_CHECKS] = checks
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)

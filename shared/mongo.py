@@ -1,0 +1,54 @@
+"""MongoDB connection (PyMongo's async API) and the indexes the design relies on."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure
+
+from shared.errors import TransientError
+from shared.settings import MongoSettings
+
+Document = dict[str, Any]
+
+
+def make_client(settings: MongoSettings) -> AsyncMongoClient[Document]:
+    """A client that fails fast: a dead MongoDB must not hold a request or a message forever."""
+    ms = int(settings.mongo_timeout * 1000)
+    return AsyncMongoClient(
+        settings.mongo_url.get_secret_value(),
+        tz_aware=True,
+        serverSelectionTimeoutMS=ms,
+        connectTimeoutMS=ms,
+        socketTimeoutMS=max(ms * 6, 30_000),
+        appname="osquery-carve-server",
+    )
+
+
+async def ensure_indexes(db: AsyncDatabase[Document], bucket: str) -> None:
+    """Create the indexes the invariants depend on (idempotent).
+
+    The unique (files_id, n) index is what makes chunk writes idempotent:
+    a redelivered or duplicated block is a duplicate-key no-op.
+    """
+    await db[f"{bucket}.chunks"].create_index(
+        [("files_id", ASCENDING), ("n", ASCENDING)], unique=True
+    )
+    await db[f"{bucket}.files"].create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
+    await db["carves"].create_index([("session_id", ASCENDING)])
+    await db["carves"].create_index([("status", ASCENDING), ("updated_at", ASCENDING)])
+
+
+@contextlib.contextmanager
+def transient_on_outage(what: str) -> Iterator[None]:
+    """Turn "MongoDB is unreachable" into TransientError, so the work is kept and retried."""
+    try:
+        yield
+    except ConnectionFailure as exc:
+        raise TransientError(
+            f"MongoDB unavailable during {what}: {exc.__class__.__name__}"
+        ) from exc

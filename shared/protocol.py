@@ -1,0 +1,89 @@
+"""The osquery carve protocol: request models and the geometry rules.
+
+See ../shared/docs/osquery-carve-protocol.md. Unknown keys are ignored so a
+newer client keeps working; known keys are checked strictly (``1.0`` or
+``true`` is not a block id).
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Used in URLs and file names: no dots, no slashes, so no traversal.
+CarveId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")]
+SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,128}$")]
+# Older clients send the name of a distributed query here; keep it printable and short.
+RequestId = Annotated[str, StringConstraints(pattern=r"^[\x20-\x7e]{1,256}$")]
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+# Room for the JSON keys, ids and a few spaces around the base64 payload.
+_BODY_OVERHEAD = 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class StartRequest(_Strict):
+    block_count: int = Field(ge=1)
+    block_size: int = Field(ge=1)
+    carve_size: int = Field(ge=1)
+    carve_id: CarveId
+    request_id: RequestId
+    node_key: str = Field(default="", max_length=1024)
+
+
+class BlockRequest(_Strict):
+    block_id: int = Field(ge=0)
+    session_id: SessionId
+    request_id: RequestId
+    data: str
+
+
+def expected_block_length(block_id: int, block_count: int, block_size: int, size: int) -> int:
+    """Bytes block ``block_id`` must hold: ``block_size``, except the last one."""
+    if block_id == block_count - 1:
+        return size - (block_count - 1) * block_size
+    return block_size
+
+
+def geometry_error(block_count: int, block_size: int, carve_size: int) -> str | None:
+    """Why (N, B, S) cannot come from a real client, or None when ``(N-1)*B < S <= N*B``."""
+    if not (block_count - 1) * block_size < carve_size <= block_count * block_size:
+        return (
+            f"inconsistent sizes: block_count {block_count} * block_size {block_size} "
+            f"does not cover carve_size {carve_size} exactly"
+        )
+    return None
+
+
+def max_block_body(block_size: int) -> int:
+    """Largest block request body a client can send for this block size."""
+    return 4 * -(-block_size // 3) + _BODY_OVERHEAD
+
+
+def decode_block_data(data: str) -> bytes:
+    """Strict standard base64 with padding, as osquery sends; ValueError otherwise."""
+    try:
+        return binascii.a2b_base64(data.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError(f"data is not valid base64: {exc}") from exc
+
+
+_PREFIX_RE = re.compile(rb'"session_id"\s*:\s*"([A-Za-z0-9_-]{16,128})"')
+
+
+def peek_session_id(prefix: bytes) -> str | None:
+    """The session id in the first bytes of a block body, if osquery's key order put it there.
+
+    osquery writes ``block_id`` and ``session_id`` before ``data``, so the
+    session (and with it the largest valid body) is known before the payload
+    is read.
+    """
+    match = _PREFIX_RE.search(prefix)
+    return match.group(1).decode() if match else None

@@ -1,0 +1,76 @@
+"""Each backend connection as one aiohttp cleanup context.
+
+Setup, ``yield``, teardown: aiohttp runs teardown only for what started, in
+reverse order. Each factory takes only its own settings part.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import aio_pika
+from aiohttp import web
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.mongo import ensure_indexes, make_client
+from shared.settings import AmqpSettings, MongoSettings, RedisSettings
+
+log = logging.getLogger(__name__)
+
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+def redis_ctx(settings: RedisSettings) -> CleanupCtx:
+    """Redis client with short socket timeouts, stored under ``keys.REDIS``."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        client: Redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            health_check_interval=30,
+        )
+        app[keys.REDIS] = client
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    return ctx
+
+
+def amqp_ctx(settings: AmqpSettings) -> CleanupCtx:
+    """A robust (auto-reconnecting) AMQP connection, stored under ``keys.AMQP``."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        connection = await aio_pika.connect_robust(
+            settings.amqp_url.get_secret_value(),
+            timeout=settings.amqp_connect_timeout,
+            client_properties={"connection_name": app.get(keys.SERVICE_NAME, "carve")},
+        )
+        app[keys.AMQP] = connection
+        try:
+            yield
+        finally:
+            await connection.close()
+
+    return ctx
+
+
+def mongo_ctx(settings: MongoSettings) -> CleanupCtx:
+    """MongoDB client and database with the required indexes in place."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        client = make_client(settings)
+        try:
+            db = client[settings.mongo_db]
+            await ensure_indexes(db, settings.mongo_bucket)
+            app[keys.MONGO_CLIENT] = client
+            app[keys.MONGO_DB] = db
+            yield
+        finally:
+            await client.close()
+
+    return ctx

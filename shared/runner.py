@@ -1,0 +1,51 @@
+"""Process entry helpers: logging set-up and serving an app (used only by ``__main__`` modules)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+
+import orjson
+from aiohttp import web
+
+from shared.settings import HttpSettings
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line, for log collectors in containers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(settings: HttpSettings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_json:
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    # Per-request access lines would dominate at thousands of blocks per second.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def serve(app: web.Application, settings: HttpSettings, *, shutdown_timeout: float = 30.0) -> None:
+    """Run ``app`` until SIGINT/SIGTERM; aiohttp then runs the cleanup contexts in reverse."""
+    web.run_app(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        handle_signals=True,
+        print=None,
+    )

@@ -1,0 +1,47 @@
+"""Settings parts, composed by each service's own Settings class.
+
+Every field is read from the environment with the ``CARVE_`` prefix
+(``redis_url`` is ``CARVE_REDIS_URL``). Defaults match the local run: every
+backend on 127.0.0.1 at its standard port.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+class _Part(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CARVE_", extra="ignore")
+
+
+class HttpSettings(_Part):
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+
+
+class RedisSettings(_Part):
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # Socket timeouts keep a dead Redis from holding a request past osquery's 16 s.
+    redis_timeout: float = Field(2.0, gt=0)
+    redis_key_prefix: str = "carve:"
+
+
+class AmqpSettings(_Part):
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    amqp_queue: str = "carve.blocks"
+    amqp_connect_timeout: float = Field(5.0, gt=0)
+
+
+class MongoSettings(_Part):
+    mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    mongo_db: str = "carves"
+    mongo_bucket: str = "archives"
+    mongo_timeout: float = Field(5.0, gt=0)
