@@ -381,7 +381,9 @@ class _Uploader:
         try:
             async with self._session.post(
                 url,
-                data=body,
+                # A sized file object, not bytes: aiohttp warns on raw bodies over 1 MB and
+                # still sends Content-Length for it, as osquery does.
+                data=io.BytesIO(body),
                 headers=self._headers,
                 timeout=self._timeout,
                 ssl=self._ssl,
@@ -641,12 +643,19 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
     parser.add_argument("--hosts", type=int, default=1, help="simulated hosts (default 1)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--size", type=_size_arg, help="synthetic carve size per host")
+    source.add_argument(
+        "--size", type=_size_arg, help="synthetic carve per host (e.g. 5MB; default 1MiB)"
+    )
     source.add_argument("--file", nargs="+", type=Path, help="real files every host carves")
     parser.add_argument("--seed", type=int, default=0, help="host i uses seed+i (synthetic)")
-    parser.add_argument("--block-size", type=_size_arg, default=8192)
+    parser.add_argument("--block-size", type=_size_arg, default=8192, help="default 8KiB")
     parser.add_argument("--compress", action="store_true", help="zstd level 1, as osquery")
-    parser.add_argument("--version", type=_version_arg, default=DEFAULT_VERSION, dest="version")
+    parser.add_argument(
+        "--version",
+        type=_version_arg,
+        default=DEFAULT_VERSION,
+        help="osquery version to behave like: 5.21 skips, 5.22 retries, 5.23 adds NodeKey",
+    )
     parser.add_argument("--start-endpoint", default="/start_uploads")
     parser.add_argument("--continue-endpoint", default="/upload_blocks")
     parser.add_argument("--node-key", default="")

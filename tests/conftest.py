@@ -1,0 +1,86 @@
+"""Fixtures: real servers for the session, a fresh database and queue per test."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.servers import RabbitServer, RedisServer, SecantusServer, Server
+from tests.stack import Stack
+
+
+@dataclass
+class Backends:
+    redis: RedisServer
+    rabbit: RabbitServer
+    mongo: SecantusServer
+
+
+def _start_all(servers: list[Server]) -> None:
+    with ThreadPoolExecutor(len(servers)) as pool:
+        for future in [pool.submit(s.start) for s in servers]:
+            future.result()
+
+
+@pytest.fixture(scope="session")
+def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+    root = tmp_path_factory.mktemp("backends")
+    found = Backends(
+        redis=RedisServer(root / "redis"),
+        rabbit=RabbitServer(root / "rabbitmq"),
+        mongo=SecantusServer(root / "mongo"),
+    )
+    servers: list[Server] = [found.redis, found.rabbit, found.mongo]
+    try:
+        _start_all(servers)
+        yield found
+    finally:
+        for server in servers:
+            server.stop(signal.SIGKILL)  # their data is thrown away: no need to wait
+        found.rabbit.remove()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    """Per-test database, queue and Redis key prefix, so tests never see each other's data."""
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "mongo_db": f"t_{tag}",
+        "amqp_queue": f"carve.blocks.{tag}",
+        "redis_key_prefix": f"t{tag}:",
+    }
+
+
+@pytest.fixture
+def settings_env(backends: Backends, names: dict[str, str]) -> dict[str, str]:
+    """The CARVE_* environment a service process of this test would get."""
+    return {
+        "CARVE_REDIS_URL": backends.redis.url,
+        "CARVE_AMQP_URL": backends.rabbit.url,
+        "CARVE_MONGO_URL": backends.mongo.url,
+        "CARVE_MONGO_DB": names["mongo_db"],
+        "CARVE_AMQP_QUEUE": names["amqp_queue"],
+        "CARVE_REDIS_KEY_PREFIX": names["redis_key_prefix"],
+        "CARVE_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+async def stack(settings_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Stack]:
+    async with Stack(settings_env, tmp_path) as running:
+        yield running
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Fail early and clearly when the system packages the suite needs are missing.
+    for tool in ("redis-server", "rabbitmq-server"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            raise pytest.UsageError(f"{tool} is not installed: run scripts/test.sh")

@@ -1,0 +1,191 @@
+"""Bad input to the osquery endpoints: a clear JSON error, nothing stored, nothing queued."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.stack import Stack
+
+B = 1024
+
+
+def start_body(**over: Any) -> dict[str, Any]:
+    body = {
+        "block_count": 3,
+        "block_size": B,
+        "carve_size": 2 * B + 100,
+        "carve_id": str(uuid.uuid4()),
+        "request_id": str(uuid.uuid4()),
+        "node_key": "nk-secret",
+    }
+    body.update(over)
+    return body
+
+
+async def post(
+    url: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, str, bytes]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    data = io.BytesIO(raw)  # aiohttp warns about raw bytes bodies over 1 MB
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, data=data, headers=headers) as resp,
+    ):
+        return resp.status, resp.content_type, await resp.read()
+
+
+async def start(stack: Stack, **over: Any) -> tuple[dict[str, Any], str]:
+    body = start_body(**over)
+    status, ctype, raw = await post(stack.ingest_url + "/start_uploads", body)
+    assert status == 200, raw
+    assert ctype == "application/json"
+    reply = json.loads(raw)
+    return body, reply["session_id"]
+
+
+def block(sid: str, rid: str, i: int, data: bytes) -> dict[str, Any]:
+    return {
+        "block_id": i,
+        "session_id": sid,
+        "request_id": rid,
+        "data": base64.b64encode(data).decode(),
+    }
+
+
+async def assert_json_error(
+    stack: Stack, path: str, body: bytes | dict[str, Any], status: int, code: str
+) -> dict[str, Any]:
+    got, ctype, raw = await post(stack.ingest_url + path, body)
+    assert (got, ctype) == (status, "application/json"), raw
+    reply = json.loads(raw)
+    assert reply["success"] is False
+    assert reply["code"] == code
+    assert reply["error"]
+    return reply
+
+
+async def nothing_queued_or_stored(stack: Stack, carve_id: str) -> None:
+    assert await stack.chunk_count(carve_id) == 0
+    doc = await stack.carve_doc(carve_id)
+    assert doc is None or doc["blocks_received"] == 0
+
+
+async def test_start_returns_unguessable_session_and_records_carve(stack: Stack) -> None:
+    body, sid = await start(stack)
+    assert len(sid) >= 22  # >= 128 bits in base64url
+    assert set(sid) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+    doc = await stack.carve_doc(body["carve_id"])
+    assert doc is not None
+    assert doc["status"] == "receiving"
+    assert (doc["block_count"], doc["block_size"], doc["carve_size"]) == (3, B, 2 * B + 100)
+    assert doc["node_key"] == "nk-secret"
+    _, sid2 = await start(stack)
+    assert sid2 != sid
+
+
+async def test_repeated_start_gets_same_session_but_reuse_is_refused(stack: Stack) -> None:
+    body, sid = await start(stack)
+    status, _, raw = await post(stack.ingest_url + "/start_uploads", body)
+    assert status == 200 and json.loads(raw)["session_id"] == sid
+    other = dict(body, block_size=2 * B, block_count=2)
+    await assert_json_error(stack, "/start_uploads", other, 409, "conflict")
+
+
+@pytest.mark.parametrize(
+    ("over", "status", "code"),
+    [
+        ({"carve_size": 3 * B + 1}, 400, "invalid_request"),  # N*B < S
+        ({"carve_size": 2 * B}, 400, "invalid_request"),  # S <= (N-1)*B
+        ({"block_count": 0}, 400, "invalid_request"),
+        ({"block_size": "1024"}, 400, "invalid_request"),
+        ({"block_size": 1024.0}, 400, "invalid_request"),
+        ({"block_count": True}, 400, "invalid_request"),
+        ({"carve_id": "../../etc/passwd"}, 400, "invalid_request"),
+        ({"carve_id": ""}, 400, "invalid_request"),
+        ({"request_id": None}, 400, "invalid_request"),
+        (
+            {"block_size": 17 * 1024 * 1024, "carve_size": 17 * 1024 * 1024, "block_count": 1},
+            413,
+            "payload_too_large",
+        ),
+    ],
+)
+async def test_bad_start_is_refused(
+    stack: Stack, over: dict[str, Any], status: int, code: str
+) -> None:
+    body = start_body(**over)
+    await assert_json_error(stack, "/start_uploads", body, status, code)
+    if isinstance(body["carve_id"], str) and body["carve_id"]:
+        assert await stack.carve_doc(body["carve_id"]) is None
+
+
+async def test_carve_size_limit(stack: Stack) -> None:
+    gib = 1024**3
+    huge = start_body(block_size=8 * 1024 * 1024, carve_size=101 * gib, block_count=101 * 128)
+    await assert_json_error(stack, "/start_uploads", huge, 413, "payload_too_large")
+
+
+async def test_non_json_bodies_are_refused(stack: Stack) -> None:
+    await assert_json_error(stack, "/start_uploads", b"carve please", 400, "invalid_request")
+    await assert_json_error(stack, "/upload_blocks", b"\x00\x01garbage", 400, "invalid_request")
+    await assert_json_error(stack, "/upload_blocks", b"[1, 2]", 400, "invalid_request")
+
+
+async def test_bad_blocks_are_refused_and_change_nothing(stack: Stack) -> None:
+    body, sid = await start(stack)
+    rid, cid = body["request_id"], body["carve_id"]
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        (block("A" * 32, rid, 0, b"x" * B), 404, "unknown_session"),
+        (block(sid, "not-the-request", 0, b"x" * B), 400, "invalid_request"),
+        (block(sid, rid, 3, b"x" * 100), 400, "invalid_request"),  # out of range
+        (block(sid, rid, -1, b"x" * B), 400, "invalid_request"),
+        (block(sid, rid, 0, b"x" * (B - 1)), 400, "invalid_request"),  # short
+        (block(sid, rid, 0, b"x" * (B + 1)), 400, "invalid_request"),  # long
+        (block(sid, rid, 2, b"x" * B), 400, "invalid_request"),  # last block must be 100
+        (dict(block(sid, rid, 0, b"x" * B), data="not base64!!"), 400, "invalid_request"),
+        (dict(block(sid, rid, 0, b"x" * B), data="eHh4"[:3]), 400, "invalid_request"),  # padding
+        (dict(block(sid, rid, 0, b"x" * B), block_id="0"), 400, "invalid_request"),
+        ({"block_id": 0, "session_id": sid}, 400, "invalid_request"),
+    ]
+    for payload, status, code in cases:
+        await assert_json_error(stack, "/upload_blocks", payload, status, code)
+    await nothing_queued_or_stored(stack, cid)
+
+
+async def test_wrong_node_key_header_is_refused(stack: Stack) -> None:
+    body, sid = await start(stack)
+    payload = block(sid, body["request_id"], 0, b"x" * B)
+    status, ctype, raw = await post(
+        stack.ingest_url + "/upload_blocks", payload, headers={"Authorization": "NodeKey other"}
+    )
+    assert (status, ctype) == (403, "application/json"), raw
+    await nothing_queued_or_stored(stack, body["carve_id"])
+
+
+async def test_oversized_body_refused_from_content_length(stack: Stack) -> None:
+    body, sid = await start(stack)
+    payload = block(sid, body["request_id"], 0, b"x" * (64 * B))  # 64x the session's block size
+    reply = await assert_json_error(stack, "/upload_blocks", payload, 413, "payload_too_large")
+    assert "limit" in reply["error"]
+    # Larger than any block size the server allows: refused before reading, no session needed.
+    limit = 4 * (16 * 1024 * 1024) // 3 + 4096
+    status, _, raw = await post(stack.ingest_url + "/upload_blocks", b"{" + b" " * limit + b"}")
+    assert status == 413, raw
+    await nothing_queued_or_stored(stack, body["carve_id"])
+
+
+async def test_fleet_paths_are_aliases(stack: Stack) -> None:
+    body = start_body()
+    status, _, raw = await post(stack.ingest_url + "/api/v1/osquery/carve/begin", body)
+    assert status == 200
+    sid = json.loads(raw)["session_id"]
+    bad = block(sid, body["request_id"], 0, b"x")
+    await assert_json_error(stack, "/api/v1/osquery/carve/block", bad, 400, "invalid_request")

@@ -1,0 +1,192 @@
+"""Real backend servers for the tests, each a child process on a free loopback port.
+
+Redis, RabbitMQ and SecantusDB (MongoDB wire protocol) are started fresh for
+the test session, so the suite needs nothing running beforehand and fault
+tests may stop and restart them without touching anything else on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = HOST) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open within {timeout} s")
+
+
+class Server:
+    """A child process serving one port; stop() and start() again for fault drills."""
+
+    name = "server"
+    start_timeout = 30.0
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def after_stop(self) -> None:
+        """Hook for cleanup once the process is gone."""
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_port(self.port, self.start_timeout, self.proc)
+        except Exception as exc:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.name} failed to start: {exc}\n{tail}") from exc
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.after_stop()
+        # Wait until the port is really free before anyone restarts the server.
+        deadline = time.monotonic() + 10
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class RedisServer(Server):
+    name = "redis"
+
+    def command(self) -> list[str]:
+        return [
+            "redis-server",
+            "--bind", HOST,
+            "--port", str(self.port),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.workdir),
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+
+class SecantusServer(Server):
+    name = "secantus"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "secantus",
+            "--host", HOST,
+            "--port", str(self.port),
+            "--storage-path", str(self.workdir / "data"),
+            "--log-level", "WARNING",
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://{HOST}:{self.port}/?directConnection=true"
+
+
+class RabbitServer(Server):
+    """A private RabbitMQ node (its own node name, ports and data dir)."""
+
+    name = "rabbitmq"
+    start_timeout = 90.0
+
+    def __init__(self, workdir: Path) -> None:
+        # Its own directory outside pytest's (0700, root's): Debian's rabbitmq-server
+        # runs as the rabbitmq user when started by root and must reach its files.
+        workdir = Path(tempfile.mkdtemp(prefix="carve-rabbitmq-"))
+        super().__init__(workdir)
+        self.dist_port = free_port()
+        self.node = f"carvetest{os.getpid()}x{self.port}@localhost"
+        (workdir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = {HOST}:{self.port}\nloopback_users = none\n"
+            "log.console = true\nlog.console.level = warning\nlog.file = false\n"
+        )
+        (workdir / "enabled_plugins").write_text("[].\n")
+        if os.geteuid() == 0:
+            # Debian's rabbitmq-server drops to the rabbitmq user when started as root.
+            user = pwd.getpwnam("rabbitmq")
+            for path in [workdir, *workdir.rglob("*")]:
+                os.chown(path, user.pw_uid, user.pw_gid)
+
+    def command(self) -> list[str]:
+        # The real script, not Debian's /usr/sbin wrapper: the wrapper's `su` starts a new
+        # session, and stop() could then not reach the Erlang VM through the process group.
+        server = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+        if os.geteuid() == 0:
+            return ["setpriv", "--reuid=rabbitmq", "--regid=rabbitmq", "--init-groups", server]
+        return [server]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_CONFIG_FILE=str(self.workdir / "rabbitmq.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.workdir / "enabled_plugins"),
+            RABBITMQ_MNESIA_BASE=str(self.workdir / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.workdir / "log"),
+            RABBITMQ_PID_FILE=str(self.workdir / "rabbit.pid"),
+            HOME=str(self.workdir),  # its own Erlang cookie
+        )
+        return env
+
+    def remove(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{HOST}:{self.port}/"

@@ -1,0 +1,166 @@
+"""The services under test: in-process apps (same factories as production) or real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from gridfs import AsyncGridFSBucket
+from pymongo import AsyncMongoClient
+
+from services.assembler.main import create_app as create_assembler
+from services.assembler.settings import AssemblerSettings
+from services.ingest.main import create_app as create_ingest
+from services.ingest.settings import IngestSettings
+from tests.servers import HOST, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fields(env: dict[str, str]) -> dict[str, Any]:
+    """CARVE_FOO=bar environment entries as settings keyword arguments (foo="bar")."""
+    return {k.removeprefix("CARVE_").lower(): v for k, v in env.items() if k.startswith("CARVE_")}
+
+
+@dataclass
+class RunningApp:
+    app: web.Application
+    runner: web.AppRunner
+    url: str
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+class ServiceProcess:
+    """A service started as its own OS process (``python -m services.<name>``)."""
+
+    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.log_path = log_path
+        full_env = {**os.environ, **env, "CARVE_HTTP_PORT": str(self.port)}
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                env=full_env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-2000:]}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{self.url}/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(60)
+
+
+class Stack:
+    """Ingest and assembler wired to this test's backends, plus helpers to inspect results."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.apps: list[RunningApp] = []
+        self.processes: list[ServiceProcess] = []
+        kw = fields(env)
+        self.mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            kw["mongo_url"], tz_aware=True
+        )
+        self.db = self.mongo[kw["mongo_db"]]
+        self.ingest_url = ""
+
+    async def __aenter__(self) -> Stack:
+        ingest = await self.start_ingest()
+        self.ingest_url = ingest.url
+        await self.start_assembler()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for proc in self.processes:
+            proc.kill(signal.SIGTERM)
+        for app in reversed(self.apps):
+            await app.stop()
+        with contextlib.suppress(Exception):
+            await self.mongo.drop_database(self.db.name)
+        await self.mongo.close()
+
+    async def _serve(self, app: web.Application) -> RunningApp:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, HOST, port).start()
+        running = RunningApp(app, runner, f"http://{HOST}:{port}")
+        self.apps.append(running)
+        return running
+
+    async def start_ingest(self, **overrides: Any) -> RunningApp:
+        settings = IngestSettings(**{**fields(self.env), "http_port": 0, **overrides})
+        return await self._serve(create_ingest(settings))
+
+    async def start_assembler(self, **overrides: Any) -> RunningApp:
+        settings = AssemblerSettings(**{**fields(self.env), "http_port": 0, **overrides})
+        return await self._serve(create_assembler(settings))
+
+    async def spawn(self, name: str, **env: str) -> ServiceProcess:
+        log = self.workdir / f"{name}-{len(self.processes)}.log"
+        proc = ServiceProcess(name, {**self.env, **env}, log)
+        self.processes.append(proc)
+        await proc.wait_ready()
+        return proc
+
+    async def carve_doc(self, carve_id: str) -> dict[str, Any] | None:
+        return await self.db["carves"].find_one({"_id": carve_id})
+
+    async def wait_for(
+        self, carve_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 60.0
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        doc: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            doc = await self.carve_doc(carve_id)
+            if doc is not None and done(doc):
+                return doc
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"carve {carve_id} not done in {timeout} s: {doc}")
+
+    async def wait_complete(self, carve_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        return await self.wait_for(carve_id, lambda d: d["status"] == "complete", timeout)
+
+    async def stored_sha256(self, carve_id: str) -> str:
+        """SHA-256 of the archive as GridFS serves it (read back through the GridFS API)."""
+        bucket = AsyncGridFSBucket(self.db, bucket_name="archives")
+        stream = await bucket.open_download_stream(carve_id)
+        digest = hashlib.sha256()
+        while chunk := await stream.readchunk():
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    async def chunk_count(self, carve_id: str) -> int:
+        return await self.db["archives.chunks"].count_documents({"files_id": carve_id})
