@@ -38,7 +38,12 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     handler = functools.partial(
         handle_block,
-        store=GridChunkStore(db, settings.mongo_bucket),
+        store=GridChunkStore(
+            db,
+            settings.mongo_bucket,
+            batch=settings.write_batch,
+            batch_bytes=settings.write_batch_bytes,
+        ),
         finalizer=TimedFinalizer(finalizer, metrics),
     )
     consumer = BlockConsumer(

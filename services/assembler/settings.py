@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import AmqpSettings, HttpSettings, MongoSettings
+from shared.settings import AmqpSettings, HttpSettings, MiB, MongoSettings
 
 
 class AssemblerSettings(HttpSettings, AmqpSettings, MongoSettings):
     http_port: int = Field(8081, ge=0, le=65535)
     # Blocks in flight per process; memory is about prefetch x block size.
-    prefetch: int = Field(16, ge=1, le=1000)
+    prefetch: int = Field(32, ge=1, le=1000)
+    # Most chunks, and most bytes, written in one insert_many.
+    write_batch: int = Field(64, ge=1, le=1000)
+    write_batch_bytes: int = Field(8 * MiB, ge=1)
     # On SIGTERM, how long in-flight blocks may take before they are cancelled (and redelivered).
     drain_timeout: float = Field(20.0, ge=0)
     # A finalizer that stops renewing its lease for this long is presumed dead.

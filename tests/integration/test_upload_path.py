@@ -116,7 +116,14 @@ async def test_reversed_blocks_over_two_ingest_processes(stack: Stack, tmp_path:
     carve_id, request_id = str(uuid.uuid4()), str(uuid.uuid4())
     headers = request_headers((5, 23, 0), "node-1")
     async with aiohttp.ClientSession(headers=headers) as http:
-        body = start_body(count, bsize, len(data), carve_id, request_id, "node-1")
+        body = start_body(
+            block_count=count,
+            block_size=bsize,
+            carve_size=len(data),
+            carve_id=carve_id,
+            request_id=request_id,
+            node_key="node-1",
+        )
         async with http.post(ingest_a.url + "/start_uploads", data=body) as resp:
             session_id = (await resp.json())["session_id"]
         for i in reversed(range(count)):
@@ -133,10 +140,17 @@ async def test_blocks_can_arrive_concurrently(stack: Stack, tmp_path: Path) -> N
     archive = synthetic(tmp_path, 64 * KiB)
     data = archive.read_bytes()
     bsize = 4 * KiB
-    count = len(data) // bsize
+    count = -(-len(data) // bsize)
     carve_id, request_id = str(uuid.uuid4()), str(uuid.uuid4())
     async with aiohttp.ClientSession() as http:
-        body = start_body(count, bsize, len(data), carve_id, request_id, "")
+        body = start_body(
+            block_count=count,
+            block_size=bsize,
+            carve_size=len(data),
+            carve_id=carve_id,
+            request_id=request_id,
+            node_key="",
+        )
         async with http.post(stack.ingest_url + "/start_uploads", data=body) as resp:
             session_id = (await resp.json())["session_id"]
 

@@ -1,0 +1,76 @@
+"""Coalescing concurrent calls into one backend round trip.
+
+Callers ``submit`` one item each and await their own result. While a flush
+is in flight, new items wait; the next flush takes all of them at once. Under
+light load a block is written alone, with no added delay; under heavy load
+the batches grow by themselves, up to ``max_items`` items and ``max_weight``
+(for chunks: bytes, so a batch of big blocks stays small in memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# A flush returns one entry per item: its result, or the exception that item must raise.
+Flush = Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]]
+
+
+class Coalescer(Generic[T, R]):
+    def __init__(
+        self,
+        flush: Flush[T, R],
+        max_items: int = 64,
+        *,
+        weight: Callable[[T], int] | None = None,
+        max_weight: int = 0,
+    ) -> None:
+        self._flush = flush
+        self._max_items = max_items
+        self._weight = weight
+        self._max_weight = max_weight
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._drain())
+        return await future
+
+    def _batch_size(self) -> int:
+        if self._weight is None:
+            return self._max_items
+        total = 0
+        for size, (item, _) in enumerate(self._pending[: self._max_items]):
+            total += self._weight(item)
+            if size and total > self._max_weight:
+                return size
+        return self._max_items
+
+    async def _drain(self) -> None:
+        while self._pending:
+            size = self._batch_size()
+            batch = self._pending[:size]
+            del self._pending[:size]
+            try:
+                results = await self._flush([item for item, _ in batch])
+            except BaseException as exc:  # every caller of the batch sees the failure
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():  # its caller was cancelled
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
