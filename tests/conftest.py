@@ -79,6 +79,13 @@ async def stack(settings_env: dict[str, str], tmp_path: Path) -> AsyncIterator[S
         yield running
 
 
+@pytest.fixture
+async def ingest_only(settings_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Stack]:
+    """Ingest without an assembler: blocks wait in the queue until a test starts one."""
+    async with Stack(settings_env, tmp_path, assembler=False) as running:
+        yield running
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Fail early and clearly when the system packages the suite needs are missing.
     for tool in ("redis-server", "rabbitmq-server"):

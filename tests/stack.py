@@ -84,8 +84,9 @@ class ServiceProcess:
 class Stack:
     """Ingest and assembler wired to this test's backends, plus helpers to inspect results."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, *, assembler: bool = True) -> None:
         self.env = env
+        self.with_assembler = assembler
         self.workdir = workdir
         self.apps: list[RunningApp] = []
         self.processes: list[ServiceProcess] = []
@@ -99,7 +100,8 @@ class Stack:
     async def __aenter__(self) -> Stack:
         ingest = await self.start_ingest()
         self.ingest_url = ingest.url
-        await self.start_assembler()
+        if self.with_assembler:
+            await self.start_assembler()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,0 +1,237 @@
+"""Faults lose nothing: killed workers, racing finalizers, backends that stop and come back."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import pytest
+
+from clients.osquery_sim import block_body, build_synthetic_archive, carve, start_body
+from services.assembler.store import GridChunkStore
+from shared.finalize import Finalizer, Outcome
+from tests.conftest import Backends
+from tests.stack import Stack
+
+KiB = 1024
+
+
+class Upload:
+    """A carve sent block by block, so a test can stop in the middle and go on later."""
+
+    def __init__(self, stack: Stack, data: bytes, block_size: int) -> None:
+        self.stack = stack
+        self.data = data
+        self.block_size = block_size
+        self.count = -(-len(data) // block_size)
+        self.carve_id = str(uuid.uuid4())
+        self.request_id = str(uuid.uuid4())
+        self.session_id = ""
+        self.sha256 = hashlib.sha256(data).hexdigest()
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        body = start_body(
+            block_count=self.count,
+            block_size=self.block_size,
+            carve_size=len(self.data),
+            carve_id=self.carve_id,
+            request_id=self.request_id,
+            node_key="",
+        )
+        async with http.post(self.stack.ingest_url + "/start_uploads", data=body) as resp:
+            self.session_id = (await resp.json())["session_id"]
+
+    async def send(self, http: aiohttp.ClientSession, i: int) -> tuple[int, str, bytes, float]:
+        chunk = self.data[i * self.block_size : (i + 1) * self.block_size]
+        body = block_body(i, self.session_id, self.request_id, chunk)
+        started = time.monotonic()
+        async with http.post(self.stack.ingest_url + "/upload_blocks", data=body) as resp:
+            raw = await resp.read()
+            return resp.status, resp.content_type, raw, time.monotonic() - started
+
+    async def send_all(self, http: aiohttp.ClientSession, ids: range | list[int]) -> None:
+        for i in ids:
+            status, _, raw, _ = await self.send(http, i)
+            assert status == 200, raw
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(size)
+
+
+async def assert_complete(stack: Stack, up: Upload, timeout: float = 60.0) -> None:
+    doc = await stack.wait_complete(up.carve_id, timeout)
+    assert doc["sha256"] == up.sha256
+    assert doc["blocks_received"] == up.count
+    assert await stack.chunk_count(up.carve_id) == up.count
+    assert await stack.stored_sha256(up.carve_id) == up.sha256
+
+
+async def test_assembler_sigkilled_mid_carve_loses_nothing(ingest_only: Stack) -> None:
+    stack = ingest_only
+    up = Upload(stack, random_bytes(400 * 64 * KiB - 123, 1), 64 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+        await up.send_all(http, range(up.count))  # all queued, nothing stored yet
+    assert await stack.chunk_count(up.carve_id) == 0
+    # One block at a time, so the kill lands in the middle of the carve.
+    slow = {"CARVE_PREFETCH": "1", "CARVE_WRITE_BATCH": "1"}
+    worker = await stack.spawn("assembler", **slow)
+    deadline = time.monotonic() + 30
+    while await stack.chunk_count(up.carve_id) < 40 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    worker.kill(signal.SIGKILL)
+    at_kill = await stack.chunk_count(up.carve_id)
+    assert 40 <= at_kill < up.count
+    assert (await stack.carve_doc(up.carve_id) or {})["status"] == "receiving"
+    await stack.spawn("assembler")
+    await assert_complete(stack, up)
+
+
+async def test_racing_finalizers_finalize_once(ingest_only: Stack) -> None:
+    stack = ingest_only
+    up = Upload(stack, random_bytes(50 * 4 * KiB + 7, 2), 4 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+    store = GridChunkStore(stack.db, "archives")
+    for i in range(up.count):  # every chunk present, carve not finalized
+        assert await store.put_chunk(up.carve_id, i, up.data[i * 4 * KiB : (i + 1) * 4 * KiB])
+    finalizers = [Finalizer(stack.db, "archives", owner=f"asm-{k}") for k in range(8)]
+    results = await asyncio.gather(*(f.maybe_finalize(up.carve_id) for f in finalizers))
+    outcomes = [r.outcome for r in results]
+    assert outcomes.count(Outcome.FINALIZED) == 1, outcomes
+    assert set(outcomes) <= {Outcome.FINALIZED, Outcome.BUSY, Outcome.ALREADY}
+    assert await stack.db["archives.files"].count_documents({"_id": up.carve_id}) == 1
+    await assert_complete(stack, up)
+    again = await finalizers[0].maybe_finalize(up.carve_id)
+    assert again.outcome is Outcome.ALREADY
+
+
+async def test_two_assembler_processes_share_carves(ingest_only: Stack, tmp_path: Path) -> None:
+    stack = ingest_only
+    uploads = [Upload(stack, random_bytes(30 * 8 * KiB + k, 10 + k), 8 * KiB) for k in range(6)]
+    async with aiohttp.ClientSession() as http:
+        for up in uploads:
+            await up.start(http)
+            await up.send_all(http, range(up.count))
+    workers = await asyncio.gather(stack.spawn("assembler"), stack.spawn("assembler"))
+    for up in uploads:
+        await assert_complete(stack, up)
+    finalized = 0.0
+    async with aiohttp.ClientSession() as http:
+        for w in workers:
+            async with http.get(w.url + "/metrics") as resp:
+                for line in (await resp.text()).splitlines():
+                    if line.startswith('carve_finalized_total{outcome="finalized"}'):
+                        finalized += float(line.split()[-1])
+    assert finalized == len(uploads)
+
+
+async def test_redis_restart_gives_fast_503_then_recovers(stack: Stack, backends: Backends) -> None:
+    up = Upload(stack, random_bytes(20 * 4 * KiB, 3), 4 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+        await up.send_all(http, range(10))
+        backends.redis.stop()
+        try:
+            status, ctype, raw, took = await up.send(http, 10)
+            assert (status, ctype) == (503, "text/plain"), raw
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(raw)
+            assert took < 5.0
+        finally:
+            backends.redis.start()  # empty: every session is gone
+        # The session is rebuilt from MongoDB; the carve goes on.
+        await up.send_all(http, range(10, up.count))
+    await assert_complete(stack, up)
+
+
+async def test_rabbitmq_stopped_gives_fast_503_then_recovers(
+    stack: Stack, backends: Backends
+) -> None:
+    up = Upload(stack, random_bytes(20 * 4 * KiB, 4), 4 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+        await up.send_all(http, range(10))
+        backends.rabbit.stop()
+        try:
+            status, ctype, raw, took = await up.send(http, 10)
+            assert (status, ctype) == (503, "text/plain"), raw
+            assert took < 6.0
+        finally:
+            backends.rabbit.start()
+        # Like osquery 5.22+, retry until the robust connection is back.
+        deadline = time.monotonic() + 60
+        i = 10
+        while i < up.count and time.monotonic() < deadline:
+            status, _, _, _ = await up.send(http, i)
+            if status == 200:
+                i += 1
+            else:
+                await asyncio.sleep(0.5)
+        assert i == up.count
+    await assert_complete(stack, up)
+
+
+async def test_mongodb_down_keeps_blocks_queued(stack: Stack, backends: Backends) -> None:
+    up = Upload(stack, random_bytes(30 * 4 * KiB + 1, 5), 4 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+        backends.mongo.stop()
+        try:
+            await up.send_all(http, range(up.count))  # ingest needs only Redis and RabbitMQ here
+            await asyncio.sleep(1.0)  # the assembler is retrying, not acking
+        finally:
+            backends.mongo.start()
+    await assert_complete(stack, up)
+
+
+async def test_poison_messages_are_dead_lettered(
+    stack: Stack, names: dict[str, str], backends: Backends, tmp_path: Path
+) -> None:
+    queue = names["amqp_queue"]
+    connection = await aio_pika.connect_robust(backends.rabbit.url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        bad: list[dict[str, Any]] = [
+            {},  # no headers at all
+            {"carve_id": "x", "block_id": "7", "block_count": 1, "block_size": 4, "carve_size": 4},
+            {"carve_id": "x", "block_id": 3, "block_count": 1, "block_size": 4, "carve_size": 4},
+            {"carve_id": "x", "block_id": 0, "block_count": 1, "block_size": 4, "carve_size": 4},
+        ]
+        for headers in bad:
+            message = aio_pika.Message(b"abc", headers=headers, delivery_mode=2)
+            await channel.default_exchange.publish(message, routing_key=queue)
+        # Valid work behind the poison still gets done.
+        archive = build_synthetic_archive(50 * KiB, tmp_path, carve_guid=str(uuid.uuid4()))
+        async with aiohttp.ClientSession() as http:
+            result = await carve(http, stack.ingest_url, archive, block_size=4 * KiB)
+        assert result.ok
+        doc = await stack.wait_complete(result.carve_id)
+        assert doc["sha256"] == result.sha256
+        dead = await channel.declare_queue(
+            queue + ".dead", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        bodies = []
+        for _ in range(50):
+            message = await dead.get(fail=False)
+            if message is None:
+                if len(bodies) == len(bad):
+                    break
+                await asyncio.sleep(0.1)
+                continue
+            bodies.append(message.body)
+            await message.ack()
+        assert bodies == [b"abc"] * len(bad)
+    finally:
+        await connection.close()
