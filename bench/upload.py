@@ -330,8 +330,17 @@ async def redis_ceiling(url: str, duration: float) -> dict[str, dict[str, Any]]:
     redis = Redis.from_url(url)
     tag = uuid.uuid4().hex[:8]
     meta, bits = f"bench:{tag}:s", f"bench:{tag}:b"
-    fields = {"carve_id": tag, "request_id": tag, "block_count": 1000, "block_size": 8192}
-    await redis.hset(meta, mapping={**fields, "carve_size": 8192000, "node_key_sha256": ""})
+    await redis.hset(
+        meta,
+        mapping={
+            "carve_id": tag,
+            "request_id": tag,
+            "block_count": 1000,
+            "block_size": 8192,
+            "carve_size": 8192000,
+            "node_key_sha256": "",
+        },
+    )
     await redis.setbit(bits, 999, 1)
 
     async def step() -> int:
@@ -705,60 +714,36 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def throughput_table(rows: list[dict[str, Any]]) -> str:
-    headers = (
-        "scen", "hosts", "carve", "block", "tot MB", "up s", "acc MB/s", "blk/s", "p50 ms",
-        "p99 ms", "drain s", "total s", "e2e MB/s", "acc/mongo", "e2e/mongo", "acc/mq", "errors",
-    )  # fmt: skip
-    body = [
-        (
-            r["name"],
-            r["hosts"],
-            human(r["carve_size"]),
-            human(r["block_size"]),
-            r["total_mb"],
-            r["upload_s"],
-            r["accepted_mb_per_s"],
-            r["accepted_blocks_per_s"],
-            r["p50_ms"],
-            r["p99_ms"],
-            r["drain_s"],
-            r["total_s"],
-            r["e2e_mb_per_s"],
-            r["accepted_vs_mongo_ceiling"],
-            r["e2e_vs_mongo_ceiling"],
-            r["accepted_vs_rabbit_ceiling"],
-            r["error_count"],
-        )  # fmt: skip
-        for r in rows
-    ]
-    return table(headers, body)
+THROUGHPUT_COLUMNS = (
+    ("scen", "name"), ("hosts", "hosts"), ("carve", "carve_size"), ("block", "block_size"),
+    ("tot MB", "total_mb"), ("up s", "upload_s"), ("acc MB/s", "accepted_mb_per_s"),
+    ("blk/s", "accepted_blocks_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
+    ("drain s", "drain_s"), ("total s", "total_s"), ("e2e MB/s", "e2e_mb_per_s"),
+    ("acc/mongo", "accepted_vs_mongo_ceiling"), ("e2e/mongo", "e2e_vs_mongo_ceiling"),
+    ("acc/mq", "accepted_vs_rabbit_ceiling"), ("errors", "error_count"),
+)  # fmt: skip
+RESOURCE_COLUMNS = (
+    ("scen", "name"), ("ingest HWM MiB", "ingest.peak_rss_mib"),
+    ("max RSS", "ingest.max_sampled_rss_mib"), ("cpu s", "ingest.cpu_s_after_ready"),
+    ("assembler HWM MiB", "assembler.peak_rss_mib"),
+    ("max RSS", "assembler.max_sampled_rss_mib"), ("cpu s", "assembler.cpu_s_after_ready"),
+    ("secantus cpu s", "backend_cpu_s.secantus"), ("rabbitmq cpu s", "backend_cpu_s.rabbitmq"),
+    ("redis cpu s", "backend_cpu_s.redis"), ("bench/sim cpu s", "bench_process_cpu_s"),
+)  # fmt: skip
+SIZE_KEYS = ("carve_size", "block_size")
 
 
-def resource_table(rows: list[dict[str, Any]]) -> str:
-    headers = (
-        "scen", "ingest HWM MiB", "max RSS", "cpu s", "assembler HWM MiB", "max RSS", "cpu s",
-        "secantus cpu s", "rabbitmq cpu s", "redis cpu s", "bench/sim cpu s",
-    )  # fmt: skip
-    body = []
-    for r in rows:
-        ing, asm, backend = r["ingest"], r["assembler"], r["backend_cpu_s"]
-        body.append(
-            (
-                r["name"],
-                ing["peak_rss_mib"],
-                ing["max_sampled_rss_mib"],
-                ing["cpu_s_after_ready"],
-                asm["peak_rss_mib"],
-                asm["max_sampled_rss_mib"],
-                asm["cpu_s_after_ready"],
-                backend.get("secantus", "-"),
-                backend.get("rabbitmq", "-"),
-                backend.get("redis", "-"),
-                r["bench_process_cpu_s"],
-            )  # fmt: skip
-        )
-    return table(headers, body)
+def cell(row: dict[str, Any], key: str) -> object:
+    """The value at a dotted key of a report row, sizes made readable; "-" if missing."""
+    value: Any = row
+    for part in key.split("."):
+        value = value.get(part, "-") if isinstance(value, dict) else "-"
+    return human(value) if key in SIZE_KEYS else value
+
+
+def columns_table(columns: Sequence[tuple[str, str]], rows: list[dict[str, Any]]) -> str:
+    headers = [header for header, _ in columns]
+    return table(headers, [[cell(row, key) for _, key in columns] for row in rows])
 
 
 def ceiling_lines(ceilings: dict[str, dict[str, Any]]) -> list[str]:
@@ -789,10 +774,10 @@ def render(report: dict[str, Any]) -> str:
         *ceiling_lines(report["ceilings"]),
         "",
         "throughput (MB = 10^6 bytes; acc/mongo, e2e/mongo, acc/mq: fraction of the ceiling):",
-        throughput_table(report["scenarios"]),
+        columns_table(THROUGHPUT_COLUMNS, report["scenarios"]),
         "",
         "resources (HWM = VmHWM peak RSS, max RSS = largest 0.2 s sample, cpu after ready):",
-        resource_table(report["scenarios"]),
+        columns_table(RESOURCE_COLUMNS, report["scenarios"]),
     ]
     for name, growth in report["rss_growth_d2_over_d1"].items():
         parts.append(

@@ -69,6 +69,8 @@ def max_block_body(block_size: int) -> int:
 
 def decode_block_data(data: str) -> bytes:
     """Strict standard base64 with padding, as osquery sends; ValueError otherwise."""
+    if len(data) % 4:
+        raise ValueError("data is not valid base64: length is not a multiple of 4")
     try:
         return binascii.a2b_base64(data.encode("ascii"), strict_mode=True)
     except (binascii.Error, UnicodeEncodeError) as exc:

@@ -1,0 +1,179 @@
+"""Pure logic: protocol geometry and parsing, the queue message codec, the handler, batching."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from services.assembler.batching import Coalescer
+from services.assembler.handler import Handled, handle_block
+from services.ingest.body import peek_block_id
+from shared.errors import PoisonMessage
+from shared.finalize import Outcome, Result
+from shared.protocol import (
+    StartRequest,
+    decode_block_data,
+    expected_block_length,
+    geometry_error,
+    max_block_body,
+    peek_session_id,
+)
+from shared.queue import Block, decode, encode
+
+
+@given(st.integers(1, 10**12), st.integers(1, 16 * 2**20))
+def test_real_client_geometry_is_accepted_and_blocks_add_up(size: int, block: int) -> None:
+    count = -(-size // block)
+    assert geometry_error(count, block, size) is None
+    lengths = [expected_block_length(i, count, block, size) for i in (0, count - 1)]
+    assert 0 < lengths[1] <= block
+    assert (count - 1) * block + lengths[1] == size
+    if count > 1:
+        assert lengths[0] == block
+
+
+@pytest.mark.parametrize(("n", "b", "s"), [(1, 10, 11), (2, 10, 10), (3, 10, 5), (1, 10, 0)])
+def test_inconsistent_geometry_is_named(n: int, b: int, s: int) -> None:
+    assert "inconsistent" in (geometry_error(n, b, s) or "")
+
+
+@given(st.binary(max_size=3000))
+def test_base64_round_trip_and_body_bound(data: bytes) -> None:
+    encoded = base64.b64encode(data).decode()
+    assert decode_block_data(encoded) == data
+    assert len(encoded) + 200 <= max_block_body(max(len(data), 1))
+
+
+@pytest.mark.parametrize("bad", ["abc", "ab=c", "YWJj\n", "YW Jj", "é", "YWJj===", "YQ"])
+def test_strict_base64(bad: str) -> None:
+    with pytest.raises(ValueError, match="base64"):
+        decode_block_data(bad)
+
+
+def test_peek_finds_ids_in_osquery_key_order() -> None:
+    sid = "A" * 32
+    prefix = b'{"block_id":42,"session_id":"' + sid.encode() + b'","request_id":"r","data":"YW'
+    assert peek_session_id(prefix) == sid
+    assert peek_block_id(prefix) == 42
+    assert peek_session_id(b'{"data":"xxxx') is None
+    assert peek_block_id(b'{"block_id":4.5,') is None
+
+
+def test_start_request_is_strict_but_ignores_unknown_keys() -> None:
+    ok = {
+        "block_count": 1,
+        "block_size": 10,
+        "carve_size": 5,
+        "carve_id": "c-1",
+        "request_id": "q",
+        "node_key": "",
+        "future_key": [1],
+    }
+    assert StartRequest.model_validate(ok).carve_id == "c-1"
+    for key, value in [("block_size", "10"), ("block_size", True), ("carve_id", "a/b")]:
+        with pytest.raises(ValidationError):
+            StartRequest.model_validate({**ok, key: value})
+
+
+def _block(block_id: int = 0, data: bytes = b"abcd") -> Block:
+    return Block("c", block_id, 2, 4, 6, data)
+
+
+def test_queue_codec_round_trip_and_poison() -> None:
+    message = encode(_block())
+    assert decode(message.body, dict(message.headers)) == _block()
+    headers = dict(message.headers)
+    for broken in [{**headers, "block_id": True}, {**headers, "carve_id": ""}, {}]:
+        with pytest.raises(PoisonMessage):
+            decode(b"abcd", broken)
+    with pytest.raises(PoisonMessage):
+        decode(b"abc", headers)  # block 0 must be a full 4 bytes
+    last = encode(_block(1, b"ef"))
+    assert decode(last.body, dict(last.headers)).data == b"ef"
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.chunks: dict[tuple[str, int], bytes] = {}
+        self.counter = 0
+
+    async def put_chunk(self, carve_id: str, n: int, data: bytes) -> bool:
+        if (carve_id, n) in self.chunks:
+            return False
+        self.chunks[carve_id, n] = data
+        return True
+
+    async def count_received(self, carve_id: str) -> int | None:
+        self.counter += 1
+        return self.counter
+
+
+class FakeFinalizer:
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+        self.calls = 0
+
+    async def maybe_finalize(self, carve_id: str) -> Result:
+        self.calls += 1
+        whole = len(self.store.chunks) == 2
+        return Result(Outcome.FINALIZED if whole else Outcome.NOT_READY)
+
+
+async def test_handler_writes_counts_and_finalizes_at_the_end() -> None:
+    store = FakeStore()
+    fin = FakeFinalizer(store)
+    assert await handle_block(_block(1, b"ef"), store, fin) is Handled.WRITTEN
+    assert fin.calls == 0  # counter says 1 of 2: no need to ask MongoDB
+    assert await handle_block(_block(0), store, fin) is Handled.FINALIZED
+    assert await handle_block(_block(0), store, fin) is Handled.FINALIZED  # redelivery re-checks
+    assert fin.calls == 2
+    assert store.chunks == {("c", 0): b"abcd", ("c", 1): b"ef"}
+    with pytest.raises(PoisonMessage):
+        await handle_block(_block(5), store, fin)
+
+
+async def test_coalescer_batches_under_load_and_isolates_item_errors() -> None:
+    batches: list[list[int]] = []
+
+    async def flush(items: Sequence[int]) -> list[int | BaseException]:
+        batches.append(list(items))
+        await asyncio.sleep(0.01)
+        return [ValueError(i) if i == 7 else i * 10 for i in items]
+
+    coalescer: Coalescer[int, int] = Coalescer(flush, max_items=4)
+    assert await coalescer.submit(100) == 1000
+    assert batches == [[100]]  # alone, it is written at once: no waiting for company
+    batches.clear()
+    results = await asyncio.gather(
+        *(coalescer.submit(i) for i in range(10)), return_exceptions=True
+    )
+    assert [r for r in results if not isinstance(r, BaseException)] == [
+        i * 10 for i in range(10) if i != 7
+    ]
+    assert isinstance(results[7], ValueError)
+    assert max(len(b) for b in batches) == 4
+    assert sorted(i for b in batches for i in b) == list(range(10))
+
+
+async def test_coalescer_weight_limit_and_whole_batch_failure() -> None:
+    seen: list[list[bytes]] = []
+
+    async def flush(items: Sequence[bytes]) -> list[bool | BaseException]:
+        seen.append(list(items))
+        await asyncio.sleep(0)
+        if b"boom" in items:
+            raise ConnectionError("down")
+        return [True] * len(items)
+
+    coalescer: Coalescer[bytes, bool] = Coalescer(flush, 100, weight=len, max_weight=10)
+    items = [b"x" * 6, b"y" * 6, b"z" * 6, b"boom"]
+    results = await asyncio.gather(*(coalescer.submit(i) for i in items), return_exceptions=True)
+    assert all(len(b"".join(batch)) <= 10 or len(batch) == 1 for batch in seen)
+    assert isinstance(results[3], ConnectionError)
+    assert results[0] is True
