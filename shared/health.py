@@ -10,6 +10,7 @@ from aiohttp import web
 
 from shared import keys
 from shared.metrics import metrics_view
+from shared.resources import amqp_connected
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ async def check_redis(app: web.Application) -> None:
 
 
 async def check_amqp(app: web.Application) -> None:
-    if app[keys.AMQP].is_closed:
-        raise ConnectionError("AMQP connection closed")
+    if not amqp_connected(app[keys.AMQP]):
+        raise ConnectionError("AMQP connection down")
 
 
 async def check_mongo(app: web.Application) -> None:

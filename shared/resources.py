@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import aio_pika
+from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -57,6 +58,12 @@ def amqp_ctx(settings: AmqpSettings) -> CleanupCtx:
             await connection.close()
 
     return ctx
+
+
+def amqp_connected(connection: AbstractRobustConnection) -> bool:
+    """True while the robust connection has a live transport (not while it reconnects)."""
+    transport = connection.transport
+    return transport is not None and not transport.connection.is_closed
 
 
 def mongo_ctx(settings: MongoSettings) -> CleanupCtx:

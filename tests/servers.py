@@ -184,6 +184,20 @@ class RabbitServer(Server):
         )
         return env
 
+    def ctl(self, *args: str) -> str:
+        """Run rabbitmqctl against this node (same user and Erlang cookie as the node)."""
+        ctl = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+        prefix = self.command()[:-1]  # setpriv ... when root
+        done = subprocess.run(
+            [*prefix, ctl, "-n", self.node, *args],
+            env=self.env(),
+            cwd=self.workdir,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.decode()
+
     def remove(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
 

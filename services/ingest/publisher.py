@@ -15,6 +15,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryErr
 
 from shared.errors import Unavailable
 from shared.queue import Block, declare_topology, encode
+from shared.resources import amqp_connected
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class BlockPublisher:
     async def publish(self, block: Block) -> None:
         """Return once RabbitMQ has confirmed ``block``; raise Unavailable otherwise, quickly."""
         channel = self._channel
-        if channel is None or channel.is_closed or self._connection.is_closed:
+        if channel is None or channel.is_closed or not amqp_connected(self._connection):
             raise Unavailable("rabbitmq", "not connected")
         try:
             async with asyncio.timeout(self._timeout):

@@ -149,6 +149,9 @@ async def test_redis_restart_gives_fast_503_then_recovers(stack: Stack, backends
             with pytest.raises(json.JSONDecodeError):
                 json.loads(raw)
             assert took < 5.0
+            async with http.get(stack.ingest_url + "/readyz") as resp:
+                assert resp.status == 503
+                assert (await resp.json())["checks"]["redis"].startswith("error")
         finally:
             backends.redis.start()  # empty: every session is gone
         # The session is rebuilt from MongoDB; the carve goes on.
@@ -167,7 +170,12 @@ async def test_rabbitmq_stopped_gives_fast_503_then_recovers(
         try:
             status, ctype, raw, took = await up.send(http, 10)
             assert (status, ctype) == (503, "text/plain"), raw
-            assert took < 6.0
+            assert took < 2.0
+            async with http.get(stack.ingest_url + "/readyz") as resp:
+                ready = await resp.json()
+            assert resp.status == 503
+            assert ready["checks"]["rabbitmq"].startswith("error")
+            assert ready["checks"]["redis"] == "ok"
         finally:
             backends.rabbit.start()
         # Like osquery 5.22+, retry until the robust connection is back.
@@ -180,6 +188,44 @@ async def test_rabbitmq_stopped_gives_fast_503_then_recovers(
             else:
                 await asyncio.sleep(0.5)
         assert i == up.count
+    await assert_complete(stack, up)
+
+
+async def test_broker_blocking_publishers_gives_fast_503(stack: Stack, backends: Backends) -> None:
+    """A RabbitMQ memory alarm blocks publishers: answer 503 before osquery's 16 s run out."""
+    ingest = await stack.start_ingest(publish_timeout=1.0)
+    stack.ingest_url = ingest.url
+    up = Upload(stack, random_bytes(4 * 4 * KiB, 6), 4 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+        await up.send_all(http, [0])
+        backends.rabbit.ctl("set_vm_memory_high_watermark", "0")
+        try:
+            status, ctype, raw, took = await up.send(http, 1)
+            assert (status, ctype) == (503, "text/plain"), raw
+            assert b"confirm timed out" in raw
+            assert took < 3.0
+        finally:
+            backends.rabbit.ctl("set_vm_memory_high_watermark", "0.4")
+        await up.send_all(http, range(1, up.count))
+    await assert_complete(stack, up)
+
+
+async def test_sigterm_drains_the_assembler(ingest_only: Stack) -> None:
+    stack = ingest_only
+    up = Upload(stack, random_bytes(200 * 16 * KiB + 9, 7), 16 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+        await up.send_all(http, range(up.count))
+    worker = await stack.spawn("assembler", CARVE_PREFETCH="4", CARVE_WRITE_BATCH="1")
+    while await stack.chunk_count(up.carve_id) < 20:
+        await asyncio.sleep(0.01)
+    worker.kill(signal.SIGTERM)
+    assert worker.proc.returncode == 0
+    assert await stack.chunk_count(up.carve_id) < up.count
+    log = worker.log_path.read_text()
+    assert "Traceback" not in log
+    await stack.spawn("assembler")
     await assert_complete(stack, up)
 
 
