@@ -390,6 +390,7 @@ class Run:
     usage: dict[str, dict[str, float]]
     backend_cpu: dict[str, float]
     bench_cpu: float
+    rss_samples: int
 
 
 class RssSampler:
@@ -417,7 +418,10 @@ class RssSampler:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -476,7 +480,10 @@ async def wait_settled(carves: AsyncCollection[Document], ids: list[str], timeou
     deadline = time.perf_counter() + timeout
     while True:
         settled = await carves.count_documents(query)
-        if settled >= len(ids) or time.perf_counter() > deadline:
+        if settled >= len(ids):
+            return settled
+        if time.perf_counter() > deadline:
+            log(f"gave up after {timeout:.0f} s: {settled} of {len(ids)} carves settled")
             return settled
         await asyncio.sleep(POLL_INTERVAL)
 
@@ -525,6 +532,7 @@ async def drive(
             k: round(backend_after[k] - backend_cpu.get(k, 0.0), 2) for k in backend_after
         },
         bench_cpu=round(time.process_time() - bench_cpu, 2),
+        rss_samples=sampler.samples,
     )
 
 
@@ -612,6 +620,8 @@ def scenario_row(
         "assembler": run.usage["assembler"],
         "backend_cpu_s": run.backend_cpu,
         "bench_process_cpu_s": run.bench_cpu,
+        "rss_samples": run.rss_samples,
+        "settled_carves": run.settled,
         "errors": errors,
         "error_count": sum(errors.values()),
         "service_logs": logs,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import signal
 import time
@@ -15,58 +14,14 @@ import aio_pika
 import aiohttp
 import pytest
 
-from clients.osquery_sim import block_body, build_synthetic_archive, carve, start_body
+from clients.osquery_sim import build_synthetic_archive, carve
 from services.assembler.store import GridChunkStore
 from shared.finalize import Finalizer, Outcome
 from tests.conftest import Backends
 from tests.stack import Stack
+from tests.uploads import Upload, random_bytes
 
 KiB = 1024
-
-
-class Upload:
-    """A carve sent block by block, so a test can stop in the middle and go on later."""
-
-    def __init__(self, stack: Stack, data: bytes, block_size: int) -> None:
-        self.stack = stack
-        self.data = data
-        self.block_size = block_size
-        self.count = -(-len(data) // block_size)
-        self.carve_id = str(uuid.uuid4())
-        self.request_id = str(uuid.uuid4())
-        self.session_id = ""
-        self.sha256 = hashlib.sha256(data).hexdigest()
-
-    async def start(self, http: aiohttp.ClientSession) -> None:
-        body = start_body(
-            block_count=self.count,
-            block_size=self.block_size,
-            carve_size=len(self.data),
-            carve_id=self.carve_id,
-            request_id=self.request_id,
-            node_key="",
-        )
-        async with http.post(self.stack.ingest_url + "/start_uploads", data=body) as resp:
-            self.session_id = (await resp.json())["session_id"]
-
-    async def send(self, http: aiohttp.ClientSession, i: int) -> tuple[int, str, bytes, float]:
-        chunk = self.data[i * self.block_size : (i + 1) * self.block_size]
-        body = block_body(i, self.session_id, self.request_id, chunk)
-        started = time.monotonic()
-        async with http.post(self.stack.ingest_url + "/upload_blocks", data=body) as resp:
-            raw = await resp.read()
-            return resp.status, resp.content_type, raw, time.monotonic() - started
-
-    async def send_all(self, http: aiohttp.ClientSession, ids: range | list[int]) -> None:
-        for i in ids:
-            status, _, raw, _ = await self.send(http, i)
-            assert status == 200, raw
-
-
-def random_bytes(size: int, seed: int) -> bytes:
-    import random
-
-    return random.Random(seed).randbytes(size)
 
 
 async def assert_complete(stack: Stack, up: Upload, timeout: float = 60.0) -> None:

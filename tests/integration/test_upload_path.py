@@ -12,15 +12,14 @@ import pytest
 
 from clients.osquery_sim import (
     ZSTD_MAGIC,
-    block_body,
     build_archive,
     build_synthetic_archive,
     carve,
     carve_many,
     request_headers,
-    start_body,
 )
 from tests.stack import Stack
+from tests.uploads import Upload, random_bytes
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -106,59 +105,23 @@ async def test_duplicated_blocks_stored_once(stack: Stack, tmp_path: Path) -> No
     assert f'carve_blocks_total{{outcome="accepted"}} {float(n)}' in metrics
 
 
-async def test_reversed_blocks_over_two_ingest_processes(stack: Stack, tmp_path: Path) -> None:
+async def test_reversed_blocks_over_two_ingest_processes(stack: Stack) -> None:
     ingest_a = await stack.spawn("ingest")
     ingest_b = await stack.spawn("ingest")
-    archive = synthetic(tmp_path, 300 * KiB + 11)
-    data = archive.read_bytes()
-    bsize = 8 * KiB
-    count = -(-len(data) // bsize)
-    carve_id, request_id = str(uuid.uuid4()), str(uuid.uuid4())
-    headers = request_headers((5, 23, 0), "node-1")
-    async with aiohttp.ClientSession(headers=headers) as http:
-        body = start_body(
-            block_count=count,
-            block_size=bsize,
-            carve_size=len(data),
-            carve_id=carve_id,
-            request_id=request_id,
-            node_key="node-1",
-        )
-        async with http.post(ingest_a.url + "/start_uploads", data=body) as resp:
-            session_id = (await resp.json())["session_id"]
-        for i in reversed(range(count)):
-            target = (ingest_a, ingest_b)[i % 2]
-            chunk = data[i * bsize : (i + 1) * bsize]
-            payload = block_body(i, session_id, request_id, chunk)
-            async with http.post(target.url + "/upload_blocks", data=payload) as resp:
-                assert resp.status == 200, await resp.text()
-    await assert_stored(stack, carve_id, hashlib.sha256(data).hexdigest(), len(data), bsize)
+    up = Upload(stack, random_bytes(300 * KiB + 11, 1), 8 * KiB, node_key="node-1")
+    async with aiohttp.ClientSession(headers=request_headers((5, 23, 0), "node-1")) as http:
+        await up.start(http)
+        for i in reversed(range(up.count)):
+            status, _, raw, _ = await up.send(http, i, (ingest_a, ingest_b)[i % 2].url)
+            assert status == 200, raw
+    await assert_stored(stack, up.carve_id, up.sha256, len(up.data), up.block_size)
 
 
-async def test_blocks_can_arrive_concurrently(stack: Stack, tmp_path: Path) -> None:
+async def test_blocks_can_arrive_concurrently(stack: Stack) -> None:
     """A load balancer may deliver a re-sent block while the first copy is still in flight."""
-    archive = synthetic(tmp_path, 64 * KiB)
-    data = archive.read_bytes()
-    bsize = 4 * KiB
-    count = -(-len(data) // bsize)
-    carve_id, request_id = str(uuid.uuid4()), str(uuid.uuid4())
+    up = Upload(stack, random_bytes(64 * KiB + 5, 2), 4 * KiB)
     async with aiohttp.ClientSession() as http:
-        body = start_body(
-            block_count=count,
-            block_size=bsize,
-            carve_size=len(data),
-            carve_id=carve_id,
-            request_id=request_id,
-            node_key="",
-        )
-        async with http.post(stack.ingest_url + "/start_uploads", data=body) as resp:
-            session_id = (await resp.json())["session_id"]
-
-        async def send(i: int) -> int:
-            payload = block_body(i, session_id, request_id, data[i * bsize : (i + 1) * bsize])
-            async with http.post(stack.ingest_url + "/upload_blocks", data=payload) as resp:
-                return resp.status
-
-        statuses = await asyncio.gather(*(send(i % count) for i in range(3 * count)))
-    assert set(statuses) == {200}
-    await assert_stored(stack, carve_id, hashlib.sha256(data).hexdigest(), len(data), bsize)
+        await up.start(http)
+        replies = await asyncio.gather(*(up.send(http, i % up.count) for i in range(3 * up.count)))
+    assert {status for status, *_ in replies} == {200}
+    await assert_stored(stack, up.carve_id, up.sha256, len(up.data), up.block_size)
