@@ -38,20 +38,19 @@ async def read_prefix(request: web.Request, size: int = PEEK_BYTES) -> bytes:
     return b"".join(parts)
 
 
-async def read_rest(request: web.Request, prefix: bytes, limit: int) -> bytes:
-    """The whole body, given its first bytes; PayloadTooLarge as soon as it passes ``limit``."""
+async def read_rest(request: web.Request, prefix: bytes, limit: int) -> bytearray:
+    """The whole body, given its first bytes; PayloadTooLarge as soon as it passes ``limit``.
+
+    One growing buffer rather than a list of parts joined at the end: a block
+    body then costs about its own size in memory, not twice that.
+    """
     check_declared_length(request, limit)
-    parts = [prefix]
-    have = len(prefix)
-    while True:
-        part = await request.content.readany()
-        if not part:
-            break
-        have += len(part)
-        if have > limit:
+    body = bytearray(prefix)
+    while part := await request.content.readany():
+        if len(body) + len(part) > limit:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        parts.append(part)
-    return b"".join(parts)
+        body += part
+    return body
 
 
 def peek_block_id(prefix: bytes) -> int | None:
@@ -59,7 +58,7 @@ def peek_block_id(prefix: bytes) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def parse_json_object(body: bytes) -> dict[str, object]:
+def parse_json_object(body: bytes | bytearray) -> dict[str, object]:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -129,22 +129,25 @@ def _check_block(request: web.Request, block: BlockRequest, session: Session) ->
 async def upload_block(request: web.Request) -> web.Response:
     app = request.app
     metrics = app[keys.METRICS]
-    block, session, seen = await _read_block_request(request)
-    data = _check_block(request, block, session)
+    request_block, session, seen = await _read_block_request(request)
+    data = _check_block(request, request_block, session)
+    block_id = request_block.block_id
+    # The base64 text is a third larger than the block: do not hold it while the broker confirms.
+    del request_block
     if seen:
         metrics.blocks.labels("duplicate").inc()
         return web.json_response(OK)
     await app[keys.PUBLISHER].publish(
         Block(
             carve_id=session.carve_id,
-            block_id=block.block_id,
+            block_id=block_id,
             block_count=session.block_count,
             block_size=session.block_size,
             carve_size=session.carve_size,
             data=data,
         )
     )
-    fresh = await app[keys.SESSIONS].mark(session.session_id, block.block_id)
+    fresh = await app[keys.SESSIONS].mark(session.session_id, block_id)
     metrics.blocks.labels("accepted" if fresh else "duplicate").inc()
     if fresh:
         metrics.block_bytes.inc(len(data))
