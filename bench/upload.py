@@ -103,12 +103,18 @@ class Scenario:
     carve_size: int
     block_size: int
     purpose: str
+    # Staged: the assembler is paused (SIGSTOP) during the upload, so "accepted" is the
+    # ingest's own rate without MongoDB competing for the cores, and "drain" is the
+    # assembler's own rate with nothing else running.
+    staged: bool = False
 
 
 FULL = (
     Scenario("A", 10, 100 * MB, MiB, "throughput, 1 MiB blocks"),
     Scenario("B", 10, 5 * MB, 8 * KiB, "throughput, osquery's default 8 KiB blocks"),
     Scenario("C", 50, 20 * MB, MiB, "peak RSS at 50 hosts"),
+    Scenario("AS", 10, 100 * MB, MiB, "A staged: ingest alone, then assembler alone", True),
+    Scenario("BS", 10, 5 * MB, 8 * KiB, "B staged: ingest alone, then assembler alone", True),
     Scenario("D1", 1, 10 * MB, MiB, "RSS vs carve size: small"),
     Scenario("D2", 1, 1 * GB, MiB, "RSS vs carve size: large"),
 )
@@ -514,10 +520,16 @@ async def drive(
     backend_cpu, bench_cpu = backends.cpu_seconds(), time.process_time()
     timeout = 120 + scenario.hosts * scenario.carve_size / MB / 2  # at least ~2 MB/s
     async with RssSampler(pids) as sampler:
+        if scenario.staged:
+            os.kill(pids["assembler"], signal.SIGSTOP)
         started = time.perf_counter()
-        results = await carve_many(
-            procs["ingest"].url, archives, carve_ids=ids, block_size=scenario.block_size
-        )
+        try:
+            results = await carve_many(
+                procs["ingest"].url, archives, carve_ids=ids, block_size=scenario.block_size
+            )
+        finally:
+            if scenario.staged:
+                os.kill(pids["assembler"], signal.SIGCONT)
         uploaded = time.perf_counter()
         settled = await wait_settled(carves, [r.carve_id for r in results if r.ok], timeout)
         done = time.perf_counter()
@@ -684,12 +696,15 @@ def rss_growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def run_all(backends: Backends, workdir: Path, quick: bool) -> dict[str, Any]:
+async def run_all(
+    backends: Backends, workdir: Path, quick: bool, only: set[str] | None = None
+) -> dict[str, Any]:
     mongo: AsyncMongoClient[Document] = AsyncMongoClient(backends.mongo.url)
     try:
         ceilings = await measure_ceilings(backends, 0.5 if quick else 3.0)
         ctx = Context(backends, mongo, workdir, ceilings)
-        rows = [await run_scenario(s, ctx) for s in (QUICK if quick else FULL)]
+        chosen = [s for s in (QUICK if quick else FULL) if only is None or s.name in only]
+        rows = [await run_scenario(s, ctx) for s in chosen]
     finally:
         await mongo.close()
     return {
@@ -819,12 +834,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="small smoke run (< 1 minute)")
     parser.add_argument(
+        "--only", default="", help="comma-separated scenario names to run (e.g. A,C)"
+    )
+    parser.add_argument(
         "--json-out", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}"
     )
     return parser.parse_args(argv)
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, only: set[str] | None = None) -> dict[str, Any]:
     """Backends up, ceilings and scenarios, backends down (also on errors and Ctrl-C)."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
@@ -833,7 +851,7 @@ def run(quick: bool) -> dict[str, Any]:
         log(f"starting Redis, RabbitMQ and SecantusDB under {workdir}")
         with running_backends(workdir / "backends") as backends:
             backend_start_s = round(time.perf_counter() - started, 1)
-            report = asyncio.run(run_all(backends, workdir, quick))
+            report = asyncio.run(run_all(backends, workdir, quick, only))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {
@@ -849,7 +867,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        report = run(bool(args.quick))
+        only = {name.strip() for name in args.only.split(",") if name.strip()} or None
+        report = run(bool(args.quick), only)
     except KeyboardInterrupt:
         log("interrupted; servers stopped")
         return 130
