@@ -19,6 +19,7 @@ from services.assembler.handler import handle_block
 from services.assembler.metrics import AssemblerMetrics, TimedFinalizer
 from services.assembler.settings import AssemblerSettings
 from services.assembler.store import GridChunkStore
+from services.assembler.tracker import CarveTracker
 from shared import keys as shared_keys
 from shared.finalize import Finalizer
 from shared.health import add_health_routes, check_amqp, check_mongo
@@ -30,22 +31,25 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     metrics = app[keys.METRICS]
     db = app[shared_keys.MONGO_DB]
-    finalizer = Finalizer(
-        db,
-        settings.mongo_bucket,
-        owner=f"{socket.gethostname()}:{os.getpid()}",
-        lease_seconds=settings.finalize_lease,
-    )
-    handler = functools.partial(
-        handle_block,
-        store=GridChunkStore(
+    finalizer = TimedFinalizer(
+        Finalizer(
             db,
             settings.mongo_bucket,
-            batch=settings.write_batch,
-            batch_bytes=settings.write_batch_bytes,
+            owner=f"{socket.gethostname()}:{os.getpid()}",
+            lease_seconds=settings.finalize_lease,
         ),
-        finalizer=TimedFinalizer(finalizer, metrics),
+        metrics,
     )
+    store = GridChunkStore(
+        db,
+        settings.mongo_bucket,
+        batch=settings.write_batch,
+        batch_bytes=settings.write_batch_bytes,
+    )
+    tracker = CarveTracker(
+        store, finalizer, interval=settings.progress_interval, idle=settings.finalize_idle
+    )
+    handler = functools.partial(handle_block, store=store, finalizer=finalizer, tracker=tracker)
     consumer = BlockConsumer(
         app[shared_keys.AMQP],
         settings.amqp_queue,
@@ -54,12 +58,14 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
         prefetch=settings.prefetch,
         retry_max_delay=settings.retry_max_delay,
     )
+    tracker.start()
     await consumer.start()
     app[keys.CONSUMER] = consumer
     try:
         yield
     finally:
         await consumer.stop(settings.drain_timeout)
+        await tracker.stop()
 
 
 def create_app(settings: AssemblerSettings) -> web.Application:

@@ -18,5 +18,9 @@ class AssemblerSettings(HttpSettings, AmqpSettings, MongoSettings):
     drain_timeout: float = Field(20.0, ge=0)
     # A finalizer that stops renewing its lease for this long is presumed dead.
     finalize_lease: float = Field(60.0, gt=0)
+    # How often progress counters are written, and how long a carve's chunks must stop
+    # arriving before this process checks again whether the carve is whole.
+    progress_interval: float = Field(1.0, gt=0)
+    finalize_idle: float = Field(2.0, ge=0)
     # Longest pause between retries of a block while MongoDB is unreachable.
     retry_max_delay: float = Field(10.0, gt=0)

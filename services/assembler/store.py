@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 from bson.binary import Binary
-from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
@@ -39,15 +37,10 @@ class GridChunkStore:
         self._inserts: Coalescer[Document, bool] = Coalescer(
             self._insert_many, batch, weight=lambda doc: len(doc["data"]), max_weight=batch_bytes
         )
-        self._counts: Coalescer[str, int | None] = Coalescer(self._add_counts, batch)
 
     async def put_chunk(self, carve_id: str, n: int, data: bytes) -> bool:
         """Store a chunk; False when it was already there (the unique index said so)."""
         return await self._inserts.submit({"files_id": carve_id, "n": n, "data": Binary(data)})
-
-    async def count_received(self, carve_id: str) -> int | None:
-        """Add one to the carve's progress counter; the new value, or None if not receiving."""
-        return await self._counts.submit(carve_id)
 
     async def _insert_many(self, docs: Sequence[Document]) -> list[bool | BaseException]:
         results: list[bool | BaseException] = [True] * len(docs)
@@ -65,15 +58,11 @@ class GridChunkStore:
                         )
         return results
 
-    async def _add_counts(self, carve_ids: Sequence[str]) -> list[int | BaseException | None]:
-        totals: dict[str, int | None] = {}
+    async def add_received(self, counts: dict[str, int]) -> None:
+        """Add to the progress counters of receiving carves (one update per carve)."""
         with transient_on_outage("progress update"):
-            for carve_id, k in Counter(carve_ids).items():
-                doc = await self._carves.find_one_and_update(
+            for carve_id, k in counts.items():
+                await self._carves.update_one(
                     {"_id": carve_id, "status": Status.RECEIVING.value},
                     {"$inc": {"blocks_received": k}, "$currentDate": {"updated_at": True}},
-                    projection={"blocks_received": 1},
-                    return_document=ReturnDocument.AFTER,
                 )
-                totals[carve_id] = None if doc is None else int(doc["blocks_received"])
-        return [totals[c] for c in carve_ids]

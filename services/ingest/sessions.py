@@ -6,6 +6,11 @@ ingest replica can serve any block. The carve document in MongoDB also holds
 the session id, so a session lost with Redis (a restart without persistence)
 is rebuilt on first use instead of failing the carve; only the duplicate
 filter restarts empty, which the idempotent storage makes harmless.
+
+A session's fields never change, so each ingest process keeps the ones it
+has seen for a few seconds: a block then costs one Redis round trip (an
+atomic script that records it and refreshes the expiry) instead of two. The
+cache only saves a read; nothing depends on which replica served what.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from cachetools import TTLCache
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 from redis.asyncio import Redis
@@ -79,16 +85,34 @@ async def _backend(name: str) -> AsyncIterator[None]:
         raise Unavailable(name, exc.__class__.__name__) from exc
 
 
+# Records a block and keeps both keys alive, in one round trip; returns the bit's old value.
+_MARK = """
+local old = redis.call('SETBIT', KEYS[2], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return old
+"""
+
+
 class SessionStore:
     """Sessions and their block bitmaps in Redis, rebuilt from the carves collection if lost."""
 
     def __init__(
-        self, redis: Redis, carves: AsyncCollection[Document], *, prefix: str, ttl: int
+        self,
+        redis: Redis,
+        carves: AsyncCollection[Document],
+        *,
+        prefix: str,
+        ttl: int,
+        cache_size: int = 50_000,
+        cache_ttl: float = 10.0,
     ) -> None:
         self._redis = redis
         self._carves = carves
         self._prefix = prefix
         self._ttl = ttl
+        self._mark = redis.register_script(_MARK)
+        self._cache: TTLCache[str, Session] = TTLCache(maxsize=cache_size, ttl=cache_ttl)
 
     def _keys(self, session_id: str) -> tuple[str, str]:
         return f"{self._prefix}s:{session_id}", f"{self._prefix}b:{session_id}"
@@ -138,14 +162,22 @@ class SessionStore:
             await pipe.execute()
 
     async def get(self, session_id: str, block_hint: int | None = None) -> tuple[Session, bool]:
-        """The session and whether block ``block_hint`` was already confirmed (one round trip)."""
+        """The session, and whether block ``block_hint`` is known to be confirmed already.
+
+        From the cache: no round trip, and "not known" (a duplicate is then
+        published again and stored once). Otherwise one round trip for both.
+        """
+        if (cached := self._cache.get(session_id)) is not None:
+            return cached, False
         meta, bits = self._keys(session_id)
         async with _backend("redis"), self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(meta)
             pipe.getbit(bits, block_hint if block_hint is not None else 0)
             fields, seen = await pipe.execute()
         if fields:
-            return _parse(session_id, fields), bool(seen) and block_hint is not None
+            session = _parse(session_id, fields)
+            self._cache[session_id] = session
+            return session, bool(seen) and block_hint is not None
         return await self._recover(session_id), False
 
     async def _recover(self, session_id: str) -> Session:
@@ -165,13 +197,9 @@ class SessionStore:
             return bool(await self._redis.getbit(self._keys(session_id)[1], block_id))
 
     async def mark(self, session_id: str, block_id: int) -> bool:
-        """Record block ``block_id`` as confirmed; False if it already was (a racing duplicate)."""
-        meta, bits = self._keys(session_id)
-        async with _backend("redis"), self._redis.pipeline(transaction=False) as pipe:
-            pipe.setbit(bits, block_id, 1)
-            pipe.expire(bits, self._ttl)
-            pipe.expire(meta, self._ttl)
-            old, _, _ = await pipe.execute()
+        """Record block ``block_id`` as confirmed; False if it already was (a duplicate)."""
+        async with _backend("redis"):
+            old = await self._mark(keys=self._keys(session_id), args=[block_id, self._ttl])
         return not old
 
 

@@ -13,8 +13,9 @@ from pydantic import ValidationError
 
 from services.assembler.batching import Coalescer
 from services.assembler.handler import Handled, handle_block
+from services.assembler.tracker import CarveTracker
 from services.ingest.body import peek_block_id
-from shared.errors import PoisonMessage
+from shared.errors import PoisonMessage, TransientError
 from shared.finalize import Outcome, Result
 from shared.protocol import (
     StartRequest,
@@ -101,7 +102,7 @@ def test_queue_codec_round_trip_and_poison() -> None:
 class FakeStore:
     def __init__(self) -> None:
         self.chunks: dict[tuple[str, int], bytes] = {}
-        self.counter = 0
+        self.progress: dict[str, int] = {}
 
     async def put_chunk(self, carve_id: str, n: int, data: bytes) -> bool:
         if (carve_id, n) in self.chunks:
@@ -109,33 +110,72 @@ class FakeStore:
         self.chunks[carve_id, n] = data
         return True
 
-    async def count_received(self, carve_id: str) -> int | None:
-        self.counter += 1
-        return self.counter
+    async def add_received(self, counts: dict[str, int]) -> None:
+        for carve_id, k in counts.items():
+            self.progress[carve_id] = self.progress.get(carve_id, 0) + k
 
 
 class FakeFinalizer:
-    def __init__(self, store: FakeStore) -> None:
+    def __init__(self, store: FakeStore, count: int = 2) -> None:
         self.store = store
-        self.calls = 0
+        self.count = count
+        self.calls: list[str] = []
 
     async def maybe_finalize(self, carve_id: str) -> Result:
-        self.calls += 1
-        whole = len(self.store.chunks) == 2
+        self.calls.append(carve_id)
+        whole = sum(1 for c, _ in self.store.chunks if c == carve_id) == self.count
         return Result(Outcome.FINALIZED if whole else Outcome.NOT_READY)
 
 
-async def test_handler_writes_counts_and_finalizes_at_the_end() -> None:
+async def test_handler_finalizes_on_the_last_block_when_all_are_there() -> None:
     store = FakeStore()
     fin = FakeFinalizer(store)
-    assert await handle_block(_block(1, b"ef"), store, fin) is Handled.WRITTEN
-    assert fin.calls == 0  # counter says 1 of 2: no need to ask MongoDB
-    assert await handle_block(_block(0), store, fin) is Handled.FINALIZED
-    assert await handle_block(_block(0), store, fin) is Handled.FINALIZED  # redelivery re-checks
-    assert fin.calls == 2
+    tracker = CarveTracker(store, fin, idle=0.0)
+    assert await handle_block(_block(0), store, fin, tracker) is Handled.WRITTEN
+    assert fin.calls == []  # not the last block: no need to ask MongoDB
+    assert await handle_block(_block(1, b"ef"), store, fin, tracker) is Handled.FINALIZED
+    assert await handle_block(_block(0), store, fin, tracker) is Handled.DUPLICATE
     assert store.chunks == {("c", 0): b"abcd", ("c", 1): b"ef"}
     with pytest.raises(PoisonMessage):
-        await handle_block(_block(5), store, fin)
+        await handle_block(_block(5), store, fin, tracker)
+
+
+async def test_tracker_finishes_out_of_order_carves_and_records_progress() -> None:
+    store = FakeStore()
+    fin = FakeFinalizer(store)
+    tracker = CarveTracker(store, fin, idle=0.0)
+    # The last block first: too early to finalize.
+    assert await handle_block(_block(1, b"ef"), store, fin, tracker) is Handled.WRITTEN
+    assert fin.calls == ["c"]
+    await handle_block(_block(0), store, fin, tracker)
+    await tracker.sweep()  # chunks stopped arriving: look again
+    assert fin.calls == ["c", "c"]
+    assert store.progress == {"c": 2}
+    assert tracker.tracked() == 0  # finalized: forgotten
+    await tracker.sweep()
+    assert fin.calls == ["c", "c"]
+
+
+async def test_tracker_waits_for_idle_and_keeps_progress_on_outage() -> None:
+    store = FakeStore()
+    fin = FakeFinalizer(store, count=3)
+    tracker = CarveTracker(store, fin, idle=3600.0)
+    tracker.note("c", new_chunk=True)
+    tracker.note("c", new_chunk=False)
+    await tracker.sweep()
+    assert fin.calls == []  # still receiving
+    assert store.progress == {"c": 1}
+
+    async def down(counts: dict[str, int]) -> None:
+        raise TransientError("mongo down")
+
+    tracker.note("c", new_chunk=True)
+    store.add_received = down  # type: ignore[method-assign]
+    with pytest.raises(TransientError):
+        await tracker.sweep()
+    del store.add_received
+    await tracker.sweep()
+    assert store.progress == {"c": 2}  # the increment was kept for the next try
 
 
 async def test_coalescer_batches_under_load_and_isolates_item_errors() -> None:

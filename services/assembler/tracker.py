@@ -1,0 +1,113 @@
+"""The carves this assembler wrote to lately: their progress, and a second look once idle.
+
+Counting every chunk in the carve document would double the MongoDB writes
+per block (on SecantusDB an update costs more than inserting a whole batch of
+chunks). Instead the tracker adds up new chunks per carve and writes the
+progress once per interval, and asks the finalizer about every carve whose
+chunks stopped arriving for ``idle`` seconds: that completes carves whose
+blocks came out of order, or whose last block was handled by a process that
+died. Progress may lag, or undercount after a crash; the finalizer counts the
+chunks exactly and sets the final figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.assembler.handler import CarveFinalizer
+from shared.errors import TransientError
+from shared.finalize import Outcome
+
+log = logging.getLogger(__name__)
+
+
+class ProgressStore(Protocol):
+    """Where progress goes (GridChunkStore in production)."""
+
+    async def add_received(self, counts: dict[str, int]) -> None: ...
+
+
+@dataclass
+class _Entry:
+    pending: int = 0
+    last_write: float = 0.0
+    dirty: bool = False
+
+
+class CarveTracker:
+    def __init__(
+        self,
+        progress: ProgressStore,
+        finalizer: CarveFinalizer,
+        *,
+        interval: float = 1.0,
+        idle: float = 2.0,
+        forget_after: float = 3600.0,
+    ) -> None:
+        self._progress = progress
+        self._finalizer = finalizer
+        self._interval = interval
+        self._idle = idle
+        self._forget_after = forget_after
+        self._carves: dict[str, _Entry] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def note(self, carve_id: str, *, new_chunk: bool) -> None:
+        entry = self._carves.setdefault(carve_id, _Entry())
+        entry.pending += int(new_chunk)
+        entry.last_write = time.monotonic()
+        entry.dirty = True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="carve-tracker")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(TransientError):
+            await self._flush()  # last progress, best effort
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.sweep()
+            except TransientError as exc:
+                log.warning("tracker sweep postponed: %s", exc)
+
+    async def sweep(self) -> None:
+        """Write pending progress; re-check idle carves; forget old ones."""
+        await self._flush()
+        now = time.monotonic()
+        for carve_id, entry in list(self._carves.items()):
+            idle_for = now - entry.last_write
+            if entry.dirty and idle_for >= self._idle:
+                entry.dirty = False
+                result = await self._finalizer.maybe_finalize(carve_id)
+                if result.outcome in (Outcome.FINALIZED, Outcome.ALREADY, Outcome.CORRUPT):
+                    self._carves.pop(carve_id, None)
+            elif idle_for >= self._forget_after:
+                self._carves.pop(carve_id, None)
+
+    async def _flush(self) -> None:
+        counts = {c: e.pending for c, e in self._carves.items() if e.pending}
+        if not counts:
+            return
+        for entry in self._carves.values():
+            entry.pending = 0
+        try:
+            await self._progress.add_received(counts)
+        except TransientError:
+            for carve_id, k in counts.items():  # keep them for the next try
+                self._carves.setdefault(carve_id, _Entry()).pending += k
+            raise
+
+    def tracked(self) -> int:
+        return len(self._carves)
