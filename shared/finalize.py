@@ -17,6 +17,7 @@ assembler died mid-way). Steps, each safe to repeat:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -67,12 +68,16 @@ class Finalizer:
         *,
         owner: str,
         lease_seconds: float = 60.0,
+        concurrency: int = 2,
     ) -> None:
         self._carves = db[COLLECTION]
         self._files = db[f"{bucket}.files"]
         self._chunks = db[f"{bucket}.chunks"]
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
+        # Hashing streams a carve back from MongoDB: a few at a time per process keeps
+        # memory (one cursor batch each) and MongoDB's read load bounded.
+        self._slots = asyncio.Semaphore(concurrency)
 
     async def maybe_finalize(self, carve_id: str) -> Result:
         """Finalize ``carve_id`` if all its chunks are present and nobody else is at it."""
@@ -87,9 +92,10 @@ class Finalizer:
                     {"_id": carve_id}, {"$max": {"blocks_received": count}}
                 )
                 return Result(Outcome.NOT_READY, chunks=count)
-            if not await self._claim(carve_id):
-                return Result(Outcome.BUSY, chunks=count)
-            return await self._finish(doc)
+            async with self._slots:
+                if not await self._claim(carve_id):
+                    return Result(Outcome.BUSY, chunks=count)
+                return await self._finish(doc)
 
     async def _claim(self, carve_id: str) -> bool:
         now = datetime.now(UTC)

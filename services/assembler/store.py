@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bson.binary import Binary
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
@@ -40,7 +39,8 @@ class GridChunkStore:
 
     async def put_chunk(self, carve_id: str, n: int, data: bytes) -> bool:
         """Store a chunk; False when it was already there (the unique index said so)."""
-        return await self._inserts.submit({"files_id": carve_id, "n": n, "data": Binary(data)})
+        # bytes are stored as BSON binary as they are; Binary(data) would copy every chunk.
+        return await self._inserts.submit({"files_id": carve_id, "n": n, "data": data})
 
     async def _insert_many(self, docs: Sequence[Document]) -> list[bool | BaseException]:
         results: list[bool | BaseException] = [True] * len(docs)

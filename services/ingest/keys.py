@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from services.ingest.budget import ByteBudget
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import BlockPublisher
 from services.ingest.sessions import SessionStore
@@ -13,3 +14,4 @@ SETTINGS = web.AppKey("settings", IngestSettings)
 SESSIONS = web.AppKey("sessions", SessionStore)
 PUBLISHER = web.AppKey("publisher", BlockPublisher)
 METRICS = web.AppKey("metrics", IngestMetrics)
+BUDGET = web.AppKey("budget", ByteBudget)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.ingest import keys
+from services.ingest.budget import ByteBudget
 from services.ingest.metrics import IngestMetrics
 from services.ingest.middlewares import osquery_errors
 from services.ingest.publisher import BlockPublisher
@@ -53,6 +54,7 @@ def create_app(settings: IngestSettings) -> web.Application:
     registry = new_registry()
     app[shared_keys.REGISTRY] = registry
     app[keys.METRICS] = IngestMetrics.create(registry)
+    app[keys.BUDGET] = ByteBudget(settings.max_inflight_bytes)
     app.cleanup_ctx.extend(
         [
             redis_ctx(settings),

@@ -15,5 +15,7 @@ class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
     publish_timeout: float = Field(5.0, gt=0)
     # Whole-request budget, kept well under osquery's 16 s hard limit.
     request_timeout: float = Field(12.0, gt=0)
+    # Request bodies being processed at once (bytes); more requests wait their turn.
+    max_inflight_bytes: int = Field(32 * MiB, ge=1)
     # Redis session lifetime, refreshed by every block.
     session_ttl: int = Field(48 * 3600, ge=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -81,27 +82,43 @@ async def start_upload(request: web.Request) -> web.Response:
     return web.json_response({"session_id": session_id, "success": True})
 
 
-async def _read_block_request(request: web.Request) -> tuple[BlockRequest, Session, bool]:
-    """Parse a block body, reading no more than the session's block size allows."""
+@dataclass
+class _Peeked:
+    """What the first bytes of a block body told: its session (if found) and the body limit."""
+
+    prefix: bytes
+    session: Session | None
+    seen: bool
+    hint: int | None
+    limit: int
+
+
+async def _peek(request: web.Request) -> _Peeked:
     settings = request.app[keys.SETTINGS]
-    sessions = request.app[keys.SESSIONS]
     global_limit = max_block_body(settings.max_block_size)
     check_declared_length(request, global_limit)
     prefix = await read_prefix(request, PEEK_BYTES)
-    session: Session | None = None
-    seen = False
     hint = peek_block_id(prefix)
-    if (peeked := peek_session_id(prefix)) is not None:
-        session, seen = await sessions.get(peeked, hint)
-    limit = max_block_body(session.block_size) if session else global_limit
-    body = await read_rest(request, prefix, limit)
+    if (peeked := peek_session_id(prefix)) is None:
+        return _Peeked(prefix, None, False, hint, global_limit)
+    session, seen = await request.app[keys.SESSIONS].get(peeked, hint)
+    return _Peeked(prefix, session, seen, hint, max_block_body(session.block_size))
+
+
+async def _read_block_request(
+    request: web.Request, peeked: _Peeked
+) -> tuple[BlockRequest, Session, bool]:
+    """Parse a block body, reading no more than the session's block size allows."""
+    sessions = request.app[keys.SESSIONS]
+    body = await read_rest(request, peeked.prefix, peeked.limit)
     try:
         block = BlockRequest.model_validate(parse_json_object(body))
     except ValidationError as exc:
         raise InvalidRequest(_validation_message(exc)) from exc
+    session, seen = peeked.session, peeked.seen
     if session is None or session.session_id != block.session_id:
         session, seen = await sessions.get(block.session_id, block.block_id)
-    elif hint != block.block_id:
+    elif peeked.hint != block.block_id:
         seen = await sessions.seen(session.session_id, block.block_id)
     return block, session, seen
 
@@ -128,15 +145,27 @@ def _check_block(request: web.Request, block: BlockRequest, session: Session) ->
 
 async def upload_block(request: web.Request) -> web.Response:
     app = request.app
+    peeked = await _peek(request)
+    # Memory: the body, its decoded block and the broker's frames stay until the confirm.
+    async with app[keys.BUDGET].hold(request.content_length or peeked.limit):
+        request_block, session, seen = await _read_block_request(request, peeked)
+        del peeked
+        data = _check_block(request, request_block, session)
+        block_id = request_block.block_id
+        # The base64 text is a third larger than the block: let it go before the broker's confirm.
+        del request_block
+        fresh = False if seen else await _store(app, session, block_id, data)
     metrics = app[keys.METRICS]
-    request_block, session, seen = await _read_block_request(request)
-    data = _check_block(request, request_block, session)
-    block_id = request_block.block_id
-    # The base64 text is a third larger than the block: do not hold it while the broker confirms.
-    del request_block
-    if seen:
+    if not fresh:
         metrics.blocks.labels("duplicate").inc()
-        return web.json_response(OK)
+    else:
+        metrics.blocks.labels("accepted").inc()
+        metrics.block_bytes.inc(len(data))
+    return web.json_response(OK)
+
+
+async def _store(app: web.Application, session: Session, block_id: int, data: bytes) -> bool:
+    """Publish, and once confirmed record the block; False if it was a duplicate."""
     await app[keys.PUBLISHER].publish(
         Block(
             carve_id=session.carve_id,
@@ -147,8 +176,4 @@ async def upload_block(request: web.Request) -> web.Response:
             data=data,
         )
     )
-    fresh = await app[keys.SESSIONS].mark(session.session_id, block_id)
-    metrics.blocks.labels("accepted" if fresh else "duplicate").inc()
-    if fresh:
-        metrics.block_bytes.inc(len(data))
-    return web.json_response(OK)
+    return await app[keys.SESSIONS].mark(session.session_id, block_id)

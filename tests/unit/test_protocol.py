@@ -15,6 +15,7 @@ from services.assembler.batching import Coalescer
 from services.assembler.handler import Handled, handle_block
 from services.assembler.tracker import CarveTracker
 from services.ingest.body import peek_block_id
+from services.ingest.budget import ByteBudget
 from shared.errors import PoisonMessage, TransientError
 from shared.finalize import Outcome, Result
 from shared.protocol import (
@@ -217,3 +218,21 @@ async def test_coalescer_weight_limit_and_whole_batch_failure() -> None:
     assert all(len(b"".join(batch)) <= 10 or len(batch) == 1 for batch in seen)
     assert isinstance(results[3], ConnectionError)
     assert results[0] is True
+
+
+async def test_byte_budget_bounds_bytes_in_flight() -> None:
+    budget = ByteBudget(10)
+    peak = 0
+    order: list[str] = []
+
+    async def job(name: str, size: int) -> None:
+        nonlocal peak
+        async with budget.hold(size):
+            peak = max(peak, budget.used)
+            order.append(name)
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(job("a", 6), job("b", 6), job("c", 4), job("huge", 50))
+    assert peak <= 10
+    assert sorted(order) == ["a", "b", "c", "huge"]
+    assert budget.used == 0
