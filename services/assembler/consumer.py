@@ -41,6 +41,7 @@ class BlockConsumer:
         metrics: AssemblerMetrics,
         *,
         prefetch: int,
+        prefetch_bytes: int,
         retry_max_delay: float,
     ) -> None:
         self._connection = connection
@@ -48,6 +49,9 @@ class BlockConsumer:
         self._handler = handler
         self._metrics = metrics
         self._prefetch = prefetch
+        self._prefetch_bytes = prefetch_bytes
+        self._qos = prefetch  # the prefetch count in force
+        self._qos_task: asyncio.Task[None] | None = None
         self._retry_max_delay = retry_max_delay
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -93,7 +97,29 @@ class BlockConsumer:
             self._in_flight.discard(task)
             self._metrics.in_flight.dec()
 
+    def _fit_prefetch(self, size: int) -> None:
+        """Keep prefetch x block size near ``prefetch_bytes``: memory follows configuration.
+
+        8 KiB blocks want many in flight for throughput, 8 MiB blocks few, for
+        memory; the broker only counts messages, so the count follows the size.
+        """
+        want = max(1, min(self._prefetch, self._prefetch_bytes // max(size, 1)))
+        busy = self._qos_task is not None and not self._qos_task.done()
+        if want == self._qos or busy or self._channel is None:
+            return
+        self._qos = want
+        self._qos_task = asyncio.create_task(self._set_qos(want))
+
+    async def _set_qos(self, count: int) -> None:
+        assert self._channel is not None
+        try:
+            await self._channel.set_qos(prefetch_count=count)
+            log.info("prefetch set to %d for blocks of this size", count)
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            log.warning("could not change prefetch: %s", exc.__class__.__name__)
+
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        self._fit_prefetch(len(message.body))
         try:
             block = decode(message.body, dict(message.headers))
         except PoisonMessage as exc:

@@ -11,6 +11,8 @@ class AssemblerSettings(HttpSettings, AmqpSettings, MongoSettings):
     http_port: int = Field(8081, ge=0, le=65535)
     # Blocks in flight per process; memory is about prefetch x block size.
     prefetch: int = Field(32, ge=1, le=1000)
+    # ...and at most about this many bytes of them: prefetch shrinks for big blocks.
+    prefetch_bytes: int = Field(16 * MiB, ge=1)
     # Most chunks, and most bytes, written in one insert_many.
     write_batch: int = Field(64, ge=1, le=1000)
     write_batch_bytes: int = Field(8 * MiB, ge=1)
