@@ -121,14 +121,14 @@ class BlockConsumer:
     async def _process(self, message: AbstractIncomingMessage) -> None:
         self._fit_prefetch(len(message.body))
         try:
-            block = decode(message.body, dict(message.headers))
+            blocks = decode(message.body, message.headers)
         except PoisonMessage as exc:
             await self._dead_letter(message, str(exc))
             return
         delay = 0.25
         while True:
             try:
-                outcome = await self._handler(block)
+                outcomes = await self._handle_all(blocks)
             except PoisonMessage as exc:
                 await self._dead_letter(message, str(exc))
                 return
@@ -137,22 +137,39 @@ class BlockConsumer:
                 if self._stopping.is_set():
                     await self._settle(message.nack(requeue=True))
                     return
-                log.warning("block %s/%d: %s; retrying", block.carve_id, block.block_id, exc)
+                log.warning("message %s: %s; retrying", _describe(blocks), exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_delay)
                 continue
             except Exception:
-                await self._unexpected(message, block)
+                await self._unexpected(message, blocks)
                 return
             await self._settle(message.ack())
+            self._count(blocks, outcomes)
+            return
+
+    async def _handle_all(self, blocks: list[Block]) -> list[Handled]:
+        """Handle the blocks of one message together (their chunk writes share batches).
+
+        Storing is idempotent, so after any failure the whole message is
+        simply handled again.
+        """
+        results = await asyncio.gather(*(self._handler(b) for b in blocks), return_exceptions=True)
+        for error_type in (PoisonMessage, TransientError, BaseException):
+            for result in results:
+                if isinstance(result, error_type):
+                    raise result
+        return [r for r in results if isinstance(r, Handled)]
+
+    def _count(self, blocks: list[Block], outcomes: list[Handled]) -> None:
+        for block, outcome in zip(blocks, outcomes, strict=True):
             self._metrics.blocks.labels(outcome.value).inc()
             if outcome is not Handled.DUPLICATE:
                 self._metrics.block_bytes.inc(len(block.data))
-            return
 
-    async def _unexpected(self, message: AbstractIncomingMessage, block: Block) -> None:
+    async def _unexpected(self, message: AbstractIncomingMessage, blocks: list[Block]) -> None:
         # A bug, not bad data: give it one more delivery, then park it for a human.
-        log.exception("block %s/%d: unexpected error", block.carve_id, block.block_id)
+        log.exception("message %s: unexpected error", _describe(blocks))
         if message.redelivered:
             await self._dead_letter(message, "unexpected error twice")
         else:
@@ -171,3 +188,9 @@ class BlockConsumer:
             await action
         except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
             log.warning("could not settle a delivery (%s); it will be redelivered", exc)
+
+
+def _describe(blocks: list[Block]) -> str:
+    first = blocks[0]
+    more = f" and {len(blocks) - 1} more" if len(blocks) > 1 else ""
+    return f"block {first.carve_id}/{first.block_id}{more}"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from services.assembler.batching import Coalescer
+from shared.batching import Coalescer
 from shared.carves import COLLECTION, Status
 from shared.errors import PoisonMessage
 from shared.mongo import Document, transient_on_outage

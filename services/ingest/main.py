@@ -35,7 +35,13 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    publisher = BlockPublisher(app[shared_keys.AMQP], settings.amqp_queue, settings.publish_timeout)
+    publisher = BlockPublisher(
+        app[shared_keys.AMQP],
+        settings.amqp_queue,
+        settings.publish_timeout,
+        batch_bytes=settings.publish_batch_bytes,
+        on_batch=app[keys.METRICS].batch_blocks.observe,
+    )
     await publisher.open()
     app[keys.PUBLISHER] = publisher
     try:

@@ -15,6 +15,7 @@ class IngestMetrics:
     block_bytes: Counter
     unavailable: Counter
     latency: Histogram
+    batch_blocks: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -45,6 +46,12 @@ class IngestMetrics:
                 "Request latency by endpoint",
                 ["endpoint"],
                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                registry=registry,
+            ),
+            batch_blocks=Histogram(
+                "carve_publish_batch_blocks",
+                "Blocks per published message (concurrent requests share messages)",
+                buckets=(1, 2, 4, 8, 16, 32, 64),
                 registry=registry,
             ),
         )

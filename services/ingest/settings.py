@@ -13,6 +13,8 @@ class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
     max_carve_size: int = Field(100 * GiB, ge=1)
     # How long to wait for RabbitMQ's confirm before telling osquery to retry.
     publish_timeout: float = Field(5.0, gt=0)
+    # Blocks of concurrent requests share a message, up to this many bytes.
+    publish_batch_bytes: int = Field(1 * MiB, ge=1)
     # Whole-request budget, kept well under osquery's 16 s hard limit.
     request_timeout: float = Field(12.0, gt=0)
     # Request bodies being processed at once (bytes); more requests wait their turn.

@@ -17,6 +17,7 @@ import pytest
 from clients.osquery_sim import build_synthetic_archive, carve
 from services.assembler.store import GridChunkStore
 from shared.finalize import Finalizer, Outcome
+from shared.queue import Block, encode
 from tests.conftest import Backends
 from tests.stack import Stack
 from tests.uploads import Upload, random_bytes
@@ -204,14 +205,16 @@ async def test_poison_messages_are_dead_lettered(
     connection = await aio_pika.connect_robust(backends.rabbit.url)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        bad: list[dict[str, Any]] = [
-            {},  # no headers at all
-            {"carve_id": "x", "block_id": "7", "block_count": 1, "block_size": 4, "carve_size": 4},
-            {"carve_id": "x", "block_id": 3, "block_count": 1, "block_size": 4, "carve_size": 4},
-            {"carve_id": "x", "block_id": 0, "block_count": 1, "block_size": 4, "carve_size": 4},
+        good = encode([Block("x", 0, 1, 4, 4, b"abcd")])
+        bad: list[tuple[bytes, dict[str, Any]]] = [
+            (good.body, {}),  # no headers at all
+            (good.body, {"format": "carve-blocks/0", "count": 1}),  # unknown format
+            (good.body, {**good.headers, "count": 2}),  # count disagrees
+            (good.body[:-1], dict(good.headers)),  # truncated
+            (encode([Block("x", 3, 1, 4, 4, b"abcd")]).body, dict(good.headers)),  # out of range
         ]
-        for headers in bad:
-            message = aio_pika.Message(b"abc", headers=headers, delivery_mode=2)
+        for body, headers in bad:
+            message = aio_pika.Message(body, headers=headers, delivery_mode=2)
             await channel.default_exchange.publish(message, routing_key=queue)
         # Valid work behind the poison still gets done.
         archive = build_synthetic_archive(50 * KiB, tmp_path, carve_guid=str(uuid.uuid4()))
@@ -233,6 +236,6 @@ async def test_poison_messages_are_dead_lettered(
                 continue
             bodies.append(message.body)
             await message.ack()
-        assert bodies == [b"abc"] * len(bad)
+        assert bodies == [body for body, _ in bad]
     finally:
         await connection.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +25,18 @@ from tests.uploads import Upload, random_bytes
 
 KiB = 1024
 MiB = 1024 * KiB
+
+
+@contextlib.asynccontextmanager
+async def http_metrics(url: str) -> AsyncIterator[dict[str, float]]:
+    """The unlabelled samples of a service's /metrics."""
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    yield {
+        name: float(value)
+        for name, value in (line.split() for line in text.splitlines() if line[:1] != "#")
+        if "{" not in name
+    }
 
 
 def synthetic(tmp_path: Path, size: int, *, compress: bool = False, seed: int = 0) -> Path:
@@ -125,3 +139,8 @@ async def test_blocks_can_arrive_concurrently(stack: Stack) -> None:
         replies = await asyncio.gather(*(up.send(http, i % up.count) for i in range(3 * up.count)))
     assert {status for status, *_ in replies} == {200}
     await assert_stored(stack, up.carve_id, up.sha256, len(up.data), up.block_size)
+    async with http_metrics(stack.ingest_url) as metrics:
+        messages = metrics["carve_publish_batch_blocks_count"]
+        blocks = metrics["carve_publish_batch_blocks_sum"]
+    assert blocks >= up.count  # every block went out (duplicates may go again)
+    assert messages < blocks  # concurrent blocks shared messages

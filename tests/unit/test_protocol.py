@@ -11,11 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.assembler.batching import Coalescer
 from services.assembler.handler import Handled, handle_block
 from services.assembler.tracker import CarveTracker
 from services.ingest.body import peek_block_id
 from services.ingest.budget import ByteBudget
+from shared.batching import Coalescer
 from shared.errors import PoisonMessage, TransientError
 from shared.finalize import Outcome, Result
 from shared.protocol import (
@@ -88,16 +88,28 @@ def _block(block_id: int = 0, data: bytes = b"abcd") -> Block:
 
 
 def test_queue_codec_round_trip_and_poison() -> None:
-    message = encode(_block())
-    assert decode(message.body, dict(message.headers)) == _block()
+    blocks = [_block(), _block(1, b"ef"), Block("other-carve", 0, 1, 8, 3, b"xyz")]
+    message = encode(blocks)
     headers = dict(message.headers)
-    for broken in [{**headers, "block_id": True}, {**headers, "carve_id": ""}, {}]:
+    assert decode(message.body, headers) == blocks
+    assert decode(encode(blocks[:1]).body, {**headers, "count": 1}) == blocks[:1]
+    for broken in [{**headers, "format": "v0"}, {**headers, "count": 2}, {}]:
         with pytest.raises(PoisonMessage):
-            decode(b"abcd", broken)
-    with pytest.raises(PoisonMessage):
-        decode(b"abc", headers)  # block 0 must be a full 4 bytes
-    last = encode(_block(1, b"ef"))
-    assert decode(last.body, dict(last.headers)).data == b"ef"
+            decode(message.body, broken)
+    for body in [message.body[:-1], message.body + b"\x00", b"", b"\x01\x00"]:
+        with pytest.raises(PoisonMessage):
+            decode(body, headers)
+    short = encode([Block("c", 0, 2, 4, 6, b"abc")])  # block 0 must be a full 4 bytes
+    with pytest.raises(PoisonMessage, match="want 4"):
+        decode(short.body, dict(short.headers))
+
+
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=40), st.binary(max_size=64)), max_size=20))
+def test_queue_codec_any_batch(pairs: list[tuple[str, bytes]]) -> None:
+    blocks = [Block(cid, 0, 1, max(len(d), 1), max(len(d), 1), d) for cid, d in pairs if d]
+    if blocks:
+        message = encode(blocks)
+        assert decode(message.body, dict(message.headers)) == blocks
 
 
 class FakeStore:
