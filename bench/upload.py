@@ -446,7 +446,12 @@ def service_env(backends: Backends, tag: str) -> dict[str, str]:
         "CARVE_AMQP_QUEUE": f"bench.blocks.{tag}",
         "CARVE_REDIS_KEY_PREFIX": f"bench{tag}:",
         "CARVE_LOG_LEVEL": "WARNING",
+        **EXTRA_ENV,
     }
+
+
+# Extra environment for the services under test (--service-env), e.g. LD_PRELOAD.
+EXTRA_ENV: dict[str, str] = {}
 
 
 def stop_service(service: ServiceProcess) -> None:
@@ -834,6 +839,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="small smoke run (< 1 minute)")
     parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the services under test (repeatable)",
+    )
+    parser.add_argument(
         "--only", default="", help="comma-separated scenario names to run (e.g. A,C)"
     )
     parser.add_argument(
@@ -865,6 +877,7 @@ def run(quick: bool, only: set[str] | None = None) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    EXTRA_ENV.update(item.split("=", 1) for item in args.service_env)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         only = {name.strip() for name in args.only.split(",") if name.strip()} or None

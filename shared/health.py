@@ -19,8 +19,8 @@ READY_CHECKS: web.AppKey[dict[str, Check]] = web.AppKey("ready_checks")
 _CHECK_TIMEOUT = 2.0
 
 
-async def healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "service": request.app[keys.SERVICE_NAME]})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -28,9 +28,12 @@ async def readyz(request: web.Request) -> web.Response:
     results = await asyncio.gather(*(_run(c, request.app) for c in checks.values()))
     status = dict(zip(checks, results, strict=True))
     ok = all(r == "ok" for r in results)
-    return web.json_response(
-        {"status": "ok" if ok else "unavailable", "checks": status}, status=200 if ok else 503
-    )
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "service": request.app[keys.SERVICE_NAME],
+        "checks": status,
+    }
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def _run(check: Check, app: web.Application) -> str:

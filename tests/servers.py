@@ -22,10 +22,22 @@ from pathlib import Path
 HOST = "127.0.0.1"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on, and never the same one twice in this process.
+
+    (The kernel may offer a just-closed port again; two services given the same
+    one would make a readiness probe answer for the wrong process.)
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def port_open(port: int, host: str = HOST) -> bool:

@@ -71,6 +71,8 @@ class ServiceProcess:
                 with contextlib.suppress(aiohttp.ClientError):
                     async with http.get(f"{self.url}/readyz") as resp:
                         if resp.status == 200:
+                            service = (await resp.json())["service"]
+                            assert service == f"carve-{self.name}", f"{self.url} is {service}"
                             return
                 await asyncio.sleep(0.1)
         raise TimeoutError(f"{self.name} not ready: {self.log_path.read_text()[-2000:]}")

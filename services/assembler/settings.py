@@ -12,10 +12,10 @@ class AssemblerSettings(HttpSettings, AmqpSettings, MongoSettings):
     # Blocks in flight per process; memory is about prefetch x block size.
     prefetch: int = Field(32, ge=1, le=1000)
     # ...and at most about this many bytes of them: prefetch shrinks for big blocks.
-    prefetch_bytes: int = Field(16 * MiB, ge=1)
+    prefetch_bytes: int = Field(8 * MiB, ge=1)
     # Most chunks, and most bytes, written in one insert_many.
     write_batch: int = Field(64, ge=1, le=1000)
-    write_batch_bytes: int = Field(8 * MiB, ge=1)
+    write_batch_bytes: int = Field(4 * MiB, ge=1)
     # On SIGTERM, how long in-flight blocks may take before they are cancelled (and redelivered).
     drain_timeout: float = Field(20.0, ge=0)
     # A finalizer that stops renewing its lease for this long is presumed dead.

@@ -18,6 +18,6 @@ class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
     # Whole-request budget, kept well under osquery's 16 s hard limit.
     request_timeout: float = Field(12.0, gt=0)
     # Request bodies being processed at once (bytes); more requests wait their turn.
-    max_inflight_bytes: int = Field(16 * MiB, ge=1)
+    max_inflight_bytes: int = Field(8 * MiB, ge=1)
     # Redis session lifetime, refreshed by every block.
     session_ttl: int = Field(48 * 3600, ge=60)

@@ -170,6 +170,15 @@ async def test_wrong_node_key_header_is_refused(stack: Stack) -> None:
     await nothing_queued_or_stored(stack, body["carve_id"])
 
 
+async def test_start_with_another_hosts_node_key_header_is_refused(stack: Stack) -> None:
+    body = start_body(node_key="key-a")
+    status, ctype, raw = await post(
+        stack.ingest_url + "/start_uploads", body, headers={"Authorization": "NodeKey key-b"}
+    )
+    assert (status, ctype) == (403, "application/json"), raw
+    assert await stack.carve_doc(body["carve_id"]) is None
+
+
 async def test_oversized_body_refused_from_content_length(stack: Stack) -> None:
     body, sid = await start(stack)
     payload = block(sid, body["request_id"], 0, b"x" * (64 * B))  # 64x the session's block size

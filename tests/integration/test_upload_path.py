@@ -19,6 +19,7 @@ from clients.osquery_sim import (
     carve,
     carve_many,
     request_headers,
+    start_body,
 )
 from tests.stack import Stack
 from tests.uploads import Upload, random_bytes
@@ -72,6 +73,27 @@ async def test_carve_lands_intact(stack: Stack, tmp_path: Path, size: int, block
     assert doc is not None
     assert doc["compression"] == "none"
     assert doc["filename"] == f"carve_{result.carve_id}.tar"
+
+
+async def test_completed_carve_id_cannot_be_started_again(stack: Stack, tmp_path: Path) -> None:
+    archive = synthetic(tmp_path, 20 * KiB)
+    async with aiohttp.ClientSession() as http:
+        result = await carve(http, stack.ingest_url, archive, block_size=8 * KiB)
+        await stack.wait_complete(result.carve_id)
+        again = start_body(
+            block_count=result.block_count,
+            block_size=8 * KiB,
+            carve_size=result.size,
+            carve_id=result.carve_id,
+            request_id=result.request_id,
+            node_key="",
+        )
+        async with http.post(stack.ingest_url + "/start_uploads", data=again) as resp:
+            assert resp.status == 409
+            reply = await resp.json()
+    assert reply["code"] == "conflict"
+    assert "complete" in reply["error"]
+    assert await stack.stored_sha256(result.carve_id) == result.sha256  # untouched
 
 
 async def test_real_files_carve_and_zstd(stack: Stack, tmp_path: Path) -> None:
