@@ -117,6 +117,7 @@ FULL = (
     Scenario("BS", 10, 5 * MB, 8 * KiB, "B staged: ingest alone, then assembler alone", True),
     Scenario("D1", 1, 10 * MB, MiB, "RSS vs carve size: small"),
     Scenario("D2", 1, 1 * GB, MiB, "RSS vs carve size: large"),
+    Scenario("D3", 1, 100 * MB, MiB, "RSS vs carve size: middle (pipeline full, 10x smaller)"),
 )
 QUICK = (
     Scenario("A", 2, 10 * MB, MiB, "throughput, 1 MiB blocks"),

@@ -6,13 +6,17 @@ reverse order. Each factory takes only its own settings part.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from aiohttp import web
 from redis.asyncio import Redis
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared import keys
 from shared.mongo import ensure_indexes, make_client
@@ -64,6 +68,40 @@ def amqp_connected(connection: AbstractRobustConnection) -> bool:
     """True while the robust connection has a live transport (not while it reconnects)."""
     transport = connection.transport
     return transport is not None and not transport.connection.is_closed
+
+
+AMQP_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError)
+T = TypeVar("T")
+
+
+async def with_amqp_retry(
+    connection: AbstractRobustConnection,
+    setup: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    give_up_after: float = 60.0,
+) -> T:
+    """Run an AMQP set-up step (declare, consume), retrying while the broker is not ready.
+
+    A quorum queue declared a moment ago can refuse a consumer with
+    INTERNAL_ERROR until its replica has started, and the broker then closes
+    the connection: wait for the robust connection to come back and try again,
+    rather than crash a process that Kubernetes would just restart anyway.
+    """
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(AMQP_ERRORS),
+        wait=wait_exponential(multiplier=0.25, max=5),
+        stop=stop_after_delay(give_up_after),
+        before_sleep=lambda state: log.warning(
+            "%s failed (%s); retrying", what, state.outcome and state.outcome.exception()
+        ),
+        reraise=True,
+    ):
+        with attempt:
+            async with asyncio.timeout(give_up_after):
+                await connection.connected.wait()
+            return await setup()
+    raise AssertionError("unreachable: tenacity reraises")
 
 
 def mongo_ctx(settings: MongoSettings) -> CleanupCtx:

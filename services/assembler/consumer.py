@@ -26,6 +26,7 @@ from services.assembler.handler import Handled
 from services.assembler.metrics import AssemblerMetrics
 from shared.errors import PoisonMessage, TransientError
 from shared.queue import Block, declare_topology, decode
+from shared.resources import with_amqp_retry
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,16 @@ class BlockConsumer:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        self._channel = await self._connection.channel()
-        await self._channel.set_qos(prefetch_count=self._prefetch)
-        self._queue = await declare_topology(self._channel, self._queue_name)
-        self._tag = await self._queue.consume(self._on_message)
+        await with_amqp_retry(self._connection, self._subscribe, f"consuming {self._queue_name}")
         log.info("consuming %s with prefetch %d", self._queue_name, self._prefetch)
+
+    async def _subscribe(self) -> None:
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        self._qos = self._prefetch
+        queue = await declare_topology(channel, self._queue_name)
+        self._tag = await queue.consume(self._on_message)
+        self._channel, self._queue = channel, queue
 
     async def stop(self, drain_timeout: float) -> None:
         """Stop deliveries, let running blocks finish for up to ``drain_timeout`` s, close."""

@@ -20,7 +20,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryErr
 from shared.batching import Coalescer
 from shared.errors import Unavailable
 from shared.queue import Block, declare_topology, encode
-from shared.resources import amqp_connected
+from shared.resources import amqp_connected, with_amqp_retry
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ class BlockPublisher:
         )
 
     async def open(self) -> None:
+        await with_amqp_retry(self._connection, self._open_channel, f"declaring {self._queue}")
+
+    async def _open_channel(self) -> None:
         # on_return_raises: an unroutable message (queue deleted) must fail, not vanish.
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare_topology(channel, self._queue)

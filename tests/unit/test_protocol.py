@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -27,6 +28,7 @@ from shared.protocol import (
     peek_session_id,
 )
 from shared.queue import Block, decode, encode
+from shared.resources import with_amqp_retry
 
 
 @given(st.integers(1, 10**12), st.integers(1, 16 * 2**20))
@@ -248,3 +250,28 @@ async def test_byte_budget_bounds_bytes_in_flight() -> None:
     assert peak <= 10
     assert sorted(order) == ["a", "b", "c", "huge"]
     assert budget.used == 0
+
+
+async def test_amqp_setup_is_retried_until_the_broker_is_ready() -> None:
+    class Link:
+        connected = asyncio.Event()
+
+    Link.connected.set()
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionError("INTERNAL_ERROR")
+        return "subscribed"
+
+    link: Any = Link()
+    assert await with_amqp_retry(link, flaky, "consume") == "subscribed"
+    assert calls == 3
+
+    async def broken() -> str:
+        raise ConnectionError("still down")
+
+    with pytest.raises(ConnectionError, match="still down"):
+        await with_amqp_retry(link, broken, "consume", give_up_after=0.3)
