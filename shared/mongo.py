@@ -8,7 +8,7 @@ from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
 from shared.errors import TransientError
 from shared.settings import MongoSettings
@@ -43,12 +43,30 @@ async def ensure_indexes(db: AsyncDatabase[Document], bucket: str) -> None:
     await db["carves"].create_index([("status", ASCENDING), ("updated_at", ASCENDING)])
 
 
+# Server errors that are about the document itself: retrying the same write cannot help.
+DOCUMENT_ERRORS = frozenset({2, 10334, 17419, 17420})  # BadValue, BSONObjectTooLarge, too large
+
+
+def is_document_error(code: int | None) -> bool:
+    return code in DOCUMENT_ERRORS
+
+
 @contextlib.contextmanager
 def transient_on_outage(what: str) -> Iterator[None]:
-    """Turn "MongoDB is unreachable" into TransientError, so the work is kept and retried."""
+    """Turn MongoDB failures into TransientError, so the work is kept and retried.
+
+    Unreachable, timed out, or an error on the server's side ("internal
+    server error", a failover): the block is valid, the store is not, and the
+    message must wait in the queue rather than be given up. Only errors about
+    the document itself (DOCUMENT_ERRORS, handled by the caller) are final.
+    """
     try:
         yield
     except ConnectionFailure as exc:
         raise TransientError(
             f"MongoDB unavailable during {what}: {exc.__class__.__name__}"
         ) from exc
+    except OperationFailure as exc:
+        if isinstance(exc, BulkWriteError) or is_document_error(exc.code):
+            raise
+        raise TransientError(f"MongoDB failed during {what}: {exc.code} {exc}") from exc

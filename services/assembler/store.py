@@ -9,8 +9,8 @@ from pymongo.errors import BulkWriteError
 
 from shared.batching import Coalescer
 from shared.carves import COLLECTION, Status
-from shared.errors import PoisonMessage
-from shared.mongo import Document, transient_on_outage
+from shared.errors import PoisonMessage, TransientError
+from shared.mongo import Document, is_document_error, transient_on_outage
 
 _DUPLICATE_KEY = 11000
 
@@ -49,13 +49,7 @@ class GridChunkStore:
                 await self._chunks.insert_many(docs, ordered=False)
             except BulkWriteError as exc:
                 for error in exc.details.get("writeErrors", []):
-                    index = error["index"]
-                    if error.get("code") == _DUPLICATE_KEY:
-                        results[index] = False
-                    else:
-                        results[index] = PoisonMessage(
-                            f"chunk write refused: {error.get('errmsg')}"
-                        )
+                    results[error["index"]] = classify_write_error(error)
         return results
 
     async def add_received(self, counts: dict[str, int]) -> None:
@@ -66,3 +60,13 @@ class GridChunkStore:
                     {"_id": carve_id, "status": Status.RECEIVING.value},
                     {"$inc": {"blocks_received": k}, "$currentDate": {"updated_at": True}},
                 )
+
+
+def classify_write_error(error: Document) -> bool | BaseException:
+    """What one failed insert of a batch means: duplicate, bad chunk, or retry later."""
+    code = error.get("code")
+    if code == _DUPLICATE_KEY:
+        return False
+    if is_document_error(code):
+        return PoisonMessage(f"chunk write refused: {error.get('errmsg')}")
+    return TransientError(f"chunk write failed: {code} {error.get('errmsg')}")

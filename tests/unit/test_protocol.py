@@ -11,14 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from pymongo.errors import AutoReconnect, OperationFailure
 
 from services.assembler.handler import Handled, handle_block
+from services.assembler.store import classify_write_error
 from services.assembler.tracker import CarveTracker
 from services.ingest.body import peek_block_id
 from services.ingest.budget import ByteBudget
 from shared.batching import Coalescer
 from shared.errors import PoisonMessage, TransientError
 from shared.finalize import Outcome, Result
+from shared.mongo import transient_on_outage
 from shared.protocol import (
     StartRequest,
     decode_block_data,
@@ -275,3 +278,18 @@ async def test_amqp_setup_is_retried_until_the_broker_is_ready() -> None:
 
     with pytest.raises(ConnectionError, match="still down"):
         await with_amqp_retry(link, broken, "consume", give_up_after=0.3)
+
+
+def test_mongodb_errors_keep_valid_blocks_queued() -> None:
+    with pytest.raises(TransientError):
+        with transient_on_outage("chunk write"):
+            raise OperationFailure("internal server error", code=1)
+    with pytest.raises(TransientError):
+        with transient_on_outage("chunk write"):
+            raise AutoReconnect("primary stepped down")
+    with pytest.raises(OperationFailure):  # about the document: the caller decides
+        with transient_on_outage("chunk write"):
+            raise OperationFailure("object too large", code=10334)
+    assert classify_write_error({"code": 11000}) is False
+    assert isinstance(classify_write_error({"code": 10334, "errmsg": "too big"}), PoisonMessage)
+    assert isinstance(classify_write_error({"code": 1, "errmsg": "internal"}), TransientError)
