@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -93,43 +94,42 @@ class Finalizer:
                 )
                 return Result(Outcome.NOT_READY, chunks=count)
             async with self._slots:
-                if not await self._claim(carve_id):
+                # One token per attempt, not per process: two attempts in the same
+                # process (the last block and the idle re-check) must exclude each other too.
+                token = f"{self._owner}:{secrets.token_hex(6)}"
+                if not await self._claim(carve_id, token):
                     return Result(Outcome.BUSY, chunks=count)
-                return await self._finish(doc)
+                return await self._finish(doc, token)
 
-    async def _claim(self, carve_id: str) -> bool:
+    async def _claim(self, carve_id: str, token: str) -> bool:
         now = datetime.now(UTC)
         claimed = await self._carves.find_one_and_update(
             {
                 "_id": carve_id,
                 "status": Status.RECEIVING.value,
-                "$or": [
-                    {"finalize_lease": None},
-                    {"finalize_lease.until": {"$lt": now}},
-                    {"finalize_lease.owner": self._owner},
-                ],
+                "$or": [{"finalize_lease": None}, {"finalize_lease.until": {"$lt": now}}],
             },
-            {"$set": {"finalize_lease": {"owner": self._owner, "until": now + self._lease}}},
+            {"$set": {"finalize_lease": {"owner": token, "until": now + self._lease}}},
             return_document=ReturnDocument.AFTER,
         )
         return claimed is not None
 
-    async def _renew(self, carve_id: str) -> None:
+    async def _renew(self, carve_id: str, token: str) -> None:
         until = datetime.now(UTC) + self._lease
         await self._carves.update_one(
-            {"_id": carve_id, "finalize_lease.owner": self._owner},
+            {"_id": carve_id, "finalize_lease.owner": token},
             {"$set": {"finalize_lease.until": until}},
         )
 
-    async def _finish(self, doc: Document) -> Result:
+    async def _finish(self, doc: Document, token: str) -> Result:
         started = time.monotonic()
         carve_id: str = doc["_id"]
         try:
-            sha256, compression = await self._hash_chunks(doc)
+            sha256, compression = await self._hash_chunks(doc, token)
         except _Corrupt as exc:
             log.error("carve %s cannot be finalized: %s", carve_id, exc)
             await self._carves.update_one(
-                {"_id": carve_id, "finalize_lease.owner": self._owner},
+                {"_id": carve_id, "finalize_lease.owner": token},
                 {
                     "$set": {
                         "status": Status.FAILED.value,
@@ -159,7 +159,7 @@ class Finalizer:
             {
                 "_id": carve_id,
                 "status": Status.RECEIVING.value,
-                "finalize_lease.owner": self._owner,
+                "finalize_lease.owner": token,
             },
             {
                 "$set": {
@@ -187,7 +187,7 @@ class Finalizer:
         )
         return Result(Outcome.FINALIZED, chunks=doc["block_count"], sha256=sha256)
 
-    async def _hash_chunks(self, doc: Document) -> tuple[str, Compression]:
+    async def _hash_chunks(self, doc: Document, token: str) -> tuple[str, Compression]:
         carve_id = doc["_id"]
         count, size, length = doc["block_count"], doc["block_size"], doc["carve_size"]
         digest = hashlib.sha256()
@@ -212,7 +212,7 @@ class Finalizer:
             digest.update(data)
             expected_n += 1
             if time.monotonic() - last_renew > self._lease.total_seconds() / 3:
-                await self._renew(carve_id)
+                await self._renew(carve_id, token)
                 last_renew = time.monotonic()
         if expected_n != count:
             raise _Corrupt(f"{expected_n} chunks streamed, {count} expected")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import time
 import uuid
@@ -54,23 +55,47 @@ async def test_assembler_sigkilled_mid_carve_loses_nothing(ingest_only: Stack) -
     await assert_complete(stack, up)
 
 
-async def test_racing_finalizers_finalize_once(ingest_only: Stack) -> None:
-    stack = ingest_only
-    up = Upload(stack, random_bytes(50 * 4 * KiB + 7, 2), 4 * KiB)
+async def all_chunks_stored(stack: Stack, seed: int) -> Upload:
+    """A carve whose chunks are all in GridFS and which nobody has finalized yet."""
+    up = Upload(stack, random_bytes(50 * 4 * KiB + 7, seed), 4 * KiB)
     async with aiohttp.ClientSession() as http:
         await up.start(http)
     store = GridChunkStore(stack.db, "archives")
-    for i in range(up.count):  # every chunk present, carve not finalized
+    for i in range(up.count):
         assert await store.put_chunk(up.carve_id, i, up.data[i * 4 * KiB : (i + 1) * 4 * KiB])
-    finalizers = [Finalizer(stack.db, "archives", owner=f"asm-{k}") for k in range(8)]
-    results = await asyncio.gather(*(f.maybe_finalize(up.carve_id) for f in finalizers))
+    return up
+
+
+async def race(finalizers: list[Finalizer], up: Upload, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="shared.finalize"):
+        results = await asyncio.gather(*(f.maybe_finalize(up.carve_id) for f in finalizers))
     outcomes = [r.outcome for r in results]
     assert outcomes.count(Outcome.FINALIZED) == 1, outcomes
     assert set(outcomes) <= {Outcome.FINALIZED, Outcome.BUSY, Outcome.ALREADY}
-    assert await stack.db["archives.files"].count_documents({"_id": up.carve_id}) == 1
-    await assert_complete(stack, up)
-    again = await finalizers[0].maybe_finalize(up.carve_id)
-    assert again.outcome is Outcome.ALREADY
+    # Only the winner read the archive back and wrote the files document.
+    assert not [r for r in caplog.records if "already written" in r.message]
+    assert await stack_files(up) == 1
+    await assert_complete(up.stack, up)
+    assert (await finalizers[0].maybe_finalize(up.carve_id)).outcome is Outcome.ALREADY
+
+
+async def stack_files(up: Upload) -> int:
+    return await up.stack.db["archives.files"].count_documents({"_id": up.carve_id})
+
+
+async def test_racing_finalizers_finalize_once(
+    ingest_only: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Eight assembler processes at once.
+    up = await all_chunks_stored(ingest_only, 2)
+    await race(
+        [Finalizer(ingest_only.db, "archives", owner=f"asm-{k}") for k in range(8)], up, caplog
+    )
+    # Four attempts inside one process: the last block and the idle re-check can race there.
+    up = await all_chunks_stored(ingest_only, 3)
+    same = Finalizer(ingest_only.db, "archives", owner="asm-x", concurrency=4)
+    await race([same] * 4, up, caplog)
 
 
 async def test_two_assembler_processes_share_carves(ingest_only: Stack, tmp_path: Path) -> None:
