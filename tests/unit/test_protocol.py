@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from services.assembler.tracker import CarveTracker
 from services.ingest.body import peek_block_id
 from services.ingest.budget import ByteBudget
 from shared.batching import Coalescer
+from shared.carves import CarveRecord, new_carve_doc, same_start
 from shared.errors import PoisonMessage, TransientError
 from shared.finalize import Outcome, Result
 from shared.mongo import transient_on_outage
@@ -293,3 +295,23 @@ def test_mongodb_errors_keep_valid_blocks_queued() -> None:
     assert classify_write_error({"code": 11000}) is False
     assert isinstance(classify_write_error({"code": 10334, "errmsg": "too big"}), PoisonMessage)
     assert isinstance(classify_write_error({"code": 1, "errmsg": "internal"}), TransientError)
+
+
+def test_public_carve_record_never_carries_private_fields() -> None:
+    start = StartRequest.model_validate(
+        {
+            "block_count": 2,
+            "block_size": 4,
+            "carve_size": 6,
+            "carve_id": "c-1",
+            "request_id": "q",
+            "node_key": "secret-node-key",
+        }
+    )
+    doc = new_carve_doc(start, "session-secret-0123456789", datetime.now(UTC))
+    assert same_start(doc, start)
+    assert not same_start(doc, start.model_copy(update={"node_key": "other"}))
+    record = CarveRecord.from_doc(doc)
+    dumped = record.model_dump_json()
+    assert "secret-node-key" not in dumped and "session-secret" not in dumped
+    assert (record.carve_id, record.status, record.blocks_received) == ("c-1", "receiving", 0)
