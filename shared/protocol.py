@@ -8,7 +8,6 @@ newer client keeps working; known keys are checked strictly (``1.0`` or
 from __future__ import annotations
 
 import binascii
-import re
 from typing import Annotated
 
 import pybase64
@@ -80,17 +79,3 @@ def decode_block_data(data: str) -> bytes:
         return pybase64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"data is not valid base64: {exc}") from exc
-
-
-_PREFIX_RE = re.compile(rb'"session_id"\s*:\s*"([A-Za-z0-9_-]{16,128})"')
-
-
-def peek_session_id(prefix: bytes) -> str | None:
-    """The session id in the first bytes of a block body, if osquery's key order put it there.
-
-    osquery writes ``block_id`` and ``session_id`` before ``data``, so the
-    session (and with it the largest valid body) is known before the payload
-    is read.
-    """
-    match = _PREFIX_RE.search(prefix)
-    return match.group(1).decode() if match else None

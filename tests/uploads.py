@@ -50,9 +50,11 @@ class Upload:
             raw = await resp.read()
             return resp.status, resp.content_type, raw, time.monotonic() - started
 
-    async def send_all(self, http: aiohttp.ClientSession, ids: range | list[int]) -> None:
+    async def send_all(
+        self, http: aiohttp.ClientSession, ids: range | list[int], url: str | None = None
+    ) -> None:
         for i in ids:
-            status, _, raw, _ = await self.send(http, i)
+            status, _, raw, _ = await self.send(http, i, url)
             assert status == 200, raw
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from shared.errors import InvalidRequest, PayloadTooLarge
 
 PEEK_BYTES = 512
+_SESSION_ID_RE = re.compile(rb'"session_id"\s*:\s*"([A-Za-z0-9_-]{16,128})"')
 _BLOCK_ID_RE = re.compile(rb'"block_id"\s*:\s*(\d{1,12})\s*[,}]')
 
 
@@ -51,6 +52,17 @@ async def read_rest(request: web.Request, prefix: bytes, limit: int) -> bytearra
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
         body += part
     return body
+
+
+def peek_session_id(prefix: bytes) -> str | None:
+    """The session id in the first bytes of a block body, if osquery's key order put it there.
+
+    osquery writes ``block_id`` and ``session_id`` before ``data``, so the
+    session (and with it the largest valid body) is known before the payload
+    is read.
+    """
+    match = _SESSION_ID_RE.search(prefix)
+    return match.group(1).decode() if match else None
 
 
 def peek_block_id(prefix: bytes) -> int | None:

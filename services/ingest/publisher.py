@@ -63,9 +63,6 @@ class BlockPublisher:
 
     async def publish(self, block: Block) -> None:
         """Return once RabbitMQ has confirmed ``block``; raise Unavailable otherwise, quickly."""
-        channel = self._channel
-        if channel is None or channel.is_closed or not amqp_connected(self._connection):
-            raise Unavailable("rabbitmq", "not connected")
         await self._batches.submit(block)
 
     async def _publish_batch(self, blocks: Sequence[Block]) -> list[None]:

@@ -125,24 +125,20 @@ class SessionStore:
         refused.
         """
         async with _backend("mongodb"):
-            existing = await self._carves.find_one({"_id": start.carve_id})
-            if existing is None:
-                session_id = secrets.token_urlsafe(24)  # 192 random bits, [A-Za-z0-9_-]
+            doc = await self._carves.find_one({"_id": start.carve_id})
+            resumed = doc is not None
+            if doc is None:
+                # 192 random bits, [A-Za-z0-9_-]
+                doc = new_carve_doc(start, secrets.token_urlsafe(24), datetime.now(UTC))
                 try:
-                    await self._carves.insert_one(
-                        new_carve_doc(start, session_id, datetime.now(UTC))
-                    )
-                except DuplicateKeyError:
-                    existing = await self._carves.find_one({"_id": start.carve_id})
-            if existing is not None:
-                if existing["status"] != Status.RECEIVING or not same_start(existing, start):
-                    raise Conflict(
-                        f"carve_id {start.carve_id} is already used (status {existing['status']})"
-                    )
-                session_id = existing["session_id"]
-        doc = existing or {"_id": start.carve_id, "session_id": session_id, **start.model_dump()}
+                    await self._carves.insert_one(doc)
+                except DuplicateKeyError:  # a concurrent start of the same carve won
+                    doc = await self._carves.find_one({"_id": start.carve_id}) or doc
+                    resumed = True
+        if resumed and (doc["status"] != Status.RECEIVING or not same_start(doc, start)):
+            raise Conflict(f"carve_id {start.carve_id} is already used (status {doc['status']})")
         await self._save(Session.from_carve(doc))
-        return session_id, existing is not None
+        return doc["session_id"], resumed
 
     async def _save(self, session: Session) -> None:
         meta, _bits = self._keys(session.session_id)

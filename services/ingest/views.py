@@ -14,6 +14,7 @@ from services.ingest.body import (
     check_declared_length,
     parse_json_object,
     peek_block_id,
+    peek_session_id,
     read_prefix,
     read_rest,
 )
@@ -26,7 +27,6 @@ from shared.protocol import (
     expected_block_length,
     geometry_error,
     max_block_body,
-    peek_session_id,
 )
 from shared.queue import Block
 
@@ -49,7 +49,6 @@ def _node_key_header(request: web.Request) -> str:
 
 async def start_upload(request: web.Request) -> web.Response:
     settings = request.app[keys.SETTINGS]
-    check_declared_length(request, START_BODY_LIMIT)
     body = await read_rest(request, b"", START_BODY_LIMIT)
     try:
         start = StartRequest.model_validate(parse_json_object(body))

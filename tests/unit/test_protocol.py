@@ -17,7 +17,7 @@ from pymongo.errors import AutoReconnect, OperationFailure
 from services.assembler.handler import Handled, handle_block
 from services.assembler.store import classify_write_error
 from services.assembler.tracker import CarveTracker
-from services.ingest.body import peek_block_id
+from services.ingest.body import peek_block_id, peek_session_id
 from services.ingest.budget import ByteBudget
 from shared.batching import Coalescer
 from shared.carves import CarveRecord, new_carve_doc, same_start
@@ -30,7 +30,6 @@ from shared.protocol import (
     expected_block_length,
     geometry_error,
     max_block_body,
-    peek_session_id,
 )
 from shared.queue import Block, decode, encode
 from shared.resources import with_amqp_retry
