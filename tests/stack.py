@@ -34,6 +34,14 @@ def fields(env: dict[str, str]) -> dict[str, Any]:
     return {k.removeprefix("CARVE_").lower(): v for k, v in env.items() if k.startswith("CARVE_")}
 
 
+async def scrape(url: str) -> dict[str, float]:
+    """A service's /metrics as {sample with its labels: value}."""
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
+    return {name: float(value) for name, value in samples}
+
+
 @dataclass
 class RunningApp:
     app: web.Application

@@ -20,7 +20,7 @@ from services.assembler.store import GridChunkStore
 from shared.finalize import Finalizer, Outcome
 from shared.queue import Block, encode
 from tests.conftest import Backends
-from tests.stack import Stack
+from tests.stack import Stack, scrape
 from tests.uploads import Upload, random_bytes
 
 KiB = 1024
@@ -108,14 +108,9 @@ async def test_two_assembler_processes_share_carves(ingest_only: Stack, tmp_path
     workers = await asyncio.gather(stack.spawn("assembler"), stack.spawn("assembler"))
     for up in uploads:
         await assert_complete(stack, up)
-    finalized = 0.0
-    async with aiohttp.ClientSession() as http:
-        for w in workers:
-            async with http.get(w.url + "/metrics") as resp:
-                for line in (await resp.text()).splitlines():
-                    if line.startswith('carve_finalized_total{outcome="finalized"}'):
-                        finalized += float(line.split()[-1])
-    assert finalized == len(uploads)
+    key = 'carve_finalized_total{outcome="finalized"}'
+    finalized = [(await scrape(w.url)).get(key, 0.0) for w in workers]
+    assert sum(finalized) == len(uploads)
 
 
 async def assert_retry_later(

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -21,23 +19,11 @@ from clients.osquery_sim import (
     request_headers,
     start_body,
 )
-from tests.stack import Stack
+from tests.stack import Stack, scrape
 from tests.uploads import Upload, random_bytes
 
 KiB = 1024
 MiB = 1024 * KiB
-
-
-@contextlib.asynccontextmanager
-async def http_metrics(url: str) -> AsyncIterator[dict[str, float]]:
-    """The unlabelled samples of a service's /metrics."""
-    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
-        text = await resp.text()
-    yield {
-        name: float(value)
-        for name, value in (line.split() for line in text.splitlines() if line[:1] != "#")
-        if "{" not in name
-    }
 
 
 def synthetic(tmp_path: Path, size: int, *, compress: bool = False, seed: int = 0) -> Path:
@@ -135,10 +121,9 @@ async def test_duplicated_blocks_stored_once(stack: Stack, tmp_path: Path) -> No
         result = await carve(http, stack.ingest_url, archive, block_size=8 * KiB, block_order=order)
     assert result.ok, result
     await assert_stored(stack, result.carve_id, result.sha256, result.size, 8 * KiB)
-    async with aiohttp.ClientSession() as http, http.get(stack.ingest_url + "/metrics") as resp:
-        metrics = await resp.text()
-    assert 'carve_blocks_total{outcome="duplicate"} 5.0' in metrics
-    assert f'carve_blocks_total{{outcome="accepted"}} {float(n)}' in metrics
+    metrics = await scrape(stack.ingest_url)
+    assert metrics['carve_blocks_total{outcome="duplicate"}'] == 5
+    assert metrics['carve_blocks_total{outcome="accepted"}'] == n
 
 
 async def test_reversed_blocks_over_two_ingest_processes(stack: Stack) -> None:
@@ -161,8 +146,8 @@ async def test_blocks_can_arrive_concurrently(stack: Stack) -> None:
         replies = await asyncio.gather(*(up.send(http, i % up.count) for i in range(3 * up.count)))
     assert {status for status, *_ in replies} == {200}
     await assert_stored(stack, up.carve_id, up.sha256, len(up.data), up.block_size)
-    async with http_metrics(stack.ingest_url) as metrics:
-        messages = metrics["carve_publish_batch_blocks_count"]
-        blocks = metrics["carve_publish_batch_blocks_sum"]
+    metrics = await scrape(stack.ingest_url)
+    messages = metrics["carve_publish_batch_blocks_count"]
+    blocks = metrics["carve_publish_batch_blocks_sum"]
     assert blocks >= up.count  # every block went out (duplicates may go again)
     assert messages < blocks  # concurrent blocks shared messages
