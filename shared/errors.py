@@ -10,7 +10,8 @@ queued message (workers)::
     │   ├── Forbidden             403  credentials lack the policy, node key mismatch
     │   ├── NotFound              404  unknown carve
     │   ├── UnknownSession        404  session id never issued, or ended
-    │   ├── Conflict              409  carve_id already used, carve not complete yet
+    │   ├── Conflict              409  carve_id already used
+    │   │   └── NotComplete           409  the archive is asked for before the carve is complete
     │   └── PayloadTooLarge       413  body larger than the session's block size needs
     ├── Unavailable            a backend is down or slow: fast non-JSON 503, osquery 5.22+ retries
     └── MessageError           raised while handling a queued message
@@ -68,6 +69,10 @@ class UnknownSession(ClientError):
 class Conflict(ClientError):
     status = 409
     code = "conflict"
+
+
+class NotComplete(Conflict):
+    code = "not_complete"
 
 
 class PayloadTooLarge(ClientError):

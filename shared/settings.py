@@ -45,3 +45,13 @@ class MongoSettings(_Part):
     mongo_db: str = "carves"
     mongo_bucket: str = "archives"
     mongo_timeout: float = Field(5.0, gt=0)
+
+
+class VaultSettings(_Part):
+    # The local run's OpenBao dev server; in production an https:// address.
+    vault_addr: str = "http://127.0.0.1:8200"
+    # PEM bundle of a private CA. TLS is always verified: there is no setting to turn it off.
+    vault_cacert: str | None = None
+    vault_timeout: float = Field(5.0, gt=0)
+    # Token lookups run in threads (hvac is synchronous); at most this many at once.
+    vault_concurrency: int = Field(8, ge=1, le=64)

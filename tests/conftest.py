@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import RabbitServer, RedisServer, SecantusServer, Server
+from tests.servers import BaoServer, RabbitServer, RedisServer, SecantusServer, Server
 from tests.stack import Stack
+from tests.vault import VaultAdmin
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Backends:
     redis: RedisServer
     rabbit: RabbitServer
     mongo: SecantusServer
+    vault: BaoServer
 
 
 def _start_all(servers: list[Server]) -> None:
@@ -36,8 +38,9 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
         redis=RedisServer(root / "redis"),
         rabbit=RabbitServer(root / "rabbitmq"),
         mongo=SecantusServer(root / "mongo"),
+        vault=BaoServer(root / "openbao"),
     )
-    servers: list[Server] = [found.redis, found.rabbit, found.mongo]
+    servers: list[Server] = [found.redis, found.rabbit, found.mongo, found.vault]
     try:
         _start_all(servers)
         yield found
@@ -69,6 +72,7 @@ def settings_env(backends: Backends, names: dict[str, str]) -> dict[str, str]:
         "CARVE_MONGO_DB": names["mongo_db"],
         "CARVE_AMQP_QUEUE": names["amqp_queue"],
         "CARVE_REDIS_KEY_PREFIX": names["redis_key_prefix"],
+        "CARVE_VAULT_ADDR": backends.vault.url,
         "CARVE_LOG_LEVEL": "INFO",
     }
 
@@ -84,6 +88,14 @@ async def ingest_only(settings_env: dict[str, str], tmp_path: Path) -> AsyncIter
     """Ingest without an assembler: blocks wait in the queue until a test starts one."""
     async with Stack(settings_env, tmp_path, assembler=False) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def vault(backends: Backends) -> VaultAdmin:
+    """Root access to the session's OpenBao, with the download policy and userpass set up."""
+    admin = VaultAdmin(backends.vault.url, backends.vault.root_token)
+    admin.provision()
+    return admin
 
 
 def pytest_configure(config: pytest.Config) -> None:

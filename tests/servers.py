@@ -216,3 +216,25 @@ class RabbitServer(Server):
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@{HOST}:{self.port}/"
+
+
+class BaoServer(Server):
+    """OpenBao's dev server (the Vault API, in memory, unsealed, root token ``root``)."""
+
+    name = "openbao"
+    root_token = "root"
+
+    def command(self) -> list[str]:
+        return [
+            str(Path(sys.executable).parent / "bao"), "server", "-dev",
+            f"-dev-root-token-id={self.root_token}",
+            f"-dev-listen-address={HOST}:{self.port}",
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        # A dev server writes the root token to ~/.vault-token unless told otherwise.
+        return {**os.environ, "HOME": str(self.workdir), "BAO_ADDR": self.url}
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"

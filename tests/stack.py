@@ -22,6 +22,8 @@ from pymongo import AsyncMongoClient
 
 from services.assembler.main import create_app as create_assembler
 from services.assembler.settings import AssemblerSettings
+from services.download.main import create_app as create_download
+from services.download.settings import DownloadSettings
 from services.ingest.main import create_app as create_ingest
 from services.ingest.settings import IngestSettings
 from tests.servers import HOST, free_port
@@ -139,6 +141,10 @@ class Stack:
     async def start_assembler(self, **overrides: Any) -> RunningApp:
         settings = AssemblerSettings(**{**fields(self.env), "http_port": 0, **overrides})
         return await self._serve(create_assembler(settings))
+
+    async def start_download(self, **overrides: Any) -> RunningApp:
+        settings = DownloadSettings(**{**fields(self.env), "http_port": 0, **overrides})
+        return await self._serve(create_download(settings))
 
     async def spawn(self, name: str, **env: str) -> ServiceProcess:
         log = self.workdir / f"{name}-{len(self.processes)}.log"

@@ -1,0 +1,104 @@
+"""A carve's archive as bytes: HTTP ranges and chunk streaming from GridFS.
+
+Block ``i`` of a carve is GridFS chunk ``n = i`` and every chunk but the last
+is ``block_size`` long, so any byte range maps to a run of chunks without a
+lookup. Chunks are fetched a bounded number of bytes per round trip and
+handed out one at a time: a download holds about ``batch_bytes`` at most.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pymongo.asynchronous.collection import AsyncCollection
+
+from shared.errors import ClientError
+from shared.mongo import Document, transient_on_outage
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class RangeNotSatisfiable(ClientError):
+    status = 416
+    code = "range_not_satisfiable"
+
+
+class CorruptArchive(Exception):
+    """A chunk is missing or has the wrong length: the stored archive is damaged."""
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive, as in Content-Range
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end}/{size}"
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The single byte range asked for, or None for the whole file.
+
+    Syntax that is not one ``bytes=`` range (several ranges, other units,
+    garbage) is ignored, as RFC 9110 allows: the whole file is sent. A range
+    that starts past the end raises RangeNotSatisfiable.
+    """
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":  # suffix: the last N bytes
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable("empty suffix range", size=size)
+        return ByteRange(max(0, size - suffix), size - 1)
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if last != "" and int(last) < start:
+        return None  # invalid: ignored
+    if start >= size:
+        raise RangeNotSatisfiable(f"range starts at {start}, past {size} bytes", size=size)
+    return ByteRange(start, end)
+
+
+async def stream_chunks(
+    chunks: AsyncCollection[Document],
+    carve_id: str,
+    *,
+    chunk_size: int,
+    carve_size: int,
+    byte_range: ByteRange,
+    batch_bytes: int,
+) -> AsyncIterator[memoryview]:
+    """The bytes of ``byte_range``, chunk by chunk, checked against the carve's geometry."""
+    first, last = byte_range.start // chunk_size, byte_range.end // chunk_size
+    last_n = (carve_size - 1) // chunk_size
+    with transient_on_outage("download"):
+        cursor = (
+            chunks.find({"files_id": carve_id, "n": {"$gte": first, "$lte": last}}, {"_id": 0})
+            .sort("n", 1)
+            .batch_size(max(1, batch_bytes // chunk_size))
+        )
+    expected = first
+    try:
+        async for doc in cursor:
+            n, data = doc["n"], memoryview(doc["data"])
+            want = carve_size - last_n * chunk_size if n == last_n else chunk_size
+            if n != expected or len(data) != want:
+                raise CorruptArchive(f"chunk {n} ({len(data)} bytes) where {expected} was due")
+            lo = byte_range.start - n * chunk_size if n == first else 0
+            hi = byte_range.end - n * chunk_size + 1 if n == last else len(data)
+            yield data[lo:hi]
+            expected += 1
+    finally:
+        await cursor.close()
+    if expected != last + 1:
+        raise CorruptArchive(f"chunks {expected}..{last} are missing")

@@ -1,0 +1,18 @@
+"""Typed app keys of the download service."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from services.download.auth import Authorizer
+from services.download.metrics import DownloadMetrics
+from services.download.settings import DownloadSettings
+from shared.vault import VaultClient
+
+SETTINGS = web.AppKey("settings", DownloadSettings)
+METRICS = web.AppKey("metrics", DownloadMetrics)
+VAULT = web.AppKey("vault", VaultClient)
+AUTHORIZER = web.AppKey("authorizer", Authorizer)
+TAR_POOL = web.AppKey("tar_pool", ThreadPoolExecutor)

@@ -1,0 +1,59 @@
+"""The download app factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from services.download import keys
+from services.download.auth import Authorizer
+from services.download.metrics import DownloadMetrics
+from services.download.middlewares import responder_errors
+from services.download.routes import setup_routes
+from services.download.settings import DownloadSettings
+from shared import keys as shared_keys
+from shared.health import add_health_routes, check_mongo
+from shared.metrics import new_registry
+from shared.resources import mongo_ctx
+from shared.vault import vault_client
+
+
+async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    async with vault_client(settings) as vault:
+        app[keys.VAULT] = vault
+        app[keys.AUTHORIZER] = Authorizer(
+            vault,
+            settings.vault_policy,
+            cache_ttl=settings.vault_cache_ttl,
+            metrics=app[keys.METRICS],
+        )
+        yield
+
+
+async def _tar_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    pool = ThreadPoolExecutor(app[keys.SETTINGS].tar_concurrency, thread_name_prefix="tar")
+    app[keys.TAR_POOL] = pool
+    try:
+        yield
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def check_vault(app: web.Application) -> None:
+    await app[keys.VAULT].health()
+
+
+def create_app(settings: DownloadSettings) -> web.Application:
+    app = web.Application(middlewares=[responder_errors], client_max_size=64 * 1024)
+    app[keys.SETTINGS] = settings
+    app[shared_keys.SERVICE_NAME] = "carve-download"
+    registry = new_registry()
+    app[shared_keys.REGISTRY] = registry
+    app[keys.METRICS] = DownloadMetrics.create(registry)
+    app.cleanup_ctx.extend([mongo_ctx(settings), _vault_ctx, _tar_pool_ctx])
+    setup_routes(app)
+    add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})
+    return app

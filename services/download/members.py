@@ -1,0 +1,207 @@
+"""The tar inside a carve: list its members, stream one of them.
+
+The stdlib ``tarfile`` does the parsing (osquery writes pax tars with
+libarchive) and ``zstandard`` the decompression; both are synchronous, so
+they run in a worker thread and pull chunks from MongoDB through the event
+loop. An uncompressed tar is read with seeks: listing a 1 GB carve touches
+only the chunks that hold headers. A zstd tar is read front to back, with a
+bounded window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import posixpath
+import re
+import tarfile
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import zstandard
+from pymongo.asynchronous.collection import AsyncCollection
+
+from services.download.archive import CorruptArchive
+from shared.errors import InvalidRequest
+from shared.mongo import Document
+
+# osquery copies carved paths into <tmp>/osquery_carve_<guid>/<original path>.
+_CARVE_DIR = re.compile(r"^.*?(?:^|/)osquery_carve_[^/]*(?=/|$)")
+_PIECE = 256 * 1024
+
+
+def original_path(name: str) -> str:
+    """The path on the host: the member name without its ``.../osquery_carve_<guid>`` prefix."""
+    stripped = _CARVE_DIR.sub("", name, count=1)
+    return "/" + stripped.strip("/") if stripped.strip("/") else "/"
+
+
+def clean_member_path(path: str) -> str:
+    """A requested member path, normalised; InvalidRequest for traversal or control bytes."""
+    if "\x00" in path or any(ord(c) < 0x20 for c in path):
+        raise InvalidRequest("member path contains control characters")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidRequest("member path must not contain '..'")
+    if not parts:
+        raise InvalidRequest("member path is empty")
+    return "/" + "/".join(parts)
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    if info.isreg():
+        return "file"
+    if info.isdir():
+        return "dir"
+    if info.issym() or info.islnk():
+        return "symlink" if info.issym() else "hardlink"
+    return "other"
+
+
+def member_view(info: tarfile.TarInfo) -> dict[str, Any]:
+    return {
+        "path": original_path(info.name),
+        "name": info.name,
+        "type": _kind(info),
+        "size": info.size,
+        "mode": info.mode,
+        "mtime": datetime.fromtimestamp(info.mtime, UTC).isoformat(),
+    }
+
+
+class ChunkFile(io.RawIOBase):
+    """A carve's archive as a seekable, read-only file, for code running in a worker thread.
+
+    Reads are served from a small window of chunks fetched through the event
+    loop (``batch_bytes`` per round trip); nothing else is kept.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        chunks: AsyncCollection[Document],
+        carve_id: str,
+        *,
+        chunk_size: int,
+        size: int,
+        batch_bytes: int,
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._chunks = chunks
+        self._carve_id = carve_id
+        self._chunk_size = chunk_size
+        self._size = size
+        self._batch = max(1, batch_bytes // chunk_size)
+        self._window: dict[int, bytes] = {}
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        if self._pos >= self._size:
+            return 0
+        n, offset = divmod(self._pos, self._chunk_size)
+        data = self._window.get(n)
+        if data is None:
+            data = self._fetch(n)
+        view = memoryview(buffer).cast("B")
+        count = min(len(view), len(data) - offset)
+        view[:count] = data[offset : offset + count]
+        self._pos += count
+        return count
+
+    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _fetch(self, n: int) -> bytes:
+        last = min(n + self._batch, -(-self._size // self._chunk_size)) - 1
+        self._window = self._call(self._load(n, last))
+        if n not in self._window:
+            raise CorruptArchive(f"chunk {n} is missing")
+        return self._window[n]
+
+    async def _load(self, first: int, last: int) -> dict[int, bytes]:
+        query = {"files_id": self._carve_id, "n": {"$gte": first, "$lte": last}}
+        cursor = self._chunks.find(query, {"_id": 0}).sort("n", 1)
+        return {doc["n"]: bytes(doc["data"]) async for doc in cursor}
+
+
+@dataclass(frozen=True)
+class TarSource:
+    """How to open a carve's archive as a tar, in a worker thread."""
+
+    file: ChunkFile
+    zstd: bool
+    max_window: int
+
+    def open(self) -> tarfile.TarFile:
+        buffered = io.BufferedReader(self.file, buffer_size=_PIECE)
+        if self.zstd:
+            dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window)
+            stream: IO[bytes] = dctx.stream_reader(buffered, read_size=_PIECE)
+            return tarfile.open(fileobj=stream, mode="r|")
+        return tarfile.open(fileobj=buffered, mode="r:")
+
+
+def list_members(source: TarSource, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """Up to ``limit`` members and whether there were more (runs in a worker thread)."""
+    members: list[dict[str, Any]] = []
+    with _tar_errors(), source.open() as tar:
+        for info in tar:
+            if len(members) == limit:
+                return members, True
+            members.append(member_view(info))
+    return members, False
+
+
+def stream_member(
+    source: TarSource,
+    wanted: str,
+    on_found: Callable[[dict[str, Any]], None],
+    write: Callable[[bytes], None],
+) -> bool:
+    """Find ``wanted`` (original path or raw name) and pass its bytes to ``write``.
+
+    Runs in a worker thread. ``on_found`` gets the member's description before
+    the first byte (to send headers). False when no regular file matches.
+    """
+    with _tar_errors(), source.open() as tar:
+        for info in tar:
+            if not info.isreg() or wanted not in (original_path(info.name), _as_path(info.name)):
+                continue
+            on_found(member_view(info))
+            reader = tar.extractfile(info)
+            if reader is None:
+                return False
+            while piece := reader.read(_PIECE):
+                write(piece)
+            return True
+    return False
+
+
+def _as_path(name: str) -> str:
+    return "/" + posixpath.normpath(name).lstrip("/")
+
+
+@contextlib.contextmanager
+def _tar_errors() -> Iterator[None]:
+    try:
+        yield
+    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+        raise CorruptArchive(f"not a readable tar: {exc}") from exc

@@ -1,0 +1,45 @@
+"""Download metrics, registered on the app's own registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass(frozen=True)
+class DownloadMetrics:
+    requests: Counter
+    bytes_sent: Counter
+    auth_failures: Counter
+    vault_latency: Histogram
+    active: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> DownloadMetrics:
+        return cls(
+            requests=Counter(
+                "carve_download_requests",
+                "Responder requests by action and outcome",
+                ["action", "outcome"],
+                registry=registry,
+            ),
+            bytes_sent=Counter(
+                "carve_download_bytes", "Body bytes sent, by action", ["action"], registry=registry
+            ),
+            auth_failures=Counter(
+                "carve_auth_failures",
+                "Refused credentials: missing, invalid (401), policy (403), accessor (403)",
+                ["reason"],
+                registry=registry,
+            ),
+            vault_latency=Histogram(
+                "carve_vault_lookup_seconds",
+                "Vault token lookup latency (cache misses only)",
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                registry=registry,
+            ),
+            active=Gauge(
+                "carve_downloads_active", "Responses being streamed now", registry=registry
+            ),
+        )

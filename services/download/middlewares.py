@@ -1,0 +1,83 @@
+"""Errors to JSON replies, and the audit record of every request that names a carve."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from services.download import keys
+from services.download.archive import CorruptArchive, RangeNotSatisfiable
+from services.download.audit import (
+    AUDIT,
+    COLLECTION,
+    AuditEntry,
+    client_address,
+    outcome_of,
+    record,
+)
+from shared import keys as shared_keys
+from shared.errors import ClientError, TransientError, Unavailable
+
+log = logging.getLogger(__name__)
+
+# Route names whose requests are audited: every responder request (a listing shows carves too).
+AUDITED = frozenset({"list", "carve", "archive", "files", "file", "file_request"})
+
+
+def _error(http_status: int, code: str, message: str, /, **details: object) -> web.Response:
+    headers = {"Retry-After": "1"} if http_status == 503 else None
+    return web.json_response(
+        {"error": message, "code": code, **details}, status=http_status, headers=headers
+    )
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RangeNotSatisfiable as exc:
+        response = _error(exc.status, exc.code, exc.message)
+        response.headers["Content-Range"] = f"bytes */{exc.details.get('size', 0)}"
+        return response
+    except ClientError as exc:
+        return _error(exc.status, exc.code, exc.message, **exc.details)
+    except (Unavailable, TransientError) as exc:
+        log.warning("%s: answering 503: %s", request.path, exc)
+        return _error(503, "unavailable", "a backend is unavailable, retry shortly")
+    except CorruptArchive as exc:
+        log.error("%s: stored archive is damaged: %s", request.path, exc)
+        return _error(500, "corrupt_archive", "the stored archive is damaged")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+
+
+@web.middleware
+async def responder_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = request.match_info.route.name
+    if route not in AUDITED:
+        return await _answer(request, handler)
+    settings = request.app[keys.SETTINGS]
+    entry = AuditEntry(
+        action=route,
+        client=client_address(request, settings.proxy_networks),
+        carve_id=request.match_info.get("carve_id"),
+    )
+    request[AUDIT] = entry
+    metrics = request.app[keys.METRICS]
+    metrics.active.inc()
+    try:
+        response = await _answer(request, handler)
+        entry.status = response.status
+        entry.outcome = outcome_of(response.status)
+        return response
+    except (ConnectionResetError, OSError):
+        entry.outcome = "aborted"  # the client went away mid-stream
+        raise
+    finally:
+        metrics.active.dec()
+        metrics.requests.labels(route, entry.outcome).inc()
+        metrics.bytes_sent.labels(route).inc(entry.bytes_sent)
+        await record(request.app[shared_keys.MONGO_DB][COLLECTION], entry)

@@ -1,0 +1,19 @@
+"""URL map of the download service. Route names are the audit actions and metric labels."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.download import views
+
+CARVE = "/api/v1/carves/{carve_id}"
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/carves", views.list_carves, name="list")
+    app.router.add_get(CARVE, views.get_carve, name="carve")
+    app.router.add_get(CARVE + "/archive", views.get_archive, name="archive")  # and HEAD
+    app.router.add_get(CARVE + "/files", views.list_files, name="files")
+    app.router.add_get(CARVE + "/files/{path:.+}", views.get_file, name="file")
+    # The original server's endpoint (and curl command).
+    app.router.add_post("/file_request", views.file_request, name="file_request")

@@ -1,0 +1,40 @@
+"""Download settings: ``CARVE_*`` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+
+from pydantic import Field, field_validator
+
+from shared.settings import HttpSettings, MiB, MongoSettings, VaultSettings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class DownloadSettings(HttpSettings, MongoSettings, VaultSettings):
+    http_port: int = Field(8082, ge=0, le=65535)
+    # The Vault policy a responder's token must carry (the original server's name for it).
+    vault_policy: str = Field("osquery-file-carve-file-requests", min_length=1)
+    # How long a token lookup is trusted: a revoked token works at most this much longer.
+    vault_cache_ttl: float = Field(10.0, ge=0)
+    # Comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For is believed.
+    trusted_proxies: str = ""
+    # Chunks fetched per MongoDB round trip while streaming, at most this many bytes.
+    download_batch_bytes: int = Field(1 * MiB, ge=1)
+    # Tar listings and member downloads run in threads; at most this many at once.
+    tar_concurrency: int = Field(8, ge=1, le=256)
+    # Largest zstd window accepted (osquery's level 1 uses 512 KiB; this bounds memory).
+    zstd_max_window: int = Field(32 * MiB, ge=1 * MiB)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
+
+    @cached_property
+    def proxy_networks(self) -> tuple[Network, ...]:
+        items = filter(None, (v.strip() for v in self.trusted_proxies.split(",")))
+        return tuple(ipaddress.ip_network(item, strict=False) for item in items)

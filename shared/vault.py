@@ -1,0 +1,123 @@
+"""Vault (or OpenBao) token lookups through hvac, off the event loop.
+
+hvac is synchronous (requests underneath): each call runs in a small thread
+pool, each thread with its own ``hvac.Client`` (a requests session is not
+meant to be shared across threads). TLS is verified: with the system CAs, or
+with ``CARVE_VAULT_CACERT``; nothing turns verification off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+import hvac
+import hvac.exceptions
+import requests
+
+from shared.errors import Unavailable
+from shared.settings import VaultSettings
+
+log = logging.getLogger(__name__)
+
+
+class InvalidToken(Exception):
+    """Vault does not know the token (never issued, expired or revoked)."""
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class VaultClient:
+    """Token lookup-self and health, each call in a worker thread."""
+
+    def __init__(self, settings: VaultSettings) -> None:
+        self._addr = settings.vault_addr.rstrip("/")
+        self._verify: bool | str = settings.vault_cacert or True
+        self._timeout = settings.vault_timeout
+        self._pool = ThreadPoolExecutor(settings.vault_concurrency, thread_name_prefix="vault")
+        self._local = threading.local()
+        if urlsplit(self._addr).scheme != "https" and not _is_loopback(self._addr):
+            log.warning("CARVE_VAULT_ADDR is not https: tokens cross the network in clear")
+
+    def _client(self) -> hvac.Client:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = hvac.Client(url=self._addr, verify=self._verify, timeout=self._timeout)
+            self._local.client = client
+        return client
+
+    @contextlib.contextmanager
+    def _vault_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as exc:
+            raise InvalidToken("token unknown, expired or revoked") from exc
+        except (
+            requests.RequestException,
+            hvac.exceptions.VaultDown,
+            hvac.exceptions.InternalServerError,
+            hvac.exceptions.BadGateway,
+            hvac.exceptions.RateLimitExceeded,
+        ) as exc:
+            raise Unavailable("vault", exc.__class__.__name__) from exc
+
+    def _lookup_self(self, token: str) -> dict[str, Any]:
+        client = self._client()
+        client.token = token
+        try:
+            with self._vault_errors():
+                data: dict[str, Any] = client.auth.token.lookup_self()["data"]
+        finally:
+            client.token = None  # no token lingers in an idle thread
+        data.pop("id", None)  # the token itself: never kept past this point
+        return data
+
+    def _health(self) -> None:
+        with self._vault_errors():
+            status = self._client().sys.read_health_status(method="GET", standby_ok=True)
+        # Asked with raise_exception=False by hvac: a sealed Vault answers 503 with a body.
+        if not isinstance(status, dict) or status.get("sealed") or not status.get("initialized"):
+            raise Unavailable("vault", "sealed or not initialized")
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def lookup_self(self, token: str) -> dict[str, Any]:
+        """The token's own data (policies, identity_policies, display_name, entity_id, accessor).
+
+        Raises InvalidToken when Vault refuses the token, Unavailable when Vault
+        cannot answer.
+        """
+        result: dict[str, Any] = await self._run(self._lookup_self, token)
+        return result
+
+    async def health(self) -> None:
+        """Raise Unavailable unless Vault answers, unsealed and active."""
+        await self._run(self._health)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.asynccontextmanager
+async def vault_client(settings: VaultSettings) -> AsyncIterator[VaultClient]:
+    client = VaultClient(settings)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -1,0 +1,52 @@
+"""Setting up the real OpenBao dev server the way an operator would for responders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hvac
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = "osquery-file-carve-file-requests"
+POLICY_FILE = ROOT / "deploy" / "vault" / f"{POLICY}.hcl"
+
+
+@dataclass
+class Token:
+    token: str
+    accessor: str
+
+
+class VaultAdmin:
+    """Root access to a dev server: policies, tokens, userpass users, identity groups."""
+
+    def __init__(self, url: str, root_token: str) -> None:
+        self.url = url
+        self.client = hvac.Client(url=url, token=root_token)
+
+    def provision(self) -> None:
+        """The repository's own policy file, and userpass enabled (idempotent)."""
+        self.client.sys.create_or_update_policy(POLICY, POLICY_FILE.read_text())
+        if "userpass/" not in self.client.sys.list_auth_methods()["data"]:
+            self.client.sys.enable_auth_method("userpass")
+
+    def token(self, *policies: str, ttl: str = "1h") -> Token:
+        # Every token also gets Vault's "default" policy (which allows lookup-self).
+        auth: dict[str, Any] = self.client.auth.token.create(policies=list(policies), ttl=ttl)[
+            "auth"
+        ]
+        return Token(auth["client_token"], auth["accessor"])
+
+    def revoke(self, token: str) -> None:
+        self.client.auth.token.revoke(token)
+
+    def user_in_group(self, username: str, password: str, group: str, *policies: str) -> Token:
+        """A userpass user holding ``policies`` only through an identity group."""
+        self.client.auth.userpass.create_or_update_user(username, password, policies=[])
+        login = hvac.Client(url=self.url).auth.userpass.login(username, password)["auth"]
+        self.client.secrets.identity.create_or_update_group(
+            group, policies=list(policies), member_entity_ids=[login["entity_id"]]
+        )
+        return Token(login["client_token"], login["accessor"])
