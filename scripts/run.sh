@@ -3,7 +3,8 @@
 # foreground until Ctrl-C.
 #   backends  Redis :6379, RabbitMQ :5672, SecantusDB (MongoDB wire) :27017,
 #             OpenBao dev :8200 -- each started only if its port is closed
-#   services  carve-ingest :8080, carve-assembler :8081
+#   services  carve-ingest :8080, carve-assembler :8081, carve-download :8082
+#   OpenBao   the download policy, and a userpass login "responder" that holds it
 # Logs and data live under .run/. Backends this script started are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,23 +53,48 @@ if ! port_open 27017; then
 fi
 if ! port_open 8200; then
   echo "run: starting OpenBao dev server on 8200 (root token: root)"
-  background openbao bao server -dev -dev-root-token-id=root -dev-listen-address=127.0.0.1:8200
+  background openbao env HOME="$RUN" \
+    bao server -dev -dev-root-token-id=root -dev-listen-address=127.0.0.1:8200
   wait_port 8200 30 openbao
 fi
+# The responder side, as an operator would set it up: the policy the download service
+# checks, and a userpass login holding it (local development credentials only).
+export BAO_ADDR=http://127.0.0.1:8200 BAO_TOKEN="${RUN_VAULT_ROOT_TOKEN:-root}"
+POLICY=osquery-file-carve-file-requests
+if bao policy write "$POLICY" "deploy/vault/$POLICY.hcl" >"$RUN/logs/vault-setup.log" 2>&1; then
+  bao auth list -format=json | grep -q '"userpass/"' || bao auth enable userpass >/dev/null
+  bao write auth/userpass/users/responder password=responder token_policies="$POLICY" >/dev/null
+else
+  echo "run: could not set up the OpenBao on 8200 (not a dev server with root token" \
+    "'${BAO_TOKEN}'? set RUN_VAULT_ROOT_TOKEN); see $RUN/logs/vault-setup.log" >&2
+fi
+unset BAO_TOKEN
 
 background ingest carve-ingest
 background assembler env CARVE_HTTP_PORT=8081 carve-assembler
+background download carve-download
 wait_port 8080 30 ingest
 wait_port 8081 30 assembler
+wait_port 8082 30 download
 
 cat <<MSG
 
 The carve server runs on loopback:
   ingest     http://127.0.0.1:8080  (osquery: /start_uploads, /upload_blocks; Fleet paths too)
   assembler  http://127.0.0.1:8081  (/healthz, /readyz, /metrics)
+  download   http://127.0.0.1:8082  (responders: /api/v1/carves, see docs/api.md)
+  OpenBao    http://127.0.0.1:8200  (dev server; responder login: responder / responder)
   logs       $RUN/logs/
 
-Carve like 10 osquery 5.23 hosts at once (5 MB each, 8 KiB blocks):
+Carve a real file the way an osquery 5.23 host does, then fetch it as a responder:
+  .venv/bin/carve-osquery-sim --url http://127.0.0.1:8080 --file /etc/os-release
+  .venv/bin/carvectl login --username responder        # password: responder
+  .venv/bin/carvectl list
+  .venv/bin/carvectl files <ID>
+  .venv/bin/carvectl get <ID>                          # verified against the server's SHA-256
+  .venv/bin/carvectl extract <ID> -d ./evidence
+
+Load: 10 hosts at once, 5 MB each, 8 KiB blocks:
   .venv/bin/carve-osquery-sim --url http://127.0.0.1:8080 --hosts 10 --size 5MB --block-size 8KiB
 
 Stop with Ctrl-C.

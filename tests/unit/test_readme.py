@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from services.assembler.settings import AssemblerSettings
+from services.download.settings import DownloadSettings
 from services.ingest.settings import IngestSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -20,7 +21,10 @@ def _rows() -> dict[str, str]:
     return dict(ROW.findall(README.read_text()))
 
 
-@pytest.mark.parametrize("settings_class", [IngestSettings, AssemblerSettings])
+SERVICES = (IngestSettings, AssemblerSettings, DownloadSettings)
+
+
+@pytest.mark.parametrize("settings_class", SERVICES)
 def test_every_setting_is_documented_with_its_default(settings_class: type[BaseSettings]) -> None:
     rows = _rows()
     for name, field in settings_class.model_fields.items():
@@ -35,7 +39,7 @@ def test_every_setting_is_documented_with_its_default(settings_class: type[BaseS
 def test_readme_documents_nothing_the_code_does_not_read() -> None:
     known = {
         f"CARVE_{n.upper()}"
-        for cls in (IngestSettings, AssemblerSettings)
+        for cls in SERVICES
         for n in cls.model_fields
     }
     assert set(_rows()) <= known
