@@ -9,7 +9,7 @@ handed out one at a time: a download holds about ``batch_bytes`` at most.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -77,7 +77,7 @@ async def stream_chunks(
     carve_size: int,
     byte_range: ByteRange,
     batch_bytes: int,
-) -> AsyncIterator[memoryview]:
+) -> AsyncGenerator[memoryview, None]:
     """The bytes of ``byte_range``, chunk by chunk, checked against the carve's geometry."""
     first, last = byte_range.start // chunk_size, byte_range.end // chunk_size
     last_n = (carve_size - 1) // chunk_size
@@ -89,15 +89,16 @@ async def stream_chunks(
         )
     expected = first
     try:
-        async for doc in cursor:
-            n, data = doc["n"], memoryview(doc["data"])
-            want = carve_size - last_n * chunk_size if n == last_n else chunk_size
-            if n != expected or len(data) != want:
-                raise CorruptArchive(f"chunk {n} ({len(data)} bytes) where {expected} was due")
-            lo = byte_range.start - n * chunk_size if n == first else 0
-            hi = byte_range.end - n * chunk_size + 1 if n == last else len(data)
-            yield data[lo:hi]
-            expected += 1
+        with transient_on_outage("download"):
+            async for doc in cursor:
+                n, data = doc["n"], memoryview(doc["data"])
+                want = carve_size - last_n * chunk_size if n == last_n else chunk_size
+                if n != expected or len(data) != want:
+                    raise CorruptArchive(f"chunk {n} ({len(data)} bytes) where {expected} was due")
+                lo = byte_range.start - n * chunk_size if n == first else 0
+                hi = byte_range.end - n * chunk_size + 1 if n == last else len(data)
+                yield data[lo:hi]
+                expected += 1
     finally:
         await cursor.close()
     if expected != last + 1:

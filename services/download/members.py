@@ -26,7 +26,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from services.download.archive import CorruptArchive
 from shared.errors import InvalidRequest
-from shared.mongo import Document
+from shared.mongo import Document, transient_on_outage
 
 # osquery copies carved paths into <tmp>/osquery_carve_<guid>/<original path>.
 _CARVE_DIR = re.compile(r"^.*?(?:^|/)osquery_carve_[^/]*(?=/|$)")
@@ -138,8 +138,9 @@ class ChunkFile(io.RawIOBase):
 
     async def _load(self, first: int, last: int) -> dict[int, bytes]:
         query = {"files_id": self._carve_id, "n": {"$gte": first, "$lte": last}}
-        cursor = self._chunks.find(query, {"_id": 0}).sort("n", 1)
-        return {doc["n"]: bytes(doc["data"]) async for doc in cursor}
+        with transient_on_outage("tar read"):
+            cursor = self._chunks.find(query, {"_id": 0}).sort("n", 1)
+            return {doc["n"]: bytes(doc["data"]) async for doc in cursor}
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,11 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except OSError:
+        raise  # the client went away mid-stream: nothing to answer
+    except Exception:
+        log.exception("%s: unexpected error", request.path)
+        return _error(500, "internal_error", "internal error")
 
 
 @web.middleware
@@ -71,7 +76,12 @@ async def responder_errors(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await _answer(request, handler)
         entry.status = response.status
-        entry.outcome = outcome_of(response.status)
+        if entry.outcome != "aborted":
+            entry.outcome = outcome_of(response.status)
+        if not response.prepared:
+            # Send it now, so the audit write below does not delay the answer.
+            await response.prepare(request)
+            await response.write_eof()
         return response
     except (ConnectionResetError, OSError):
         entry.outcome = "aborted"  # the client went away mid-stream

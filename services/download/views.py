@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -16,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from services.download import keys
-from services.download.archive import ByteRange, parse_range, stream_chunks
+from services.download.archive import ByteRange, CorruptArchive, parse_range, stream_chunks
 from services.download.audit import AUDIT
 from services.download.auth import Identity
 from services.download.members import (
@@ -28,7 +29,7 @@ from services.download.members import (
 )
 from shared import keys as shared_keys
 from shared.carves import COLLECTION, CarveRecord, Compression, Status
-from shared.errors import Forbidden, InvalidRequest, NotComplete, NotFound
+from shared.errors import Forbidden, InvalidRequest, NotComplete, NotFound, TransientError
 from shared.mongo import Document, transient_on_outage
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def _matches(header: str | None, etag: str) -> bool:
 
 def _chunks(
     request: web.Request, doc: Document, byte_range: ByteRange
-) -> AsyncIterator[memoryview]:
+) -> AsyncGenerator[memoryview, None]:
     settings = request.app[keys.SETTINGS]
     return stream_chunks(
         request.app[shared_keys.MONGO_DB][f"{settings.mongo_bucket}.chunks"],
@@ -214,14 +215,28 @@ async def send_archive(request: web.Request, doc: Document) -> web.StreamRespons
     if response.status == 206:
         response.headers["Content-Range"] = byte_range.content_range(size)
     response.content_length = byte_range.length
-    pieces = _chunks(request, doc, byte_range)
-    # The first piece is fetched before the headers go out: MongoDB down is still a 503 here.
-    first = await anext(pieces) if request.method != "HEAD" else None
-    await response.prepare(request)
-    if first is not None:
-        await _write_all(request, response, first, pieces)
+    if request.method == "HEAD":
+        await response.prepare(request)
+        return response
+    async with contextlib.aclosing(_chunks(request, doc, byte_range)) as pieces:
+        # The first piece is fetched before the headers go out: MongoDB down is still a 503 here.
+        first = await anext(pieces)
+        await response.prepare(request)
+        try:
+            await _write_all(request, response, first, pieces)
+        except (CorruptArchive, TransientError) as exc:
+            _abort(request, exc)
+            return response
     await response.write_eof()
     return response
+
+
+def _abort(request: web.Request, exc: Exception) -> None:
+    """Cut a response whose headers are out: the client sees a short body, never a wrong one."""
+    log.error("%s: aborted mid-stream: %s", request.path, exc)
+    request[AUDIT].outcome = "aborted"
+    if request.transport is not None:
+        request.transport.close()
 
 
 async def _write_all(
@@ -319,7 +334,13 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 
     source = _tar_source(request, doc)
     pool = request.app[keys.TAR_POOL]
-    found = await loop.run_in_executor(pool, stream_member, source, wanted, on_found, write)
+    try:
+        found = await loop.run_in_executor(pool, stream_member, source, wanted, on_found, write)
+    except (CorruptArchive, TransientError) as exc:
+        if not response.prepared:
+            raise
+        _abort(request, exc)
+        return response
     if not found:
         raise NotFound(f"no regular file {wanted} in carve {doc['_id']}")
     await response.write_eof()

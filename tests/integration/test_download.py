@@ -517,3 +517,21 @@ async def test_tokens_never_logged_or_stored(
         assert token not in caplog.text
         assert token not in stored
     assert "carve.audit" in caplog.text  # audit lines were captured: the check means something
+
+
+async def test_damaged_archive_is_cut_short_never_wrong(
+    responder: Responder, carved: Carved
+) -> None:
+    await responder.stack.db["archives.chunks"].delete_one({"files_id": carved.carve_id, "n": 3})
+    path = f"/api/v1/carves/{carved.carve_id}/archive"
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await responder.get(path)
+    # Bytes before the gap are still served; a range that needs the gap never starts.
+    status, _, body = await responder.get(path, Range="bytes=0-99")
+    assert (status, body) == (206, carved.data[:100])
+    status, _, body = await responder.get(path, Range="bytes=12288-12387")
+    assert (status, orjson.loads(body)["code"]) == (500, "corrupt_archive")
+    rows = await responder.audit(carved.carve_id)
+    assert sorted(r["outcome"] for r in rows) == ["aborted", "allowed", "error"]
+    aborted = next(r for r in rows if r["outcome"] == "aborted")
+    assert aborted["bytes_sent"] == 3 * 4096
