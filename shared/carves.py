@@ -22,10 +22,17 @@ COLLECTION = "carves"
 
 
 class Status(StrEnum):
-    RECEIVING = "receiving"
-    COMPLETE = "complete"
-    FAILED = "failed"
-    EXPIRED = "expired"
+    """A carve's state; see the README's "Carve lifecycle" for the transitions."""
+
+    RECEIVING = "receiving"  # blocks arriving
+    COMPLETE = "complete"  # every block stored, hashed: downloadable
+    FAILED = "failed"  # idle with blocks missing, or corrupt: partial chunks kept for a while
+    EXPIRED = "expired"  # past retention: bytes deleted, this document kept as a tombstone
+    DELETED = "deleted"  # deleted on purpose by an administrator: tombstone as well
+
+
+# States whose bytes are gone for good.
+ENDED = frozenset({Status.EXPIRED, Status.DELETED})
 
 
 class Compression(StrEnum):
@@ -51,6 +58,11 @@ class CarveRecord(BaseModel):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None = None
+    failure_reason: str | None = None
+    failed_at: datetime | None = None
+    expired_at: datetime | None = None
+    deleted_at: datetime | None = None
+    deleted_by: str | None = None
 
     @classmethod
     def from_doc(cls, doc: Document) -> CarveRecord:

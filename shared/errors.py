@@ -12,6 +12,7 @@ queued message (workers)::
     │   ├── UnknownSession        404  session id never issued, or ended
     │   ├── Conflict              409  carve_id already used
     │   │   └── NotComplete           409  the archive is asked for before the carve is complete
+    │   ├── Gone                  410  the carve's bytes were deleted (expired or deleted)
     │   └── PayloadTooLarge       413  body larger than the session's block size needs
     ├── Unavailable            a backend is down or slow: fast non-JSON 503, osquery 5.22+ retries
     └── MessageError           raised while handling a queued message
@@ -73,6 +74,11 @@ class Conflict(ClientError):
 
 class NotComplete(Conflict):
     code = "not_complete"
+
+
+class Gone(ClientError):
+    status = 410
+    code = "gone"
 
 
 class PayloadTooLarge(ClientError):

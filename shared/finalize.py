@@ -134,6 +134,7 @@ class Finalizer:
                     "$set": {
                         "status": Status.FAILED.value,
                         "failure_reason": f"corrupt: {exc}",
+                        "failed_at": datetime.now(UTC),
                         "updated_at": datetime.now(UTC),
                     },
                     "$unset": {"finalize_lease": ""},

@@ -23,7 +23,7 @@ from shared.errors import ClientError, TransientError, Unavailable
 log = logging.getLogger(__name__)
 
 # Route names whose requests are audited: every responder request (a listing shows carves too).
-AUDITED = frozenset({"list", "carve", "archive", "files", "file", "file_request"})
+AUDITED = frozenset({"list", "carve", "archive", "files", "file", "file_request", "delete"})
 
 
 def _error(http_status: int, code: str, message: str, /, **details: object) -> web.Response:

@@ -12,6 +12,7 @@ CARVE = "/api/v1/carves/{carve_id}"
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/carves", views.list_carves, name="list")
     app.router.add_get(CARVE, views.get_carve, name="carve")
+    app.router.add_delete(CARVE, views.delete_carve, name="delete")
     app.router.add_get(CARVE + "/archive", views.get_archive, name="archive")  # and HEAD
     app.router.add_get(CARVE + "/files", views.list_files, name="files")
     app.router.add_get(CARVE + "/files/{path:.+}", views.get_file, name="file")

@@ -16,6 +16,8 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings):
     http_port: int = Field(8082, ge=0, le=65535)
     # The Vault policy a responder's token must carry (the original server's name for it).
     vault_policy: str = Field("osquery-file-carve-file-requests", min_length=1)
+    # Deleting a carve takes this policy as well: deleting evidence must be rarer than reading it.
+    vault_admin_policy: str = Field("osquery-file-carve-admin", min_length=1)
     # How long a token lookup is trusted: a revoked token works at most this much longer.
     vault_cache_ttl: float = Field(10.0, ge=0)
     # Comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For is believed.

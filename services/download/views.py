@@ -9,7 +9,7 @@ import hmac
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -28,8 +28,17 @@ from services.download.members import (
     stream_member,
 )
 from shared import keys as shared_keys
-from shared.carves import COLLECTION, CarveRecord, Compression, Status
-from shared.errors import Forbidden, InvalidRequest, NotComplete, NotFound, TransientError
+from shared.carves import COLLECTION, ENDED, CarveRecord, Compression, Status
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    Gone,
+    InvalidRequest,
+    NotComplete,
+    NotFound,
+    TransientError,
+)
+from shared.lifecycle import purge_archive, transition
 from shared.mongo import Document, transient_on_outage
 
 log = logging.getLogger(__name__)
@@ -87,6 +96,13 @@ async def _authorized_carve(request: web.Request) -> Document:
 
 
 def _complete(doc: Document) -> Document:
+    if doc["status"] in ENDED:
+        when = doc.get("expired_at") or doc.get("deleted_at")
+        raise Gone(
+            f"carve {doc['_id']} was {doc['status']}: its bytes are deleted",
+            status=doc["status"],
+            at=when.isoformat() if when else None,
+        )
     if doc["status"] != Status.COMPLETE:
         raise NotComplete(
             f"carve {doc['_id']} is not complete",
@@ -95,6 +111,33 @@ def _complete(doc: Document) -> Document:
             block_count=doc["block_count"],
         )
     return doc
+
+
+async def delete_carve(request: web.Request) -> web.Response:
+    """Delete a carve's bytes on purpose (admin policy); its document stays as a tombstone."""
+    authorizer = request.app[keys.AUTHORIZER]
+    identity = await authorize(request, _header_token(request))
+    authorizer.require_policy(identity, request.app[keys.SETTINGS].vault_admin_policy)
+    doc = await _load(request, _carve_id(request.match_info["carve_id"]))
+    if doc["status"] in ENDED:
+        raise Gone(f"carve {doc['_id']} was already {doc['status']}", status=doc["status"])
+    now = datetime.now(UTC)
+    fields = {
+        "deleted_at": now,
+        "deleted_by": identity.display_name or identity.entity_id or identity.accessor,
+        "deleted_from": doc["status"],
+    }
+    db = request.app[shared_keys.MONGO_DB]
+    if not await transition(db, doc["_id"], Status(doc["status"]), Status.DELETED, fields, now):
+        raise Conflict(f"carve {doc['_id']} changed state meanwhile: try again")
+    settings = request.app[keys.SETTINGS]
+    # The ingest's session (if it was still receiving) is removed by the janitor's next sweep.
+    chunks, freed = await purge_archive(
+        db, settings.mongo_bucket, doc["_id"], batch=1000, carve=doc
+    )
+    log.warning("carve %s deleted by %s: %d chunks", doc["_id"], identity.display_name, chunks)
+    view = carve_view(await _load(request, doc["_id"]))
+    return web.json_response({**view, "chunks_deleted": chunks, "bytes_freed": freed})
 
 
 # --- listing -------------------------------------------------------------------------------

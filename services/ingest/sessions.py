@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.carves import Status, new_carve_doc, same_start
 from shared.errors import Conflict, Unavailable, UnknownSession
+from shared.lifecycle import session_keys
 from shared.mongo import Document
 from shared.protocol import StartRequest
 
@@ -85,9 +87,13 @@ async def _backend(name: str) -> AsyncIterator[None]:
         raise Unavailable(name, exc.__class__.__name__) from exc
 
 
-# Records a block and keeps both keys alive, in one round trip; returns the bit's old value.
+# Records a block, its time (the janitor's idle test) and keeps both keys alive, in one
+# round trip; returns the bit's old value, or -1 when the session is gone (ended by the
+# janitor, or lost with Redis): the bitmap is then not recreated on its own.
 _MARK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local old = redis.call('SETBIT', KEYS[2], ARGV[1], 1)
+redis.call('HSET', KEYS[1], 'last_block_at', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return old
@@ -115,7 +121,7 @@ class SessionStore:
         self._cache: TTLCache[str, Session] = TTLCache(maxsize=cache_size, ttl=cache_ttl)
 
     def _keys(self, session_id: str) -> tuple[str, str]:
-        return f"{self._prefix}s:{session_id}", f"{self._prefix}b:{session_id}"
+        return session_keys(self._prefix, session_id)
 
     async def start(self, start: StartRequest) -> tuple[str, bool]:
         """Open a session for ``start``; return (session_id, resumed).
@@ -193,10 +199,22 @@ class SessionStore:
             return bool(await self._redis.getbit(self._keys(session_id)[1], block_id))
 
     async def mark(self, session_id: str, block_id: int) -> bool:
-        """Record block ``block_id`` as confirmed; False if it already was (a duplicate)."""
+        """Record block ``block_id`` as confirmed; False if it already was (a duplicate).
+
+        A session missing from Redis is rebuilt if its carve still receives
+        (Redis lost it), and refused with UnknownSession if the carve ended.
+        """
+        old = await self._run_mark(session_id, block_id)
+        if old == -1:
+            self._cache.pop(session_id, None)
+            await self._recover(session_id)
+            old = await self._run_mark(session_id, block_id)
+        return old == 0
+
+    async def _run_mark(self, session_id: str, block_id: int) -> int:
+        args = [block_id, self._ttl, int(time.time())]
         async with _backend("redis"):
-            old = await self._mark(keys=self._keys(session_id), args=[block_id, self._ttl])
-        return not old
+            return int(await self._mark(keys=self._keys(session_id), args=args))
 
 
 def _parse(session_id: str, fields: dict[bytes, bytes]) -> Session:

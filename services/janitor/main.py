@@ -1,0 +1,97 @@
+"""The janitor app factory: the sweep loop inside the aiohttp lifecycle (or one sweep, --once)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.janitor import keys
+from services.janitor.metrics import JanitorMetrics
+from services.janitor.settings import JanitorSettings
+from services.janitor.sweep import Clock, Janitor, Report, utc_now
+from shared import keys as shared_keys
+from shared.errors import TransientError
+from shared.finalize import Finalizer
+from shared.health import add_health_routes, check_mongo, check_redis
+from shared.metrics import new_registry
+from shared.resources import CleanupCtx, mongo_ctx, redis_ctx
+
+log = logging.getLogger(__name__)
+
+
+async def run_sweep(app: web.Application, *, dry_run: bool = False) -> Report:
+    """One sweep with its metrics and its summary log line."""
+    metrics = app[keys.METRICS]
+    try:
+        report = await app[keys.JANITOR].sweep(dry_run=dry_run)
+    except TransientError as exc:
+        metrics.sweeps.labels("error").inc()
+        log.warning("janitor sweep interrupted, the next one resumes: %s", exc)
+        raise
+    summary = report.as_dict()
+    if report.skipped:
+        metrics.sweeps.labels("skipped").inc()
+    elif not dry_run:
+        metrics.sweeps.labels("done").inc()
+        metrics.duration.observe(report.seconds)
+        metrics.last_success.set(time.time())
+        for action, count in report.actions.items():
+            metrics.actions.labels(action).inc(count)
+        metrics.bytes_freed.inc(report.bytes_freed)
+    log.info("janitor sweep %s", summary)
+    return report
+
+
+async def _loop(app: web.Application) -> None:
+    interval = app[keys.SETTINGS].janitor_interval
+    while True:
+        with contextlib.suppress(TransientError):
+            await run_sweep(app)
+        await asyncio.sleep(interval)
+
+
+def _janitor_ctx(clock: Clock, *, loop: bool) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[keys.SETTINGS]
+        db = app[shared_keys.MONGO_DB]
+        finalizer = Finalizer(
+            db,
+            settings.mongo_bucket,
+            owner=f"janitor:{socket.gethostname()}:{os.getpid()}",
+            lease_seconds=settings.finalize_lease,
+        )
+        app[keys.JANITOR] = Janitor(db, app[shared_keys.REDIS], settings, finalizer, clock=clock)
+        task = asyncio.create_task(_loop(app), name="janitor") if loop else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    return ctx
+
+
+def create_app(
+    settings: JanitorSettings, *, loop: bool = True, clock: Clock = utc_now
+) -> web.Application:
+    """The janitor: with ``loop`` it sweeps every CARVE_JANITOR_INTERVAL while serving health."""
+    app = web.Application()
+    app[keys.SETTINGS] = settings
+    app[shared_keys.SERVICE_NAME] = "carve-janitor"
+    registry = new_registry()
+    app[shared_keys.REGISTRY] = registry
+    app[keys.METRICS] = JanitorMetrics.create(registry)
+    app.cleanup_ctx.extend(
+        [redis_ctx(settings), mongo_ctx(settings), _janitor_ctx(clock, loop=loop)]
+    )
+    add_health_routes(app, {"redis": check_redis, "mongodb": check_mongo})
+    return app

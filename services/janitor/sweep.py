@@ -1,0 +1,330 @@
+"""One janitor sweep, as small bounded steps.
+
+1. receiving carves left alone for a while: finalize those whose chunks are
+   all there (an assembler died at the wrong moment); fail those idle past
+   ``CARVE_SESSION_IDLE_TIMEOUT`` with blocks missing;
+2. failed carves past ``CARVE_FAILED_RETENTION``: delete their partial
+   chunks, keep the document as an ``expired`` tombstone;
+3. complete carves past ``CARVE_RETENTION``: the same;
+4. orphan chunks (no carve document, or a carve whose bytes are gone): a
+   slice of them per sweep, resuming where the last sweep stopped;
+5. Redis sessions of carves that no longer receive.
+
+Safe to repeat and to run twice at once: every transition is conditional on
+the current status, deleting what is gone deletes nothing, and a lease in
+MongoDB keeps a second janitor from doing the same work at the same time.
+The policy clock (``clock``) is separate from the lease's wall clock, so tests
+can move time forward without sleeping.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+from redis.asyncio import Redis
+
+from services.janitor.settings import JanitorSettings
+from shared.carves import COLLECTION, ENDED, Status
+from shared.finalize import Outcome, Result
+from shared.lifecycle import end_session, purge_archive, session_keys, transition
+from shared.mongo import Document, transient_on_outage
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+LOCKS = "locks"
+LOCK_ID = "janitor"
+ORPHAN_STATE = "janitor-orphan-scan"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CarveFinalizer(Protocol):
+    async def maybe_finalize(self, carve_id: str) -> Result: ...
+
+
+@dataclass
+class Report:
+    dry_run: bool
+    actions: collections.Counter[str] = field(default_factory=collections.Counter)
+    bytes_freed: int = 0
+    seconds: float = 0.0
+    skipped: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "skipped": self.skipped,
+            "actions": dict(sorted(self.actions.items())),
+            "bytes_freed": self.bytes_freed,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Janitor:
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        redis: Redis,
+        settings: JanitorSettings,
+        finalizer: CarveFinalizer,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._db = db
+        self._carves = db[COLLECTION]
+        self._chunks = db[f"{settings.mongo_bucket}.chunks"]
+        self._redis = redis
+        self._settings = settings
+        self._finalizer = finalizer
+        self._clock = clock
+        self._owner = f"{socket.gethostname()}:{secrets.token_hex(4)}"
+
+    async def sweep(self, *, dry_run: bool = False) -> Report:
+        """One pass over everything; a dry run changes nothing and reports what it would do."""
+        report = Report(dry_run=dry_run)
+        started = time.monotonic()
+        if not dry_run and not await self._lock():
+            report.skipped = True
+            log.info("janitor sweep skipped: another janitor holds the lease")
+            return report
+        try:
+            steps = (
+                self._receiving,
+                self._expire_failed,
+                self._expire_complete,
+                self._orphans,
+                self._sessions,
+            )
+            for step in steps:
+                await step(report)
+                if not dry_run:
+                    await self._lock()  # renew between steps
+        finally:
+            if not dry_run:
+                await self._unlock()
+            report.seconds = time.monotonic() - started
+        return report
+
+    # --- the lease ---------------------------------------------------------------------------
+
+    async def _lock(self) -> bool:
+        now = datetime.now(UTC)  # wall clock: the lease must mean the same to every janitor
+        until = now + timedelta(seconds=self._settings.janitor_lease)
+        try:
+            with transient_on_outage("janitor lease"):
+                await self._db[LOCKS].update_one(
+                    {"_id": LOCK_ID, "$or": [{"until": {"$lt": now}}, {"owner": self._owner}]},
+                    {"$set": {"owner": self._owner, "until": until}},
+                    upsert=True,
+                )
+        except DuplicateKeyError:
+            return False  # the lease exists and is someone else's
+        return True
+
+    async def _unlock(self) -> None:
+        with transient_on_outage("janitor lease"):
+            await self._db[LOCKS].delete_one({"_id": LOCK_ID, "owner": self._owner})
+
+    # --- 1. receiving carves -------------------------------------------------------------------
+
+    async def _receiving(self, report: Report) -> None:
+        now = self._clock()
+        settings = self._settings
+        quiet = min(settings.finalize_grace, settings.session_idle_timeout)
+        query = {"status": Status.RECEIVING.value, "updated_at": {"$lt": now - _s(quiet)}}
+        with transient_on_outage("janitor: receiving carves"):
+            cursor = self._carves.find(query).sort("updated_at", 1)
+            async for doc in cursor.batch_size(settings.janitor_batch):
+                await self._check_receiving(doc, now, report)
+
+    async def _check_receiving(self, doc: Document, now: datetime, report: Report) -> None:
+        carve_id, count = doc["_id"], doc["block_count"]
+        if report.dry_run:
+            chunks = await self._chunks.count_documents({"files_id": carve_id})
+            if chunks >= count:
+                report.actions["finalized"] += 1
+                return
+        else:
+            result = await self._finalizer.maybe_finalize(carve_id)
+            if result.outcome in (Outcome.FINALIZED, Outcome.CORRUPT):
+                report.actions[result.outcome.value] += 1
+            if result.outcome is not Outcome.NOT_READY:
+                return
+            chunks = result.chunks
+        if await self._still_active(doc, now):
+            return
+        accepted = await self._accepted_blocks(doc)
+        if accepted is not None and accepted >= count:
+            # The ingest confirmed every block: they wait in the queue for an assembler.
+            report.actions["waiting_for_assembly"] += 1
+            return
+        idle = self._settings.session_idle_timeout
+        reason = f"idle: no block for {idle:g} s; {chunks} of {count} blocks stored"
+        report.actions["failed"] += 1
+        if report.dry_run:
+            return
+        fields = {"failure_reason": reason, "failed_at": now, "blocks_received": chunks}
+        if await transition(self._db, carve_id, Status.RECEIVING, Status.FAILED, fields, now):
+            await end_session(self._redis, self._settings.redis_key_prefix, doc["session_id"])
+            log.info("carve %s failed: %s", carve_id, reason)
+
+    async def _still_active(self, doc: Document, now: datetime) -> bool:
+        """True when a block came within the idle timeout (ingest's clock, or the assembler's)."""
+        idle = _s(self._settings.session_idle_timeout)
+        last: datetime = doc["updated_at"]
+        meta, _ = session_keys(self._settings.redis_key_prefix, doc["session_id"])
+        stamp = await self._redis.hget(meta, "last_block_at")
+        if stamp is not None:
+            last = max(last, datetime.fromtimestamp(int(stamp), UTC))
+        return now - last < idle
+
+    async def _accepted_blocks(self, doc: Document) -> int | None:
+        meta, bits = session_keys(self._settings.redis_key_prefix, doc["session_id"])
+        if not await self._redis.exists(meta):
+            return None
+        return int(await self._redis.bitcount(bits))
+
+    # --- 2 and 3. retention ----------------------------------------------------------------------
+
+    async def _expire_failed(self, report: Report) -> None:
+        cutoff = self._clock() - _s(self._settings.failed_retention)
+        query = {"status": Status.FAILED.value, "failed_at": {"$lt": cutoff}}
+        await self._expire(query, Status.FAILED, "failed_purged", report)
+
+    async def _expire_complete(self, report: Report) -> None:
+        cutoff = self._clock() - _s(self._settings.retention)
+        query = {"status": Status.COMPLETE.value, "completed_at": {"$lt": cutoff}}
+        await self._expire(query, Status.COMPLETE, "expired", report)
+
+    async def _expire(
+        self, query: Document, from_status: Status, action: str, report: Report
+    ) -> None:
+        batch = self._settings.janitor_batch
+        if report.dry_run:
+            with transient_on_outage("janitor: retention"):
+                report.actions[action] += await self._carves.count_documents(query)
+            return
+        while True:
+            # Page by page: each page leaves the query once its carves have moved on.
+            with transient_on_outage("janitor: retention"):
+                page = await self._carves.find(query).limit(batch).to_list()
+            if not page:
+                return
+            for doc in page:
+                await self._expire_one(doc, from_status, action, report)
+
+    async def _expire_one(
+        self, doc: Document, from_status: Status, action: str, report: Report
+    ) -> None:
+        now = self._clock()
+        fields = {"expired_at": now, "expired_from": from_status.value}
+        # Tombstone first: from here on nobody downloads it; then the bytes go.
+        if await transition(self._db, doc["_id"], from_status, Status.EXPIRED, fields, now):
+            report.actions[action] += 1
+        await end_session(self._redis, self._settings.redis_key_prefix, doc.get("session_id"))
+        _, freed = await purge_archive(
+            self._db,
+            self._settings.mongo_bucket,
+            doc["_id"],
+            batch=self._settings.janitor_batch,
+            carve=doc,
+        )
+        report.bytes_freed += freed
+
+    # --- 4. orphan chunks -----------------------------------------------------------------------
+
+    async def _orphans(self, report: Report) -> None:
+        """Check the next ``janitor_batch`` distinct carve ids found among the chunks."""
+        state = self._db[LOCKS]
+        with transient_on_outage("janitor: orphans"):
+            saved = await state.find_one({"_id": ORPHAN_STATE}) or {}
+            after: str = saved.get("after", "")
+            ids = await self._next_chunk_owners(after, self._settings.janitor_batch)
+            found = self._carves.find({"_id": {"$in": ids}}, {"status": 1})
+            live = {d["_id"] async for d in found if d["status"] not in ENDED}
+        for carve_id in ids:
+            if carve_id in live:
+                continue
+            report.actions["orphans_removed"] += 1
+            if not report.dry_run:
+                deleted, _ = await purge_archive(
+                    self._db,
+                    self._settings.mongo_bucket,
+                    carve_id,
+                    batch=self._settings.janitor_batch,
+                    carve=None,
+                )
+                report.actions["orphan_chunks"] += deleted
+        if not report.dry_run:
+            # Wrap around once the end is reached: the next sweep starts over.
+            position = ids[-1] if len(ids) == self._settings.janitor_batch else ""
+            with transient_on_outage("janitor: orphans"):
+                await state.update_one(
+                    {"_id": ORPHAN_STATE}, {"$set": {"after": position}}, upsert=True
+                )
+
+    async def _next_chunk_owners(self, after: str, limit: int) -> list[str]:
+        """Distinct files_id values after ``after``: one index seek each, no full scan."""
+        owners: list[str] = []
+        while len(owners) < limit:
+            doc = await self._chunks.find_one(
+                {"files_id": {"$gt": after}},
+                {"files_id": 1, "_id": 0},
+                sort=[("files_id", 1), ("n", 1)],
+            )
+            if doc is None:
+                break
+            after = doc["files_id"]
+            owners.append(after)
+        return owners
+
+    # --- 5. Redis sessions ----------------------------------------------------------------------
+
+    async def _sessions(self, report: Report) -> None:
+        prefix = self._settings.redis_key_prefix
+        batch = self._settings.janitor_batch
+        async for keys in _scan_batches(self._redis, f"{prefix}s:*", batch):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(key, "carve_id")
+                owners: list[bytes | None] = await pipe.execute()
+            ids = [o.decode() for o in owners if o is not None]
+            with transient_on_outage("janitor: sessions"):
+                found = self._carves.find({"_id": {"$in": ids}}, {"status": 1})
+                receiving = {d["_id"] async for d in found if d["status"] == Status.RECEIVING}
+            ended = [
+                key
+                for key, owner in zip(keys, owners, strict=True)
+                if owner is None or owner.decode() not in receiving
+            ]
+            report.actions["sessions_removed"] += len(ended)
+            if ended and not report.dry_run:
+                bitmaps = [prefix + "b:" + k.decode().removeprefix(prefix + "s:") for k in ended]
+                await self._redis.delete(*ended, *bitmaps)
+
+
+async def _scan_batches(redis: Redis, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
+    cursor = 0
+    while True:
+        cursor, keys = await redis.scan(cursor, match=pattern, count=count)
+        if keys:
+            yield [k if isinstance(k, bytes) else k.encode() for k in keys]
+        if cursor == 0:
+            return
+
+
+def _s(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)

@@ -1,0 +1,87 @@
+"""Ending carves: state transitions, deleting their bytes in bounded batches, ending sessions.
+
+Used by the janitor (idle, expiry, orphans) and by the download service
+(deleting on purpose). Every step is safe to repeat and to run from two
+processes at once: transitions are conditional updates on the current
+status, and deletions of what is already gone delete nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+
+from shared.carves import COLLECTION, Status
+from shared.mongo import Document, transient_on_outage
+from shared.protocol import expected_block_length
+
+log = logging.getLogger(__name__)
+
+
+def session_keys(prefix: str, session_id: str) -> tuple[str, str]:
+    """The Redis keys of an upload session: its hash and its block bitmap (see the ingest)."""
+    return f"{prefix}s:{session_id}", f"{prefix}b:{session_id}"
+
+
+async def transition(
+    db: AsyncDatabase[Document],
+    carve_id: str,
+    from_status: Status,
+    to_status: Status,
+    fields: dict[str, Any],
+    now: datetime,
+) -> Document | None:
+    """Move a carve from one status to another, or do nothing if it is not in ``from_status``.
+
+    Returns the document as it was before, when this call made the change.
+    """
+    with transient_on_outage("carve transition"):
+        return await db[COLLECTION].find_one_and_update(
+            {"_id": carve_id, "status": from_status.value},
+            {"$set": {"status": to_status.value, "updated_at": now, **fields}},
+        )
+
+
+async def purge_archive(
+    db: AsyncDatabase[Document], bucket: str, carve_id: str, *, batch: int, carve: Document | None
+) -> tuple[int, int]:
+    """Delete a carve's chunks, ``batch`` at a time, then its files document.
+
+    Returns (chunks deleted, bytes freed). Bounded: each round trip deletes
+    at most ``batch`` chunks, found by the (files_id, n) index, so a carve of
+    millions of chunks never becomes one giant delete. Bytes are counted from
+    the carve's geometry (every stored chunk was checked for its exact length
+    on the way in); orphans without a carve document count chunks only.
+    """
+    chunks = db[f"{bucket}.chunks"]
+    deleted = freed = 0
+    with transient_on_outage("archive purge"):
+        while True:
+            cursor = chunks.find({"files_id": carve_id}, {"_id": 1, "n": 1}).sort("n", 1)
+            found = [(doc["_id"], doc["n"]) async for doc in cursor.limit(batch)]
+            if not found:
+                break
+            result = await chunks.delete_many({"_id": {"$in": [i for i, _ in found]}})
+            deleted += result.deleted_count
+            if carve is not None:
+                freed += sum(_chunk_length(carve, n) for _, n in found)
+        await db[f"{bucket}.files"].delete_one({"_id": carve_id})
+    return deleted, freed
+
+
+def _chunk_length(carve: Document, n: int) -> int:
+    count, size, length = carve["block_count"], carve["block_size"], carve["carve_size"]
+    if 0 <= n < count:
+        return expected_block_length(n, count, size, length)
+    return 0
+
+
+async def end_session(redis: Redis, prefix: str, session_id: str | None) -> int:
+    """Remove an ended carve's upload session from Redis, so no replica takes its blocks."""
+    if not session_id:
+        return 0
+    return int(await redis.delete(*session_keys(prefix, session_id)))
