@@ -66,7 +66,18 @@ class CarveRecord(BaseModel):
 
     @classmethod
     def from_doc(cls, doc: Document) -> CarveRecord:
-        return cls.model_validate(doc)
+        return cls.model_validate({**doc, "blocks_received": blocks_received(doc)})
+
+
+def blocks_received(doc: Document) -> int:
+    """Blocks stored so far: the assemblers' running count, or the finalizer's exact count.
+
+    The running count is written once a second by each assembler and can fall
+    short after a crash; the finalizer counts chunks exactly when it looks.
+    Whichever is higher is right (neither ever counts a chunk twice).
+    """
+    counted = max(doc.get("blocks_received") or 0, doc.get("chunks_counted") or 0)
+    return min(counted, doc["block_count"])
 
 
 def new_carve_doc(start: StartRequest, session_id: str, now: datetime) -> Document:

@@ -88,9 +88,10 @@ class Finalizer:
                 return Result(Outcome.ALREADY)
             count = await self._chunks.count_documents({"files_id": carve_id})
             if count < doc["block_count"]:
-                # The per-block counter can fall short after a crash; this heals it.
+                # The assemblers' counter can fall short after a crash: keep the exact count
+                # beside it (adding it in would count the same chunks twice).
                 await self._carves.update_one(
-                    {"_id": carve_id}, {"$max": {"blocks_received": count}}
+                    {"_id": carve_id}, {"$max": {"chunks_counted": count}}
                 )
                 return Result(Outcome.NOT_READY, chunks=count)
             async with self._slots:

@@ -26,6 +26,9 @@ from services.download.main import create_app as create_download
 from services.download.settings import DownloadSettings
 from services.ingest.main import create_app as create_ingest
 from services.ingest.settings import IngestSettings
+from services.janitor.main import create_app as create_janitor
+from services.janitor.settings import JanitorSettings
+from services.janitor.sweep import Clock, utc_now
 from tests.servers import HOST, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +148,11 @@ class Stack:
     async def start_download(self, **overrides: Any) -> RunningApp:
         settings = DownloadSettings(**{**fields(self.env), "http_port": 0, **overrides})
         return await self._serve(create_download(settings))
+
+    async def start_janitor(self, clock: Clock = utc_now, **overrides: Any) -> RunningApp:
+        """A janitor that sweeps only when a test calls ``run_sweep(app)`` (no loop)."""
+        settings = JanitorSettings(**{**fields(self.env), "http_port": 0, **overrides})
+        return await self._serve(create_janitor(settings, loop=False, clock=clock))
 
     async def spawn(self, name: str, **env: str) -> ServiceProcess:
         log = self.workdir / f"{name}-{len(self.processes)}.log"

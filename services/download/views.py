@@ -28,7 +28,14 @@ from services.download.members import (
     stream_member,
 )
 from shared import keys as shared_keys
-from shared.carves import COLLECTION, ENDED, CarveRecord, Compression, Status
+from shared.carves import (
+    COLLECTION,
+    ENDED,
+    CarveRecord,
+    Compression,
+    Status,
+    blocks_received,
+)
 from shared.errors import (
     Conflict,
     Forbidden,
@@ -107,7 +114,7 @@ def _complete(doc: Document) -> Document:
         raise NotComplete(
             f"carve {doc['_id']} is not complete",
             status=doc["status"],
-            blocks_received=doc.get("blocks_received", 0),
+            blocks_received=blocks_received(doc),
             block_count=doc["block_count"],
         )
     return doc

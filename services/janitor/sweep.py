@@ -123,15 +123,15 @@ class Janitor:
     async def _lock(self) -> bool:
         now = datetime.now(UTC)  # wall clock: the lease must mean the same to every janitor
         until = now + timedelta(seconds=self._settings.janitor_lease)
-        try:
-            with transient_on_outage("janitor lease"):
+        with transient_on_outage("janitor lease"):
+            try:
                 await self._db[LOCKS].update_one(
                     {"_id": LOCK_ID, "$or": [{"until": {"$lt": now}}, {"owner": self._owner}]},
                     {"$set": {"owner": self._owner, "until": until}},
                     upsert=True,
                 )
-        except DuplicateKeyError:
-            return False  # the lease exists and is someone else's
+            except DuplicateKeyError:
+                return False  # the lease exists and is someone else's
         return True
 
     async def _unlock(self) -> None:
@@ -176,7 +176,12 @@ class Janitor:
         report.actions["failed"] += 1
         if report.dry_run:
             return
-        fields = {"failure_reason": reason, "failed_at": now, "blocks_received": chunks}
+        fields = {
+            "failure_reason": reason,
+            "failed_at": now,
+            "blocks_received": chunks,
+            "chunks_counted": chunks,
+        }
         if await transition(self._db, carve_id, Status.RECEIVING, Status.FAILED, fields, now):
             await end_session(self._redis, self._settings.redis_key_prefix, doc["session_id"])
             log.info("carve %s failed: %s", carve_id, reason)
@@ -188,7 +193,7 @@ class Janitor:
         meta, _ = session_keys(self._settings.redis_key_prefix, doc["session_id"])
         stamp = await self._redis.hget(meta, "last_block_at")
         if stamp is not None:
-            last = max(last, datetime.fromtimestamp(int(stamp), UTC))
+            last = max(last, datetime.fromtimestamp(int(stamp) / 1000, UTC))
         return now - last < idle
 
     async def _accepted_blocks(self, doc: Document) -> int | None:

@@ -37,11 +37,7 @@ def test_every_setting_is_documented_with_its_default(settings_class: type[BaseS
 
 
 def test_readme_documents_nothing_the_code_does_not_read() -> None:
-    known = {
-        f"CARVE_{n.upper()}"
-        for cls in SERVICES
-        for n in cls.model_fields
-    }
+    known = {f"CARVE_{n.upper()}" for cls in SERVICES for n in cls.model_fields}
     assert set(_rows()) <= known
 
 

@@ -1,0 +1,1034 @@
+"""Unit tests for carvectl: pure helpers, safe extraction of hand-built tars, the token file,
+and the commands run through main()/run() against an in-memory requests.Session (no servers)."""
+
+from __future__ import annotations
+
+import hashlib
+import http
+import io
+import json
+import os
+import re
+import stat
+import tarfile
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import requests
+import urllib3
+import zstandard
+from requests.structures import CaseInsensitiveDict
+
+from clients import carvectl
+from clients.carvectl import (
+    EXIT_ERROR,
+    EXIT_FORBIDDEN,
+    EXIT_INTEGRITY,
+    EXIT_NOT_COMPLETE,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNAUTHORIZED,
+    EXIT_USAGE,
+    check_sha256,
+    content_disposition_filename,
+    extract_archive,
+    format_progress,
+    format_table,
+    human_size,
+    load_token,
+    matching_selector,
+    parse_content_range,
+    safe_basename,
+    save_token,
+    stripped_path,
+    token_file,
+    unsafe_reason,
+)
+from clients.osquery_sim import build_archive
+
+GUID = "3f1c0a52-9a4e-4c61-8d1b-2f7e0c9b1a11"
+PREFIX = f"/tmp/osquery_carve_{GUID}"
+TOKEN = "s.unit-test-token-do-not-print"
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (f"{PREFIX}/var/log/auth.log", "/var/log/auth.log"),
+        (f"tmp/osquery_carve_{GUID}/etc/hosts", "/etc/hosts"),
+        (PREFIX, "/"),
+        (f"{PREFIX}/", "/"),
+        (f"{PREFIX}//etc/passwd", "//etc/passwd"),
+        # Only the first osquery_carve_ component is the prefix: a carved path may hold another.
+        (f"{PREFIX}/tmp/osquery_carve_old/x", "/tmp/osquery_carve_old/x"),
+        ("etc/hosts", "etc/hosts"),
+        ("/etc/hosts", "/etc/hosts"),
+    ],
+)
+def test_stripped_path(name: str, expected: str) -> None:
+    assert stripped_path(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("stripped", "reason"),
+    [
+        ("/var/log/auth.log", None),
+        ("var/log/auth.log", None),
+        ("/var/log/..hidden", None),
+        ("//etc/passwd", "absolute path"),
+        ("/../etc/passwd", "'..' in its path"),
+        ("/var/../../etc/passwd", "'..' in its path"),
+        ("..", "'..' in its path"),
+        ("/etc/a\x00b", "NUL byte in its name"),
+    ],
+)
+def test_unsafe_reason(stripped: str, reason: str | None) -> None:
+    assert unsafe_reason(stripped) == reason
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (None, "-"),
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (12_000_000, "11.4 MiB"),
+        (1024**2 - 1, "1.0 MiB"),  # 1023.999 KiB must not print as "1024.0 KiB"
+        (5 * 1024**3, "5.0 GiB"),
+        (3 * 1024**5, "3.0 PiB"),
+    ],
+)
+def test_human_size(size: int | None, text: str) -> None:
+    assert human_size(size) == text
+
+
+def test_format_progress_floors_the_percentage() -> None:
+    assert format_progress(12, 12) == "12/12 100%"
+    assert format_progress(999, 1000) == "999/1000 99%"
+    assert format_progress(0, 0) == "0/0"
+    assert format_progress(None, None) == "0/?"
+
+
+def test_format_table_aligns_and_escapes_control_characters() -> None:
+    table = format_table(
+        ("PATH", "SIZE"), [["/a", "1 B"], ["/evil\x1b[2Jname", "10.0 KiB"]], right={1}
+    )
+    lines = table.splitlines()
+    assert lines[0] == "PATH" + " " * 18 + "SIZE"
+    assert lines[1] == "/a" + " " * 21 + "1 B"
+    assert lines[2] == "/evil\\x1b[2Jname  10.0 KiB"
+    assert "\x1b" not in table
+
+
+def test_format_table_with_no_rows_prints_the_header() -> None:
+    assert format_table(("ID", "STATUS"), []) == "ID  STATUS"
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        (f'attachment; filename="carve_{GUID}.tar"', f"carve_{GUID}.tar"),
+        (f"attachment; filename=carve_{GUID}.tar.zst", f"carve_{GUID}.tar.zst"),
+        ('attachment; filename="../../etc/passwd"', "passwd"),
+        ('attachment; filename="C:\\\\Windows\\\\evil.tar"', "evil.tar"),
+        ('attachment; filename=".."', None),
+        ('attachment; filename=".bashrc"', "bashrc"),
+        ('attachment; filename="a\\"b.tar"', 'a"b.tar'),
+        ("attachment; filename=\"x.tar\"; filename*=UTF-8''%C3%A9t%C3%A9.tar", "été.tar"),
+        ("attachment; filename*=UTF-8''..%2F..%2Fx.tar", "x.tar"),
+        ('attachment; filename="a\x07b.tar"', "ab.tar"),
+        ("attachment", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_content_disposition_filename(header: str | None, name: str | None) -> None:
+    assert content_disposition_filename(header) == name
+
+
+def test_safe_basename_never_leaves_the_directory() -> None:
+    for hostile in ("/etc/passwd", "../../x", "a/b/../../c", "..\\..\\c"):
+        result = safe_basename(hostile)
+        assert result is not None
+        assert "/" not in result and "\\" not in result and not result.startswith(".")
+
+
+@pytest.mark.parametrize(
+    ("header", "parsed"),
+    [
+        ("bytes 10-99/100", (10, 99, 100)),
+        ("bytes */100", (None, None, 100)),
+        ("bytes 0-9/*", (0, 9, None)),
+        ("items 0-9/100", (None, None, None)),
+        (None, (None, None, None)),
+    ],
+)
+def test_parse_content_range(
+    header: str | None, parsed: tuple[int | None, int | None, int | None]
+) -> None:
+    assert parse_content_range(header) == parsed
+
+
+def test_check_sha256() -> None:
+    digest = hashlib.sha256(b"x").hexdigest()
+    assert check_sha256(digest, {"record": digest.upper()}, None) == ([], [])
+    assert check_sha256(digest, {"ETag": f'"{digest}"'}, digest.upper()) == ([], [])
+    mismatches, _ = check_sha256(digest, {"record": "0" * 64}, None)
+    assert mismatches == ["record says " + "0" * 64]
+    mismatches, _ = check_sha256(digest, {"record": digest}, "f" * 64)
+    assert mismatches == ["--expect-sha256 says " + "f" * 64]
+    mismatches, warnings = check_sha256(digest, {"record": digest}, "-1")
+    assert mismatches == [] and "not hash" in warnings[0]
+    mismatches, warnings = check_sha256(digest, {"record": None}, None)
+    assert mismatches == [] and "not verified" in warnings[0]
+
+
+def test_matching_selector() -> None:
+    assert matching_selector("var/log/auth.log", []) == ""
+    assert matching_selector("var/log/auth.log", ["/var/log/auth.log"]) == "/var/log/auth.log"
+    assert matching_selector("var/log/auth.log", ["/var/log/"]) == "/var/log/"
+    assert matching_selector("var/log/auth.log", ["/var/lo"]) is None
+    assert matching_selector("var/log", ["/var/log/auth.log"]) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Token file
+# --------------------------------------------------------------------------------------------
+
+
+def test_token_file_is_created_0600_in_a_0700_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    path = token_file()
+    assert path == tmp_path / "config" / "carvectl" / "token"
+    save_token(TOKEN, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert load_token() == TOKEN
+    assert [p.name for p in path.parent.iterdir()] == ["token"]  # no temporary file left
+
+
+def test_saving_over_a_world_readable_token_file_makes_it_0600(tmp_path: Path) -> None:
+    path = tmp_path / "carvectl" / "token"
+    path.parent.mkdir(mode=0o755)
+    path.write_text("old\n")
+    path.chmod(0o644)
+    save_token(TOKEN, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert path.read_text() == TOKEN + "\n"
+
+
+def test_vault_token_env_wins_over_the_file_and_relative_xdg_is_ignored(tmp_path: Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    save_token("from-file", token_file(env))
+    assert load_token(env) == "from-file"
+    assert load_token({**env, "VAULT_TOKEN": "from-env"}) == "from-env"
+    assert token_file({"XDG_CONFIG_HOME": "relative/dir"}) == (
+        Path.home() / ".config" / "carvectl" / "token"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Safe extraction
+# --------------------------------------------------------------------------------------------
+
+
+def _add(
+    tar: tarfile.TarFile,
+    name: str,
+    data: bytes = b"",
+    *,
+    kind: bytes = tarfile.REGTYPE,
+    linkname: str = "",
+    mode: int = 0o644,
+) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.mode = mode
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    if "\x00" in name:
+        info.pax_headers = {"path": name}  # only a pax record can carry a NUL into a name
+    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+def _tar(path: Path, fill: Callable[[tarfile.TarFile], None]) -> Path:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        fill(tar)
+    return path
+
+
+def _files_under(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_extract_writes_members_at_their_stripped_paths(tmp_path: Path) -> None:
+    archive = build_archive(
+        {"/var/log/auth.log": b"auth\n", "/etc/hosts": b"127.0.0.1 localhost\n"},
+        tmp_path / "src",
+        carve_guid=GUID,
+    )
+    report = extract_archive(archive, tmp_path / "out")
+    assert _files_under(tmp_path / "out") == {
+        "etc/hosts": b"127.0.0.1 localhost\n",
+        "var/log/auth.log": b"auth\n",
+    }
+    assert sorted(report.extracted) == ["etc/hosts", "var/log/auth.log"]
+    assert report.refused == [] and report.unmatched == []
+    # data_filter keeps owner read/write and drops group/other write.
+    assert stat.S_IMODE((tmp_path / "out/etc/hosts").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_extract_zstd_archive(tmp_path: Path, flag: bool) -> None:
+    archive = build_archive(
+        {"/var/log/syslog": b"x" * 300_000}, tmp_path / "src", carve_guid=GUID, compress=True
+    )
+    assert archive.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    # Detected by its magic number, or told by the carve's compression field.
+    report = extract_archive(archive, tmp_path / "out", zstd=flag)
+    assert report.extracted == ["var/log/syslog"]
+    assert (tmp_path / "out/var/log/syslog").read_bytes() == b"x" * 300_000
+
+
+def test_extract_selects_exact_paths_and_directories(tmp_path: Path) -> None:
+    archive = build_archive(
+        {"/var/log/auth.log": b"a", "/var/log/kern.log": b"k", "/etc/hosts": b"h"},
+        tmp_path / "src",
+        carve_guid=GUID,
+    )
+    report = extract_archive(archive, tmp_path / "out", ["/etc/hosts", "var/log/", "/nope"])
+    assert sorted(report.extracted) == ["etc/hosts", "var/log/auth.log", "var/log/kern.log"]
+    assert report.unmatched == ["/nope"]
+    report = extract_archive(archive, tmp_path / "one", ["/var/log/kern.log"])
+    assert _files_under(tmp_path / "one") == {"var/log/kern.log": b"k"}
+
+
+def test_extract_refuses_unsafe_members(tmp_path: Path) -> None:
+    def fill(tar: tarfile.TarFile) -> None:
+        _add(tar, f"{PREFIX}/ok/file.txt", b"fine")
+        _add(tar, f"{PREFIX}/../../escape.txt", b"dotdot")
+        _add(tar, f"{PREFIX}/ok/../../escape2.txt", b"dotdot")
+        _add(tar, f"{PREFIX}//{tmp_path}/absolute.txt", b"abs")
+        _add(tar, f"{PREFIX}/ok/nul\x00.txt", b"nul")
+        _add(tar, f"{PREFIX}/ok/abs-link", kind=tarfile.SYMTYPE, linkname="/etc/passwd")
+        _add(tar, f"{PREFIX}/ok/rel-link", kind=tarfile.SYMTYPE, linkname="../../../outside")
+        _add(tar, f"{PREFIX}/ok/hard", kind=tarfile.LNKTYPE, linkname="/etc/passwd")
+        _add(tar, f"{PREFIX}/dev/sda", kind=tarfile.BLKTYPE)
+        _add(tar, f"{PREFIX}/dev/fifo", kind=tarfile.FIFOTYPE)
+        _add(tar, f"{PREFIX}/ok/suid", b"#!/bin/sh\n", mode=0o4755)
+
+    out = tmp_path / "deep" / "out"
+    report = extract_archive(_tar(tmp_path / "evil.tar", fill), out)
+
+    refused = {stripped_path(name): reason for name, reason in report.refused}
+    assert refused.keys() == {
+        "/../../escape.txt",
+        "/ok/../../escape2.txt",
+        f"//{tmp_path}/absolute.txt",
+        "/ok/nul\x00.txt",
+        "/ok/abs-link",
+        "/ok/rel-link",
+        "/ok/hard",
+        "/dev/sda",
+        "/dev/fifo",
+    }
+    assert refused["/../../escape.txt"] == "'..' in its path"
+    assert refused[f"//{tmp_path}/absolute.txt"] == "absolute path"
+    assert refused["/ok/nul\x00.txt"] == "NUL byte in its name"
+    assert "absolute path" in refused["/ok/abs-link"]
+    assert "outside the destination" in refused["/ok/rel-link"]
+    assert "special file" in refused["/dev/sda"]
+    assert sorted(report.extracted) == ["ok/file.txt", "ok/suid"]
+    # Nothing was written anywhere but the two safe files under out/.
+    assert _files_under(tmp_path) == {
+        "evil.tar": (tmp_path / "evil.tar").read_bytes(),
+        "deep/out/ok/file.txt": b"fine",
+        "deep/out/ok/suid": b"#!/bin/sh\n",
+    }
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+    assert stat.S_IMODE((out / "ok/suid").stat().st_mode) == 0o755  # setuid bit dropped
+
+
+def test_extract_never_writes_through_a_symlink(tmp_path: Path) -> None:
+    def fill(tar: tarfile.TarFile) -> None:
+        _add(tar, f"{PREFIX}/inside", kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tar, f"{PREFIX}/alias", kind=tarfile.SYMTYPE, linkname="inside")
+        _add(tar, f"{PREFIX}/alias/planted", b"through the link")
+        _add(tar, f"{PREFIX}/alias", b"overwrite the link's target")
+
+    out = tmp_path / "out"
+    report = extract_archive(_tar(tmp_path / "links.tar", fill), out)
+    assert sorted(report.extracted) == ["alias", "inside"]
+    assert [(stripped_path(n), r) for n, r in report.refused] == [
+        ("/alias/planted", "its path goes through a symbolic link"),
+        ("/alias", "its path goes through a symbolic link"),
+    ]
+    assert (out / "alias").is_symlink() and os.readlink(out / "alias") == "inside"
+    assert list((out / "inside").iterdir()) == []
+
+
+def test_extract_symlink_outside_a_preexisting_directory_link_is_refused(tmp_path: Path) -> None:
+    # A link left in DIR by an earlier run must not redirect a later member's write.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "var").symlink_to(outside)
+
+    def fill(tar: tarfile.TarFile) -> None:
+        _add(tar, f"{PREFIX}/var/log/auth.log", b"redirected?")
+
+    report = extract_archive(_tar(tmp_path / "a.tar", fill), out)
+    assert report.extracted == []
+    assert len(report.refused) == 1
+    assert list(outside.iterdir()) == []
+
+
+def test_extract_hard_link_to_an_extracted_member(tmp_path: Path) -> None:
+    def fill(tar: tarfile.TarFile) -> None:
+        _add(tar, f"{PREFIX}/data/a", b"same inode")
+        _add(tar, f"{PREFIX}/data/b", kind=tarfile.LNKTYPE, linkname=f"{PREFIX}/data/a")
+        _add(tar, f"{PREFIX}/data/c", kind=tarfile.LNKTYPE, linkname=f"{PREFIX}/data/missing")
+
+    out = tmp_path / "out"
+    archive = _tar(tmp_path / "hard.tar", fill)
+    report = extract_archive(archive, out)
+    assert report.extracted == ["data/a", "data/b"]
+    assert [r for _, r in report.refused] == ["hard link to a member that was not extracted"]
+    assert (out / "data/b").stat().st_ino == (out / "data/a").stat().st_ino
+    # A second run over the same directory replaces the link instead of failing.
+    assert extract_archive(archive, out).extracted == ["data/a", "data/b"]
+
+
+def test_extract_prints_hostile_names_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fill(tar: tarfile.TarFile) -> None:
+        _add(tar, f"{PREFIX}/../\x1b]0;owned\x07", b"x")
+
+    extract_archive(_tar(tmp_path / "esc.tar", fill), tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "refused" in err and "\\x1b]0;owned\\x07" in err
+    assert "\x1b" not in err
+
+
+# --------------------------------------------------------------------------------------------
+# Commands against an in-memory session
+# --------------------------------------------------------------------------------------------
+
+
+def _response(
+    status: int, body: bytes | dict[str, Any] = b"", headers: dict[str, str] | None = None
+) -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    response.reason = http.HTTPStatus(status).phrase
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    extra = {"Content-Type": "application/json"} if isinstance(body, dict) else {}
+    response.headers = CaseInsensitiveDict({**extra, **(headers or {})})
+    response.raw = io.BytesIO(data)
+    return response
+
+
+class _BrokenRaw(io.BytesIO):
+    """A body that drops the connection after ``cut`` bytes, the way urllib3 reports it."""
+
+    def __init__(self, data: bytes, cut: int) -> None:
+        super().__init__(data[:cut])
+
+    def stream(self, amt: int, decode_content: bool = True) -> Iterator[bytes]:
+        yield self.read()
+        raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")
+
+
+@dataclass
+class FakeService:
+    """Answers like docs/api.md, with switches for the misbehaviours tests need."""
+
+    archive: bytes
+    carve_id: str = GUID
+    compression: str = "none"
+    honour_ranges: bool = True
+    advertised_sha256: str | None = None
+    cut_after: int | None = None
+    errors: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    pages: list[dict[str, Any]] = field(default_factory=list)
+    seen: list[requests.PreparedRequest] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> str:
+        return self.advertised_sha256 or hashlib.sha256(self.archive).hexdigest()
+
+    def carve(self) -> dict[str, Any]:
+        suffix = ".tar.zst" if self.compression == "zstd" else ".tar"
+        return {
+            "carve_id": self.carve_id,
+            "status": "complete",
+            "block_count": 3,
+            "block_size": 1024,
+            "carve_size": len(self.archive),
+            "blocks_received": 3,
+            "progress": 1.0,
+            "compression": self.compression,
+            "sha256": self.sha256,
+            "filename": f"carve_{self.carve_id}{suffix}",
+            "failure_reason": None,
+            "created_at": "2026-11-27T10:00:00+00:00",
+        }
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.Response:
+        self.seen.append(request)
+        path = urllib.parse.urlsplit(request.url or "").path
+        for suffix, (status, body) in self.errors.items():
+            if path.endswith(suffix):
+                return _response(status, body)
+        if path == "/api/v1/carves":
+            return _response(200, self._page(request))
+        if path == f"/api/v1/carves/{self.carve_id}":
+            return _response(200, self.carve())
+        if path == f"/api/v1/carves/{self.carve_id}/archive":
+            return self._archive(request)
+        return _response(404, {"error": "no such carve", "code": "not_found"})
+
+    def _page(self, request: requests.PreparedRequest) -> dict[str, Any]:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.url or "").query)
+        index = int(query.get("cursor", ["0"])[0])
+        return self.pages[index]
+
+    def _archive(self, request: requests.PreparedRequest) -> requests.Response:
+        size = len(self.archive)
+        headers = {
+            "ETag": f'"{self.sha256}"',
+            "X-Carve-SHA256": self.sha256,
+            "Content-Disposition": f'attachment; filename="carve_{self.carve_id}.tar"',
+            "Accept-Ranges": "bytes",
+        }
+        wanted = request.headers.get("Range")
+        if_range = request.headers.get("If-Range")
+        start = 0
+        if wanted and self.honour_ranges and if_range == f'"{self.sha256}"':
+            start = int(wanted.removeprefix("bytes=").rstrip("-"))
+            if start >= size:
+                return _response(
+                    416,
+                    {"error": "range not satisfiable", "code": "range_not_satisfiable"},
+                    {"Content-Range": f"bytes */{size}"},
+                )
+            headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+        body = self.archive[start:]
+        headers["Content-Length"] = str(len(body))
+        response = _response(206 if start else 200, body, headers)
+        if self.cut_after is not None:
+            response.raw = _BrokenRaw(body, self.cut_after)
+        return response
+
+
+class FakeSession(requests.Session):
+    def __init__(self, service: Callable[[requests.PreparedRequest], requests.Response]):
+        super().__init__()
+        self.service = service
+        self.options: list[dict[str, Any]] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.options.append(kwargs)
+        return self.service(request)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"VAULT_TOKEN": TOKEN, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+
+def _run(argv: list[str], service: FakeService, env: dict[str, str]) -> tuple[int, FakeSession]:
+    session = FakeSession(service)
+    code = carvectl.run(["--server", "http://127.0.0.1:8082", *argv], session=session, env=env)
+    return code, session
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["list", "--limit", "0"],
+        ["list", "--limit", "1001"],
+        ["list", "--status", "done"],
+        ["list", "--since", "yesterday"],
+        ["get"],
+        ["get", GUID, "--expect-sha256", "abc"],
+        ["extract", GUID],
+        ["login", "--method", "password"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert carvectl.main(argv) == EXIT_USAGE
+    assert "usage: carvectl" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert carvectl.main(["--help"]) == EXIT_OK
+    assert "extract" in capsys.readouterr().out
+
+
+def test_options_work_before_and_after_the_command(env: dict[str, str]) -> None:
+    args = carvectl.build_parser(env).parse_args(["--json", "get", GUID, "-q", "--server", "x"])
+    assert (args.json, args.quiet, args.server) == (True, True, "x")
+    args = carvectl.build_parser({"CARVECTL_SERVER": "https://s"}).parse_args(["list"])
+    assert (args.json, args.quiet, args.server) == (False, False, "https://s")
+
+
+def test_expect_sha256_accepts_uppercase_and_minus_one(env: dict[str, str]) -> None:
+    parser = carvectl.build_parser(env)
+    assert parser.parse_args(["get", GUID, "--expect-sha256", "AB" * 32]).expect_sha256 == (
+        "ab" * 32
+    )
+    assert parser.parse_args(["get", GUID, "--expect-sha256", "-1"]).expect_sha256 == "-1"
+
+
+def test_no_token_exits_3_without_a_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service = FakeService(b"")
+    code, _ = _run(["show", GUID], service, {"XDG_CONFIG_HOME": str(tmp_path)})
+    assert code == EXIT_UNAUTHORIZED
+    assert service.seen == []
+    assert "carvectl login" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code", "message"),
+    [
+        (401, {"error": "bad token", "code": "unauthorized"}, EXIT_UNAUTHORIZED, "carvectl login"),
+        (403, {"error": "missing policy", "code": "forbidden"}, EXIT_FORBIDDEN, "lacks the policy"),
+        (404, {"error": "no such carve", "code": "not_found"}, EXIT_NOT_FOUND, "no such carve"),
+        (
+            409,
+            {
+                "error": "x",
+                "code": "not_complete",
+                "status": "receiving",
+                "blocks_received": 3,
+                "block_count": 12,
+            },
+            EXIT_NOT_COMPLETE,
+            "carve not complete yet: receiving, 3/12 blocks",
+        ),
+        (400, {"error": "bad carve id", "code": "invalid_request"}, EXIT_USAGE, "bad carve id"),
+        (503, {"error": "vault sealed", "code": "unavailable"}, EXIT_ERROR, "vault sealed"),
+        (500, {}, EXIT_ERROR, "HTTP 500"),
+        (302, {}, EXIT_ERROR, "not following"),
+    ],
+)
+def test_http_errors_map_to_exit_codes(
+    env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    status: int,
+    body: dict[str, Any],
+    code: int,
+    message: str,
+) -> None:
+    service = FakeService(b"", errors={"/archive": (status, body)})
+    assert (
+        _run(["get", GUID, "-o", str(Path(env["XDG_CONFIG_HOME"]) / "f")], service, env)[0] == code
+    )
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert TOKEN not in err
+
+
+def test_connection_errors_exit_1(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    def refuse(request: requests.PreparedRequest) -> requests.Response:
+        raise requests.ConnectionError("[Errno 111] Connection refused")
+
+    code = carvectl.run(["list"], session=FakeSession(refuse), env=env)
+    assert code == EXIT_ERROR
+    assert "cannot reach http://127.0.0.1:8082" in capsys.readouterr().err
+
+
+def test_get_downloads_verifies_and_names_the_file(
+    tmp_path: Path,
+    env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    archive = os.urandom(3 * 1024 * 1024 + 17)
+    service = FakeService(archive)
+    code, session = _run(["get", GUID], service, env)
+    assert code == EXIT_OK
+    path = tmp_path / f"carve_{GUID}.tar"
+    assert path.read_bytes() == archive
+    assert not path.with_name(path.name + ".part").exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    out, err = capsys.readouterr()
+    assert out == f"{hashlib.sha256(archive).hexdigest()}  carve_{GUID}.tar\n"
+    assert TOKEN not in out + err
+    request = service.seen[-1]
+    assert request.headers["X-Vault-Token"] == TOKEN
+    assert "Range" not in request.headers
+    # True, or REQUESTS_CA_BUNDLE when the environment sets it: never False.
+    assert all(o["verify"] and o["allow_redirects"] is False for o in session.options)
+    assert all(
+        o["stream"]
+        for o, r in zip(session.options, service.seen, strict=True)
+        if "archive" in r.url
+    )
+
+
+def test_cacert_is_used_for_every_request(tmp_path: Path, env: dict[str, str]) -> None:
+    cacert = tmp_path / "ca.pem"
+    cacert.write_text("-----BEGIN CERTIFICATE-----\n")
+    service = FakeService(b"archive")
+    code, session = _run(
+        ["--cacert", str(cacert), "get", GUID, "-o", str(tmp_path / "a")], service, env
+    )
+    assert code == EXIT_OK
+    assert [o["verify"] for o in session.options] == [str(cacert), str(cacert)]
+    missing = ["--cacert", str(tmp_path / "nope.pem"), "list"]
+    assert _run(missing, service, env)[0] == EXIT_USAGE
+
+
+def test_get_resumes_a_partial_download(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = os.urandom(100_000)
+    target = tmp_path / "evidence.tar"
+    (tmp_path / "evidence.tar.part").write_bytes(archive[:40_000])
+    service = FakeService(archive)
+    code, _ = _run(["--json", "get", GUID, "-o", str(target)], service, env)
+    assert code == EXIT_OK
+    assert target.read_bytes() == archive
+    request = service.seen[-1]
+    assert request.headers["Range"] == "bytes=40000-"
+    assert request.headers["If-Range"] == f'"{hashlib.sha256(archive).hexdigest()}"'
+    result = json.loads(capsys.readouterr().out)
+    assert result == {
+        "path": str(target),
+        "sha256": hashlib.sha256(archive).hexdigest(),
+        "size": 100_000,
+        "resumed_from": 40_000,
+    }
+
+
+def test_get_starts_over_when_the_server_answers_200(tmp_path: Path, env: dict[str, str]) -> None:
+    archive = os.urandom(50_000)
+    target = tmp_path / "evidence.tar"
+    (tmp_path / "evidence.tar.part").write_bytes(b"stale bytes of another archive" * 100)
+    service = FakeService(archive, honour_ranges=False)
+    assert _run(["get", GUID, "-o", str(target)], service, env)[0] == EXIT_OK
+    assert service.seen[-1].headers["Range"] == "bytes=3000-"
+    assert target.read_bytes() == archive
+
+
+def test_get_finishes_a_complete_part_answered_416(tmp_path: Path, env: dict[str, str]) -> None:
+    archive = os.urandom(10_000)
+    target = tmp_path / "evidence.tar"
+    (tmp_path / "evidence.tar.part").write_bytes(archive)
+    assert _run(["get", GUID, "-o", str(target)], FakeService(archive), env)[0] == EXIT_OK
+    assert target.read_bytes() == archive
+
+
+def test_get_restarts_when_the_part_is_longer_than_the_archive(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    archive = os.urandom(10_000)
+    target = tmp_path / "evidence.tar"
+    (tmp_path / "evidence.tar.part").write_bytes(archive + b"junk")
+    service = FakeService(archive)
+    assert _run(["get", GUID, "-o", str(target)], service, env)[0] == EXIT_OK
+    assert target.read_bytes() == archive
+    assert "Range" not in service.seen[-1].headers
+
+
+def test_get_sha256_mismatch_deletes_the_part_and_exits_7(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "evidence.tar"
+    service = FakeService(b"tampered archive", advertised_sha256="ab" * 32)
+    assert _run(["get", GUID, "-o", str(target)], service, env)[0] == EXIT_INTEGRITY
+    assert list(tmp_path.glob("evidence*")) == []
+    assert "SHA-256 mismatch" in capsys.readouterr().err
+
+
+def test_get_resumed_onto_a_corrupt_prefix_is_caught(tmp_path: Path, env: dict[str, str]) -> None:
+    archive = os.urandom(20_000)
+    target = tmp_path / "evidence.tar"
+    part = tmp_path / "evidence.tar.part"
+    part.write_bytes(b"\x00" * 5_000)  # right length, wrong bytes: only the re-hash can tell
+    assert _run(["get", GUID, "-o", str(target)], FakeService(archive), env)[0] == EXIT_INTEGRITY
+    assert not part.exists() and not target.exists()
+
+
+def test_get_expect_sha256(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = b"carved bytes"
+    digest = hashlib.sha256(archive).hexdigest()
+    target = str(tmp_path / "a.tar")
+    assert (
+        _run(
+            ["get", GUID, "-o", target, "--expect-sha256", digest.upper()],
+            FakeService(archive),
+            env,
+        )[0]
+        == EXIT_OK
+    )
+    assert (
+        _run(["get", GUID, "-o", target, "--expect-sha256", "-1"], FakeService(archive), env)[0]
+        == EXIT_OK
+    )
+    assert "osquery did not hash" in capsys.readouterr().err
+    assert (
+        _run(["get", GUID, "-o", target, "--expect-sha256", "0" * 64], FakeService(archive), env)[0]
+        == EXIT_INTEGRITY
+    )
+    assert not Path(target + ".part").exists()
+
+
+def test_get_interrupted_keeps_the_part_for_resuming(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = os.urandom(30_000)
+    target = tmp_path / "evidence.tar"
+    service = FakeService(archive, cut_after=12_345)
+    assert _run(["get", GUID, "-o", str(target)], service, env)[0] == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "download interrupted: Connection broken: IncompleteRead" in err
+    assert "run the same command again to resume" in err
+    assert (tmp_path / "evidence.tar.part").read_bytes() == archive[:12_345]
+    assert _run(["get", GUID, "-o", str(target)], FakeService(archive), env)[0] == EXIT_OK
+    assert target.read_bytes() == archive
+
+
+def test_get_never_writes_through_a_planted_part_symlink(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / "evidence.tar.part").symlink_to(victim)
+    target = tmp_path / "evidence.tar"
+    assert _run(["get", GUID, "-o", str(target)], FakeService(b"archive"), env)[0] == EXIT_ERROR
+    assert victim.read_bytes() == b"precious"
+    assert not target.exists()
+
+
+def test_list_table_and_json_with_all_pages(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = FakeService(b"").carve()
+    second = {
+        **first,
+        "carve_id": "b" * 8,
+        "status": "receiving",
+        "blocks_received": 1,
+        "block_count": 3,
+        "carve_size": 12_000_000,
+        "compression": None,
+    }
+    service = FakeService(
+        b"",
+        pages=[
+            {"carves": [first], "next_cursor": "1"},
+            {"carves": [second], "next_cursor": None},
+        ],
+    )
+    assert _run(["list", "--all", "--status", "complete", "--limit", "1"], service, env)[0] == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "PROGRESS", "SIZE", "COMPRESSION", "CREATED"]
+    assert lines[1].split() == [
+        GUID,
+        "complete",
+        "3/3",
+        "100%",
+        "0",
+        "B",
+        "none",
+        "2026-11-27T10:00:00+00:00",
+    ]
+    assert lines[2].split()[:6] == ["bbbbbbbb", "receiving", "1/3", "33%", "11.4", "MiB"]
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(service.seen[0].url or "").query)
+    assert query == {"status": ["complete"], "limit": ["1"]}
+
+    assert _run(["--json", "list"], service, env)[0] == EXIT_OK
+    out, err = capsys.readouterr()
+    assert json.loads(out) == [first]
+    assert "--all" in err
+
+
+def test_show_and_files(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    service = FakeService(b"x" * 2048)
+    assert _run(["show", GUID], service, env)[0] == EXIT_OK
+    out = capsys.readouterr().out
+    assert re.search(rf"^carve_id: +{GUID}$", out, re.MULTILINE)
+    assert re.search(r"^carve_size: +2048 \(2\.0 KiB\)$", out, re.MULTILINE)
+    assert re.search(r"^failure_reason: +-$", out, re.MULTILINE)
+
+    listing = {
+        "carve_id": GUID,
+        "members": [
+            {
+                "path": "/var/log/auth.log",
+                "name": f"{PREFIX}/var/log/auth.log",
+                "type": "file",
+                "size": 1234,
+                "mode": 420,
+                "mtime": "2026-11-27T10:00:00+00:00",
+            },
+        ],
+        "truncated": True,
+    }
+    service.errors["/files"] = (200, listing)
+    assert _run(["files", GUID], service, env)[0] == EXIT_OK
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1].split() == [
+        "/var/log/auth.log",
+        "file",
+        "1.2",
+        "KiB",
+        "0644",
+        "2026-11-27T10:00:00+00:00",
+    ]
+    assert "only the first 1 members" in err
+    assert _run(["--json", "files", GUID], service, env)[0] == EXIT_OK
+    assert json.loads(capsys.readouterr().out) == listing
+
+
+def test_extract_command_downloads_verifies_and_extracts(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = build_archive(
+        {"/var/log/auth.log": b"auth", "/etc/hosts": b"hosts"},
+        tmp_path / "src",
+        carve_guid=GUID,
+        compress=True,
+    )
+    service = FakeService(source.read_bytes(), compression="zstd")
+    out = tmp_path / "case" / "out"
+    code, _ = _run(["extract", GUID, "/var/log", "-d", str(out)], service, env)
+    assert code == EXIT_OK
+    assert _files_under(out) == {"var/log/auth.log": b"auth"}
+    assert sorted(p.name for p in (tmp_path / "case").iterdir()) == ["out"]  # temp file gone
+    assert "extracted 1 member(s)" in capsys.readouterr().out
+
+
+def test_extract_command_exit_codes(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    evil = _tar(tmp_path / "evil.tar", lambda tar: _add(tar, f"{PREFIX}/../../x", b"x"))
+    code, _ = _run(
+        ["extract", GUID, "-d", str(tmp_path / "a")], FakeService(evil.read_bytes()), env
+    )
+    assert code == EXIT_INTEGRITY
+    good = build_archive({"/etc/hosts": b"h"}, tmp_path / "src", carve_guid=GUID)
+    code, _ = _run(
+        ["extract", GUID, "/etc/shadow", "-d", str(tmp_path / "b")],
+        FakeService(good.read_bytes()),
+        env,
+    )
+    assert code == EXIT_NOT_FOUND
+    assert "no member matches /etc/shadow" in capsys.readouterr().err
+    tampered = FakeService(good.read_bytes(), advertised_sha256="cd" * 32)
+    code, _ = _run(["extract", GUID, "-d", str(tmp_path / "c")], tampered, env)
+    assert code == EXIT_INTEGRITY
+    assert list((tmp_path / "c").iterdir()) == []  # nothing extracted from a bad download
+
+
+def test_extract_command_unreadable_archive_exits_1(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = zstandard.ZstdCompressor().compress(b"not a tar" * 100)[:-10]
+    code, _ = _run(["extract", GUID, "-d", str(tmp_path / "a")], FakeService(broken), env)
+    assert code == EXIT_ERROR
+    assert "cannot be read" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# login (hvac replaced by a stand-in)
+# --------------------------------------------------------------------------------------------
+
+
+class _FakeVault:
+    logins: ClassVar[list[tuple[str, str]]] = []
+
+    def __init__(self, url: str, token: str, verify: object, timeout: int) -> None:
+        self.url, self.token, self.verify = url, token, verify
+        vault = self
+
+        class UserPass:
+            def login(self, username: str, password: str) -> dict[str, Any]:
+                _FakeVault.logins.append((username, password))
+                return {"auth": {"client_token": TOKEN}}
+
+        class Token:
+            def lookup_self(self) -> dict[str, Any]:
+                assert vault.token == TOKEN
+                return {
+                    "data": {
+                        "display_name": "userpass-alice",
+                        "policies": ["default", carvectl.DEFAULT_POLICY],
+                        "expire_time": "2026-11-28T10:00:00Z",
+                    }
+                }
+
+        self.auth = type("Auth", (), {"userpass": UserPass(), "token": Token()})()
+
+
+def test_login_userpass_saves_the_token_and_never_prints_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(carvectl.hvac, "Client", _FakeVault)
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "CARVECTL_PASSWORD": "hunter2"}
+    code = carvectl.run(["login", "--username", "alice", "--vault-addr", "https://v:8200"], env=env)
+    assert code == EXIT_OK
+    assert _FakeVault.logins[-1] == ("alice", "hunter2")
+    path = tmp_path / "carvectl" / "token"
+    assert path.read_text() == TOKEN + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    out, err = capsys.readouterr()
+    assert "logged in as userpass-alice" in out
+    assert carvectl.DEFAULT_POLICY in out
+    assert TOKEN not in out + err and "hunter2" not in out + err
+
+
+def test_login_without_a_terminal_or_password_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(carvectl.hvac, "Client", _FakeVault)
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    code = carvectl.run(["login", "-u", "alice"], env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert code == EXIT_USAGE
+    assert "set CARVECTL_PASSWORD" in capsys.readouterr().err
+    assert not (tmp_path / "carvectl" / "token").exists()
+
+
+def test_login_with_a_token_on_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(carvectl.hvac, "Client", _FakeVault)
+    monkeypatch.setattr("sys.stdin", io.StringIO(TOKEN + "\n"))
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    assert carvectl.run(["--json", "login", "--method", "token"], env=env) == EXIT_OK
+    assert (tmp_path / "carvectl" / "token").read_text() == TOKEN + "\n"
+    out = capsys.readouterr().out
+    assert json.loads(out)["display_name"] == "userpass-alice"
+    assert TOKEN not in out
