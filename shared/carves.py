@@ -76,8 +76,8 @@ def blocks_received(doc: Document) -> int:
     short after a crash; the finalizer counts chunks exactly when it looks.
     Whichever is higher is right (neither ever counts a chunk twice).
     """
-    counted = max(doc.get("blocks_received") or 0, doc.get("chunks_counted") or 0)
-    return min(counted, doc["block_count"])
+    counted = max(int(doc.get("blocks_received") or 0), int(doc.get("chunks_counted") or 0))
+    return min(counted, int(doc["block_count"]))
 
 
 def new_carve_doc(start: StartRequest, session_id: str, now: datetime) -> Document:
