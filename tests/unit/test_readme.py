@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings
 from services.assembler.settings import AssemblerSettings
 from services.download.settings import DownloadSettings
 from services.ingest.settings import IngestSettings
+from services.janitor.settings import JanitorSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ROW = re.compile(r"^\| `(CARVE_[A-Z_]+)` \| (.+?) \|", re.MULTILINE)
@@ -21,7 +22,7 @@ def _rows() -> dict[str, str]:
     return dict(ROW.findall(README.read_text()))
 
 
-SERVICES = (IngestSettings, AssemblerSettings, DownloadSettings)
+SERVICES = (IngestSettings, AssemblerSettings, DownloadSettings, JanitorSettings)
 
 
 @pytest.mark.parametrize("settings_class", SERVICES)
