@@ -49,9 +49,7 @@ async def cli(stack: Stack, vault: VaultAdmin, tmp_path: Path) -> AsyncIterator[
         yield Cli(responder, tmp_path / "home")
 
 
-async def test_login_with_userpass_then_list_with_the_saved_token(
-    cli: Cli, tmp_path: Path
-) -> None:
+async def test_login_with_userpass_then_list_with_the_saved_token(cli: Cli, tmp_path: Path) -> None:
     carved = await cli.responder.upload(tmp_path)
     cli.responder.vault.client.auth.userpass.create_or_update_user(
         "ann", "pw-of-ann", policies=[POLICY]
@@ -134,9 +132,7 @@ async def test_files_and_extract(cli: Cli, tmp_path: Path, compress: bool) -> No
     one = tmp_path / "one"
     code, _, err = await cli.run("extract", carved.carve_id, "/etc/hosts", "-d", str(one))
     assert code == 0, err
-    assert [p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file()] == [
-        "etc/hosts"
-    ]
+    assert [p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file()] == ["etc/hosts"]
 
 
 async def test_clear_errors_and_exit_codes(cli: Cli, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from clients.osquery_sim import build_archive, carve, carve_member_name
 from tests.conftest import Backends
 from tests.servers import BaoServer
-from tests.stack import Stack, scrape
+from tests.stack import ROOT, Stack, scrape
 from tests.uploads import Upload, random_bytes
 from tests.vault import POLICY, Token, VaultAdmin
 
@@ -535,3 +535,41 @@ async def test_damaged_archive_is_cut_short_never_wrong(
     assert sorted(r["outcome"] for r in rows) == ["aborted", "allowed", "error"]
     aborted = next(r for r in rows if r["outcome"] == "aborted")
     assert aborted["bytes_sent"] == 3 * 4096
+
+
+# --- deleting on purpose ----------------------------------------------------------------------
+
+ADMIN = "osquery-file-carve-admin"
+
+
+async def test_delete_needs_the_admin_policy_and_keeps_a_tombstone(
+    responder: Responder, carved: Carved
+) -> None:
+    url = f"{responder.url}/api/v1/carves/{carved.carve_id}"
+    responder.vault.client.sys.create_or_update_policy(
+        ADMIN, (ROOT / "deploy" / "vault" / f"{ADMIN}.hcl").read_text()
+    )
+    for token in (responder.token, responder.vault.token(ADMIN)):  # read only; admin only
+        async with responder.http.delete(url, headers=responder.headers(token.token)) as resp:
+            assert resp.status == 403
+    blocks = -(-len(carved.data) // 4096)
+    assert await responder.stack.chunk_count(carved.carve_id) == blocks
+    admin = responder.vault.token(POLICY, ADMIN)
+    async with responder.http.delete(url, headers=responder.headers(admin.token)) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert (body["status"], body["chunks_deleted"], body["bytes_freed"]) == (
+        "deleted",
+        blocks,
+        len(carved.data),
+    )
+    assert body["deleted_by"] == "token-token"  # Vault's display_name of a token-store token
+    assert body["sha256"] == carved.sha256  # the tombstone keeps the evidence's fingerprint
+    assert await responder.stack.chunk_count(carved.carve_id) == 0
+    status, archive = await responder.json(f"/api/v1/carves/{carved.carve_id}/archive")
+    assert (status, archive["code"], archive["status"]) == (410, "gone", "deleted")
+    async with responder.http.delete(url, headers=responder.headers(admin.token)) as resp:
+        assert resp.status == 410
+    rows = await responder.audit(carved.carve_id)
+    deletes = [(r["outcome"], r["status"]) for r in rows if r["action"] == "delete"]
+    assert deletes == [("denied", 403), ("denied", 403), ("allowed", 200), ("refused", 410)]
