@@ -3,7 +3,8 @@
 # foreground until Ctrl-C.
 #   backends  Redis :6379, RabbitMQ :5672, SecantusDB (MongoDB wire) :27017,
 #             OpenBao dev :8200 -- each started only if its port is closed
-#   services  carve-ingest :8080, carve-assembler :8081, carve-download :8082
+#   services  carve-ingest :8080, carve-assembler :8081, carve-download :8082,
+#             carve-janitor :8083 (sweeps every 5 minutes)
 #   OpenBao   the download policy, and a userpass login "responder" that holds it
 # Logs and data live under .run/. Backends this script started are stopped on exit.
 set -euo pipefail
@@ -73,9 +74,11 @@ unset BAO_TOKEN
 background ingest carve-ingest
 background assembler env CARVE_HTTP_PORT=8081 carve-assembler
 background download carve-download
+background janitor env CARVE_HTTP_PORT=8083 carve-janitor
 wait_port 8080 30 ingest
 wait_port 8081 30 assembler
 wait_port 8082 30 download
+wait_port 8083 30 janitor
 
 cat <<MSG
 
@@ -83,6 +86,7 @@ The carve server runs on loopback:
   ingest     http://127.0.0.1:8080  (osquery: /start_uploads, /upload_blocks; Fleet paths too)
   assembler  http://127.0.0.1:8081  (/healthz, /readyz, /metrics)
   download   http://127.0.0.1:8082  (responders: /api/v1/carves, see docs/api.md)
+  janitor    http://127.0.0.1:8083  (/metrics; one sweep now: .venv/bin/carve-janitor --once)
   OpenBao    http://127.0.0.1:8200  (dev server; responder login: responder / responder)
   logs       $RUN/logs/
 
