@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 
+import orjson
 from aiohttp import web
 
 from services.janitor import keys
@@ -45,7 +46,7 @@ async def run_sweep(app: web.Application, *, dry_run: bool = False) -> Report:
         for action, count in report.actions.items():
             metrics.actions.labels(action).inc(count)
         metrics.bytes_freed.inc(report.bytes_freed)
-    log.info("janitor sweep %s", summary)
+    log.info("janitor sweep %s", orjson.dumps(summary).decode())
     return report
 
 
