@@ -17,9 +17,15 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from clients.osquery_sim import build_synthetic_archive, carve_many
+from clients.osquery_sim import (
+    STATUS_DATA_POST_FAILED,
+    build_synthetic_archive,
+    carve,
+    carve_many,
+)
 from services.janitor.main import run_sweep
 from services.janitor.sweep import Report
+from tests.conftest import Backends
 from tests.stack import ROOT, RunningApp, Stack, scrape
 from tests.uploads import Upload, random_bytes
 
@@ -270,3 +276,25 @@ async def test_bad_janitor_settings_are_refused(stack: Stack, value: str) -> Non
     )
     assert done.returncode != 0
     assert b"retention" in done.stderr
+
+
+async def test_rabbitmq_gone_past_the_retry_window_fails_visibly(
+    stack: Stack, backends: Backends, tmp_path: Path
+) -> None:
+    """osquery 5.22+ tries a block 3 times over 5 s; RabbitMQ stays away longer."""
+    archive = build_synthetic_archive(40 * KiB, tmp_path, carve_guid=str(uuid.uuid4()), seed=40)
+    janitor = await stack.start_janitor(session_idle_timeout=1.0, finalize_grace=0)
+    backends.rabbit.stop()
+    try:
+        async with aiohttp.ClientSession() as http:
+            result = await carve(http, stack.ingest_url, archive, block_size=4 * KiB)
+    finally:
+        backends.rabbit.start()
+    assert result.status == STATUS_DATA_POST_FAILED
+    assert result.requests == 1 + 3  # the start, then three attempts at block 0
+    await asyncio.sleep(1.2)
+    report = await sweep(janitor)
+    assert report.actions["failed"] == 1
+    doc = await stack.carve_doc(result.carve_id)
+    assert doc is not None and doc["status"] == "failed"
+    assert f"0 of {result.block_count} blocks" in doc["failure_reason"]
