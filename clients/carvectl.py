@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import getpass
 import hashlib
-import ipaddress
 import json
 import os
 import posixpath
@@ -55,6 +54,8 @@ import hvac.exceptions
 import requests
 import zstandard
 from tqdm import tqdm  # type: ignore[import-untyped]
+
+from shared.vault import is_loopback
 
 DEFAULT_SERVER = "http://127.0.0.1:8082"
 DEFAULT_VAULT_ADDR = "http://127.0.0.1:8200"
@@ -421,17 +422,6 @@ def _network_reason(exc: BaseException) -> str:
             break
         inner = nested
     return one_line(str(inner), 200)
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Api:
@@ -1301,7 +1291,7 @@ def _make_api(args: argparse.Namespace, session: requests.Session, env: Mapping[
     if args.cacert and not Path(args.cacert).is_file():
         raise CliError(f"--cacert: no such file {args.cacert!r}", EXIT_USAGE)
     token = load_token(env)
-    if token and parsed.scheme == "http" and not _is_loopback(parsed.hostname):
+    if token and parsed.scheme == "http" and not is_loopback(parsed.hostname):
         warn(f"sending your Vault token to {parsed.hostname} over plain HTTP")
     return Api(session, args.server, token, verify=args.cacert or True)
 

@@ -32,8 +32,10 @@ class InvalidToken(Exception):
     """Vault does not know the token (never issued, expired or revoked)."""
 
 
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
+def is_loopback(host: str | None) -> bool:
+    """True for localhost and loopback addresses (where plain http is not on the network)."""
+    if not host:
+        return False
     if host == "localhost":
         return True
     try:
@@ -51,7 +53,8 @@ class VaultClient:
         self._timeout = settings.vault_timeout
         self._pool = ThreadPoolExecutor(settings.vault_concurrency, thread_name_prefix="vault")
         self._local = threading.local()
-        if urlsplit(self._addr).scheme != "https" and not _is_loopback(self._addr):
+        parts = urlsplit(self._addr)
+        if parts.scheme != "https" and not is_loopback(parts.hostname):
             log.warning("CARVE_VAULT_ADDR is not https: tokens cross the network in clear")
 
     def _client(self) -> hvac.Client:
