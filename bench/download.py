@@ -660,7 +660,9 @@ def chosen(options: Options) -> list[Scenario]:
 
 
 async def run_all(backends: Backends, workdir: Path, options: Options) -> dict[str, Any]:
-    mongo: AsyncMongoClient[Document] = AsyncMongoClient(backends.mongo.url, tz_aware=True)
+    mongo: AsyncMongoClient[Document] = AsyncMongoClient(
+        backends.mongo.url, tz_aware=True, serverSelectionTimeoutMS=5000
+    )
     db = mongo[f"bench_download_{uuid.uuid4().hex[:8]}"]
     try:
         log(f"seeding a {human(options.size)} carve ({human(BLOCK_SIZE)} chunks)")
@@ -698,6 +700,8 @@ def rss_verdict(rows: list[dict[str, Any]]) -> str:
     above = [row["name"] for row in rows if row["within_rss_target"] is False]
     unknown = [row["name"] for row in rows if row["within_rss_target"] is None]
     verdict = f"ABOVE {RSS_TARGET_MB} MB in {','.join(above)}" if above else "within"
+    if len(unknown) == len(rows):
+        return "not measured (errors in every scenario)"
     if unknown:
         verdict += f"; not measured (errors) in {','.join(unknown)}"
     return verdict
@@ -728,7 +732,10 @@ RESOURCE_COLUMNS = (
 def render(report: dict[str, Any]) -> str:
     m, carve, seeding = report["machine"], report["carve"], report["seeding"]
     ceiling = report["read_ceiling"]
-    rows = [{**row, "mb_each": round(row["bytes_each"] / MB, 1)} for row in report["scenarios"]]
+    rows = [
+        {**row, "mb_each": round(row["bytes_each"] / MB, 1)} if "bytes_each" in row else row
+        for row in report["scenarios"]
+    ]
     return "\n".join(
         [
             f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, "
