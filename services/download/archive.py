@@ -18,6 +18,8 @@ from shared.errors import ClientError
 from shared.mongo import Document, transient_on_outage
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Largest piece handed to the socket at once.
+PIECE_BYTES = 256 * 1024
 
 
 class RangeNotSatisfiable(ClientError):
@@ -77,29 +79,34 @@ async def stream_chunks(
     carve_size: int,
     byte_range: ByteRange,
     batch_bytes: int,
+    piece_bytes: int = PIECE_BYTES,
 ) -> AsyncGenerator[memoryview, None]:
-    """The bytes of ``byte_range``, chunk by chunk, checked against the carve's geometry."""
+    """The bytes of ``byte_range`` in pieces, checked against the carve's geometry.
+
+    One short query per window of chunks (``batch_bytes`` worth), not one cursor
+    over the whole range: nothing stays open on the server while a slow client
+    reads (no cursor timeout, no server-side buffering of a whole archive), and
+    the next window is fetched only once the last one is written. Pieces are at
+    most ``piece_bytes``, so the socket's buffer never holds a whole chunk.
+    """
     first, last = byte_range.start // chunk_size, byte_range.end // chunk_size
     last_n = (carve_size - 1) // chunk_size
-    with transient_on_outage("download"):
-        cursor = (
-            chunks.find({"files_id": carve_id, "n": {"$gte": first, "$lte": last}}, {"_id": 0})
-            .sort("n", 1)
-            .batch_size(max(1, batch_bytes // chunk_size))
-        )
-    expected = first
-    try:
+    window = max(1, batch_bytes // chunk_size)
+    for start in range(first, last + 1, window):
+        stop = min(start + window, last + 1)
+        query = {"files_id": carve_id, "n": {"$gte": start, "$lt": stop}}
         with transient_on_outage("download"):
-            async for doc in cursor:
-                n, data = doc["n"], memoryview(doc["data"])
-                want = carve_size - last_n * chunk_size if n == last_n else chunk_size
-                if n != expected or len(data) != want:
-                    raise CorruptArchive(f"chunk {n} ({len(data)} bytes) where {expected} was due")
-                lo = byte_range.start - n * chunk_size if n == first else 0
-                hi = byte_range.end - n * chunk_size + 1 if n == last else len(data)
-                yield data[lo:hi]
-                expected += 1
-    finally:
-        await cursor.close()
-    if expected != last + 1:
-        raise CorruptArchive(f"chunks {expected}..{last} are missing")
+            docs = await chunks.find(query, {"_id": 0}).sort("n", 1).to_list()
+        if [doc["n"] for doc in docs] != list(range(start, stop)):
+            raise CorruptArchive(f"chunks missing in {start}..{stop - 1}")
+        while docs:
+            doc = docs.pop(0)  # let each chunk go as soon as it is sent
+            n, data = doc["n"], memoryview(doc["data"])
+            want = carve_size - last_n * chunk_size if n == last_n else chunk_size
+            if len(data) != want:
+                raise CorruptArchive(f"chunk {n} has {len(data)} bytes, {want} expected")
+            lo = byte_range.start - n * chunk_size if n == first else 0
+            hi = byte_range.end - n * chunk_size + 1 if n == last else len(data)
+            for at in range(lo, hi, piece_bytes):
+                yield data[at : min(at + piece_bytes, hi)]
+            del doc, data

@@ -519,22 +519,29 @@ async def test_tokens_never_logged_or_stored(
     assert "carve.audit" in caplog.text  # audit lines were captured: the check means something
 
 
-async def test_damaged_archive_is_cut_short_never_wrong(
+async def test_damaged_archive_is_refused_or_cut_short_never_wrong(
     responder: Responder, carved: Carved
 ) -> None:
     await responder.stack.db["archives.chunks"].delete_one({"files_id": carved.carve_id, "n": 3})
     path = f"/api/v1/carves/{carved.carve_id}/archive"
-    with pytest.raises(aiohttp.ClientPayloadError):
-        await responder.get(path)
+    # The gap is in the first window of chunks fetched: refused before any byte.
+    status, _, body = await responder.get(path)
+    assert (status, orjson.loads(body)["code"]) == (500, "corrupt_archive")
     # Bytes before the gap are still served; a range that needs the gap never starts.
     status, _, body = await responder.get(path, Range="bytes=0-99")
     assert (status, body) == (206, carved.data[:100])
     status, _, body = await responder.get(path, Range="bytes=12288-12387")
     assert (status, orjson.loads(body)["code"]) == (500, "corrupt_archive")
+    # With windows of two chunks the gap shows mid-stream: the response is cut short.
+    small = await responder.stack.start_download(download_batch_bytes=8192)
+    async with responder.http.get(small.url + path, headers=responder.headers()) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
     rows = await responder.audit(carved.carve_id)
-    assert sorted(r["outcome"] for r in rows) == ["aborted", "allowed", "error"]
+    assert sorted(r["outcome"] for r in rows) == ["aborted", "allowed", "error", "error"]
     aborted = next(r for r in rows if r["outcome"] == "aborted")
-    assert aborted["bytes_sent"] == 3 * 4096
+    assert aborted["bytes_sent"] == 2 * 4096
 
 
 # --- deleting on purpose ----------------------------------------------------------------------
