@@ -22,12 +22,13 @@ this process (the clients) during the scenario; SecantusDB's largest sampled RSS
 lowest MemAvailable.
 
 SecantusDB is not MongoDB in one way that matters here: it holds a cursor's whole result in
-memory, so every concurrent whole-archive download costs it about the archive's size until
-that download has read it. A memory guard kills SecantusDB (and fails the scenario) if
-MemAvailable falls below ``--min-available-mib`` rather than let the kernel's OOM killer
-choose a victim, and SecantusDB runs with jemalloc preloaded by default (``--secantus-malloc``;
-glibc's defaults keep freed chunks and nearly double its RSS). Neither touches the download
-service, which runs with the environment it always has.
+memory. The service queries one window of chunks at a time (CARVE_DOWNLOAD_BATCH_BYTES), so
+this costs a window per download; when it still held one cursor per download, 20 concurrent
+1 GiB downloads grew SecantusDB to 20 GiB. A memory guard kills SecantusDB (and fails the
+scenario) if MemAvailable falls below ``--min-available-mib`` rather than let the kernel's OOM
+killer choose a victim, and SecantusDB runs with jemalloc preloaded when it is installed
+(``--secantus-malloc``). Neither touches the download service, which runs with the
+environment it always has.
 
 Before the scenarios, a raw read of the carve's chunks through PyMongo (one cursor, one chunk
 per batch, as the service fetches them) gives the read ceiling of the same SecantusDB.
