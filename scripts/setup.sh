@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian machine: system packages
-# (Redis, RabbitMQ, OpenSSL) where missing, and the project with its dev tools
+# (Redis, RabbitMQ, OpenSSL, NGINX) where missing, and the project with its dev tools
 # in .venv. Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+[ -x /usr/sbin/nginx ] || need+=(nginx)  # tests/integration/test_nginx.py runs the repo's config
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -100,6 +100,6 @@ def vault(backends: Backends) -> VaultAdmin:
 
 def pytest_configure(config: pytest.Config) -> None:
     # Fail early and clearly when the system packages the suite needs are missing.
-    for tool in ("redis-server", "rabbitmq-server"):
+    for tool in ("redis-server", "rabbitmq-server", "nginx"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             raise pytest.UsageError(f"{tool} is not installed: run scripts/test.sh")

@@ -49,8 +49,14 @@ async def osquery_errors(request: web.Request, handler: Handler) -> web.StreamRe
         metrics.unavailable.labels("timeout").inc()
         log.warning("%s: request budget exhausted, answering 503", endpoint)
         return _retry_later("timeout")
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # An unknown path (a flagfile typo, a trailing space): JSON, so osquery gives up at
+        # once instead of retrying a request that can never work.
+        metrics.rejections.labels(endpoint, "no_route").inc()
+        body = {"success": False, "error": f"{exc.reason}: {request.path}", "code": "no_route"}
+        return web.json_response(body, status=exc.status)
     except Exception:
         log.exception("%s: unexpected error", endpoint)
         return web.Response(status=500, text="internal error\n")

@@ -191,10 +191,17 @@ async def test_oversized_body_refused_from_content_length(stack: Stack) -> None:
     await nothing_queued_or_stored(stack, body["carve_id"])
 
 
-async def test_fleet_paths_are_aliases(stack: Stack) -> None:
+@pytest.mark.parametrize("prefix", ["/api/v1/osquery/carve", "/api/osquery/carve"])
+async def test_fleet_paths_are_aliases(stack: Stack, prefix: str) -> None:
     body = start_body()
-    status, _, raw = await post(stack.ingest_url + "/api/v1/osquery/carve/begin", body)
+    status, _, raw = await post(stack.ingest_url + prefix + "/begin", body)
     assert status == 200
     sid = json.loads(raw)["session_id"]
     bad = block(sid, body["request_id"], 0, b"x")
-    await assert_json_error(stack, "/api/v1/osquery/carve/block", bad, 400, "invalid_request")
+    await assert_json_error(stack, prefix + "/block", bad, 400, "invalid_request")
+
+
+@pytest.mark.parametrize("path", ["/start_uploads%20", "/upload_block", "/api/v1/carves"])
+async def test_unknown_paths_get_json_so_osquery_gives_up(stack: Stack, path: str) -> None:
+    # A flagfile typo (a trailing space, a wrong endpoint) fails at once, visibly.
+    await assert_json_error(stack, path, start_body(), 404, "no_route")
