@@ -17,12 +17,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from clients.osquery_sim import (
-    STATUS_DATA_POST_FAILED,
-    build_synthetic_archive,
-    carve,
-    carve_many,
-)
+from clients.osquery_sim import STATUS_DATA_POST_FAILED, build_synthetic_archive, carve
 from services.janitor.main import run_sweep
 from services.janitor.sweep import Report
 from tests.conftest import Backends
@@ -171,17 +166,14 @@ async def test_orphan_chunks_and_ended_sessions_are_removed(stack: Stack) -> Non
     }
 
 
-async def test_janitor_never_fails_a_carve_still_receiving(
-    ingest_only: Stack, tmp_path: Path
-) -> None:
+async def test_janitor_never_fails_a_carve_still_receiving(ingest_only: Stack) -> None:
     stack = ingest_only
     # No assembler during the upload: MongoDB shows no progress at all, only the ingest's
-    # Redis session knows blocks keep coming. The idle timeout is shorter than the upload.
+    # Redis session knows blocks keep coming. Hosts send a block every 0.25 s for 3 s, three
+    # times the idle timeout, so every sweep after the first second sees carves whose
+    # MongoDB documents have been untouched for longer than the timeout.
     janitor = await stack.start_janitor(session_idle_timeout=1.0, finalize_grace=0)
-    archives = [
-        build_synthetic_archive(3072 * KiB, tmp_path / str(i), carve_guid=str(uuid.uuid4()), seed=i)
-        for i in range(3)
-    ]
+    uploads = [Upload(stack, random_bytes(12 * 4 * KiB, seed=50 + i), 4 * KiB) for i in range(3)]
     reports: list[Report] = []
 
     async def keep_sweeping() -> None:
@@ -189,21 +181,24 @@ async def test_janitor_never_fails_a_carve_still_receiving(
             reports.append(await sweep(janitor))
             await asyncio.sleep(0.1)
 
+    async def slow_host(upload: Upload, http: aiohttp.ClientSession) -> None:
+        await upload.start(http)
+        for i in range(upload.count):
+            status, _, body, _ = await upload.send(http, i)
+            assert status == 200, body
+            await asyncio.sleep(0.25)
+
     sweeper = asyncio.create_task(keep_sweeping())
     try:
-        started = asyncio.get_running_loop().time()
-        results = await carve_many(stack.ingest_url, archives, block_size=4 * KiB)
-        # The upload lasts several idle timeouts (4-6 s here), so a sweep sees each carve
-        # with no progress in MongoDB for longer than the timeout.
-        assert asyncio.get_running_loop().time() - started > 2.0
-        assert all(r.ok for r in results), results
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(slow_host(u, http) for u in uploads))
         await stack.start_assembler()
-        for result in results:
-            doc = await stack.wait_complete(result.carve_id)
-            assert doc["sha256"] == result.sha256
+        for upload in uploads:
+            doc = await stack.wait_complete(upload.carve_id)
+            assert doc["sha256"] == upload.sha256
     finally:
         sweeper.cancel()
-    assert len(reports) >= 5
+    assert len(reports) >= 10
     assert sum(r.actions["failed"] for r in reports) == 0
 
 
