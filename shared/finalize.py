@@ -30,7 +30,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.carves import COLLECTION, Compression, Status, archive_filename
+from shared.carves import COLLECTION, ENDED, Compression, Status, archive_filename
 from shared.mongo import Document, transient_on_outage
 from shared.protocol import ZSTD_MAGIC, expected_block_length
 
@@ -130,7 +130,11 @@ class Finalizer:
         except _Corrupt as exc:
             log.error("carve %s cannot be finalized: %s", carve_id, exc)
             await self._carves.update_one(
-                {"_id": carve_id, "finalize_lease.owner": token},
+                {
+                    "_id": carve_id,
+                    "status": Status.RECEIVING.value,  # never over a tombstone (deleted meanwhile)
+                    "finalize_lease.owner": token,
+                },
                 {
                     "$set": {
                         "status": Status.FAILED.value,
@@ -177,7 +181,11 @@ class Finalizer:
             },
         )
         if done.modified_count != 1:
-            # Our lease expired and another finalizer took over: it writes the same result.
+            # Our lease expired and another finalizer took over (it writes the same result),
+            # or the carve was deleted meanwhile: then the files document must not outlive it.
+            current = await self._carves.find_one({"_id": carve_id}, {"status": 1})
+            if current is None or current["status"] in ENDED:
+                await self._files.delete_one({"_id": carve_id})
             return Result(Outcome.BUSY)
         log.info(
             "carve %s finalized: %d bytes in %d chunks, sha256 %s, %.3f s",

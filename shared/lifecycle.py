@@ -9,7 +9,7 @@ status, and deletions of what is already gone delete nothing.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -34,15 +34,24 @@ async def transition(
     to_status: Status,
     fields: dict[str, Any],
     now: datetime,
+    *,
+    unless_finalizing: bool = False,
 ) -> Document | None:
     """Move a carve from one status to another, or do nothing if it is not in ``from_status``.
 
-    Returns the document as it was before, when this call made the change.
+    ``unless_finalizing``: also do nothing while a finalizer holds a live lease on
+    it (it may be about to mark the carve complete). Returns the document as it
+    was before, when this call made the change.
     """
+    query: Document = {"_id": carve_id, "status": from_status.value}
+    if unless_finalizing:
+        query["$or"] = [
+            {"finalize_lease": None},
+            {"finalize_lease.until": {"$lt": datetime.now(UTC)}},
+        ]
     with transient_on_outage("carve transition"):
         return await db[COLLECTION].find_one_and_update(
-            {"_id": carve_id, "status": from_status.value},
-            {"$set": {"status": to_status.value, "updated_at": now, **fields}},
+            query, {"$set": {"status": to_status.value, "updated_at": now, **fields}}
         )
 
 

@@ -8,12 +8,14 @@ newer client keeps working; known keys are checked strictly (``1.0`` or
 from __future__ import annotations
 
 import binascii
+import re
 from typing import Annotated
 
 import pybase64
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 # Used in URLs and file names: no dots, no slashes, so no traversal.
+CARVE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")  # use with fullmatch
 CarveId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,128}$")]
 # Older clients send the name of a distributed query here; keep it printable and short.

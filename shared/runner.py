@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import orjson
 import uvloop
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from shared.settings import HttpSettings
 
@@ -28,6 +29,25 @@ class JsonLines(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class RedactBadRequests(logging.Filter):
+    """Drop the parser's own text from aiohttp's "Error handling request" lines.
+
+    When a request line or header is malformed, aiohttp logs the exception,
+    whose message quotes the offending header in full: an ``X-Vault-Token``
+    or ``Authorization: NodeKey`` with a stray control byte would land in the
+    log. Keep the event, lose the bytes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "malformed HTTP request refused (%s, details withheld)"
+            record.args = (exc.__class__.__name__,)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure_logging(settings: HttpSettings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_json:
@@ -37,6 +57,7 @@ def configure_logging(settings: HttpSettings) -> None:
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     # Per-request access lines would dominate at thousands of blocks per second.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(RedactBadRequests())
 
 
 def serve(app: web.Application, settings: HttpSettings, *, shutdown_timeout: float = 30.0) -> None:

@@ -10,8 +10,10 @@ from shared.runner import configure_logging, serve
 def main() -> None:
     settings = DownloadSettings()
     configure_logging(settings)
-    # Long downloads get this long to finish on SIGTERM before they are cut.
-    serve(create_app(settings), settings, shutdown_timeout=30.0)
+    # Long downloads get this long to finish on SIGTERM before they are cut. aiohttp may wait
+    # up to twice this (a graceful wait, then one after cancelling): 2 x 20 s fits in the
+    # 45 s Kubernetes grace period, audit rows included.
+    serve(create_app(settings), settings, shutdown_timeout=20.0)
 
 
 if __name__ == "__main__":

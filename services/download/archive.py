@@ -17,7 +17,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from shared.errors import ClientError
 from shared.mongo import Document, transient_on_outage
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})", re.IGNORECASE)
 # Largest piece handed to the socket at once.
 PIECE_BYTES = 256 * 1024
 
@@ -53,7 +53,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     """
     if not header:
         return None
-    match = _RANGE.match(header.strip())
+    match = _RANGE.fullmatch(header.strip())
     if match is None or match.group(1) == match.group(2) == "":
         return None
     first, last = match.group(1), match.group(2)

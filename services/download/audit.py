@@ -37,6 +37,12 @@ class AuditEntry:
     entity_id: str | None = None
     accessor: str | None = None
     bytes_sent: int = 0
+    # The response's headers went out: an error now can only cut it short, not replace it.
+    started: bool = field(default=False, repr=False)
+
+    def start(self, status: int) -> None:
+        self.started = True
+        self.status = status
 
     def identify(self, identity: Identity) -> None:
         self.display_name = identity.display_name
@@ -79,10 +85,11 @@ def outcome_of(status: int) -> str:
 
 async def record(entries: AsyncCollection[Document], entry: AuditEntry) -> None:
     row = asdict(entry)
+    del row["started"]
     stored = True
     try:
         await entries.insert_one(dict(row))
-    except PyMongoError as exc:
+    except (PyMongoError, ValueError, TypeError) as exc:  # also BSON encoding errors
         stored = False
         log.error("audit row not stored (%s)", exc.__class__.__name__)
     row["time"] = entry.time.isoformat()

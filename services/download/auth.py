@@ -9,7 +9,9 @@ share one lookup. Vault being unreachable is never cached.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -46,6 +48,8 @@ class TokenLookup(Protocol):
 
 
 _UNKNOWN = "unknown-token"
+# Vault tokens are printable ASCII without spaces (hvs./s./b. prefixes, base62, dots).
+_TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
 _Answer = Identity | str
 
 
@@ -67,13 +71,17 @@ class Authorizer:
         self._cache: TTLCache[bytes, _Answer] | None = (
             TTLCache(max_entries, cache_ttl) if cache_ttl > 0 else None
         )
-        self._inflight: dict[bytes, asyncio.Future[_Answer]] = {}
+        self._inflight: dict[bytes, asyncio.Task[_Answer]] = {}
 
     async def authenticate(self, token: str | None) -> Identity:
         """The token's identity; Unauthorized when there is none or Vault does not know it."""
         if not token:
             self._metrics.auth_failures.labels("missing").inc()
             raise Unauthorized("a Vault token is required (X-Vault-Token or Authorization: Bearer)")
+        if not _TOKEN.fullmatch(token):
+            # Not something Vault issues: refused without asking it (and never echoed).
+            self._metrics.auth_failures.labels("invalid").inc()
+            raise Unauthorized("the Vault token is malformed")
         answer = await self._answer(hashlib.sha256(token.encode()).digest(), token)
         if isinstance(answer, Identity):
             return answer
@@ -89,25 +97,20 @@ class Authorizer:
     async def _answer(self, key: bytes, token: str) -> _Answer:
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
             return hit
-        if (pending := self._inflight.get(key)) is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            answer = await self._ask_vault(token)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning when nobody shared it
-            raise
-        finally:
-            del self._inflight[key]
-        future.set_result(answer)
+        task = self._inflight.get(key)
+        if task is None:
+            # Its own task: a cancelled request does not cancel the others waiting on it.
+            task = asyncio.create_task(self._ask_vault(token))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._settle, key))
+        return await asyncio.shield(task)
+
+    def _settle(self, key: bytes, task: asyncio.Task[_Answer]) -> None:
+        del self._inflight[key]
+        if task.cancelled() or task.exception() is not None:
+            return  # outages are not cached (the exception reaches every waiter)
         if self._cache is not None:
-            self._cache[key] = answer
-        return answer
+            self._cache[key] = task.result()
 
     async def _ask_vault(self, token: str) -> _Answer:
         started = time.monotonic()

@@ -16,10 +16,11 @@ import io
 import posixpath
 import re
 import tarfile
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import zstandard
 from pymongo.asynchronous.collection import AsyncCollection
@@ -31,6 +32,12 @@ from shared.mongo import Document, transient_on_outage
 # osquery copies carved paths into <tmp>/osquery_carve_<guid>/<original path>.
 _CARVE_DIR = re.compile(r"^.*?(?:^|/)osquery_carve_[^/]*(?=/|$)")
 _PIECE = 256 * 1024
+# Longest a worker waits for the event loop (a MongoDB read); writes have their own timeout.
+_LOOP_TIMEOUT = 120.0
+
+
+class Abandoned(Exception):
+    """The request this worker serves has ended: stop."""
 
 
 def original_path(name: str) -> str:
@@ -61,15 +68,57 @@ def _kind(info: tarfile.TarInfo) -> str:
     return "other"
 
 
+def display_name(name: str) -> str:
+    """A member name as valid UTF-8: bytes that are not UTF-8 (common on Linux) as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _mtime(info: tarfile.TarInfo) -> str | None:
+    try:
+        return datetime.fromtimestamp(info.mtime, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):  # a host can write any number there
+        return None
+
+
 def member_view(info: tarfile.TarInfo) -> dict[str, Any]:
+    name = display_name(info.name)
     return {
-        "path": original_path(info.name),
-        "name": info.name,
+        "path": original_path(name),
+        "name": name,
         "type": _kind(info),
         "size": info.size,
         "mode": info.mode,
-        "mtime": datetime.fromtimestamp(info.mtime, UTC).isoformat(),
+        "mtime": _mtime(info),
     }
+
+
+# A pax header or GNU long name is read into memory whole: refuse absurd ones.
+MAX_HEADER_BYTES = 1024 * 1024
+# A listing stops (truncated) once its names add up to this much.
+MAX_LISTING_NAME_BYTES = 16 * 1024 * 1024
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """TarInfo that refuses extended headers bigger than MAX_HEADER_BYTES (memory bombs)."""
+
+    def _check_header_size(self) -> None:
+        if self.size > MAX_HEADER_BYTES:
+            raise tarfile.HeaderError(f"extended header of {self.size} bytes refused")
+
+    def _proc_gnulong(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        self._check_header_size()
+        return super()._proc_gnulong(tar)  # type: ignore[misc,no-any-return]
+
+    def _proc_pax(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        self._check_header_size()
+        return super()._proc_pax(tar)  # type: ignore[misc,no-any-return]
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members one by one, without TarFile keeping every one it has seen."""
+    while (info := tar.next()) is not None:
+        cast(Any, tar).members.clear()  # typeshed does not declare TarFile.members
+        yield info
 
 
 class ChunkFile(io.RawIOBase):
@@ -98,6 +147,8 @@ class ChunkFile(io.RawIOBase):
         self._batch = max(1, batch_bytes // chunk_size)
         self._window: dict[int, bytes] = {}
         self._pos = 0
+        # Set when the request ends (done, failed, client gone): the worker stops reading.
+        self.abandoned = threading.Event()
 
     def readable(self) -> bool:
         return True
@@ -122,12 +173,17 @@ class ChunkFile(io.RawIOBase):
             data = self._fetch(n)
         view = memoryview(buffer).cast("B")
         count = min(len(view), len(data) - offset)
+        if count <= 0:
+            raise CorruptArchive(f"chunk {n} is shorter than the carve's block size")
         view[:count] = data[offset : offset + count]
         self._pos += count
         return count
 
     def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        if self.abandoned.is_set():
+            coro.close()
+            raise Abandoned("the request has ended")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_LOOP_TIMEOUT)
 
     def _fetch(self, n: int) -> bytes:
         last = min(n + self._batch, -(-self._size // self._chunk_size)) - 1
@@ -156,16 +212,18 @@ class TarSource:
         if self.zstd:
             dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window)
             stream: IO[bytes] = dctx.stream_reader(buffered, read_size=_PIECE)
-            return tarfile.open(fileobj=stream, mode="r|")
-        return tarfile.open(fileobj=buffered, mode="r:")
+            return tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo)
+        return tarfile.open(fileobj=buffered, mode="r:", tarinfo=_BoundedTarInfo)
 
 
 def list_members(source: TarSource, limit: int) -> tuple[list[dict[str, Any]], bool]:
     """Up to ``limit`` members and whether there were more (runs in a worker thread)."""
     members: list[dict[str, Any]] = []
+    name_bytes = 0
     with _tar_errors(), source.open() as tar:
-        for info in tar:
-            if len(members) == limit:
+        for info in _members(tar):
+            name_bytes += len(info.name)
+            if len(members) == limit or name_bytes > MAX_LISTING_NAME_BYTES:
                 return members, True
             members.append(member_view(info))
     return members, False
@@ -174,19 +232,22 @@ def list_members(source: TarSource, limit: int) -> tuple[list[dict[str, Any]], b
 def stream_member(
     source: TarSource,
     wanted: str,
-    on_found: Callable[[dict[str, Any]], None],
+    on_found: Callable[[dict[str, Any]], bool],
     write: Callable[[bytes], None],
 ) -> bool:
     """Find ``wanted`` (original path or raw name) and pass its bytes to ``write``.
 
     Runs in a worker thread. ``on_found`` gets the member's description before
-    the first byte (to send headers). False when no regular file matches.
+    the first byte (to send headers) and says whether the body is wanted (not
+    for HEAD). False when no regular file matches.
     """
     with _tar_errors(), source.open() as tar:
-        for info in tar:
-            if not info.isreg() or wanted not in (original_path(info.name), _as_path(info.name)):
+        for info in _members(tar):
+            name = display_name(info.name)
+            if not info.isreg() or wanted not in (original_path(name), _as_path(name)):
                 continue
-            on_found(member_view(info))
+            if not on_found(member_view(info)):
+                return True
             reader = tar.extractfile(info)
             if reader is None:
                 return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from services.download.audit import (
 )
 from shared import keys as shared_keys
 from shared.errors import ClientError, TransientError, Unavailable
+from shared.protocol import CARVE_ID
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,22 @@ def _error(http_status: int, code: str, message: str, /, **details: object) -> w
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except (Exception, asyncio.CancelledError) as exc:
+        entry = request.get(AUDIT)
+        if entry is not None and entry.started and not isinstance(exc, asyncio.CancelledError):
+            # The headers are out: another answer would land inside the body. Cut it short.
+            log.error("%s: failed mid-stream, connection closed: %r", request.path, exc)
+            entry.outcome = "aborted"
+            if request.transport is not None:
+                request.transport.close()
+            raise ConnectionResetError("response cut short") from exc
+        return _error_answer(request, exc)
+
+
+def _error_answer(request: web.Request, exc: BaseException) -> web.StreamResponse:
+    """The JSON answer for an error raised before any byte of the response was sent."""
+    try:
+        raise exc
     except RangeNotSatisfiable as exc:
         response = _error(exc.status, exc.code, exc.message)
         response.headers["Content-Range"] = f"bytes */{exc.details.get('size', 0)}"
@@ -52,8 +70,8 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-    except OSError:
-        raise  # the client went away mid-stream: nothing to answer
+    except (OSError, asyncio.CancelledError):
+        raise  # the client went away: nothing to answer
     except Exception:
         log.exception("%s: unexpected error", request.path)
         return _error(500, "internal_error", "internal error")
@@ -65,10 +83,12 @@ async def responder_errors(request: web.Request, handler: Handler) -> web.Stream
     if route not in AUDITED:
         return await _answer(request, handler)
     settings = request.app[keys.SETTINGS]
+    raw_id = request.match_info.get("carve_id")
     entry = AuditEntry(
         action=route,
         client=client_address(request, settings.proxy_networks),
-        carve_id=request.match_info.get("carve_id"),
+        # An id that cannot be a carve's is refused with 400; keep only a short prefix of it.
+        carve_id=raw_id if raw_id is None or CARVE_ID.fullmatch(raw_id) else raw_id[:64],
     )
     request[AUDIT] = entry
     metrics = request.app[keys.METRICS]
@@ -83,11 +103,12 @@ async def responder_errors(request: web.Request, handler: Handler) -> web.Stream
             await response.prepare(request)
             await response.write_eof()
         return response
-    except (ConnectionResetError, OSError):
-        entry.outcome = "aborted"  # the client went away mid-stream
+    except (OSError, asyncio.CancelledError):
+        entry.outcome = "aborted"  # the client went away, or the server is shutting down
         raise
     finally:
         metrics.active.dec()
         metrics.requests.labels(route, entry.outcome).inc()
         metrics.bytes_sent.labels(route).inc(entry.bytes_sent)
-        await record(request.app[shared_keys.MONGO_DB][COLLECTION], entry)
+        # Shielded: a shutdown that cancels this request still gets its audit row written.
+        await asyncio.shield(record(request.app[shared_keys.MONGO_DB][COLLECTION], entry))

@@ -21,6 +21,7 @@ from services.download.archive import ByteRange, CorruptArchive, parse_range, st
 from services.download.audit import AUDIT
 from services.download.auth import Identity
 from services.download.members import (
+    Abandoned,
     ChunkFile,
     TarSource,
     clean_member_path,
@@ -47,11 +48,11 @@ from shared.errors import (
 )
 from shared.lifecycle import purge_archive, transition
 from shared.mongo import Document, transient_on_outage
+from shared.protocol import CARVE_ID
 
 log = logging.getLogger(__name__)
 
-_CARVE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_BODY_LIMIT = 64 * 1024
+_DIGITS = re.compile(r"[0-9]{1,9}")
 MAX_PAGE = 1000
 MAX_MEMBERS = 100_000
 
@@ -84,7 +85,7 @@ async def authorize(request: web.Request, token: str | None) -> Identity:
 
 
 def _carve_id(raw: str) -> str:
-    if not _CARVE_ID.match(raw):
+    if not CARVE_ID.fullmatch(raw):
         raise InvalidRequest("carve_id must match [A-Za-z0-9][A-Za-z0-9_-]{0,127}")
     return raw
 
@@ -135,8 +136,11 @@ async def delete_carve(request: web.Request) -> web.Response:
         "deleted_from": doc["status"],
     }
     db = request.app[shared_keys.MONGO_DB]
-    if not await transition(db, doc["_id"], Status(doc["status"]), Status.DELETED, fields, now):
-        raise Conflict(f"carve {doc['_id']} changed state meanwhile: try again")
+    status = Status(doc["status"])
+    if not await transition(
+        db, doc["_id"], status, Status.DELETED, fields, now, unless_finalizing=True
+    ):
+        raise Conflict(f"carve {doc['_id']} is being finalized or changed state: try again")
     settings = request.app[keys.SETTINGS]
     # The ingest's session (if it was still receiving) is removed by the janitor's next sweep.
     chunks, freed = await purge_archive(
@@ -169,7 +173,7 @@ def _int_param(request: web.Request, name: str, default: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= high:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= high:
         raise InvalidRequest(f"{name} must be an integer from 1 to {high}")
     return int(raw)
 
@@ -266,15 +270,15 @@ async def send_archive(request: web.Request, doc: Document) -> web.StreamRespons
         response.headers["Content-Range"] = byte_range.content_range(size)
     response.content_length = byte_range.length
     if request.method == "HEAD":
-        await response.prepare(request)
+        await _start(request, response)
         return response
     async with contextlib.aclosing(_chunks(request, doc, byte_range)) as pieces:
         # The first piece is fetched before the headers go out: MongoDB down is still a 503 here.
         first = await anext(pieces)
-        await response.prepare(request)
+        await _start(request, response)
         try:
             await _write_all(request, response, first, pieces)
-        except (CorruptArchive, TransientError) as exc:
+        except (CorruptArchive, TransientError, TimeoutError) as exc:
             _abort(request, exc)
             return response
     await response.write_eof()
@@ -296,10 +300,12 @@ async def _write_all(
     rest: AsyncIterator[memoryview],
 ) -> None:
     entry = request[AUDIT]
-    await response.write(first)
+    timeout = request.app[keys.SETTINGS].download_write_timeout
+    await asyncio.wait_for(response.write(first), timeout)
     entry.bytes_sent += len(first)
     async for piece in rest:
-        await response.write(piece)  # waits while the client is slower than MongoDB
+        # Waits while the client is slower than MongoDB; a client that stops reading is cut.
+        await asyncio.wait_for(response.write(piece), timeout)
         entry.bytes_sent += len(piece)
 
 
@@ -310,9 +316,10 @@ async def get_archive(request: web.Request) -> web.StreamResponse:
 
 async def file_request(request: web.Request) -> web.StreamResponse:
     """The original server's endpoint: token and carve id in a JSON body."""
-    body = await request.content.read(_BODY_LIMIT + 1)
-    if len(body) > _BODY_LIMIT:
-        raise InvalidRequest("body too large")
+    try:
+        body = await request.read()  # the whole body, however it was split (client_max_size)
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise InvalidRequest("body too large") from exc
     try:
         fields = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -372,26 +379,38 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     entry = request[AUDIT]
+    timeout = request.app[keys.SETTINGS].download_write_timeout
+    source = _tar_source(request, doc)
 
-    def on_found(member: dict[str, Any]) -> None:
+    def on_found(member: dict[str, Any]) -> bool:
         response.headers["Content-Disposition"] = _disposition(member["path"])
         response.content_length = member["size"]
-        asyncio.run_coroutine_threadsafe(response.prepare(request), loop).result()
+        asyncio.run_coroutine_threadsafe(_start(request, response), loop).result(timeout)
+        return request.method != "HEAD"  # HEAD: headers only, or the connection desyncs
 
     def write(piece: bytes) -> None:
-        asyncio.run_coroutine_threadsafe(response.write(piece), loop).result()
+        if source.file.abandoned.is_set():
+            raise Abandoned("the request has ended")
+        sent = asyncio.wait_for(response.write(piece), timeout)
+        asyncio.run_coroutine_threadsafe(sent, loop).result(timeout + 5)
         entry.bytes_sent += len(piece)
 
-    source = _tar_source(request, doc)
     pool = request.app[keys.TAR_POOL]
     try:
         found = await loop.run_in_executor(pool, stream_member, source, wanted, on_found, write)
-    except (CorruptArchive, TransientError) as exc:
+    except (CorruptArchive, TransientError, Abandoned, TimeoutError) as exc:
         if not response.prepared:
             raise
         _abort(request, exc)
         return response
+    finally:
+        source.file.abandoned.set()  # whatever happened, the worker must not go on
     if not found:
         raise NotFound(f"no regular file {wanted} in carve {doc['_id']}")
     await response.write_eof()
     return response
+
+
+async def _start(request: web.Request, response: web.StreamResponse) -> None:
+    await response.prepare(request)
+    request[AUDIT].start(response.status)

@@ -6,10 +6,15 @@ from pydantic import Field
 
 from shared.settings import AmqpSettings, GiB, HttpSettings, MiB, MongoSettings, RedisSettings
 
+# The largest block that fits a GridFS chunk document (16 MiB BSON limit, minus its fields).
+MAX_BLOCK_SIZE = 16 * MiB - 16 * 1024
+
 
 class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
     http_port: int = Field(8080, ge=0, le=65535)
-    max_block_size: int = Field(16 * MiB, ge=1)
+    # A block is stored as one MongoDB document (GridFS chunk), which must stay under 16 MiB:
+    # 16 MiB blocks would be refused by MongoDB (BSON too large) and never complete.
+    max_block_size: int = Field(8 * MiB, ge=1, le=MAX_BLOCK_SIZE)
     max_carve_size: int = Field(100 * GiB, ge=1)
     # How long to wait for RabbitMQ's confirm before telling osquery to retry.
     publish_timeout: float = Field(5.0, gt=0)

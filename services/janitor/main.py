@@ -20,7 +20,7 @@ from services.janitor.sweep import Clock, Janitor, Report, utc_now
 from shared import keys as shared_keys
 from shared.errors import TransientError
 from shared.finalize import Finalizer
-from shared.health import add_health_routes, check_mongo, check_redis
+from shared.health import Check, add_health_routes, check_mongo, check_redis
 from shared.metrics import new_registry
 from shared.resources import CleanupCtx, mongo_ctx, redis_ctx
 
@@ -40,6 +40,7 @@ async def run_sweep(app: web.Application, *, dry_run: bool = False) -> Report:
     if report.skipped:
         metrics.sweeps.labels("skipped").inc()
     elif not dry_run:
+        app[keys.LAST_SUCCESS][0] = time.monotonic()
         metrics.sweeps.labels("done").inc()
         metrics.duration.observe(report.seconds)
         metrics.last_success.set(time.time())
@@ -53,9 +54,25 @@ async def run_sweep(app: web.Application, *, dry_run: bool = False) -> Report:
 async def _loop(app: web.Application) -> None:
     interval = app[keys.SETTINGS].janitor_interval
     while True:
-        with contextlib.suppress(TransientError):
+        try:
             await run_sweep(app)
+        except TransientError:
+            pass  # logged by run_sweep; the next sweep resumes
+        except Exception:
+            # Never let one bad sweep end the loop: /readyz reports a janitor that stops
+            # succeeding (check_sweeping), this keeps it trying.
+            app[keys.METRICS].sweeps.labels("error").inc()
+            log.exception("janitor sweep failed; the next one resumes")
         await asyncio.sleep(interval)
+
+
+async def check_sweeping(app: web.Application) -> None:
+    """Not ready when no sweep has succeeded for three intervals (plus one lease)."""
+    settings = app[keys.SETTINGS]
+    last = app[keys.LAST_SUCCESS][0]
+    allowed = 3 * settings.janitor_interval + settings.janitor_lease
+    if time.monotonic() - last > allowed:
+        raise RuntimeError(f"no successful sweep for {time.monotonic() - last:.0f} s")
 
 
 def _janitor_ctx(clock: Clock, *, loop: bool) -> CleanupCtx:
@@ -91,8 +108,12 @@ def create_app(
     registry = new_registry()
     app[shared_keys.REGISTRY] = registry
     app[keys.METRICS] = JanitorMetrics.create(registry)
+    app[keys.LAST_SUCCESS] = [time.monotonic()]
     app.cleanup_ctx.extend(
         [redis_ctx(settings), mongo_ctx(settings), _janitor_ctx(clock, loop=loop)]
     )
-    add_health_routes(app, {"redis": check_redis, "mongodb": check_mongo})
+    checks: dict[str, Check] = {"redis": check_redis, "mongodb": check_mongo}
+    if loop:
+        checks["sweeps"] = check_sweeping
+    add_health_routes(app, checks)
     return app

@@ -110,8 +110,9 @@ class Janitor:
             )
             for step in steps:
                 await step(report)
-                if not dry_run:
-                    await self._lock()  # renew between steps
+                if not dry_run and not await self._lock():  # renew between steps
+                    log.warning("janitor lease lost to another janitor: sweep stopped")
+                    break
         finally:
             if not dry_run:
                 await self._unlock()
@@ -182,7 +183,10 @@ class Janitor:
             "blocks_received": chunks,
             "chunks_counted": chunks,
         }
-        if await transition(self._db, carve_id, Status.RECEIVING, Status.FAILED, fields, now):
+        changed = await transition(
+            self._db, carve_id, Status.RECEIVING, Status.FAILED, fields, now, unless_finalizing=True
+        )
+        if changed:
             await end_session(self._redis, self._settings.redis_key_prefix, doc["session_id"])
             log.info("carve %s failed: %s", carve_id, reason)
 

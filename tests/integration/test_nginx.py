@@ -439,7 +439,7 @@ async def test_a_block_over_client_max_body_size_fails_the_carve_with_html_413(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # A mismatched deployment: the ingest takes blocks up to its default 16 MiB, NGINX's limit
+    # A mismatched deployment: the ingest takes blocks up to its default 8 MiB, NGINX's limit
     # was derived from 64 KiB. The start passes; every block is NGINX's to refuse.
     front = await fronts(stack.ingest_url)
     limit = derived_body_size(BLOCK_MAX)
