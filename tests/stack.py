@@ -149,10 +149,12 @@ class Stack:
         settings = DownloadSettings(**{**fields(self.env), "http_port": 0, **overrides})
         return await self._serve(create_download(settings))
 
-    async def start_janitor(self, clock: Clock = utc_now, **overrides: Any) -> RunningApp:
-        """A janitor that sweeps only when a test calls ``run_sweep(app)`` (no loop)."""
+    async def start_janitor(
+        self, clock: Clock = utc_now, *, loop: bool = False, **overrides: Any
+    ) -> RunningApp:
+        """A janitor; without ``loop`` it sweeps only when a test calls ``run_sweep(app)``."""
         settings = JanitorSettings(**{**fields(self.env), "http_port": 0, **overrides})
-        return await self._serve(create_janitor(settings, loop=False, clock=clock))
+        return await self._serve(create_janitor(settings, loop=loop, clock=clock))
 
     async def spawn(self, name: str, **env: str) -> ServiceProcess:
         log = self.workdir / f"{name}-{len(self.processes)}.log"

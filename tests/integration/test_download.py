@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
+import tarfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -580,3 +582,128 @@ async def test_delete_needs_the_admin_policy_and_keeps_a_tombstone(
     rows = await responder.audit(carved.carve_id)
     deletes = [(r["outcome"], r["status"]) for r in rows if r["action"] == "delete"]
     assert deletes == [("denied", 403), ("denied", 403), ("allowed", 200), ("refused", 410)]
+
+
+# --- hostile archives and odd requests -------------------------------------------------------
+
+
+async def upload_tar(responder: Responder, tmp_path: Path, fill: Any) -> str:
+    """Carve a tar built by ``fill(tar, guid)`` and return its carve id."""
+    guid = str(uuid.uuid4())
+    path = tmp_path / f"{guid}.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        fill(tar, guid)
+    result = await carve(responder.http, responder.stack.ingest_url, path, block_size=64 * 1024)
+    assert result.ok, result
+    await responder.stack.wait_complete(result.carve_id)
+    return result.carve_id
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes, **fields: Any) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for key, value in fields.items():
+        setattr(info, key, value)
+    tar.addfile(info, io.BytesIO(data))
+
+
+async def test_head_on_every_route_sends_no_body(responder: Responder, carved: Carved) -> None:
+    # One connection for everything: a body after a HEAD would be read as the next answer.
+    connector = aiohttp.TCPConnector(limit=1)
+    base = f"{responder.url}/api/v1/carves/{carved.carve_id}"
+    async with aiohttp.ClientSession(connector=connector, headers=responder.headers()) as http:
+        for path in ("", "/archive", "/files", "/files/var/log/auth.log"):
+            async with http.head(base + path) as resp:
+                assert resp.status == 200, path
+            async with http.get(base) as resp:
+                assert (await resp.json())["carve_id"] == carved.carve_id, path
+        async with http.head(base + "/files/var/log/auth.log") as resp:
+            assert resp.headers["Content-Length"] == str(len(AUTH_LOG))
+
+
+async def test_odd_member_names_and_times_are_listed(responder: Responder, tmp_path: Path) -> None:
+    def fill(tar: tarfile.TarFile, guid: str) -> None:
+        add(tar, f"/tmp/osquery_carve_{guid}/var/\udcffodd.log", b"latin-1 name\n")
+        add(tar, f"/tmp/osquery_carve_{guid}/var/far.log", b"far future\n", mtime=1e20)
+
+    carve_id = await upload_tar(responder, tmp_path, fill)
+    status, listing = await responder.json(f"/api/v1/carves/{carve_id}/files")
+    assert status == 200, listing
+    by_path = {m["path"]: m for m in listing["members"]}
+    assert set(by_path) == {"/var/\\xffodd.log", "/var/far.log"}
+    assert by_path["/var/far.log"]["mtime"] is None
+    status, _, body = await responder.get(f"/api/v1/carves/{carve_id}/files/var/%5Cxffodd.log")
+    assert (status, body) == (200, b"latin-1 name\n")
+
+
+async def test_oversized_tar_headers_are_refused(responder: Responder, tmp_path: Path) -> None:
+    def fill(tar: tarfile.TarFile, guid: str) -> None:
+        info = tarfile.TarInfo(f"/tmp/osquery_carve_{guid}/bomb")
+        info.pax_headers = {"comment": "x" * (2 * 1024 * 1024)}  # read whole by tarfile
+        tar.addfile(info, io.BytesIO(b""))
+
+    carve_id = await upload_tar(responder, tmp_path, fill)
+    status, body = await responder.json(f"/api/v1/carves/{carve_id}/files")
+    assert (status, body["code"]) == (500, "corrupt_archive")
+
+
+async def test_many_members_and_a_missing_path(responder: Responder, tmp_path: Path) -> None:
+    def fill(tar: tarfile.TarFile, guid: str) -> None:
+        for i in range(3000):
+            add(tar, f"/tmp/osquery_carve_{guid}/d/{i}", b"")
+
+    carve_id = await upload_tar(responder, tmp_path, fill)
+    status, listing = await responder.json(f"/api/v1/carves/{carve_id}/files?limit=2500")
+    assert (status, len(listing["members"]), listing["truncated"]) == (200, 2500, True)
+    status, body = await responder.json(f"/api/v1/carves/{carve_id}/files/d/missing")
+    assert (status, body["code"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize("token", ["s.has space", "s.\x7fdel", "x" * 2000])
+async def test_malformed_tokens_are_refused_without_asking_vault(
+    responder: Responder, carved: Carved, token: str
+) -> None:
+    before = await scrape(responder.url)
+    body = {"file_carve_guid": carved.carve_id, "token": token}
+    async with responder.http.post(responder.url + "/file_request", json=body) as resp:
+        assert resp.status == 401
+    after = await scrape(responder.url)
+    lookups = "carve_vault_lookup_seconds_count"
+    assert after[lookups] == before[lookups]
+
+
+async def test_file_request_body_split_across_packets(responder: Responder, carved: Carved) -> None:
+    body = orjson.dumps({"file_carve_guid": carved.carve_id, "token": responder.token.token})
+    host, port = responder.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        f"POST /file_request HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(head.encode() + body[:20])
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.write(body[20:])
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 200 OK"
+    assert rest.endswith(carved.data)
+
+
+async def test_malformed_header_does_not_log_the_token(stack: Stack, vault: VaultAdmin) -> None:
+    """aiohttp logs a malformed request with its header text; the service redacts it."""
+    download = await stack.spawn("download")
+    token = vault.token(POLICY).token
+    reader, writer = await asyncio.open_connection("127.0.0.1", download.port)
+    writer.write(
+        f"GET /api/v1/carves HTTP/1.1\r\nHost: x\r\nX-Vault-Token: {token}\x01\r\n\r\n".encode()
+    )
+    await writer.drain()
+    assert (await reader.read()).split(b" ", 2)[1] == b"400"
+    writer.close()
+    await asyncio.sleep(0.3)
+    log = download.log_path.read_text()
+    assert "malformed HTTP request refused" in log
+    assert token not in log

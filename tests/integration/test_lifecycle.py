@@ -293,3 +293,33 @@ async def test_rabbitmq_gone_past_the_retry_window_fails_visibly(
     doc = await stack.carve_doc(result.carve_id)
     assert doc is not None and doc["status"] == "failed"
     assert f"0 of {result.block_count} blocks" in doc["failure_reason"]
+
+
+async def test_janitor_loop_survives_a_redis_restart(stack: Stack, backends: Backends) -> None:
+    janitor = await stack.start_janitor(loop=True, janitor_interval=0.2)
+
+    async def count(outcome: str) -> float:
+        return (await scrape(janitor.url)).get(
+            f'carve_janitor_sweeps_total{{outcome="{outcome}"}}', 0.0
+        )
+
+    await wait_until(lambda: count("done"), 1)
+    backends.redis.stop()
+    try:
+        await wait_until(lambda: count("error"), 1)
+    finally:
+        backends.redis.start()
+    done = await count("done")
+    await wait_until(lambda: count("done"), done + 2)  # the loop goes on after the outage
+    async with aiohttp.ClientSession() as http, http.get(janitor.url + "/readyz") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["checks"]["sweeps"] == "ok"
+
+
+async def wait_until(value: Any, at_least: float, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await value() >= at_least:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"value stayed below {at_least}")
