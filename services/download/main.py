@@ -13,6 +13,7 @@ from services.download.metrics import DownloadMetrics
 from services.download.middlewares import responder_errors
 from services.download.routes import setup_routes
 from services.download.settings import DownloadSettings
+from services.download.slots import StreamSlots
 from shared import keys as shared_keys
 from shared.health import add_health_routes, check_mongo
 from shared.metrics import new_registry
@@ -53,6 +54,7 @@ def create_app(settings: DownloadSettings) -> web.Application:
     registry = new_registry()
     app[shared_keys.REGISTRY] = registry
     app[keys.METRICS] = DownloadMetrics.create(registry)
+    app[keys.STREAMS] = StreamSlots(settings.max_streams)
     app.cleanup_ctx.extend([mongo_ctx(settings), _vault_ctx, _tar_pool_ctx])
     setup_routes(app)
     add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})

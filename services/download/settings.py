@@ -24,6 +24,8 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings):
     trusted_proxies: str = ""
     # Chunks fetched per MongoDB round trip while streaming, at most this many bytes.
     download_batch_bytes: int = Field(1 * MiB, ge=1)
+    # Archive and member downloads streaming at once (about 3 MiB each); more get a 503.
+    max_streams: int = Field(64, ge=1, le=10_000)
     # A client that takes longer than this to accept one piece of a download is cut off.
     download_write_timeout: float = Field(60.0, gt=0)
     # Tar listings and member downloads run in threads; at most this many at once.

@@ -311,7 +311,8 @@ async def _write_all(
 
 async def get_archive(request: web.Request) -> web.StreamResponse:
     doc = await _authorized_carve(request)
-    return await send_archive(request, doc)
+    with request.app[keys.STREAMS].hold():
+        return await send_archive(request, doc)
 
 
 async def file_request(request: web.Request) -> web.StreamResponse:
@@ -335,7 +336,8 @@ async def file_request(request: web.Request) -> web.StreamResponse:
         request.app[keys.METRICS].auth_failures.labels("accessor").inc()
         raise Forbidden("token_accessor is not the accessor of this token")
     doc = await _load(request, _carve_id(fields["file_carve_guid"]))
-    return await send_archive(request, doc)
+    with request.app[keys.STREAMS].hold():
+        return await send_archive(request, doc)
 
 
 # --- tar members ---------------------------------------------------------------------------
@@ -397,7 +399,8 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 
     pool = request.app[keys.TAR_POOL]
     try:
-        found = await loop.run_in_executor(pool, stream_member, source, wanted, on_found, write)
+        with request.app[keys.STREAMS].hold():
+            found = await loop.run_in_executor(pool, stream_member, source, wanted, on_found, write)
     except (CorruptArchive, TransientError, Abandoned, TimeoutError) as exc:
         if not response.prepared:
             raise

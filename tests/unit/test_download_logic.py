@@ -15,6 +15,7 @@ from services.download.audit import client_address, outcome_of
 from services.download.auth import Authorizer, Identity
 from services.download.members import clean_member_path, original_path
 from services.download.metrics import DownloadMetrics
+from services.download.slots import StreamSlots
 from shared.errors import Forbidden, InvalidRequest, Unauthorized, Unavailable
 from shared.vault import InvalidToken
 
@@ -206,3 +207,15 @@ async def test_authorizer_without_cache_asks_every_time() -> None:
     for _ in range(3):
         await auth.authenticate("good")
     assert vault.calls == 3
+
+
+def test_stream_slots_refuse_past_the_limit() -> None:
+    slots = StreamSlots(2)
+    with slots.hold(), slots.hold():
+        with pytest.raises(Unavailable) as caught, slots.hold():
+            pass
+        assert "2 downloads" in caught.value.reason
+        assert slots.used == 2
+    assert slots.used == 0
+    with slots.hold():  # freed slots are reused
+        assert slots.used == 1
