@@ -258,7 +258,8 @@ async def send_archive(request: web.Request, doc: Document) -> web.StreamRespons
     _complete(doc)
     size: int = doc["carve_size"]
     headers = _archive_headers(doc)
-    if _matches(request.headers.get("If-None-Match"), headers["ETag"]):
+    conditional = request.method in ("GET", "HEAD")  # If-None-Match means 412 on a POST
+    if conditional and _matches(request.headers.get("If-None-Match"), headers["ETag"]):
         return web.Response(status=304, headers={"ETag": headers["ETag"]})
     byte_range = None
     if_range = request.headers.get("If-Range")
