@@ -62,7 +62,7 @@ DEFAULT_VAULT_ADDR = "http://127.0.0.1:8200"
 # The download service's default CARVE_VAULT_POLICY; a deployment may name it differently.
 DEFAULT_POLICY = "osquery-file-carve-file-requests"
 TOKEN_HEADER = "X-Vault-Token"
-STATUSES = ("receiving", "complete", "failed", "expired")
+STATUSES = ("receiving", "complete", "failed", "expired", "deleted")
 
 CHUNK_SIZE = 1 << 20
 # Connect, then per-read: a stalled stream fails instead of hanging a responder's terminal.
