@@ -138,9 +138,11 @@ async def test_redis_restart_gives_fast_503_then_recovers(stack: Stack, backends
             await assert_retry_later(stack, http, up, 10, "redis")
         finally:
             backends.redis.start()  # empty: every session is gone
-        # A replica that never saw the session (no cached copy) rebuilds it from MongoDB.
+        # The replica that cached the session finds it gone when recording the block, and
+        # rebuilds it from MongoDB; a replica that never saw it rebuilds it on lookup.
+        await up.send_all(http, [10])
         other = await stack.start_ingest()
-        await up.send_all(http, range(10, up.count), other.url)
+        await up.send_all(http, range(11, up.count), other.url)
     await assert_complete(stack, up)
 
 
