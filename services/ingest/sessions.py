@@ -143,7 +143,10 @@ class SessionStore:
                     resumed = True
         if resumed and (doc["status"] != Status.RECEIVING or not same_start(doc, start)):
             raise Conflict(f"carve_id {start.carve_id} is already used (status {doc['status']})")
-        await self._save(Session.from_carve(doc))
+        if resumed:
+            await self._save_while_receiving(Session.from_carve(doc))
+        else:
+            await self._save(Session.from_carve(doc))
         return doc["session_id"], resumed
 
     async def _save(self, session: Session) -> None:
@@ -190,9 +193,26 @@ class SessionStore:
         if doc is None:
             raise UnknownSession("unknown or ended session")
         session = Session.from_carve(doc)
-        await self._save(session)
+        await self._save_while_receiving(session)
         log.warning("session %s of carve %s rebuilt from MongoDB", redact(session_id), doc["_id"])
         return session
+
+    async def _save_while_receiving(self, session: Session) -> None:
+        """Save a session, and take it back if its carve ended meanwhile.
+
+        The janitor ends a carve (status first, then its Redis keys); a save that
+        raced with it would bring the session back. Checking after the save closes
+        that gap whatever the order.
+        """
+        await self._save(session)
+        async with _backend("mongodb"):
+            still = await self._carves.count_documents(
+                {"_id": session.carve_id, "status": Status.RECEIVING.value}, limit=1
+            )
+        if not still:
+            async with _backend("redis"):
+                await self._redis.delete(*self._keys(session.session_id))
+            raise UnknownSession("the carve has ended")
 
     async def seen(self, session_id: str, block_id: int) -> bool:
         async with _backend("redis"):
