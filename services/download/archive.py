@@ -16,6 +16,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from shared.errors import ClientError
 from shared.mongo import Document, transient_on_outage
+from shared.protocol import expected_block_length
 
 _RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})", re.IGNORECASE)
 # Largest piece handed to the socket at once.
@@ -90,23 +91,44 @@ async def stream_chunks(
     most ``piece_bytes``, so the socket's buffer never holds a whole chunk.
     """
     first, last = byte_range.start // chunk_size, byte_range.end // chunk_size
-    last_n = (carve_size - 1) // chunk_size
     window = max(1, batch_bytes // chunk_size)
     for start in range(first, last + 1, window):
-        stop = min(start + window, last + 1)
-        query = {"files_id": carve_id, "n": {"$gte": start, "$lt": stop}}
-        with transient_on_outage("download"):
-            docs = await chunks.find(query, {"_id": 0}).sort("n", 1).to_list()
-        if [doc["n"] for doc in docs] != list(range(start, stop)):
-            raise CorruptArchive(f"chunks missing in {start}..{stop - 1}")
-        while docs:
-            doc = docs.pop(0)  # let each chunk go as soon as it is sent
-            n, data = doc["n"], memoryview(doc["data"])
-            want = carve_size - last_n * chunk_size if n == last_n else chunk_size
-            if len(data) != want:
-                raise CorruptArchive(f"chunk {n} has {len(data)} bytes, {want} expected")
+        datas = await fetch_window(
+            chunks, carve_id, start, min(start + window, last + 1), chunk_size, carve_size
+        )
+        for n in range(start, start + len(datas)):
+            data = memoryview(datas[n - start])
+            datas[n - start] = b""  # let each chunk go as soon as it is sent
             lo = byte_range.start - n * chunk_size if n == first else 0
             hi = byte_range.end - n * chunk_size + 1 if n == last else len(data)
             for at in range(lo, hi, piece_bytes):
                 yield data[at : min(at + piece_bytes, hi)]
-            del doc, data
+            del data
+
+
+async def fetch_window(
+    chunks: AsyncCollection[Document],
+    carve_id: str,
+    start: int,
+    stop: int,
+    chunk_size: int,
+    carve_size: int,
+) -> list[bytes]:
+    """Chunks ``start .. stop-1`` of a carve in one query, each checked for its exact length.
+
+    Raises CorruptArchive when one is missing or has the wrong length.
+    """
+    count = -(-carve_size // chunk_size)
+    query = {"files_id": carve_id, "n": {"$gte": start, "$lt": stop}}
+    with transient_on_outage("chunk read"):
+        docs = await chunks.find(query, {"_id": 0}).sort("n", 1).to_list()
+    if [doc["n"] for doc in docs] != list(range(start, stop)):
+        raise CorruptArchive(f"chunks missing in {start}..{stop - 1}")
+    datas: list[bytes] = []
+    for doc in docs:
+        n, data = doc["n"], doc["data"]
+        want = expected_block_length(n, count, chunk_size, carve_size)
+        if len(data) != want:
+            raise CorruptArchive(f"chunk {n} has {len(data)} bytes, {want} expected")
+        datas.append(data)
+    return datas

@@ -25,9 +25,9 @@ from typing import IO, Any, cast
 import zstandard
 from pymongo.asynchronous.collection import AsyncCollection
 
-from services.download.archive import CorruptArchive
+from services.download.archive import CorruptArchive, fetch_window
 from shared.errors import InvalidRequest
-from shared.mongo import Document, transient_on_outage
+from shared.mongo import Document
 
 # osquery copies carved paths into <tmp>/osquery_carve_<guid>/<original path>.
 _CARVE_DIR = re.compile(r"^.*?(?:^|/)osquery_carve_[^/]*(?=/|$)")
@@ -145,7 +145,8 @@ class ChunkFile(io.RawIOBase):
         self._chunk_size = chunk_size
         self._size = size
         self._batch = max(1, batch_bytes // chunk_size)
-        self._window: dict[int, bytes] = {}
+        self._window: list[bytes] = []  # chunks _window_start, _window_start + 1, ...
+        self._window_start = 0
         self._pos = 0
         # Set when the request ends (done, failed, client gone): the worker stops reading.
         self.abandoned = threading.Event()
@@ -168,13 +169,11 @@ class ChunkFile(io.RawIOBase):
         if self._pos >= self._size:
             return 0
         n, offset = divmod(self._pos, self._chunk_size)
-        data = self._window.get(n)
-        if data is None:
-            data = self._fetch(n)
+        if not self._window_start <= n < self._window_start + len(self._window):
+            self._fetch(n)
+        data = self._window[n - self._window_start]
         view = memoryview(buffer).cast("B")
-        count = min(len(view), len(data) - offset)
-        if count <= 0:
-            raise CorruptArchive(f"chunk {n} is shorter than the carve's block size")
+        count = min(len(view), len(data) - offset)  # > 0: every chunk has its exact length
         view[:count] = data[offset : offset + count]
         self._pos += count
         return count
@@ -185,18 +184,12 @@ class ChunkFile(io.RawIOBase):
             raise Abandoned("the request has ended")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_LOOP_TIMEOUT)
 
-    def _fetch(self, n: int) -> bytes:
-        last = min(n + self._batch, -(-self._size // self._chunk_size)) - 1
-        self._window = self._call(self._load(n, last))
-        if n not in self._window:
-            raise CorruptArchive(f"chunk {n} is missing")
-        return self._window[n]
-
-    async def _load(self, first: int, last: int) -> dict[int, bytes]:
-        query = {"files_id": self._carve_id, "n": {"$gte": first, "$lte": last}}
-        with transient_on_outage("tar read"):
-            cursor = self._chunks.find(query, {"_id": 0}).sort("n", 1)
-            return {doc["n"]: bytes(doc["data"]) async for doc in cursor}
+    def _fetch(self, n: int) -> None:
+        stop = min(n + self._batch, -(-self._size // self._chunk_size))
+        self._window = []  # the old window goes before the new one arrives
+        load = fetch_window(self._chunks, self._carve_id, n, stop, self._chunk_size, self._size)
+        self._window = self._call(load)
+        self._window_start = n
 
 
 @dataclass(frozen=True)
