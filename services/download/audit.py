@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 import orjson
@@ -37,12 +37,12 @@ class AuditEntry:
     entity_id: str | None = None
     accessor: str | None = None
     bytes_sent: int = 0
-    # The response's headers went out: an error now can only cut it short, not replace it.
-    started: bool = field(default=False, repr=False)
+    # Set once the response's headers went out: an error now can only cut it short.
+    response: web.StreamResponse | None = field(default=None, repr=False)
 
-    def start(self, status: int) -> None:
-        self.started = True
-        self.status = status
+    def start(self, response: web.StreamResponse) -> None:
+        self.response = response
+        self.status = response.status
 
     def identify(self, identity: Identity) -> None:
         self.display_name = identity.display_name
@@ -84,8 +84,8 @@ def outcome_of(status: int) -> str:
 
 
 async def record(entries: AsyncCollection[Document], entry: AuditEntry) -> None:
-    row = asdict(entry)
-    del row["started"]
+    # Not asdict(): it would deep-copy the response object.
+    row = {f.name: getattr(entry, f.name) for f in fields(entry) if f.name != "response"}
     stored = True
     try:
         await entries.insert_one(dict(row))

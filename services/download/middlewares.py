@@ -39,15 +39,16 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except (Exception, asyncio.CancelledError) as exc:
-        entry = request.get(AUDIT)
-        if entry is not None and entry.started and not isinstance(exc, asyncio.CancelledError):
-            # The headers are out: another answer would land inside the body. Cut it short.
-            log.error("%s: failed mid-stream, connection closed: %r", request.path, exc)
-            entry.outcome = "aborted"
-            if request.transport is not None:
-                request.transport.close()
-            raise ConnectionResetError("response cut short") from exc
-        return _error_answer(request, exc)
+        entry: AuditEntry | None = request.get(AUDIT)
+        if entry is None or entry.response is None or isinstance(exc, asyncio.CancelledError):
+            return _error_answer(request, exc)
+        # The headers are out: another answer would land inside the body. Cut it short:
+        # the client sees a short body (Content-Length unmet), never a wrong one.
+        log.error("%s: failed mid-stream, connection closed: %r", request.path, exc)
+        entry.outcome = "aborted"
+        if request.transport is not None:
+            request.transport.close()
+        return entry.response
 
 
 def _error_answer(request: web.Request, exc: BaseException) -> web.StreamResponse:

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from services.download import keys
-from services.download.archive import ByteRange, CorruptArchive, parse_range, stream_chunks
+from services.download.archive import ByteRange, parse_range, stream_chunks
 from services.download.audit import AUDIT
 from services.download.auth import Identity
 from services.download.members import (
@@ -44,7 +44,6 @@ from shared.errors import (
     InvalidRequest,
     NotComplete,
     NotFound,
-    TransientError,
 )
 from shared.lifecycle import purge_archive, transition
 from shared.mongo import Document, transient_on_outage
@@ -277,21 +276,10 @@ async def send_archive(request: web.Request, doc: Document) -> web.StreamRespons
         # The first piece is fetched before the headers go out: MongoDB down is still a 503 here.
         first = await anext(pieces)
         await _start(request, response)
-        try:
-            await _write_all(request, response, first, pieces)
-        except (CorruptArchive, TransientError, TimeoutError) as exc:
-            _abort(request, exc)
-            return response
+        # An error from here on cuts the response short (responder_errors).
+        await _write_all(request, response, first, pieces)
     await response.write_eof()
     return response
-
-
-def _abort(request: web.Request, exc: Exception) -> None:
-    """Cut a response whose headers are out: the client sees a short body, never a wrong one."""
-    log.error("%s: aborted mid-stream: %s", request.path, exc)
-    request[AUDIT].outcome = "aborted"
-    if request.transport is not None:
-        request.transport.close()
 
 
 async def _write_all(
@@ -408,11 +396,6 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     try:
         with request.app[keys.STREAMS].hold():
             found = await loop.run_in_executor(pool, stream_member, source, wanted, on_found, write)
-    except (CorruptArchive, TransientError, Abandoned, TimeoutError) as exc:
-        if not response.prepared:
-            raise
-        _abort(request, exc)
-        return response
     finally:
         source.file.abandoned.set()  # whatever happened, the worker must not go on
     if not found:
@@ -423,4 +406,4 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 
 async def _start(request: web.Request, response: web.StreamResponse) -> None:
     await response.prepare(request)
-    request[AUDIT].start(response.status)
+    request[AUDIT].start(response)
