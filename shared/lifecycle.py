@@ -27,6 +27,16 @@ def session_keys(prefix: str, session_id: str) -> tuple[str, str]:
     return f"{prefix}s:{session_id}", f"{prefix}b:{session_id}"
 
 
+def session_hash_pattern(prefix: str) -> str:
+    """A SCAN pattern matching every session hash (one per session)."""
+    return session_keys(prefix, "*")[0]
+
+
+def session_of(prefix: str, hash_key: str) -> str:
+    """The session id of a session hash key."""
+    return hash_key.removeprefix(session_keys(prefix, "")[0])
+
+
 async def transition(
     db: AsyncDatabase[Document],
     carve_id: str,

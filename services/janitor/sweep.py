@@ -36,7 +36,14 @@ from redis.asyncio import Redis
 from services.janitor.settings import JanitorSettings
 from shared.carves import COLLECTION, ENDED, Status
 from shared.finalize import Outcome, Result
-from shared.lifecycle import end_session, purge_archive, session_keys, transition
+from shared.lifecycle import (
+    end_session,
+    purge_archive,
+    session_hash_pattern,
+    session_keys,
+    session_of,
+    transition,
+)
 from shared.mongo import Document, transient_on_outage
 
 log = logging.getLogger(__name__)
@@ -165,9 +172,10 @@ class Janitor:
             if result.outcome is not Outcome.NOT_READY:
                 return
             chunks = result.chunks
-        if await self._still_active(doc, now):
-            return
-        accepted = await self._accepted_blocks(doc)
+        last_block_at, accepted = await self._session_state(doc)
+        last = max(doc["updated_at"], last_block_at) if last_block_at else doc["updated_at"]
+        if now - last < _s(self._settings.session_idle_timeout):
+            return  # a block came within the idle timeout (the ingest's clock or the assembler's)
         if accepted is not None and accepted >= count:
             # The ingest confirmed every block: they wait in the queue for an assembler.
             report.actions["waiting_for_assembly"] += 1
@@ -190,21 +198,17 @@ class Janitor:
             await end_session(self._redis, self._settings.redis_key_prefix, doc["session_id"])
             log.info("carve %s failed: %s", carve_id, reason)
 
-    async def _still_active(self, doc: Document, now: datetime) -> bool:
-        """True when a block came within the idle timeout (ingest's clock, or the assembler's)."""
-        idle = _s(self._settings.session_idle_timeout)
-        last: datetime = doc["updated_at"]
-        meta, _ = session_keys(self._settings.redis_key_prefix, doc["session_id"])
-        stamp = await self._redis.hget(meta, "last_block_at")
-        if stamp is not None:
-            last = max(last, datetime.fromtimestamp(int(stamp) / 1000, UTC))
-        return now - last < idle
-
-    async def _accepted_blocks(self, doc: Document) -> int | None:
+    async def _session_state(self, doc: Document) -> tuple[datetime | None, int | None]:
+        """From the ingest's Redis session, in one round trip: when its last block came, and
+        how many blocks the ingest confirmed (None for both when there is no session)."""
         meta, bits = session_keys(self._settings.redis_key_prefix, doc["session_id"])
-        if not await self._redis.exists(meta):
-            return None
-        return int(await self._redis.bitcount(bits))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hget(meta, "last_block_at")
+            pipe.exists(meta)
+            pipe.bitcount(bits)
+            stamp, exists, accepted = await pipe.execute()
+        last = datetime.fromtimestamp(int(stamp) / 1000, UTC) if stamp is not None else None
+        return last, (int(accepted) if exists else None)
 
     # --- 2 and 3. retention ----------------------------------------------------------------------
 
@@ -305,7 +309,7 @@ class Janitor:
     async def _sessions(self, report: Report) -> None:
         prefix = self._settings.redis_key_prefix
         batch = self._settings.janitor_batch
-        async for keys in _scan_batches(self._redis, f"{prefix}s:*", batch):
+        async for keys in _scan_batches(self._redis, session_hash_pattern(prefix), batch):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hget(key, "carve_id")
@@ -321,7 +325,7 @@ class Janitor:
             ]
             report.actions["sessions_removed"] += len(ended)
             if ended and not report.dry_run:
-                bitmaps = [prefix + "b:" + k.decode().removeprefix(prefix + "s:") for k in ended]
+                bitmaps = [session_keys(prefix, session_of(prefix, k.decode()))[1] for k in ended]
                 await self._redis.delete(*ended, *bitmaps)
 
 
