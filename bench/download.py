@@ -61,11 +61,9 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import aiohttp
@@ -79,6 +77,7 @@ from bench.upload import (
     KiB,
     MiB,
     RssSampler,
+    _interrupt,
     columns_table,
     cpu_seconds,
     group_cpu_seconds,
@@ -92,9 +91,11 @@ from bench.upload import (
     write_json,
 )
 from clients.osquery_sim import build_synthetic_archive, carve_member_name, parse_size
-from shared.carves import COLLECTION, Compression, Status, archive_filename
+from shared.carves import COLLECTION, Compression, Status, archive_filename, new_carve_doc
+from shared.finalize import files_doc
 from shared.mongo import ensure_indexes
-from tests.servers import BaoServer, SecantusServer, Server
+from shared.protocol import StartRequest
+from tests.servers import BaoServer, SecantusServer, Server, start_all
 from tests.stack import ROOT, ServiceProcess
 from tests.vault import POLICY, VaultAdmin
 
@@ -172,9 +173,7 @@ def running_backends(root: Path, malloc: str = "glibc") -> Iterator[Backends]:
     mongo = BenchSecantusServer(root / "mongo", malloc)
     backends = Backends(mongo=mongo, vault=BaoServer(root / "openbao"))
     try:
-        with ThreadPoolExecutor(len(backends.servers)) as pool:
-            for future in [pool.submit(server.start) for server in backends.servers]:
-                future.result()
+        start_all(backends.servers)
         yield backends
     finally:
         for server in backends.servers:
@@ -233,33 +232,28 @@ async def insert_chunks(
 def carve_documents(carve: Carve, now: datetime) -> tuple[Document, Document]:
     """The ``carves`` document and the GridFS files document of a finalized carve."""
     filename = archive_filename(carve.carve_id, Compression.NONE)
-    carve_doc = {
-        "_id": carve.carve_id,
-        "carve_id": carve.carve_id,
-        "session_id": uuid.uuid4().hex,
-        "request_id": f"bench-{carve.carve_id[:8]}",
-        "node_key": uuid.uuid4().hex,
-        "block_count": carve.block_count,
-        "block_size": carve.block_size,
-        "carve_size": carve.archive_size,
-        "blocks_received": carve.block_count,
-        "status": Status.COMPLETE.value,
-        "compression": Compression.NONE.value,
-        "sha256": carve.archive_sha256,
-        "filename": filename,
-        "created_at": now,
-        "updated_at": now,
-        "completed_at": now,
-    }
-    files_doc = {
-        "_id": carve.carve_id,
-        "length": carve.archive_size,
-        "chunkSize": carve.block_size,
-        "uploadDate": now,
-        "filename": filename,
-        "metadata": {"sha256": carve.archive_sha256, "compression": Compression.NONE.value},
-    }
-    return carve_doc, files_doc
+    start = StartRequest(
+        block_count=carve.block_count,
+        block_size=carve.block_size,
+        carve_size=carve.archive_size,
+        carve_id=carve.carve_id,
+        request_id=f"bench-{carve.carve_id[:8]}",
+        node_key=uuid.uuid4().hex,
+    )
+    carve_doc = new_carve_doc(start, uuid.uuid4().hex, now)
+    carve_doc.update(
+        blocks_received=carve.block_count,
+        status=Status.COMPLETE.value,
+        compression=Compression.NONE.value,
+        sha256=carve.archive_sha256,
+        filename=filename,
+        completed_at=now,
+    )
+    sha = carve.archive_sha256
+    files = files_doc(
+        carve_doc, filename=filename, sha256=sha, compression=Compression.NONE, now=now
+    )
+    return carve_doc, files
 
 
 async def seed(
@@ -770,10 +764,6 @@ def render(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _size_arg(text: str) -> int:

@@ -56,7 +56,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -78,7 +77,7 @@ from clients.osquery_sim import (
     carve_many,
     percentile,
 )
-from tests.servers import RabbitServer, RedisServer, SecantusServer, Server
+from tests.servers import RabbitServer, RedisServer, SecantusServer, Server, start_all
 from tests.stack import ROOT, ServiceProcess
 
 Document = dict[str, Any]
@@ -216,9 +215,7 @@ def running_backends(root: Path) -> Iterator[Backends]:
         mongo=SecantusServer(root / "mongo"),
     )
     try:
-        with ThreadPoolExecutor(len(backends.servers)) as pool:
-            for future in [pool.submit(server.start) for server in backends.servers]:
-                future.result()
+        start_all(backends.servers)
         yield backends
     finally:
         for server in backends.servers:

@@ -59,6 +59,20 @@ class Result:
     sha256: str | None = None
 
 
+def files_doc(
+    carve: Document, *, filename: str, sha256: str, compression: Compression, now: datetime
+) -> Document:
+    """The GridFS files document of a finalized carve (its chunks are already stored)."""
+    return {
+        "_id": carve["_id"],
+        "length": carve["carve_size"],
+        "chunkSize": carve["block_size"],
+        "uploadDate": now,
+        "filename": filename,
+        "metadata": {"sha256": sha256, "compression": compression.value},
+    }
+
+
 class Finalizer:
     """Finalizes carves stored in ``db`` under GridFS bucket ``bucket``."""
 
@@ -150,14 +164,7 @@ class Finalizer:
         now = datetime.now(UTC)
         try:
             await self._files.insert_one(
-                {
-                    "_id": carve_id,
-                    "length": doc["carve_size"],
-                    "chunkSize": doc["block_size"],
-                    "uploadDate": now,
-                    "filename": filename,
-                    "metadata": {"sha256": sha256, "compression": compression.value},
-                }
+                files_doc(doc, filename=filename, sha256=sha256, compression=compression, now=now)
             )
         except DuplicateKeyError:
             log.info("carve %s: files document already written by an earlier attempt", carve_id)

@@ -6,13 +6,19 @@ import shutil
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.servers import BaoServer, RabbitServer, RedisServer, SecantusServer, Server
+from tests.servers import (
+    BaoServer,
+    RabbitServer,
+    RedisServer,
+    SecantusServer,
+    Server,
+    start_all,
+)
 from tests.stack import Stack
 from tests.vault import VaultAdmin
 
@@ -23,12 +29,6 @@ class Backends:
     rabbit: RabbitServer
     mongo: SecantusServer
     vault: BaoServer
-
-
-def _start_all(servers: list[Server]) -> None:
-    with ThreadPoolExecutor(len(servers)) as pool:
-        for future in [pool.submit(s.start) for s in servers]:
-            future.result()
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +42,7 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     )
     servers: list[Server] = [found.redis, found.rabbit, found.mongo, found.vault]
     try:
-        _start_all(servers)
+        start_all(servers)
         yield found
     finally:
         for server in servers:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -238,3 +239,10 @@ class BaoServer(Server):
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+
+def start_all(servers: list[Server]) -> None:
+    """Start several servers at once (RabbitMQ alone takes seconds); raise if any fails."""
+    with ThreadPoolExecutor(len(servers)) as pool:
+        for future in [pool.submit(server.start) for server in servers]:
+            future.result()

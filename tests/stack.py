@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 from gridfs import AsyncGridFSBucket
+from pydantic_settings import BaseSettings
 from pymongo import AsyncMongoClient
 
 from services.assembler.main import create_app as create_assembler
@@ -32,6 +33,7 @@ from services.janitor.sweep import Clock, utc_now
 from tests.servers import HOST, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+S = TypeVar("S", bound=BaseSettings)
 
 
 def fields(env: dict[str, str]) -> dict[str, Any]:
@@ -137,23 +139,24 @@ class Stack:
         self.apps.append(running)
         return running
 
+    def _settings(self, cls: type[S], overrides: dict[str, Any]) -> S:
+        """This test's settings for a service (any port), with ``overrides`` on top."""
+        return cls(**{**fields(self.env), "http_port": 0, **overrides})
+
     async def start_ingest(self, **overrides: Any) -> RunningApp:
-        settings = IngestSettings(**{**fields(self.env), "http_port": 0, **overrides})
-        return await self._serve(create_ingest(settings))
+        return await self._serve(create_ingest(self._settings(IngestSettings, overrides)))
 
     async def start_assembler(self, **overrides: Any) -> RunningApp:
-        settings = AssemblerSettings(**{**fields(self.env), "http_port": 0, **overrides})
-        return await self._serve(create_assembler(settings))
+        return await self._serve(create_assembler(self._settings(AssemblerSettings, overrides)))
 
     async def start_download(self, **overrides: Any) -> RunningApp:
-        settings = DownloadSettings(**{**fields(self.env), "http_port": 0, **overrides})
-        return await self._serve(create_download(settings))
+        return await self._serve(create_download(self._settings(DownloadSettings, overrides)))
 
     async def start_janitor(
         self, clock: Clock = utc_now, *, loop: bool = False, **overrides: Any
     ) -> RunningApp:
         """A janitor; without ``loop`` it sweeps only when a test calls ``run_sweep(app)``."""
-        settings = JanitorSettings(**{**fields(self.env), "http_port": 0, **overrides})
+        settings = self._settings(JanitorSettings, overrides)
         return await self._serve(create_janitor(settings, loop=loop, clock=clock))
 
     async def spawn(self, name: str, **env: str) -> ServiceProcess:
