@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from shared import keys
-from shared.metrics import metrics_view
+from shared.metrics import metrics_view, new_registry
 from shared.resources import amqp_connected
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,15 @@ async def check_amqp(app: web.Application) -> None:
 
 async def check_mongo(app: web.Application) -> None:
     await app[keys.MONGO_CLIENT].admin.command("ping")
+
+
+def service_app(name: str, **options: Any) -> web.Application:
+    """A service's application: named (readiness answers say which service), with its own
+    metrics registry under ``keys.REGISTRY``; ``options`` go to ``web.Application``."""
+    app = web.Application(**options)
+    app[keys.SERVICE_NAME] = name
+    app[keys.REGISTRY] = new_registry()
+    return app
 
 
 def add_health_routes(app: web.Application, checks: dict[str, Check]) -> None:

@@ -22,8 +22,7 @@ from services.assembler.store import GridChunkStore
 from services.assembler.tracker import CarveTracker
 from shared import keys as shared_keys
 from shared.finalize import Finalizer
-from shared.health import add_health_routes, check_amqp, check_mongo
-from shared.metrics import new_registry
+from shared.health import add_health_routes, check_amqp, check_mongo, service_app
 from shared.resources import amqp_ctx, mongo_ctx
 
 
@@ -70,12 +69,9 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: AssemblerSettings) -> web.Application:
-    app = web.Application()
+    app = service_app("carve-assembler")
     app[keys.SETTINGS] = settings
-    app[shared_keys.SERVICE_NAME] = "carve-assembler"
-    registry = new_registry()
-    app[shared_keys.REGISTRY] = registry
-    app[keys.METRICS] = AssemblerMetrics.create(registry)
+    app[keys.METRICS] = AssemblerMetrics.create(app[shared_keys.REGISTRY])
     app.cleanup_ctx.extend([mongo_ctx(settings), amqp_ctx(settings), _consumer_ctx])
     add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo})
     return app

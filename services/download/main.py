@@ -15,8 +15,7 @@ from services.download.routes import setup_routes
 from services.download.settings import DownloadSettings
 from services.download.slots import StreamSlots
 from shared import keys as shared_keys
-from shared.health import add_health_routes, check_mongo
-from shared.metrics import new_registry
+from shared.health import add_health_routes, check_mongo, service_app
 from shared.resources import mongo_ctx
 from shared.vault import vault_client
 
@@ -48,12 +47,9 @@ async def check_vault(app: web.Application) -> None:
 
 
 def create_app(settings: DownloadSettings) -> web.Application:
-    app = web.Application(middlewares=[responder_errors], client_max_size=64 * 1024)
+    app = service_app("carve-download", middlewares=[responder_errors], client_max_size=64 * 1024)
     app[keys.SETTINGS] = settings
-    app[shared_keys.SERVICE_NAME] = "carve-download"
-    registry = new_registry()
-    app[shared_keys.REGISTRY] = registry
-    app[keys.METRICS] = DownloadMetrics.create(registry)
+    app[keys.METRICS] = DownloadMetrics.create(app[shared_keys.REGISTRY])
     app[keys.STREAMS] = StreamSlots(settings.max_streams)
     app.cleanup_ctx.extend([mongo_ctx(settings), _vault_ctx, _tar_pool_ctx])
     setup_routes(app)

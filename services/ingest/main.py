@@ -16,8 +16,7 @@ from services.ingest.sessions import SessionStore
 from services.ingest.settings import IngestSettings
 from shared import keys as shared_keys
 from shared.carves import COLLECTION
-from shared.health import add_health_routes, check_amqp, check_mongo, check_redis
-from shared.metrics import new_registry
+from shared.health import add_health_routes, check_amqp, check_mongo, check_redis, service_app
 from shared.protocol import max_block_body
 from shared.resources import amqp_ctx, mongo_ctx, redis_ctx
 
@@ -52,14 +51,13 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: IngestSettings) -> web.Application:
     # client_max_size only guards request.read(); block bodies are read with their own limit.
-    app = web.Application(
-        middlewares=[osquery_errors], client_max_size=max_block_body(settings.max_block_size)
+    app = service_app(
+        "carve-ingest",
+        middlewares=[osquery_errors],
+        client_max_size=max_block_body(settings.max_block_size),
     )
     app[keys.SETTINGS] = settings
-    app[shared_keys.SERVICE_NAME] = "carve-ingest"
-    registry = new_registry()
-    app[shared_keys.REGISTRY] = registry
-    app[keys.METRICS] = IngestMetrics.create(registry)
+    app[keys.METRICS] = IngestMetrics.create(app[shared_keys.REGISTRY])
     app[keys.BUDGET] = ByteBudget(settings.max_inflight_bytes)
     app.cleanup_ctx.extend(
         [

@@ -20,8 +20,7 @@ from services.janitor.sweep import Clock, Janitor, Report, utc_now
 from shared import keys as shared_keys
 from shared.errors import TransientError
 from shared.finalize import Finalizer
-from shared.health import Check, add_health_routes, check_mongo, check_redis
-from shared.metrics import new_registry
+from shared.health import Check, add_health_routes, check_mongo, check_redis, service_app
 from shared.resources import CleanupCtx, mongo_ctx, redis_ctx
 
 log = logging.getLogger(__name__)
@@ -102,12 +101,9 @@ def create_app(
     settings: JanitorSettings, *, loop: bool = True, clock: Clock = utc_now
 ) -> web.Application:
     """The janitor: with ``loop`` it sweeps every CARVE_JANITOR_INTERVAL while serving health."""
-    app = web.Application()
+    app = service_app("carve-janitor")
     app[keys.SETTINGS] = settings
-    app[shared_keys.SERVICE_NAME] = "carve-janitor"
-    registry = new_registry()
-    app[shared_keys.REGISTRY] = registry
-    app[keys.METRICS] = JanitorMetrics.create(registry)
+    app[keys.METRICS] = JanitorMetrics.create(app[shared_keys.REGISTRY])
     app[keys.LAST_SUCCESS] = [time.monotonic()]
     app.cleanup_ctx.extend(
         [redis_ctx(settings), mongo_ctx(settings), _janitor_ctx(clock, loop=loop)]
