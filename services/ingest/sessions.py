@@ -8,9 +8,11 @@ is rebuilt on first use instead of failing the carve; only the duplicate
 filter restarts empty, which the idempotent storage makes harmless.
 
 A session's fields never change, so each ingest process keeps the ones it
-has seen for a few seconds: a block then costs one Redis round trip (an
-atomic script that records it and refreshes the expiry) instead of two. The
-cache only saves a read; nothing depends on which replica served what.
+has seen for a few seconds: a block then costs no read, only its share of one
+atomic script that records every block confirmed meanwhile by concurrent
+requests and refreshes their expiry (one round trip per batch, not per
+block). The cache only saves a read; nothing depends on which replica served
+what.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.batching import Coalescer
 from shared.carves import Status, new_carve_doc, same_start
 from shared.errors import Conflict, Unavailable, UnknownSession
 from shared.lifecycle import session_keys
@@ -87,16 +90,26 @@ async def _backend(name: str) -> AsyncIterator[None]:
         raise Unavailable(name, exc.__class__.__name__) from exc
 
 
-# Records a block, its time (the janitor's idle test) and keeps both keys alive, in one
-# round trip; returns the bit's old value, or -1 when the session is gone (ended by the
-# janitor, or lost with Redis): the bitmap is then not recreated on its own.
+# Records blocks, their time (the janitor's idle test) and keeps the keys alive, in one round
+# trip for every block that concurrent requests confirmed meanwhile: KEYS are (meta, bitmap)
+# pairs, ARGV the TTL, the time in ms, then one block id per pair. Returns each bit's old
+# value, or -1 when that session is gone (ended by the janitor, or lost with Redis): its
+# bitmap is then not recreated on its own.
 _MARK = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local old = redis.call('SETBIT', KEYS[2], ARGV[1], 1)
-redis.call('HSET', KEYS[1], 'last_block_at', ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return old
+local ttl, now = ARGV[1], ARGV[2]
+local result = {}
+for i = 1, #KEYS / 2 do
+  local meta, bits = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('EXISTS', meta) == 0 then
+    result[i] = -1
+  else
+    result[i] = redis.call('SETBIT', bits, ARGV[i + 2], 1)
+    redis.call('HSET', meta, 'last_block_at', now)
+    redis.call('EXPIRE', bits, ttl)
+    redis.call('EXPIRE', meta, ttl)
+  end
+end
+return result
 """
 
 
@@ -118,6 +131,7 @@ class SessionStore:
         self._prefix = prefix
         self._ttl = ttl
         self._mark = redis.register_script(_MARK)
+        self._marks: Coalescer[tuple[str, int], int] = Coalescer(self._mark_many, max_items=256)
         self._cache: TTLCache[str, Session] = TTLCache(maxsize=cache_size, ttl=cache_ttl)
 
     def _keys(self, session_id: str) -> tuple[str, str]:
@@ -232,9 +246,15 @@ class SessionStore:
         return old == 0
 
     async def _run_mark(self, session_id: str, block_id: int) -> int:
-        args = [block_id, self._ttl, int(time.time() * 1000)]  # ms: the janitor's idle test
+        return await self._marks.submit((session_id, block_id))
+
+    async def _mark_many(self, blocks: Sequence[tuple[str, int]]) -> list[int]:
+        """One script call for the blocks of many concurrent requests (see ``_MARK``)."""
+        keys = [key for session_id, _ in blocks for key in self._keys(session_id)]
+        args = [self._ttl, int(time.time() * 1000)]  # ms: the janitor's idle test
+        args += [block_id for _, block_id in blocks]
         async with _backend("redis"):
-            return int(await self._mark(keys=self._keys(session_id), args=args))
+            return [int(old) for old in await self._mark(keys=keys, args=args)]
 
 
 def _parse(session_id: str, fields: dict[bytes, bytes]) -> Session:

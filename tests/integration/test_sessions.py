@@ -1,0 +1,93 @@
+"""The ingest's session store against real Redis and SecantusDB: marks of concurrent requests
+share one script call, and each caller still gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
+
+from services.ingest.sessions import SessionStore
+from shared.errors import UnknownSession
+from shared.lifecycle import session_keys
+from shared.mongo import Document
+from shared.protocol import StartRequest
+from tests.conftest import Backends
+
+
+class CountingRedis(Redis):
+    """Redis that counts the script calls it sends (EVALSHA / EVAL)."""
+
+    scripts = 0
+
+    async def execute_command(self, *args: object, **options: object) -> object:
+        if args and str(args[0]).upper() in {"EVALSHA", "EVAL"}:
+            self.scripts += 1
+        return await super().execute_command(*args, **options)
+
+
+@pytest.fixture
+async def store(
+    backends: Backends, names: dict[str, str]
+) -> AsyncIterator[tuple[SessionStore, CountingRedis]]:
+    redis = CountingRedis.from_url(backends.redis.url)
+    mongo: AsyncMongoClient[Document] = AsyncMongoClient(backends.mongo.url)
+    db = mongo[names["mongo_db"]]
+    try:
+        yield SessionStore(redis, db["carves"], prefix=names["redis_key_prefix"], ttl=60), redis
+    finally:
+        await mongo.drop_database(db.name)
+        await mongo.close()
+        await redis.aclose()
+
+
+def start(blocks: int = 100) -> StartRequest:
+    return StartRequest(
+        block_count=blocks,
+        block_size=10,
+        carve_size=blocks * 10,
+        carve_id=uuid.uuid4().hex,
+        request_id=str(uuid.uuid4()),
+    )
+
+
+async def test_concurrent_marks_share_round_trips_and_keep_their_answers(
+    store: tuple[SessionStore, CountingRedis],
+) -> None:
+    sessions, redis = store
+    one, _ = await sessions.start(start())
+    two, _ = await sessions.start(start())
+    redis.scripts = 0
+    # 40 blocks of two carves at once, block 7 of the first twice: one of those two is new.
+    calls = [(one, n) for n in range(20)] + [(two, n) for n in range(20)] + [(one, 7)]
+    fresh = await asyncio.gather(*(sessions.mark(s, n) for s, n in calls))
+    assert sum(fresh) == 40  # every block recorded once; the repeat is a duplicate
+    assert fresh[7] != fresh[40]
+    assert redis.scripts <= 2, f"{redis.scripts} script calls for 41 concurrent marks"
+    # What Redis holds: exactly blocks 0-19 of each session.
+    for session_id in (one, two):
+        bits = session_keys(sessions._prefix, session_id)[1]
+        assert [await redis.getbit(bits, n) for n in range(22)] == [1] * 20 + [0, 0]
+    assert await sessions.mark(one, 3) is False  # later repeats are duplicates too
+
+
+async def test_a_gone_session_fails_only_its_own_callers(
+    store: tuple[SessionStore, CountingRedis],
+) -> None:
+    sessions, redis = store
+    live, _ = await sessions.start(start())
+    ended, _ = await sessions.start(start())
+    # The janitor ended this carve: status first, then the Redis keys.
+    await sessions._carves.update_one({"session_id": ended}, {"$set": {"status": "failed"}})
+    await redis.delete(*session_keys(sessions._prefix, ended))
+    results = await asyncio.gather(
+        sessions.mark(live, 1), sessions.mark(ended, 1), sessions.mark(live, 2),
+        return_exceptions=True,
+    )  # fmt: skip
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], UnknownSession)
+    assert not await redis.exists(*session_keys(sessions._prefix, ended))
