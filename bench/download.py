@@ -492,6 +492,7 @@ class Measured:
     backend_cpu: dict[str, float]
     bench_cpu: float
     rss_samples: int
+    rss_series: dict[str, list[list[float]]]
 
 
 async def measure(scenario: Scenario, ctx: Context, service: ServiceProcess) -> Measured:
@@ -522,6 +523,7 @@ async def measure(scenario: Scenario, ctx: Context, service: ServiceProcess) -> 
         backend_cpu={k: round(v - backend_cpu.get(k, 0.0), 2) for k, v in backend_after.items()},
         bench_cpu=round(time.process_time() - bench_cpu, 2),
         rss_samples=sampler.samples,
+        rss_series=sampler.series_mib(),
     )
 
 
@@ -552,6 +554,7 @@ def scenario_row(scenario: Scenario, ctx: Context, run: Measured, logs: Any) -> 
         "target": scenario.target,
         "path": expected.path,
         "bytes_each": expected.size,
+        "sha256_expected": expected.sha256,
         "total_mb": round(total / MB, 1),
         "wall_s": round(run.wall_s, 2),
         "aggregate_mb_per_s": round(total / MB / run.wall_s, 2),
@@ -566,6 +569,7 @@ def scenario_row(scenario: Scenario, ctx: Context, run: Measured, logs: Any) -> 
         "min_mem_available_mib": run.min_available_mib,
         "bench_process_cpu_s": run.bench_cpu,
         "rss_samples": run.rss_samples,
+        "rss_series_mib": run.rss_series,
         "errors": errors,
         "error_count": len(errors),
         "service_log": logs,
@@ -644,10 +648,11 @@ class Options:
     quick: bool
     min_available_mib: int
     secantus_malloc: str
+    scenarios: tuple[Scenario, ...] = SCENARIOS
 
 
 def chosen(options: Options) -> list[Scenario]:
-    picked = [s for s in SCENARIOS if options.only is None or s.name in options.only]
+    picked = [s for s in options.scenarios if options.only is None or s.name in options.only]
     return [
         Scenario(s.name, s.clients if s.clients == 1 else options.clients, s.target, s.purpose)
         for s in picked
@@ -824,19 +829,21 @@ def options_of(args: argparse.Namespace) -> Options:
     )
 
 
-def source_state() -> dict[str, Any]:
-    """The commit and the uncommitted files, so a figure can be tied to the code it measured."""
+def source_state(paths: Sequence[str] = ("services", "shared")) -> dict[str, Any]:
+    """The commit and the uncommitted files, so a figure can be tied to the code it measured
+    (with a hash of the uncommitted changes under ``paths``, the code being measured)."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return done.stdout
 
     changed = [line[3:] for line in git("status", "--porcelain").splitlines() if line]
-    diff = git("diff", "HEAD", "--", "services", "shared")
+    diff = git("diff", "HEAD", "--", *paths)
+    key = "_".join(paths) + "_diff_sha256"
     return {
         "commit": git("rev-parse", "HEAD").strip(),
         "uncommitted": changed,
-        "services_shared_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+        key: hashlib.sha256(diff.encode()).hexdigest() if diff else None,
     }
 
 

@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -70,6 +71,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
+from bench.queue_depth import QueueDepthSampler
 from clients.osquery_sim import (
     STATUS_SUCCESS,
     CarveResult,
@@ -102,10 +104,17 @@ class Scenario:
     carve_size: int
     block_size: int
     purpose: str
-    # Staged: the assembler is paused (SIGSTOP) during the upload, so "accepted" is the
+    # Staged: the assemblers are paused (SIGSTOP) during the upload, so "accepted" is the
     # ingest's own rate without MongoDB competing for the cores, and "drain" is the
-    # assembler's own rate with nothing else running.
+    # assemblers' own rate with nothing else running.
     staged: bool = False
+    compress: bool = False  # zstd level 1 .tar.zst, as the simulator's --compress
+    ingests: int = 1  # hosts are spread over the ingest processes, host i to ingest i % n
+    assemblers: int = 1
+
+    @property
+    def replicas(self) -> dict[str, int]:
+        return {"ingest": self.ingests, "assembler": self.assemblers}
 
 
 FULL = (
@@ -244,8 +253,10 @@ async def timed(steps: Sequence[Step], duration: float) -> tuple[int, float]:
     return sum(counts), time.perf_counter() - started
 
 
-def rate(unit: str, count: int, item_size: int, seconds: float) -> dict[str, Any]:
+def rate(unit: str, count: int, item_size: int, seconds: float, what: str) -> dict[str, Any]:
     return {
+        "what": what,
+        "unit": unit,
         "item_bytes": item_size,
         unit: count,
         "seconds": round(seconds, 3),
@@ -254,55 +265,64 @@ def rate(unit: str, count: int, item_size: int, seconds: float) -> dict[str, Any
     }
 
 
-async def _mongo_insert_many(
-    chunks: AsyncCollection[Document], size: int, batch: int, duration: float
-) -> dict[str, Any]:
+# The block sizes whose ceilings bench.upload measures (8 KiB and 1 MiB blocks).
+CEILING_SIZES = (8 * KiB, MiB)
+
+
+def size_tag(size: int) -> str:
+    """8192 -> "8k", 1048576 -> "1m": the suffix of a ceiling's key."""
+    return f"{size // MiB}m" if size % MiB == 0 else f"{size // KiB}k"
+
+
+def insert_batch(size: int) -> int:
+    """Chunks per insert: insert_many of 64 chunks for small ones (4 MiB at most, as the
+    assembler batches its writes), one insert_one per chunk from 1 MiB on."""
+    return 1 if size >= MiB else max(1, min(64, 4 * MiB // size))
+
+
+async def _mongo_inserts(
+    chunks: AsyncCollection[Document], size: int, duration: float
+) -> tuple[str, dict[str, Any]]:
     data, files_id, counter = Binary(os.urandom(size)), uuid.uuid4().hex, itertools.count()
+    batch = insert_batch(size)
 
     async def step() -> int:
         docs = [{"files_id": files_id, "n": next(counter), "data": data} for _ in range(batch)]
-        await chunks.insert_many(docs)
+        if batch == 1:
+            await chunks.insert_one(docs[0])
+        else:
+            await chunks.insert_many(docs)
         return batch
 
     count, seconds = await timed([step], duration)
-    return rate("chunks", count, size, seconds)
+    kind = "insert_one" if batch == 1 else "insert_many"
+    what = f"MongoDB {kind} {batch} x {human(size)} chunks"
+    return f"mongo_{kind}_{size_tag(size)}", rate("chunks", count, size, seconds, what)
 
 
-async def _mongo_insert_one(
-    chunks: AsyncCollection[Document], size: int, duration: float
-) -> dict[str, Any]:
-    data, files_id, counter = Binary(os.urandom(size)), uuid.uuid4().hex, itertools.count()
-
-    async def step() -> int:
-        await chunks.insert_one({"files_id": files_id, "n": next(counter), "data": data})
-        return 1
-
-    count, seconds = await timed([step], duration)
-    return rate("chunks", count, size, seconds)
-
-
-async def mongo_ceilings(url: str, duration: float) -> dict[str, dict[str, Any]]:
+async def mongo_ceilings(
+    url: str, duration: float, sizes: Sequence[int] = CEILING_SIZES
+) -> dict[str, dict[str, Any]]:
     """Chunk writes shaped like the assembler's: GridFS chunks with the unique (files_id, n)."""
     client: AsyncMongoClient[Document] = AsyncMongoClient(url)
     db = client[f"bench_ceiling_{uuid.uuid4().hex[:8]}"]
     chunks = db["archives.chunks"]
     try:
         await chunks.create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
-        return {
-            "mongo_insert_many_8k": await _mongo_insert_many(chunks, 8 * KiB, 64, duration),
-            "mongo_insert_one_1m": await _mongo_insert_one(chunks, MiB, duration),
-        }
+        return dict([await _mongo_inserts(chunks, size, duration) for size in sizes])
     finally:
         await client.drop_database(db.name)
         await client.close()
 
 
 async def _rabbit_publish(
-    channel: AbstractChannel, size: int, publishers: int, duration: float
-) -> dict[str, Any]:
+    channel: AbstractChannel, size: int, duration: float
+) -> tuple[str, dict[str, Any]]:
     name = f"bench.ceiling.{size}.{uuid.uuid4().hex[:8]}"
     queue = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
     body = os.urandom(size)
+    # 64 in flight, or fewer for large messages: 64 MiB in flight at most.
+    publishers = max(1, min(64, 64 * MiB // size))
 
     async def step() -> int:
         message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
@@ -313,18 +333,18 @@ async def _rabbit_publish(
         count, seconds = await timed([step] * publishers, duration)
     finally:
         await queue.delete(if_unused=False, if_empty=False)
-    return rate("messages", count, size, seconds)
+    what = f"RabbitMQ confirmed publish {human(size)}, {publishers} in flight"
+    return f"rabbit_publish_{size_tag(size)}", rate("messages", count, size, seconds, what)
 
 
-async def rabbit_ceilings(url: str, duration: float) -> dict[str, dict[str, Any]]:
-    """Persistent publishes with confirms to a durable quorum queue, 64 in flight."""
+async def rabbit_ceilings(
+    url: str, duration: float, sizes: Sequence[int] = CEILING_SIZES
+) -> dict[str, dict[str, Any]]:
+    """Persistent publishes with confirms to a durable quorum queue."""
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        return {
-            "rabbit_publish_8k": await _rabbit_publish(channel, 8 * KiB, 64, duration),
-            "rabbit_publish_1m": await _rabbit_publish(channel, MiB, 64, duration),
-        }
+        return dict([await _rabbit_publish(channel, size, duration) for size in sizes])
     finally:
         await connection.close()
 
@@ -359,13 +379,16 @@ async def redis_ceiling(url: str, duration: float) -> dict[str, dict[str, Any]]:
     finally:
         await redis.delete(meta, bits)
         await redis.aclose()
-    return {"redis_pipeline": rate("round_trips", count, 0, seconds)}
+    what = "Redis pipeline HGETALL+GETBIT, sequential"
+    return {"redis_pipeline": rate("round_trips", count, 0, seconds, what)}
 
 
-async def measure_ceilings(backends: Backends, duration: float) -> dict[str, dict[str, Any]]:
+async def measure_ceilings(
+    backends: Backends, duration: float, sizes: Sequence[int] = CEILING_SIZES
+) -> dict[str, dict[str, Any]]:
     log(f"ceilings: about {duration:g} s each")
-    ceilings = await mongo_ceilings(backends.mongo.url, duration)
-    ceilings |= await rabbit_ceilings(backends.rabbit.url, duration)
+    ceilings = await mongo_ceilings(backends.mongo.url, duration, sizes)
+    ceilings |= await rabbit_ceilings(backends.rabbit.url, duration, sizes)
     ceilings |= await redis_ceiling(backends.redis.url, duration * 2 / 3)
     return ceilings
 
@@ -395,22 +418,37 @@ class Run:
     backend_cpu: dict[str, float]
     bench_cpu: float
     rss_samples: int
+    # CPU seconds of every process (services, backends, "bench") during the upload and the drain
+    cpu_phases: dict[str, dict[str, float]]
+    redis_commands: int
+    rss_series: dict[str, list[list[float]]]
+    queue_depth: dict[str, Any]
+    upload_window: tuple[float, float]  # upload start and end, s since the samplers' origin
 
 
 class RssSampler:
-    """Largest VmRSS of each process, sampled every SAMPLE_INTERVAL while inside the block."""
+    """VmRSS of each process every SAMPLE_INTERVAL while inside the block: the largest, and
+    the series of (seconds since ``origin``, MiB)."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], origin: float | None = None) -> None:
         self.pids = pids
+        self.origin = time.perf_counter() if origin is None else origin
         self.max_kb = dict.fromkeys(pids, 0)
+        self.series: dict[str, list[tuple[float, float]]] = {name: [] for name in pids}
         self.samples = 0
         self._task: asyncio.Task[None] | None = None
 
     def sample(self) -> None:
         self.samples += 1
+        at = round(time.perf_counter() - self.origin, 3)
         for name, pid in self.pids.items():
             with contextlib.suppress(OSError):
-                self.max_kb[name] = max(self.max_kb[name], proc_kb(f"/proc/{pid}/status", "VmRSS"))
+                kb = proc_kb(f"/proc/{pid}/status", "VmRSS")
+                self.max_kb[name] = max(self.max_kb[name], kb)
+                self.series[name].append((at, round(kb / KiB, 1)))
+
+    def series_mib(self) -> dict[str, list[list[float]]]:
+        return {name: [list(point) for point in points] for name, points in self.series.items()}
 
     async def _loop(self) -> None:
         while True:
@@ -459,15 +497,24 @@ def stop_service(service: ServiceProcess) -> None:
         service.kill(signal.SIGKILL)
 
 
+def replica_labels(replicas: dict[str, int]) -> list[tuple[str, str]]:
+    """(label, service) of each process: "ingest", "ingest-2", ..., "assembler", ..."""
+    return [
+        (name if i == 0 else f"{name}-{i + 1}", name)
+        for name, count in replicas.items()
+        for i in range(count)
+    ]
+
+
 @contextlib.asynccontextmanager
 async def running_services(
-    env: dict[str, str], logdir: Path
+    env: dict[str, str], logdir: Path, replicas: dict[str, int] | None = None
 ) -> AsyncIterator[dict[str, ServiceProcess]]:
     """Fresh ingest and assembler processes (CARVE_HTTP_PORT is picked by ServiceProcess)."""
     procs: dict[str, ServiceProcess] = {}
     try:
-        for name in SERVICES:
-            procs[name] = ServiceProcess(name, env, logdir / f"{name}.log")
+        for label, name in replica_labels(replicas or dict.fromkeys(SERVICES, 1)):
+            procs[label] = ServiceProcess(name, env, logdir / f"{label}.log")
         for proc in procs.values():
             await proc.wait_ready(60.0)
         yield procs
@@ -478,7 +525,9 @@ async def running_services(
 
 def build_archives(scenario: Scenario, dest: Path, ids: Sequence[str]) -> list[Path]:
     return [
-        build_synthetic_archive(scenario.carve_size, dest, carve_guid=carve_id, seed=i)
+        build_synthetic_archive(
+            scenario.carve_size, dest, carve_guid=carve_id, seed=i, compress=scenario.compress
+        )
         for i, carve_id in enumerate(ids)
     ]
 
@@ -509,6 +558,60 @@ def process_usage(pid: int, cpu_at_ready: float, sampled_kb: int) -> dict[str, f
     }
 
 
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds of every process of a scenario at one moment, and Redis's command count."""
+
+    cpu: dict[str, float]  # service labels, backends, and "bench" (this process)
+    redis_commands: int
+
+    def until(self, later: CpuSnapshot) -> dict[str, float]:
+        return {k: round(v - self.cpu.get(k, 0.0), 2) for k, v in later.cpu.items()}
+
+
+async def cpu_snapshot(pids: dict[str, int], backends: Backends, redis: Redis) -> CpuSnapshot:
+    stats = await redis.info("stats")
+    cpu = {label: cpu_seconds(pid) for label, pid in pids.items()} | backends.cpu_seconds()
+    cpu["bench"] = time.process_time()
+    return CpuSnapshot(cpu, int(stats["total_commands_processed"]))
+
+
+def with_label(procs: dict[str, ServiceProcess], service: str) -> list[ServiceProcess]:
+    return [proc for label, proc in procs.items() if label.split("-")[0] == service]
+
+
+async def upload_spread(
+    urls: Sequence[str], archives: list[Path], ids: list[str], block_size: int
+) -> list[CarveResult]:
+    """Host i uploads through ``urls[i % len(urls)]``, as behind a load balancer."""
+    groups = [range(k, len(archives), len(urls)) for k in range(min(len(urls), len(archives)))]
+    per_url = await asyncio.gather(
+        *(
+            carve_many(
+                url,
+                [archives[i] for i in group],
+                carve_ids=[ids[i] for i in group],
+                block_size=block_size,
+            )
+            for url, group in zip(urls, groups, strict=False)
+        )
+    )
+    by_id = {result.carve_id: result for results in per_url for result in results}
+    return [by_id[carve_id] for carve_id in ids]
+
+
+@contextlib.contextmanager
+def paused(pids: Sequence[int], pause: bool) -> Iterator[None]:
+    """SIGSTOP ``pids`` inside the block (if ``pause``), SIGCONT after it."""
+    for pid in pids if pause else ():
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids if pause else ():
+            os.kill(pid, signal.SIGCONT)
+
+
 async def drive(
     scenario: Scenario,
     procs: dict[str, ServiceProcess],
@@ -516,50 +619,60 @@ async def drive(
     ids: list[str],
     carves: AsyncCollection[Document],
     backends: Backends,
+    queue: str,
 ) -> Run:
     """Upload, wait for assembly, then read the processes' counters while they still live."""
-    pids = {name: proc.proc.pid for name, proc in procs.items()}
-    cpu_ready = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    backend_cpu, bench_cpu = backends.cpu_seconds(), time.process_time()
+    pids = {label: proc.proc.pid for label, proc in procs.items()}
+    urls = [proc.url for proc in with_label(procs, "ingest")]
+    assemblers = [proc.proc.pid for proc in with_label(procs, "assembler")]
     timeout = 120 + scenario.hosts * scenario.carve_size / MB / 2  # at least ~2 MB/s
-    async with RssSampler(pids) as sampler:
-        if scenario.staged:
-            os.kill(pids["assembler"], signal.SIGSTOP)
-        started = time.perf_counter()
-        try:
-            results = await carve_many(
-                procs["ingest"].url, archives, carve_ids=ids, block_size=scenario.block_size
-            )
-        finally:
-            if scenario.staged:
-                os.kill(pids["assembler"], signal.SIGCONT)
-        uploaded = time.perf_counter()
+    origin = time.perf_counter()
+    async with (
+        Redis.from_url(backends.redis.url) as redis,
+        RssSampler(pids, origin) as sampler,
+        QueueDepthSampler(backends.rabbit.url, queue, origin) as depth,
+    ):
+        ready = await cpu_snapshot(pids, backends, redis)
+        with paused(assemblers, scenario.staged):
+            started = time.perf_counter()
+            results = await upload_spread(urls, archives, ids, scenario.block_size)
+            uploaded = time.perf_counter()
+            after_upload = await cpu_snapshot(pids, backends, redis)
         settled = await wait_settled(carves, [r.carve_id for r in results if r.ok], timeout)
-        done = time.perf_counter()
-    backend_after = backends.cpu_seconds()
+        done_at = time.perf_counter()
+        done = await cpu_snapshot(pids, backends, redis)
+    total = ready.until(done)
     return Run(
         results=results,
         upload_s=uploaded - started,
-        drain_s=done - uploaded,
+        drain_s=done_at - uploaded,
         settled=settled,
-        usage={n: process_usage(pid, cpu_ready[n], sampler.max_kb[n]) for n, pid in pids.items()},
-        backend_cpu={
-            k: round(backend_after[k] - backend_cpu.get(k, 0.0), 2) for k in backend_after
-        },
-        bench_cpu=round(time.process_time() - bench_cpu, 2),
+        usage={n: process_usage(pid, ready.cpu[n], sampler.max_kb[n]) for n, pid in pids.items()},
+        backend_cpu={name: total[name] for name in backends.cpu_seconds()},
+        bench_cpu=total["bench"],
         rss_samples=sampler.samples,
+        cpu_phases={"upload": ready.until(after_upload), "drain": after_upload.until(done)},
+        # Each INFO is counted by the next one: one per interval is the bench's own.
+        redis_commands=done.redis_commands - ready.redis_commands - 2,
+        rss_series=sampler.series_mib(),
+        queue_depth=depth.summary(),
+        upload_window=(round(started - origin, 3), round(uploaded - origin, 3)),
     )
 
 
 async def check_carves(
     carves: AsyncCollection[Document], results: list[CarveResult]
-) -> dict[str, int]:
-    """Everything that went wrong, by kind (all zero for a clean run)."""
+) -> tuple[dict[str, int], int]:
+    """Everything that went wrong, by kind (all zero for a clean run), and how many carves are
+    ``complete`` with the SHA-256 the host uploaded."""
     cursor = carves.find(
         {"_id": {"$in": [r.carve_id for r in results]}}, {"status": 1, "sha256": 1}
     )
     docs = {doc["_id"]: doc for doc in await cursor.to_list()}
     complete = {k: d for k, d in docs.items() if d.get("status") == "complete"}
+    verified = sum(
+        r.carve_id in complete and complete[r.carve_id].get("sha256") == r.sha256 for r in results
+    )
     return {
         "not_success": sum(r.status != STATUS_SUCCESS for r in results),
         "failed_blocks": sum(len(r.failed_blocks) for r in results),
@@ -569,7 +682,7 @@ async def check_carves(
             r.carve_id in complete and complete[r.carve_id].get("sha256") != r.sha256
             for r in results
         ),
-    }
+    }, verified
 
 
 def log_summary(path: Path) -> dict[str, Any]:
@@ -583,15 +696,49 @@ def log_summary(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def ceiling_keys(block_size: int) -> tuple[str, str]:
+def nearest_ceiling(ceilings: dict[str, Any], prefix: str, block_size: int) -> str:
+    """The ceiling of one kind (key ``prefix``) measured with the item size nearest the block's."""
+    keys = [key for key in ceilings if key.startswith(prefix)]
+    return min(keys, key=lambda key: abs(math.log(ceilings[key]["item_bytes"] / block_size)))
+
+
+def ceiling_keys(block_size: int, ceilings: dict[str, Any]) -> tuple[str, str]:
     """The MongoDB and RabbitMQ ceilings that match a block size."""
-    if block_size < MiB:
-        return "mongo_insert_many_8k", "rabbit_publish_8k"
-    return "mongo_insert_one_1m", "rabbit_publish_1m"
+    return (
+        nearest_ceiling(ceilings, "mongo_", block_size),
+        nearest_ceiling(ceilings, "rabbit_", block_size),
+    )
 
 
-def _ratio(value: float, ceiling: dict[str, Any]) -> float:
-    return round(value / ceiling["mb_per_s"], 3) if ceiling["mb_per_s"] else 0.0
+def _ratio(value: float, ceiling: dict[str, Any], unit: str = "mb_per_s") -> float:
+    return round(value / ceiling[unit], 3) if ceiling[unit] else 0.0
+
+
+def drain_rates(
+    scenario: Scenario, run: Run, ceilings: dict[str, Any], mongo_key: str
+) -> dict[str, Any]:
+    """Staged only: the assemblers' own rate (they did all their work after the upload)."""
+    if not scenario.staged or run.drain_s <= 0:
+        return {"drain_mb_per_s": None, "drain_blocks_per_s": None, "drain_vs_mongo_ceiling": None}
+    drain = sum(r.size for r in run.results) / MB / run.drain_s
+    return {
+        "drain_mb_per_s": round(drain, 2),
+        "drain_blocks_per_s": round(sum(r.block_count for r in run.results) / run.drain_s, 1),
+        "drain_vs_mongo_ceiling": _ratio(drain, ceilings[mongo_key]),
+    }
+
+
+def redis_use(run: Run, ceilings: dict[str, Any]) -> dict[str, Any]:
+    blocks = sum(r.block_count for r in run.results)
+    ceiling = ceilings.get("redis_pipeline")
+    return {
+        "redis_commands": run.redis_commands,
+        "redis_commands_per_block": round(run.redis_commands / blocks, 3) if blocks else None,
+        # One sequential round trip per block would use this fraction of Redis's ceiling.
+        "accepted_blocks_vs_redis_ceiling": (
+            _ratio(blocks / run.upload_s, ceiling, "round_trips_per_s") if ceiling else None
+        ),
+    }
 
 
 def throughput(scenario: Scenario, run: Run, ceilings: dict[str, Any]) -> dict[str, Any]:
@@ -600,7 +747,7 @@ def throughput(scenario: Scenario, run: Run, ceilings: dict[str, Any]) -> dict[s
     latencies = [value for r in run.results for value in r.latencies]
     total_s = run.upload_s + run.drain_s
     accepted, e2e = total_bytes / MB / run.upload_s, total_bytes / MB / total_s
-    mongo_key, rabbit_key = ceiling_keys(scenario.block_size)
+    mongo_key, rabbit_key = ceiling_keys(scenario.block_size, ceilings)
     return {
         "total_mb": round(total_bytes / MB, 1),
         "blocks": blocks,
@@ -618,25 +765,38 @@ def throughput(scenario: Scenario, run: Run, ceilings: dict[str, Any]) -> dict[s
         "e2e_vs_mongo_ceiling": _ratio(e2e, ceilings[mongo_key]),
         "rabbit_ceiling": rabbit_key,
         "accepted_vs_rabbit_ceiling": _ratio(accepted, ceilings[rabbit_key]),
+        **drain_rates(scenario, run, ceilings, mongo_key),
+        **redis_use(run, ceilings),
     }
 
 
 def scenario_row(
-    scenario: Scenario, run: Run, errors: dict[str, int], logs: dict[str, Any], ceilings: Any
+    scenario: Scenario, run: Run, check: tuple[dict[str, int], int], logs: Any, ceilings: Any
 ) -> dict[str, Any]:
+    errors, verified = check
     return {
         "name": scenario.name,
         "purpose": scenario.purpose,
         "hosts": scenario.hosts,
         "carve_size": scenario.carve_size,
         "block_size": scenario.block_size,
+        "staged": scenario.staged,
+        "compress": scenario.compress,
+        "ingests": scenario.ingests,
+        "assemblers": scenario.assemblers,
         **throughput(scenario, run, ceilings),
         "ingest": run.usage["ingest"],
         "assembler": run.usage["assembler"],
+        "processes": run.usage,
         "backend_cpu_s": run.backend_cpu,
         "bench_process_cpu_s": run.bench_cpu,
+        "cpu_s_by_phase": run.cpu_phases,
         "rss_samples": run.rss_samples,
+        "upload_window_s": list(run.upload_window),
+        "rss_series_mib": run.rss_series,
+        "queue_depth": run.queue_depth,
         "settled_carves": run.settled,
+        "verified_carves": verified,
         "errors": errors,
         "error_count": sum(errors.values()),
         "service_logs": logs,
@@ -651,14 +811,17 @@ async def _scenario_with_services(
     db = ctx.mongo[env["CARVE_MONGO_DB"]]
     logdir = ctx.workdir / tag
     try:
-        async with running_services(env, logdir) as procs:
+        async with running_services(env, logdir, scenario.replicas) as procs:
             log(f"{scenario.name}: services ready, uploading")
-            run = await drive(scenario, procs, archives, ids, db["carves"], ctx.backends)
-        errors = await check_carves(db["carves"], run.results)
+            run = await drive(
+                scenario, procs, archives, ids, db["carves"], ctx.backends, env["CARVE_AMQP_QUEUE"]
+            )
+        check = await check_carves(db["carves"], run.results)
     finally:
         await ctx.mongo.drop_database(db.name)
-    logs = {name: log_summary(logdir / f"{name}.log") for name in SERVICES}
-    return scenario_row(scenario, run, errors, logs, ctx.ceilings)
+    labels = [label for label, _ in replica_labels(scenario.replicas)]
+    logs = {label: log_summary(logdir / f"{label}.log") for label in labels}
+    return scenario_row(scenario, run, check, logs, ctx.ceilings)
 
 
 async def run_scenario(scenario: Scenario, ctx: Context) -> dict[str, Any]:
@@ -775,18 +938,11 @@ def columns_table(columns: Sequence[tuple[str, str]], rows: list[dict[str, Any]]
 
 
 def ceiling_lines(ceilings: dict[str, dict[str, Any]]) -> list[str]:
-    labels = {
-        "mongo_insert_many_8k": ("MongoDB insert_many 64 x 8KiB chunks", "chunks"),
-        "mongo_insert_one_1m": ("MongoDB insert_one 1MiB chunk", "chunks"),
-        "rabbit_publish_8k": ("RabbitMQ confirmed publish 8KiB, 64 in flight", "messages"),
-        "rabbit_publish_1m": ("RabbitMQ confirmed publish 1MiB, 64 in flight", "messages"),
-        "redis_pipeline": ("Redis pipeline HGETALL+GETBIT, sequential", "round_trips"),
-    }
     lines = []
-    for key, (label, unit) in labels.items():
-        c = ceilings[key]
+    for c in ceilings.values():
+        unit = c["unit"]
         mb = f"  {c['mb_per_s']:>8} MB/s" if c["item_bytes"] else ""
-        lines.append(f"  {label:<48} {c[f'{unit}_per_s']:>9} {unit}/s{mb}")
+        lines.append(f"  {c['what']:<48} {c[f'{unit}_per_s']:>9} {unit}/s{mb}")
     return lines
 
 

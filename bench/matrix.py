@@ -1,0 +1,443 @@
+"""Benchmark matrix: uploads and downloads swept along every axis, with a JSON + Markdown report.
+
+One command starts private Redis, RabbitMQ, SecantusDB and OpenBao servers (``tests.servers``),
+measures their raw ceilings, then runs every point of the matrix with fresh service processes
+(``python -m services.<name>``) and the project's osquery simulator in this process, and
+writes ``matrix-latest.json``, ``matrix-latest.md`` and the PNG plots. Everything runs on this
+machine and shares its cores: simulator, services and backends alike.
+
+Upload points are ``bench.upload`` scenarios; download points are ``bench.download``
+scenarios. A full factorial would take hours, so the matrix is a set of sweeps, each along one
+axis from a baseline (10 hosts, uncompressed, one ingest and one assembler):
+
+* block size (10 hosts, live): B8K, B256K, B1M, B8M (8 KiB, 256 KiB, 1 MiB, 8 MiB blocks);
+* hosts carving at once (live): H1-8K, B8K, H50-8K, H200-8K at 8 KiB and D100M, B1M, H50-1M,
+  H200-1M at 1 MiB;
+* compression (zstd level 1 .tar.zst, as ``--compress`` of the simulator): Z8K and Z1M against
+  B8K and B1M;
+* replicas, *staged* (the assemblers are paused while the hosts upload, so "accepted" is the
+  ingests' own rate and "drain" the assemblers' own): R8K-IxA and R1M-IxA for I ingests and A
+  assemblers in 1x1, 2x1, 1x2, 2x2; with two ingests, host i talks to ingest i % 2;
+* carve size (one host, 1 MiB blocks, live): D10M, D100M, D1G (RSS against carve size);
+* downloads of one seeded carve (``--download-size``, 1 GiB by default): DA1 and DA20 (1 and
+  20 concurrent whole-archive downloads), DM1 and DM20 (the same for the tar member).
+
+MB = 10^6 bytes, MiB = 2^20 bytes; "1 MB blocks" of the targets are 1 MiB blocks here (what
+osquery's ``--carver_block_size=1048576`` gives). ``--quick`` runs a few points at tiny sizes
+(well under a minute) to check the machinery; it writes into a new temporary directory unless
+``--out-dir`` says where.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.matrix                        # full matrix, about 10 minutes
+    .venv/bin/python -m bench.matrix --quick --out-dir /tmp/matrix
+    .venv/bin/python -m bench.matrix --only B8K,R8K-1x1 --json-out /tmp/m.json --out-dir /tmp/m
+    .venv/bin/python -m bench.report docs/benchmarks/matrix-latest.json   # the report again
+
+The exit status is 0 only if every carve ended ``SUCCESS``, ``complete`` and with the
+uploaded SHA-256, and every download had the expected length and SHA-256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+from bench import download, upload
+from bench.report import write_report
+from bench.targets import evaluate
+from bench.upload import GB, MB, KiB, MiB, Scenario, log
+from clients.osquery_sim import parse_size
+from tests.servers import BaoServer, RabbitServer, RedisServer, SecantusServer, start_all
+from tests.stack import ROOT
+
+GiB = 1024 * MiB
+DEFAULT_OUT_DIR = ROOT / "docs" / "benchmarks"
+REPORT_STEM = "matrix-latest"
+CEILING_SIZES = (8 * KiB, 256 * KiB, MiB, 8 * MiB)
+SOURCE_PATHS = ("services", "shared", "clients", "bench")
+
+# Which sweeps (plots and report sections) each point belongs to.
+SWEEPS: dict[str, tuple[str, ...]] = {
+    "B8K": ("block-size", "hosts-8k", "compression"),
+    "B256K": ("block-size",),
+    "B1M": ("block-size", "hosts-1m", "compression"),
+    "B8M": ("block-size",),
+    "Z8K": ("compression",),
+    "Z1M": ("compression",),
+    "H1-8K": ("hosts-8k",),
+    "H50-8K": ("hosts-8k",),
+    "H200-8K": ("hosts-8k",),
+    "H50-1M": ("hosts-1m",),
+    "H200-1M": ("hosts-1m",),
+    **{f"R8K-{grid}": ("replicas-8k",) for grid in ("1x1", "2x1", "1x2", "2x2")},
+    **{f"R1M-{grid}": ("replicas-1m",) for grid in ("1x1", "2x1", "1x2", "2x2")},
+    "D10M": ("carve-size",),
+    "D100M": ("carve-size", "hosts-1m"),
+    "D1G": ("carve-size",),
+    **{name: ("downloads",) for name in ("DA1", "DA20", "DM1", "DM20")},
+}
+
+
+def replica_grid(
+    prefix: str, hosts: int, carve: int, block: int, what: str, grids: Sequence[str]
+) -> list[Scenario]:
+    """Staged points for each "IxA" grid: I ingests, A assemblers."""
+    points = []
+    for grid in grids:
+        ingests, assemblers = (int(n) for n in grid.split("x"))
+        purpose = f"{what}, {ingests} ingest(s) x {assemblers} assembler(s), staged"
+        points.append(
+            Scenario(
+                f"{prefix}-{grid}",
+                hosts,
+                carve,
+                block,
+                purpose,
+                staged=True,
+                ingests=ingests,
+                assemblers=assemblers,
+            )
+        )
+    return points
+
+
+GRIDS = ("1x1", "2x1", "1x2", "2x2")
+FULL_UPLOADS = (
+    Scenario("B8K", 10, 2 * MB, 8 * KiB, "block size 8 KiB (osquery's default), 10 hosts"),
+    Scenario("B256K", 10, 20 * MB, 256 * KiB, "block size 256 KiB, 10 hosts"),
+    Scenario("B1M", 10, 20 * MB, MiB, "block size 1 MiB, 10 hosts (baseline)"),
+    Scenario("B8M", 10, 32 * MB, 8 * MiB, "block size 8 MiB (the ingest's maximum), 10 hosts"),
+    Scenario("Z8K", 10, 2 * MB, 8 * KiB, "B8K with zstd-compressed archives", compress=True),
+    Scenario("Z1M", 10, 20 * MB, MiB, "B1M with zstd-compressed archives", compress=True),
+    Scenario("H1-8K", 1, 4 * MB, 8 * KiB, "1 host, 8 KiB blocks"),
+    Scenario("H50-8K", 50, 512 * 1000, 8 * KiB, "50 hosts, 8 KiB blocks"),
+    Scenario("H200-8K", 200, 160 * 1000, 8 * KiB, "200 hosts, 8 KiB blocks"),
+    Scenario("H50-1M", 50, 8 * MB, MiB, "50 hosts, 1 MiB blocks (the RSS target)"),
+    Scenario("H200-1M", 200, 2 * MB, MiB, "200 hosts, 1 MiB blocks"),
+    *replica_grid("R8K", 50, 640 * 1000, 8 * KiB, "50 hosts, 8 KiB blocks", GRIDS),
+    *replica_grid("R1M", 20, 16 * MB, MiB, "20 hosts, 1 MiB blocks", GRIDS),
+    Scenario("D10M", 1, 10 * MB, MiB, "RSS vs carve size: 10 MB"),
+    Scenario("D100M", 1, 100 * MB, MiB, "RSS vs carve size: 100 MB"),
+    Scenario("D1G", 1, 1 * GB, MiB, "RSS vs carve size: 1 GB (the slowest upload point)"),
+)
+QUICK_UPLOADS = (
+    Scenario("B8K", 2, 200 * 1000, 8 * KiB, "8 KiB blocks, 2 hosts"),
+    Scenario("Z1M", 2, 3 * MB, MiB, "1 MiB blocks, zstd-compressed archives", compress=True),
+    *replica_grid("R1M", 2, 3 * MB, MiB, "2 hosts, 1 MiB blocks", ("2x2",)),
+)
+
+
+def download_points(clients: int) -> tuple[download.Scenario, ...]:
+    """DA1, DM1, DA20 and DM20 (named for the full run's 20 clients even when quick has fewer)."""
+    many = f"{clients} concurrent downloads"
+    return (
+        download.Scenario("DA1", 1, "archive", "1 download of the whole archive"),
+        download.Scenario("DM1", 1, "member", "1 download of the tar member"),
+        download.Scenario("DA20", clients, "archive", f"{many} of the whole archive"),
+        download.Scenario("DM20", clients, "member", f"{many} of the tar member"),
+    )
+
+
+FULL_DOWNLOADS = download_points(20)
+QUICK_DOWNLOADS = download_points(3)
+DEFAULT_DOWNLOAD_SIZE = 1 * GiB
+QUICK_DOWNLOAD_SIZE = 8 * MiB
+
+
+@dataclass(frozen=True)
+class Options:
+    quick: bool
+    only: set[str] | None
+    download_size: int
+    out_dir: Path
+    json_out: Path
+    service_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ceiling_seconds(self) -> float:
+        return 0.3 if self.quick else 2.0
+
+    def uploads(self) -> list[Scenario]:
+        points = QUICK_UPLOADS if self.quick else FULL_UPLOADS
+        return [p for p in points if self.only is None or p.name in self.only]
+
+    def downloads(self) -> tuple[download.Scenario, ...]:
+        points = QUICK_DOWNLOADS if self.quick else FULL_DOWNLOADS
+        return tuple(p for p in points if self.only is None or p.name in self.only)
+
+
+# --------------------------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Servers:
+    """All four backends; uploads and downloads see them through their own Backends views."""
+
+    uploads: upload.Backends
+    downloads: download.Backends
+
+    @property
+    def all(self) -> list[Any]:
+        return [*self.uploads.servers, self.downloads.vault]
+
+
+@contextlib.contextmanager
+def running_servers(root: Path) -> Iterator[Servers]:
+    """Redis, RabbitMQ, SecantusDB and OpenBao started at once; always stopped."""
+    mongo = SecantusServer(root / "mongo")
+    uploads = upload.Backends(RedisServer(root / "redis"), RabbitServer(root / "rabbitmq"), mongo)
+    servers = Servers(uploads, download.Backends(mongo=mongo, vault=BaoServer(root / "openbao")))
+    try:
+        start_all(servers.all)
+        yield servers
+    finally:
+        for server in servers.all:
+            server.stop(signal.SIGKILL)
+        uploads.rabbit.remove()
+
+
+# --------------------------------------------------------------------------------------------
+# Points
+# --------------------------------------------------------------------------------------------
+
+
+def failed_row(name: str, kind: str, exc: BaseException) -> dict[str, Any]:
+    """A point that could not be measured: an error, never a figure."""
+    log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+    return {
+        "name": name,
+        "kind": kind,
+        "sweeps": list(SWEEPS.get(name, ())),
+        "failed": f"{type(exc).__name__}: {exc}",
+        "errors": {"point_failed": 1},
+        "error_count": 1,
+    }
+
+
+async def upload_point(scenario: Scenario, ctx: upload.Context) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        row = await upload.run_scenario(scenario, ctx)
+    except Exception as exc:  # one broken point must not hide the others' figures
+        return failed_row(scenario.name, "upload", exc)
+    row["point_s"] = round(time.perf_counter() - started, 1)
+    return {"kind": "upload", "sweeps": list(SWEEPS.get(scenario.name, ())), **row}
+
+
+async def run_uploads(
+    servers: Servers, workdir: Path, options: Options, ceilings: dict[str, Any]
+) -> list[dict[str, Any]]:
+    client: AsyncMongoClient[upload.Document] = AsyncMongoClient(servers.uploads.mongo.url)
+    try:
+        ctx = upload.Context(servers.uploads, client, workdir, ceilings)
+        return [await upload_point(scenario, ctx) for scenario in options.uploads()]
+    finally:
+        await client.close()
+
+
+def download_row(row: dict[str, Any], read_ceiling: dict[str, Any]) -> dict[str, Any]:
+    ceiling = read_ceiling["mb_per_s"]
+    extra: dict[str, Any] = {"kind": "download", "sweeps": list(SWEEPS.get(row["name"], ()))}
+    if "aggregate_mb_per_s" in row and ceiling:
+        extra["aggregate_vs_read_ceiling"] = round(row["aggregate_mb_per_s"] / ceiling, 3)
+    return {**extra, **row}
+
+
+async def run_downloads(
+    servers: Servers, workdir: Path, options: Options
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Seed one carve, then the download points; (seeding and read ceiling, rows)."""
+    points = options.downloads()
+    if not points:
+        return None, []
+    started = time.perf_counter()
+    dl_options = download.Options(
+        size=options.download_size,
+        clients=max(p.clients for p in points),
+        only=None,
+        extra_env=options.service_env,
+        quick=options.quick,
+        min_available_mib=download.DEFAULT_MIN_AVAILABLE_MIB,
+        secantus_malloc="glibc",  # the SecantusDB the uploads used, as tests.servers starts it
+        scenarios=points,
+    )
+    (workdir / "download").mkdir(parents=True, exist_ok=True)
+    try:
+        result = await download.run_all(servers.downloads, workdir / "download", dl_options)
+    except Exception as exc:  # as for an upload point: report it, keep the rest
+        return None, [failed_row(p.name, "download", exc) for p in points]
+    summary = {k: result[k] for k in ("carve", "seeding", "read_ceiling", "rss_target")}
+    summary["phase_s"] = round(time.perf_counter() - started, 1)
+    return summary, [download_row(row, result["read_ceiling"]) for row in result["scenarios"]]
+
+
+async def run_all(servers: Servers, workdir: Path, options: Options) -> dict[str, Any]:
+    ceilings = await upload.measure_ceilings(
+        servers.uploads, options.ceiling_seconds, CEILING_SIZES
+    )
+    rows = await run_uploads(servers, workdir, options, ceilings)
+    downloads, download_rows = await run_downloads(servers, workdir, options)
+    return {"ceilings": ceilings, "points": rows + download_rows, "downloads": downloads}
+
+
+# --------------------------------------------------------------------------------------------
+# The run and its record
+# --------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    return {
+        **upload.machine_info(),
+        "load_average_at_start": [round(load, 2) for load in os.getloadavg()],
+        "mem_available_gib_at_start": round(
+            upload.proc_kb("/proc/meminfo", "MemAvailable") / MiB, 1
+        ),
+    }
+
+
+def defined_points(options: Options) -> list[str]:
+    uploads = QUICK_UPLOADS if options.quick else FULL_UPLOADS
+    return [p.name for p in uploads] + [p.name for p in FULL_DOWNLOADS]
+
+
+def header(options: Options, started_at: str) -> dict[str, Any]:
+    """What was measured, where and with what: the part of the record before any figure."""
+    ran = {p.name for p in options.uploads()} | {p.name for p in options.downloads()}
+    return {
+        "kind": "bench.matrix",
+        "mode": "quick" if options.quick else "full",
+        "only": sorted(options.only) if options.only else None,
+        "not_run": [name for name in defined_points(options) if name not in ran],
+        "started_at": started_at,
+        "machine": machine(),
+        "source": download.source_state(SOURCE_PATHS),
+        "options": {
+            "download_size": options.download_size,
+            "ceiling_seconds": options.ceiling_seconds,
+            "service_env": options.service_env,
+            "secantus_malloc": "glibc",
+        },
+    }
+
+
+def run(options: Options) -> dict[str, Any]:
+    """Backends up, ceilings and points, backends down (also on errors and Ctrl-C)."""
+    record = header(options, datetime.now(UTC).isoformat(timespec="seconds"))
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="carve-bench-matrix-"))
+    try:
+        log(f"starting Redis, RabbitMQ, SecantusDB and OpenBao under {workdir}")
+        with running_servers(workdir / "backends") as servers:
+            record["backend_start_s"] = round(time.perf_counter() - started, 1)
+            record |= asyncio.run(run_all(servers, workdir, options))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    record["total_seconds"] = round(time.perf_counter() - started, 1)
+    record["targets"] = evaluate(record)
+    record["error_count"] = sum(point["error_count"] for point in record["points"])
+    record["ok"] = record["error_count"] == 0
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.matrix", description=(__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, well under a minute")
+    parser.add_argument("--only", default="", help="comma-separated point names (e.g. B8K,DA20)")
+    parser.add_argument(
+        "--download-size",
+        type=_size_arg,
+        default=None,
+        help=f"seeded carve's member size (default {upload.human(DEFAULT_DOWNLOAD_SIZE)}; "
+        f"--quick {upload.human(QUICK_DOWNLOAD_SIZE)})",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help=f"where the Markdown report and PNGs go (default {DEFAULT_OUT_DIR}; "
+        "--quick: a new temporary directory)",
+    )
+    parser.add_argument(
+        "--json-out", type=Path, default=None, help=f"default OUT_DIR/{REPORT_STEM}.json"
+    )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for every service under test (repeatable)",
+    )
+    return parser.parse_args(argv)
+
+
+def options_of(args: argparse.Namespace) -> Options:
+    quick = bool(args.quick)
+    out_dir = args.out_dir
+    if out_dir is None:
+        # A smoke run never overwrites the committed report.
+        out_dir = Path(tempfile.mkdtemp(prefix="carve-matrix-quick-")) if quick else DEFAULT_OUT_DIR
+    size = args.download_size
+    if size is None:
+        size = QUICK_DOWNLOAD_SIZE if quick else DEFAULT_DOWNLOAD_SIZE
+    return Options(
+        quick=quick,
+        only={name.strip() for name in args.only.split(",") if name.strip()} or None,
+        download_size=size,
+        out_dir=out_dir,
+        json_out=args.json_out or out_dir / f"{REPORT_STEM}.json",
+        service_env=dict(item.split("=", 1) for item in args.service_env),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = options_of(parse_args(argv))
+    unknown = (options.only or set()) - set(SWEEPS)
+    if unknown:
+        log(f"unknown point(s): {', '.join(sorted(unknown))}; known: {', '.join(SWEEPS)}")
+        return 2
+    upload.EXTRA_ENV.update(options.service_env)
+    signal.signal(signal.SIGTERM, upload._interrupt)
+    try:
+        record = run(options)
+    except KeyboardInterrupt:
+        log("interrupted; servers stopped")
+        return 130
+    upload.write_json(record, options.json_out)
+    write_report(record, options.out_dir, options.json_out.stem)
+    log(f"{'OK' if record['ok'] else 'ERRORS'}: {record['error_count']} error(s)")
+    return 0 if record["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
