@@ -62,7 +62,14 @@ from bench.report import write_report
 from bench.targets import evaluate
 from bench.upload import GB, MB, KiB, MiB, Scenario, log
 from clients.osquery_sim import parse_size
-from tests.servers import BaoServer, RabbitServer, RedisServer, SecantusServer, start_all
+from tests.servers import (
+    BaoServer,
+    RabbitServer,
+    RedisServer,
+    SecantusServer,
+    Server,
+    start_all,
+)
 from tests.stack import ROOT
 
 GiB = 1024 * MiB
@@ -125,11 +132,11 @@ FULL_UPLOADS = (
     Scenario("Z8K", 10, 2 * MB, 8 * KiB, "B8K with zstd-compressed archives", compress=True),
     Scenario("Z1M", 10, 20 * MB, MiB, "B1M with zstd-compressed archives", compress=True),
     Scenario("H1-8K", 1, 4 * MB, 8 * KiB, "1 host, 8 KiB blocks"),
-    Scenario("H50-8K", 50, 512 * 1000, 8 * KiB, "50 hosts, 8 KiB blocks"),
+    Scenario("H50-8K", 50, 500 * 1000, 8 * KiB, "50 hosts, 8 KiB blocks"),
     Scenario("H200-8K", 200, 160 * 1000, 8 * KiB, "200 hosts, 8 KiB blocks"),
     Scenario("H50-1M", 50, 8 * MB, MiB, "50 hosts, 1 MiB blocks (the RSS target)"),
     Scenario("H200-1M", 200, 2 * MB, MiB, "200 hosts, 1 MiB blocks"),
-    *replica_grid("R8K", 50, 640 * 1000, 8 * KiB, "50 hosts, 8 KiB blocks", GRIDS),
+    *replica_grid("R8K", 50, 1 * MB, 8 * KiB, "50 hosts, 8 KiB blocks", GRIDS),
     *replica_grid("R1M", 20, 16 * MB, MiB, "20 hosts, 1 MiB blocks", GRIDS),
     Scenario("D10M", 1, 10 * MB, MiB, "RSS vs carve size: 10 MB"),
     Scenario("D100M", 1, 100 * MB, MiB, "RSS vs carve size: 100 MB"),
@@ -170,7 +177,7 @@ class Options:
 
     @property
     def ceiling_seconds(self) -> float:
-        return 0.3 if self.quick else 2.0
+        return 0.3 if self.quick else 1.5
 
     def uploads(self) -> list[Scenario]:
         points = QUICK_UPLOADS if self.quick else FULL_UPLOADS
@@ -194,7 +201,7 @@ class Servers:
     downloads: download.Backends
 
     @property
-    def all(self) -> list[Any]:
+    def all(self) -> list[Server]:
         return [*self.uploads.servers, self.downloads.vault]
 
 

@@ -40,10 +40,9 @@ def fmt(value: Any) -> str:
 def size(value: int | None) -> str:
     if value is None:
         return MISSING
-    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if value >= unit and value % unit == 0:
-            return f"{value // unit} {name}"
-    for unit, name in ((10**9, "GB"), (10**6, "MB"), (10**3, "kB")):
+    units = ((10**9, "GB"), (10**6, "MB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"),
+             (10**3, "kB"))  # fmt: skip
+    for unit, name in units:
         if value >= unit and value % unit == 0:
             return f"{value // unit} {name}"
     return f"{value:,} B"
@@ -227,6 +226,7 @@ def downloads(record: Row) -> list[str]:
             r["name"],
             fmt(r.get("clients")),
             fmt(r.get("target")),
+            fmt(r.get("wall_s")),
             fmt(r.get("aggregate_mb_per_s")),
             fmt(r.get("aggregate_vs_read_ceiling")),
             fmt(r.get("per_download_mb_per_s_min")),
@@ -237,7 +237,7 @@ def downloads(record: Row) -> list[str]:
         ]
         for r in rows
     ]
-    headers = ["point", "clients", "what", "aggregate MB/s", "x read ceiling", "min MB/s",
+    headers = ["point", "clients", "what", "wall s", "aggregate MB/s", "x read ceiling", "min MB/s",
                "median MB/s", "peak RSS MiB", "peak RSS MB", "errors"]  # fmt: skip
     return [
         "## Downloads",

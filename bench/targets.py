@@ -70,21 +70,25 @@ def _cpu_per_unit(row: Row, phase: str, per_mb: bool) -> tuple[dict[str, float],
 
 
 def cpu_bound(phase: str, per_mb: bool, ceiling_field: str) -> Bound:
-    """CPU per block (or MB) of every process in ``phase``: what both cores allow at most."""
+    """CPU per block (or MB) of every process in ``phase`` (upload or drain): what both cores
+    would allow at most, and how busy they were (the rest of the time went to waiting)."""
 
     def bound(rows: Sequence[Row], record: Row) -> str:
         row = rows[0]
         per, unit = _cpu_per_unit(row, phase, per_mb)
-        if not per:
-            return "no CPU figures for this point"
         total = sum(per.values())
+        if not total:
+            return "no CPU figures for this point"
         cores = record["machine"]["cores"]
+        seconds = row[f"{phase}_s"]
+        busy = total / 1000 * (row["total_mb"] if per_mb else row["blocks"]) / seconds / cores
         parts = ", ".join(f"{proc} {ms:.2f}" for proc, ms in sorted(per.items(), key=_second))
-        ceiling = row.get(ceiling_field)
+        rate = "MB/s" if per_mb else "blocks/s"
         return (
-            f"{phase}-phase CPU ms per {unit}: {parts}; {total:.2f} ms in all, so "
-            f"{cores} cores allow at most {cores * 1000 / total:,.0f} {unit}s/s with every "
-            f"process on this machine ({field_name(ceiling_field)}: {ceiling})"
+            f"{phase}-phase CPU ms per {unit}: {parts}; {total:.2f} ms in all, so {cores} cores "
+            f"allow at most {cores * 1000 / total:,.0f} {rate} with every process on this "
+            f"machine; in the {seconds} s of the phase they were {busy:.0%} busy "
+            f"({field_name(ceiling_field)}: {row.get(ceiling_field)})"
         )
 
     return bound
@@ -283,7 +287,11 @@ TARGETS: tuple[Target, ...] = (
         False,
     ),
     _rate_target(
-        "8k-two-ingests", "8 KiB blocks: >= 6,000 blocks/s with two", "R8K-2x1", 6000, False
+        "8k-two-ingests",
+        "8 KiB blocks: >= 6,000 blocks/s with two ingest processes",
+        "R8K-2x1",
+        6000,
+        False,
     ),
     _rate_target(
         "1m-one-ingest", "1 MB blocks: >= 150 MB/s accepted (one ingest)", "R1M-1x1", 150, True
@@ -334,7 +342,8 @@ def evaluate_one(target: Target, points: Points, record: Row) -> Row:
     }
     missing = [name for name in target.points if name not in points]
     if missing:
-        return {**base, "measured": None, "verdict": "not run", "notes": missing, "bound": None}
+        notes = [f"{name} not run" for name in missing]
+        return {**base, "measured": None, "verdict": "not run", "notes": notes, "bound": None}
     rows = [points[name] for name in target.points]
     value = target.value(points)
     result, notes = verdict(target, rows, value)

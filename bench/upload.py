@@ -648,7 +648,7 @@ async def drive(
         drain_s=done_at - uploaded,
         settled=settled,
         usage={n: process_usage(pid, ready.cpu[n], sampler.max_kb[n]) for n, pid in pids.items()},
-        backend_cpu={name: total[name] for name in backends.cpu_seconds()},
+        backend_cpu={s.name: total[s.name] for s in backends.servers if s.name in total},
         bench_cpu=total["bench"],
         rss_samples=sampler.samples,
         cpu_phases={"upload": ready.until(after_upload), "drain": after_upload.until(done)},
