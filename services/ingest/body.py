@@ -70,6 +70,48 @@ def peek_block_id(prefix: bytes) -> int | None:
     return int(match.group(1)) if match else None
 
 
+# The start of the "data" member, whose value is the base64 payload (group 1: key's opening quote).
+_DATA_RE = re.compile(rb'(")data"[ \t\r\n]*:[ \t\r\n]*"')
+
+
+def split_block_body(body: bytearray) -> tuple[dict[str, object], memoryview | None]:
+    """A block body parsed without turning its payload into a Python string.
+
+    orjson would copy a 1 MiB block's base64 into a str (0.7 ms) that is then decoded
+    (0.2 ms from a str, 0.09 ms from the buffer itself). When the body has the shape
+    osquery sends, with ``data`` as the last member of the object, the rest is parsed
+    with the payload cut out and the payload is returned as a view of the body.
+
+    The cut-out is taken only when it changes nothing a full parse would say: the key
+    is a real top-level key (preceded by ``{`` or ``,``, so not inside another string;
+    followed only by the object's own ``}``, so at the outermost level and the last,
+    winning, "data" key), and the payload holds no quote or backslash (so it is one
+    whole JSON string, whose characters the strict base64 decoding checks later).
+    Otherwise: a full parse, and ``None`` for the view.
+    """
+    view = _payload_view(body)
+    if view is None:
+        return parse_json_object(body), None
+    start, end = view
+    fields = parse_json_object(body[:start] + body[end:])
+    if fields.get("data") != "":
+        return parse_json_object(body), None
+    return fields, memoryview(body)[start:end]
+
+
+def _payload_view(body: bytearray) -> tuple[int, int] | None:
+    """Where the top-level "data" string's content lies, if osquery's shape holds."""
+    match = _DATA_RE.search(body)
+    if match is None or bytes(body[: match.start(1)].rstrip()[-1:]) not in (b"{", b","):
+        return None
+    start, end = match.end(), body.rfind(b'"')
+    if end < start or body[end + 1 :].strip() != b"}":
+        return None
+    if body.find(b'"', start, end) != -1 or body.find(b"\\", start, end) != -1:
+        return None  # not one whole string: leave it to the full parse
+    return start, end
+
+
 def parse_json_object(body: bytes | bytearray) -> dict[str, object]:
     try:
         value = orjson.loads(body)

@@ -17,6 +17,7 @@ from services.ingest.body import (
     peek_session_id,
     read_prefix,
     read_rest,
+    split_block_body,
 )
 from services.ingest.sessions import Session, redact
 from shared.errors import Forbidden, InvalidRequest, PayloadTooLarge
@@ -105,14 +106,26 @@ async def _peek(request: web.Request) -> _Peeked:
     return _Peeked(prefix, session, seen, hint, max_block_body(session.block_size))
 
 
-async def _read_block_request(
-    request: web.Request, peeked: _Peeked
-) -> tuple[BlockRequest, Session, bool]:
+@dataclass
+class _Received:
+    """A parsed block request; the base64 payload stays in the body when it could."""
+
+    block: BlockRequest
+    payload: memoryview | None  # None: the payload is block.data
+    session: Session
+    seen: bool
+
+    def base64(self) -> str | memoryview:
+        return self.block.data if self.payload is None else self.payload
+
+
+async def _read_block_request(request: web.Request, peeked: _Peeked) -> _Received:
     """Parse a block body, reading no more than the session's block size allows."""
     sessions = request.app[keys.SESSIONS]
     body = await read_rest(request, peeked.prefix, peeked.limit)
+    fields, payload = split_block_body(body)
     try:
-        block = BlockRequest.model_validate(parse_json_object(body))
+        block = BlockRequest.model_validate(fields)
     except ValidationError as exc:
         raise InvalidRequest(_validation_message(exc)) from exc
     session, seen = peeked.session, peeked.seen
@@ -120,11 +133,12 @@ async def _read_block_request(
         session, seen = await sessions.get(block.session_id, block.block_id)
     elif peeked.hint != block.block_id:
         seen = await sessions.seen(session.session_id, block.block_id)
-    return block, session, seen
+    return _Received(block, payload, session, seen)
 
 
-def _check_block(request: web.Request, block: BlockRequest, session: Session) -> bytes:
+def _check_block(request: web.Request, received: _Received) -> bytes:
     """The decoded payload, once the block is known to belong where it claims."""
+    block, session = received.block, received.session
     if block.request_id != session.request_id:
         raise InvalidRequest("request_id does not match the session")
     if not session.node_key_matches(_node_key_header(request)):
@@ -132,7 +146,7 @@ def _check_block(request: web.Request, block: BlockRequest, session: Session) ->
     if block.block_id >= session.block_count:
         raise InvalidRequest(f"block_id {block.block_id} out of range [0, {session.block_count})")
     try:
-        data = decode_block_data(block.data)
+        data = decode_block_data(received.base64())
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc
     want = expected_block_length(
@@ -148,12 +162,12 @@ async def upload_block(request: web.Request) -> web.Response:
     peeked = await _peek(request)
     # Memory: the body, its decoded block and the broker's frames stay until the confirm.
     async with app[keys.BUDGET].hold(request.content_length or peeked.limit):
-        request_block, session, seen = await _read_block_request(request, peeked)
+        received = await _read_block_request(request, peeked)
         del peeked
-        data = _check_block(request, request_block, session)
-        block_id = request_block.block_id
-        # The base64 text is a third larger than the block: let it go before the broker's confirm.
-        del request_block
+        data = _check_block(request, received)
+        session, block_id, seen = received.session, received.block.block_id, received.seen
+        # The body is a third larger than the block: let it go before the broker's confirm.
+        del received
         fresh = False if seen else await _store(app, session, block_id, data)
     metrics = app[keys.METRICS]
     if not fresh:
