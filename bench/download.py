@@ -78,6 +78,7 @@ from bench.upload import (
     MiB,
     RssSampler,
     _interrupt,
+    add_service_env_option,
     columns_table,
     cpu_seconds,
     group_cpu_seconds,
@@ -771,7 +772,8 @@ def render(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _size_arg(text: str) -> int:
+def size_arg(text: str) -> int:
+    """An argparse type: a size such as 1GiB or 64MB."""
     try:
         return parse_size(text)
     except ValueError as exc:
@@ -783,18 +785,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m bench.download", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument(
-        "--size", type=_size_arg, default=None, help="member size (default 1GiB; --quick 64MiB)"
+        "--size", type=size_arg, default=None, help="member size (default 1GiB; --quick 64MiB)"
     )
     parser.add_argument("--quick", action="store_true", help=f"{human(QUICK_SIZE)} carve")
     parser.add_argument("--clients", type=int, default=20, help="concurrent clients (default 20)")
     parser.add_argument("--only", default="", help="comma-separated scenarios (A1,A20,M20)")
-    parser.add_argument(
-        "--service-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for the download service (repeatable)",
-    )
+    add_service_env_option(parser, "the download service")
     parser.add_argument(
         "--secantus-malloc",
         choices=sorted(SECANTUS_MALLOC),

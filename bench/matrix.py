@@ -58,10 +58,9 @@ from typing import Any
 from pymongo import AsyncMongoClient
 
 from bench import download, upload
-from bench.report import write_report
+from bench.report import size, write_report
 from bench.targets import evaluate
 from bench.upload import GB, MB, KiB, MiB, Scenario, log
-from clients.osquery_sim import parse_size
 from tests.servers import (
     BaoServer,
     RabbitServer,
@@ -368,13 +367,6 @@ def run(options: Options) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _size_arg(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.matrix", description=(__doc__ or "").split("\n")[0]
@@ -383,10 +375,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help="comma-separated point names (e.g. B8K,DA20)")
     parser.add_argument(
         "--download-size",
-        type=_size_arg,
+        type=download.size_arg,
         default=None,
-        help=f"seeded carve's member size (default {upload.human(DEFAULT_DOWNLOAD_SIZE)}; "
-        f"--quick {upload.human(QUICK_DOWNLOAD_SIZE)})",
+        help=f"seeded carve's member size (default {size(DEFAULT_DOWNLOAD_SIZE)}; "
+        f"--quick {size(QUICK_DOWNLOAD_SIZE)})",
     )
     parser.add_argument(
         "--out-dir",
@@ -398,13 +390,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json-out", type=Path, default=None, help=f"default OUT_DIR/{REPORT_STEM}.json"
     )
-    parser.add_argument(
-        "--service-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for every service under test (repeatable)",
-    )
+    upload.add_service_env_option(parser, "every service under test")
     return parser.parse_args(argv)
 
 

@@ -987,18 +987,22 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.upload", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="small smoke run (< 1 minute)")
+def add_service_env_option(parser: argparse.ArgumentParser, services: str) -> None:
     parser.add_argument(
         "--service-env",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra environment for the services under test (repeatable)",
+        help=f"extra environment for {services} (repeatable)",
     )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.upload", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="small smoke run (< 1 minute)")
+    add_service_env_option(parser, "the services under test")
     parser.add_argument(
         "--only", default="", help="comma-separated scenario names to run (e.g. A,C)"
     )
