@@ -128,30 +128,36 @@ def hosts_plot(record: Row, path: Path) -> None:
     _save(fig, path)
 
 
-def _replica_panel(ax: Axes, rows: list[Row], per_block: bool, title: str) -> None:
+def _replica_panel(ax: Axes, rows: list[Row], per_block: bool, ceilings: Row) -> None:
+    title = "8 KiB blocks" if per_block else "1 MiB blocks"
     if not rows:
         return _empty(ax, title)
     rows = sorted(rows, key=lambda r: GRID_ORDER.index(r["name"].split("-")[-1]))
     unit = "blocks_per_s" if per_block else "mb_per_s"
-    xs = range(len(rows))
     for offset, key, label in ((-0.2, "accepted", "accepted (assemblers paused)"),
                                (0.2, "drain", "drain (assemblers alone)")):  # fmt: skip
-        values = [r.get(f"{key}_{unit}") or 0.0 for r in rows]
-        ax.bar([x + offset for x in xs], values, width=0.4, label=label)
-    ax.set_xticks(list(xs), [r["name"].split("-")[-1] for r in rows])
+        bars = [(x + offset, r[f"{key}_{unit}"]) for x, r in enumerate(rows)
+                if r.get(f"{key}_{unit}") is not None]  # fmt: skip
+        if bars:
+            xs, heights = zip(*bars, strict=True)
+            ax.bar(xs, heights, width=0.4, label=label)
+    mongo = ceilings[rows[0]["mongo_ceiling"]]
+    raw = mongo["chunks_per_s"] if per_block else mongo["mb_per_s"]
+    ax.axhline(raw, color="k", linestyle="--", label=f"raw GridFS insert ({mongo['what']})")
+    ax.set_xticks(range(len(rows)), [r["name"].split("-")[-1] for r in rows])
     ax.set_xlabel("ingests x assemblers (staged)")
     ax.set_ylabel("blocks/s" if per_block else "MB/s")
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return None
 
 
 def replicas_plot(record: Row, path: Path) -> None:
     fig, (small, big) = plt.subplots(1, 2, figsize=(11, 4.2))
     points = record["points"]
-    _replica_panel(small, measured(points, "replicas-8k"), True, "8 KiB blocks")
-    _replica_panel(big, measured(points, "replicas-1m"), False, "1 MiB blocks")
+    _replica_panel(small, measured(points, "replicas-8k"), True, record["ceilings"])
+    _replica_panel(big, measured(points, "replicas-1m"), False, record["ceilings"])
     fig.suptitle("Throughput vs replicas (staged)")
     _save(fig, path)
 
