@@ -14,13 +14,20 @@ import time
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from aiormq.exceptions import AMQPError
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 DEPTH_INTERVAL = 0.25
+READ_TIMEOUT = 5.0
 
 
 class QueueDepthSampler:
-    """``series`` of (seconds since ``origin``, ready messages) every ``interval`` s."""
+    """``series`` of (seconds since ``origin``, ready messages) every ``interval`` s.
+
+    A sampler never fails the scenario it watches: a read that fails is counted in
+    ``failed_reads`` (and the channel reopened). It is never cancelled in the middle of a
+    read either (aio-pika closes a channel whose RPC is cancelled): leaving the block stops
+    the loop between reads.
+    """
 
     def __init__(
         self, url: str, queue: str, origin: float, interval: float = DEPTH_INTERVAL
@@ -33,6 +40,7 @@ class QueueDepthSampler:
         self.failed_reads = 0
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def _channel_open(self) -> AbstractChannel:
@@ -46,30 +54,32 @@ class QueueDepthSampler:
     async def sample(self) -> None:
         try:
             channel = await self._channel_open()
-            queue = await channel.declare_queue(self.queue, passive=True)
-        except (AMQPError, OSError):
+            queue = await channel.declare_queue(self.queue, passive=True, timeout=READ_TIMEOUT)
+        except (AMQPError, ChannelInvalidStateError, OSError, TimeoutError):
             self.failed_reads += 1
+            self._channel = None
             return
         count = queue.declaration_result.message_count
         self.series.append((round(time.perf_counter() - self.origin, 3), int(count or 0)))
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             await self.sample()
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
 
     async def __aenter__(self) -> QueueDepthSampler:
         self._task = asyncio.create_task(self._loop())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self.sample()
         if self._connection is not None:
-            await self._connection.close()
+            with contextlib.suppress(AMQPError, OSError):
+                await self._connection.close()
 
     def summary(self) -> dict[str, object]:
         counts = [count for _, count in self.series]
