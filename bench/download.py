@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import uvloop
 from bson.binary import Binary
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -852,7 +853,7 @@ def run(options: Options) -> dict[str, Any]:
         log(f"starting SecantusDB and OpenBao under {workdir}")
         with running_backends(workdir / "backends", options.secantus_malloc) as backends:
             backend_start_s = round(time.perf_counter() - started, 1)
-            report = asyncio.run(run_all(backends, workdir, options))
+            report = uvloop.run(run_all(backends, workdir, options))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {

@@ -41,7 +41,6 @@ uploaded SHA-256, and every download had the expected length and SHA-256.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import shutil
@@ -55,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from pymongo import AsyncMongoClient
 
 from bench import download, upload
@@ -352,7 +352,7 @@ def run(options: Options) -> dict[str, Any]:
         log(f"starting Redis, RabbitMQ, SecantusDB and OpenBao under {workdir}")
         with running_servers(workdir / "backends") as servers:
             record["backend_start_s"] = round(time.perf_counter() - started, 1)
-            record |= asyncio.run(run_all(servers, workdir, options))
+            record |= uvloop.run(run_all(servers, workdir, options))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     record["total_seconds"] = round(time.perf_counter() - started, 1)

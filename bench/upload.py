@@ -65,6 +65,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import aio_pika
+import uvloop
 from aio_pika.abc import AbstractChannel
 from bson.binary import Binary
 from pymongo import ASCENDING, AsyncMongoClient
@@ -1021,7 +1022,7 @@ def run(quick: bool, only: set[str] | None = None) -> dict[str, Any]:
         log(f"starting Redis, RabbitMQ and SecantusDB under {workdir}")
         with running_backends(workdir / "backends") as backends:
             backend_start_s = round(time.perf_counter() - started, 1)
-            report = asyncio.run(run_all(backends, workdir, quick, only))
+            report = uvloop.run(run_all(backends, workdir, quick, only))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {
