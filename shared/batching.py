@@ -5,6 +5,10 @@ is in flight, new items wait; the next flush takes all of them at once. Under
 light load a block is written alone, with no added delay; under heavy load
 the batches grow by themselves, up to ``max_items`` items and ``max_weight``
 (for chunks: bytes, so a batch of big blocks stays small in memory).
+
+``concurrency`` flushes may be in flight at once (default one). For a backend
+whose answer takes a fixed wait (RabbitMQ's confirm waits for an fsync), a
+second flush in flight overlaps that wait instead of queueing behind it.
 """
 
 from __future__ import annotations
@@ -28,19 +32,23 @@ class Coalescer(Generic[T, R]):
         *,
         weight: Callable[[T], int] | None = None,
         max_weight: int = 0,
+        concurrency: int = 1,
     ) -> None:
         self._flush = flush
+        self._concurrency = concurrency
         self._max_items = max_items
         self._weight = weight
         self._max_weight = max_weight
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._runner: asyncio.Task[None] | None = None
+        self._runners: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._drain())
+        # A finished runner may still wait for its done-callbacks: prune by done(), not by them.
+        self._runners = {runner for runner in self._runners if not runner.done()}
+        if len(self._runners) < self._concurrency:
+            self._runners.add(asyncio.create_task(self._drain()))
         return await future
 
     def _batch_size(self) -> int:

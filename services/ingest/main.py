@@ -39,6 +39,7 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.amqp_queue,
         settings.publish_timeout,
         batch_bytes=settings.publish_batch_bytes,
+        concurrency=settings.publish_concurrency,
         on_batch=app[keys.METRICS].batch_blocks.observe,
     )
     await publisher.open()

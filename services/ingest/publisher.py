@@ -34,6 +34,7 @@ class BlockPublisher:
         *,
         batch_blocks: int = 64,
         batch_bytes: int = 1024 * 1024,
+        concurrency: int = 1,
         on_batch: Callable[[int], None] = lambda blocks: None,
     ) -> None:
         self._on_batch = on_batch
@@ -46,6 +47,7 @@ class BlockPublisher:
             batch_blocks,
             weight=lambda block: len(block.data),
             max_weight=batch_bytes,
+            concurrency=concurrency,
         )
 
     async def open(self) -> None:

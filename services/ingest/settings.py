@@ -20,6 +20,8 @@ class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
     publish_timeout: float = Field(5.0, gt=0)
     # Blocks of concurrent requests share a message, up to this many bytes.
     publish_batch_bytes: int = Field(1 * MiB, ge=1)
+    # Messages waiting for their confirm at once: each confirm waits for the broker's fsync.
+    publish_concurrency: int = Field(4, ge=1, le=64)
     # Whole-request budget, kept well under osquery's 16 s hard limit.
     request_timeout: float = Field(12.0, gt=0)
     # Request bodies being processed at once (bytes); more requests wait their turn.

@@ -238,6 +238,30 @@ async def test_coalescer_weight_limit_and_whole_batch_failure() -> None:
     assert results[0] is True
 
 
+@pytest.mark.parametrize("concurrency", [1, 2, 4])
+async def test_coalescer_keeps_at_most_concurrency_flushes_in_flight(concurrency: int) -> None:
+    in_flight = peak = 0
+    flushed: list[int] = []
+
+    async def flush(items: Sequence[int]) -> list[int | BaseException]:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.005)  # a confirm's wait
+        flushed.extend(items)
+        in_flight -= 1
+        return list(items)
+
+    coalescer: Coalescer[int, int] = Coalescer(flush, max_items=3, concurrency=concurrency)
+    assert await asyncio.gather(*(coalescer.submit(i) for i in range(30))) == list(range(30))
+    assert peak == concurrency
+    assert sorted(flushed) == list(range(30))
+    # Runners that finished are replaced: a later item is never left waiting.
+    for i in range(5):
+        assert await coalescer.submit(100 + i) == 100 + i
+        await asyncio.sleep(0)
+
+
 async def test_byte_budget_bounds_bytes_in_flight() -> None:
     budget = ByteBudget(10)
     peak = 0
