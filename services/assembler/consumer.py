@@ -42,7 +42,6 @@ class BlockConsumer:
         metrics: AssemblerMetrics,
         *,
         prefetch: int,
-        prefetch_bytes: int,
         retry_max_delay: float,
     ) -> None:
         self._connection = connection
@@ -50,9 +49,6 @@ class BlockConsumer:
         self._handler = handler
         self._metrics = metrics
         self._prefetch = prefetch
-        self._prefetch_bytes = prefetch_bytes
-        self._qos = prefetch  # the prefetch count in force
-        self._qos_task: asyncio.Task[None] | None = None
         self._retry_max_delay = retry_max_delay
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -66,8 +62,10 @@ class BlockConsumer:
 
     async def _subscribe(self) -> None:
         channel = await self._connection.channel()
+        # The broker applies a consumer's prefetch when it subscribes and never again (a
+        # later basic.qos only concerns later consumers; quorum queues have no channel-wide
+        # one), so the count is fixed here, and memory is about prefetch x message size.
         await channel.set_qos(prefetch_count=self._prefetch)
-        self._qos = self._prefetch
         queue = await declare_topology(channel, self._queue_name)
         self._tag = await queue.consume(self._on_message)
         self._channel, self._queue = channel, queue
@@ -103,29 +101,7 @@ class BlockConsumer:
             self._in_flight.discard(task)
             self._metrics.in_flight.dec()
 
-    def _fit_prefetch(self, size: int) -> None:
-        """Keep prefetch x block size near ``prefetch_bytes``: memory follows configuration.
-
-        8 KiB blocks want many in flight for throughput, 8 MiB blocks few, for
-        memory; the broker only counts messages, so the count follows the size.
-        """
-        want = max(1, min(self._prefetch, self._prefetch_bytes // max(size, 1)))
-        busy = self._qos_task is not None and not self._qos_task.done()
-        if want == self._qos or busy or self._channel is None:
-            return
-        self._qos = want
-        self._qos_task = asyncio.create_task(self._set_qos(want))
-
-    async def _set_qos(self, count: int) -> None:
-        assert self._channel is not None
-        try:
-            await self._channel.set_qos(prefetch_count=count)
-            log.info("prefetch set to %d for blocks of this size", count)
-        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
-            log.warning("could not change prefetch: %s", exc.__class__.__name__)
-
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        self._fit_prefetch(len(message.body))
         try:
             blocks = decode(message.body, message.headers)
         except PoisonMessage as exc:
