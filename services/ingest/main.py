@@ -56,6 +56,9 @@ def create_app(settings: IngestSettings) -> web.Application:
         "carve-ingest",
         middlewares=[osquery_errors],
         client_max_size=max_block_body(settings.max_block_size),
+        # How much of a body aiohttp buffers before it stops reading the socket (it
+        # buffers up to twice this): requests waiting for the byte budget hold that much each.
+        handler_args={"read_bufsize": settings.read_buffer_bytes},
     )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = IngestMetrics.create(app[shared_keys.REGISTRY])

@@ -26,5 +26,8 @@ class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
     request_timeout: float = Field(12.0, gt=0)
     # Request bodies being processed at once (bytes); more requests wait their turn.
     max_inflight_bytes: int = Field(8 * MiB, ge=1)
+    # Per connection, body bytes read ahead before the socket is paused (aiohttp keeps up
+    # to twice this): what a request waiting for the budget above holds meanwhile.
+    read_buffer_bytes: int = Field(64 * 1024, ge=4096)
     # Redis session lifetime, refreshed by every block.
     session_ttl: int = Field(48 * 3600, ge=60)
