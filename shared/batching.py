@@ -24,6 +24,11 @@ R = TypeVar("R")
 Flush = Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]]
 
 
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Coalescer(Generic[T, R]):
     def __init__(
         self,
@@ -72,8 +77,11 @@ class Coalescer(Generic[T, R]):
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
+                if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
                     raise
+                # A flush may also raise CancelledError without this task being cancelled
+                # (aiormq cancels pending confirms when its channel closes): go on with the
+                # items queued meanwhile, or they would wait for some later submit.
                 continue
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # its caller was cancelled

@@ -32,7 +32,8 @@ class _Strict(BaseModel):
 
 
 class StartRequest(_Strict):
-    block_count: int = Field(ge=1)
+    # A Redis bitmap holds 2^32 bits: the session's block ids must fit.
+    block_count: int = Field(ge=1, le=2**32)
     block_size: int = Field(ge=1)
     carve_size: int = Field(ge=1)
     carve_id: CarveId

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.protocol import decode_block_data
 
 PEEK_BYTES = 512
 _SESSION_ID_RE = re.compile(rb'"session_id"\s*:\s*"([A-Za-z0-9_-]{16,128})"')
@@ -74,20 +75,22 @@ def peek_block_id(prefix: bytes) -> int | None:
 _DATA_RE = re.compile(rb'(")data"[ \t\r\n]*:[ \t\r\n]*"')
 
 
-def split_block_body(body: bytearray) -> tuple[dict[str, object], memoryview | None]:
+def split_block_body(body: bytearray) -> tuple[dict[str, object], bytes | None]:
     """A block body parsed without turning its payload into a Python string.
 
-    orjson would copy a 1 MiB block's base64 into a str (0.7 ms) that is then decoded
-    (0.2 ms from a str, 0.09 ms from the buffer itself). When the body has the shape
-    osquery sends, with ``data`` as the last member of the object, the rest is parsed
-    with the payload cut out and the payload is returned as a view of the body.
+    orjson copies a 1 MiB block's base64 into a str that is then decoded (together
+    0.5-0.9 ms here); decoding straight from the body takes 0.09 ms. When the body has
+    the shape osquery sends, with ``data`` as the last member of the object, the rest is
+    parsed with the payload cut out and the payload is decoded from a view of the body:
+    the decoded block comes back, and ``data`` in the fields is "".
 
     The cut-out is taken only when it changes nothing a full parse would say: the key
     is a real top-level key (preceded by ``{`` or ``,``, so not inside another string;
     followed only by the object's own ``}``, so at the outermost level and the last,
-    winning, "data" key), and the payload holds no quote or backslash (so it is one
-    whole JSON string, whose characters the strict base64 decoding checks later).
-    Otherwise: a full parse, and ``None`` for the view.
+    winning, "data" key), the payload holds no quote or backslash (so it is one whole
+    JSON string) and decodes as strict base64 (so it holds no byte a JSON string could
+    not, nor anything a full parse would read differently). Otherwise: the full parse,
+    whose verdict and error come in the same order as before, and ``None``.
     """
     view = _payload_view(body)
     if view is None:
@@ -96,7 +99,10 @@ def split_block_body(body: bytearray) -> tuple[dict[str, object], memoryview | N
     fields = parse_json_object(body[:start] + body[end:])
     if fields.get("data") != "":
         return parse_json_object(body), None
-    return fields, memoryview(body)[start:end]
+    try:
+        return fields, decode_block_data(memoryview(body)[start:end])
+    except ValueError:
+        return parse_json_object(body), None
 
 
 def _payload_view(body: bytearray) -> tuple[int, int] | None:

@@ -36,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.batching import Coalescer
 from shared.carves import Status, new_carve_doc, same_start
-from shared.errors import Conflict, Unavailable, UnknownSession
+from shared.errors import Conflict, InvalidRequest, Unavailable, UnknownSession
 from shared.lifecycle import session_keys
 from shared.mongo import Document
 from shared.protocol import StartRequest
@@ -103,10 +103,15 @@ for i = 1, #KEYS / 2 do
   if redis.call('EXISTS', meta) == 0 then
     result[i] = -1
   else
-    result[i] = redis.call('SETBIT', bits, ARGV[i + 2], 1)
-    redis.call('HSET', meta, 'last_block_at', now)
-    redis.call('EXPIRE', bits, ttl)
-    redis.call('EXPIRE', meta, ttl)
+    local old = redis.pcall('SETBIT', bits, ARGV[i + 2], 1)
+    if type(old) == 'table' then
+      result[i] = -2  -- this block only: the others of the batch go on
+    else
+      result[i] = old
+      redis.call('HSET', meta, 'last_block_at', now)
+      redis.call('EXPIRE', bits, ttl)
+      redis.call('EXPIRE', meta, ttl)
+    end
   end
 end
 return result
@@ -248,13 +253,17 @@ class SessionStore:
     async def _run_mark(self, session_id: str, block_id: int) -> int:
         return await self._marks.submit((session_id, block_id))
 
-    async def _mark_many(self, blocks: Sequence[tuple[str, int]]) -> list[int]:
+    async def _mark_many(self, blocks: Sequence[tuple[str, int]]) -> list[int | BaseException]:
         """One script call for the blocks of many concurrent requests (see ``_MARK``)."""
         keys = [key for session_id, _ in blocks for key in self._keys(session_id)]
         args = [self._ttl, int(time.time() * 1000)]  # ms: the janitor's idle test
         args += [block_id for _, block_id in blocks]
         async with _backend("redis"):
-            return [int(old) for old in await self._mark(keys=keys, args=args)]
+            olds = [int(old) for old in await self._mark(keys=keys, args=args)]
+        return [
+            InvalidRequest(f"block_id {block_id} cannot be recorded") if old == -2 else old
+            for (_, block_id), old in zip(blocks, olds, strict=True)
+        ]
 
 
 def _parse(session_id: str, fields: dict[bytes, bytes]) -> Session:

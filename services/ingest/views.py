@@ -108,22 +108,27 @@ async def _peek(request: web.Request) -> _Peeked:
 
 @dataclass
 class _Received:
-    """A parsed block request; the base64 payload stays in the body when it could."""
+    """A parsed block request; its payload already decoded when the parser could."""
 
     block: BlockRequest
-    payload: memoryview | None  # None: the payload is block.data
+    decoded: bytes | None  # None: the payload is still block.data, base64
     session: Session
     seen: bool
 
-    def base64(self) -> str | memoryview:
-        return self.block.data if self.payload is None else self.payload
+    def payload(self) -> bytes:
+        if self.decoded is not None:
+            return self.decoded
+        try:
+            return decode_block_data(self.block.data)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
 
 
 async def _read_block_request(request: web.Request, peeked: _Peeked) -> _Received:
     """Parse a block body, reading no more than the session's block size allows."""
     sessions = request.app[keys.SESSIONS]
     body = await read_rest(request, peeked.prefix, peeked.limit)
-    fields, payload = split_block_body(body)
+    fields, decoded = split_block_body(body)
     try:
         block = BlockRequest.model_validate(fields)
     except ValidationError as exc:
@@ -133,7 +138,7 @@ async def _read_block_request(request: web.Request, peeked: _Peeked) -> _Receive
         session, seen = await sessions.get(block.session_id, block.block_id)
     elif peeked.hint != block.block_id:
         seen = await sessions.seen(session.session_id, block.block_id)
-    return _Received(block, payload, session, seen)
+    return _Received(block, decoded, session, seen)
 
 
 def _check_block(request: web.Request, received: _Received) -> bytes:
@@ -145,10 +150,7 @@ def _check_block(request: web.Request, received: _Received) -> bytes:
         raise Forbidden("node key does not match the one that started the carve")
     if block.block_id >= session.block_count:
         raise InvalidRequest(f"block_id {block.block_id} out of range [0, {session.block_count})")
-    try:
-        data = decode_block_data(received.base64())
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from exc
+    data = received.payload()
     want = expected_block_length(
         block.block_id, session.block_count, session.block_size, session.carve_size
     )

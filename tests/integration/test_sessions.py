@@ -12,7 +12,7 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from services.ingest.sessions import SessionStore
-from shared.errors import UnknownSession
+from shared.errors import InvalidRequest, UnknownSession
 from shared.lifecycle import session_keys
 from shared.mongo import Document
 from shared.protocol import StartRequest
@@ -91,3 +91,19 @@ async def test_a_gone_session_fails_only_its_own_callers(
     assert results[0] is True and results[2] is True
     assert isinstance(results[1], UnknownSession)
     assert not await redis.exists(*session_keys(sessions._prefix, ended))
+
+
+async def test_one_blocks_redis_error_fails_only_that_block(
+    store: tuple[SessionStore, CountingRedis],
+) -> None:
+    sessions, redis = store
+    honest, _ = await sessions.start(start())
+    odd, _ = await sessions.start(start())
+    # A bitmap offset past 2^32 - 1 is refused by Redis; the ingest checks the block id
+    # against the session before, this checks that a batch survives one bad item anyway.
+    results = await asyncio.gather(
+        sessions.mark(honest, 5), sessions.mark(odd, 2**32), return_exceptions=True
+    )
+    assert results[0] is True
+    assert isinstance(results[1], InvalidRequest)
+    assert await redis.getbit(session_keys(sessions._prefix, honest)[1], 5) == 1

@@ -262,6 +262,35 @@ async def test_coalescer_keeps_at_most_concurrency_flushes_in_flight(concurrency
         await asyncio.sleep(0)
 
 
+async def test_coalescer_goes_on_after_a_flush_raises_cancelled_error() -> None:
+    """aiormq cancels pending confirms when its channel closes: the flush raises
+    CancelledError though nobody cancelled the coalescer. Items queued meanwhile still go."""
+    calls = 0
+
+    async def flush(items: Sequence[str]) -> list[str | BaseException]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        if calls == 1:
+            raise asyncio.CancelledError
+        return list(items)
+
+    coalescer: Coalescer[str, str] = Coalescer(flush)
+    first = asyncio.create_task(coalescer.submit("a"))
+    await asyncio.sleep(0)  # "a" is being flushed
+    second = asyncio.create_task(coalescer.submit("b"))
+    assert await asyncio.wait_for(second, 2.0) == "b"  # no later submit needed
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+def test_start_refuses_more_blocks_than_a_redis_bitmap_holds() -> None:
+    fields = {"block_size": 1, "carve_id": "c1", "request_id": "r"}
+    assert StartRequest(block_count=2**32, carve_size=2**32, **fields).block_count == 2**32
+    with pytest.raises(ValidationError):
+        StartRequest(block_count=2**32 + 1, carve_size=2**32 + 1, **fields)
+
+
 async def test_byte_budget_bounds_bytes_in_flight() -> None:
     budget = ByteBudget(10)
     peak = 0
