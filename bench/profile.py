@@ -2,8 +2,9 @@
 
 Starts private Redis, RabbitMQ and SecantusDB servers, one ingest process (the assembler only
 with ``--assembler``), then runs the osquery simulator as its own process while py-spy samples
-the ingest (and, with ``--profile-sim``, the simulator). Prints blocks/s, CPU microseconds per
-block of the ingest, the simulator and each backend, and the functions with the most samples,
+the ingest (``--spy`` picks others: assembler, secantus; ``--profile-sim`` adds the
+simulator). Prints blocks/s, CPU microseconds per block of the ingest, the simulator and each
+backend, and the functions with the most samples,
 self and inclusive. Collapsed stacks go to ``--out`` (default a temporary directory) for a
 flame graph (``py-spy``'s raw format; speedscope and inferno read it).
 
@@ -44,6 +45,7 @@ from clients.osquery_sim import parse_size
 from tests.stack import ROOT, ServiceProcess
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
+PROFILED = ("ingest", "assembler", "secantus")  # the Python processes py-spy can sample
 
 
 def spy_command(out: Path, rate: int) -> list[str]:
@@ -123,8 +125,12 @@ def profile(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 asyncio.run(proc.wait_ready(60.0))
             pids = {n: p.proc.pid for n, p in procs.items()}
             cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()} | backends.cpu_seconds()
-            collapsed = out / "ingest.collapsed"
-            spies = [] if args.no_py_spy else [spy(pids["ingest"], collapsed, args.rate)]
+            assert backends.mongo.proc is not None
+            targets = pids | {"secantus": backends.mongo.proc.pid}
+            spies = [
+                spy(targets[name], out / f"{name}.collapsed", args.rate)
+                for name in ([] if args.no_py_spy else args.spy)
+            ]
             started = time.perf_counter()
             summary, sim_cpu = run_sim(procs["ingest"].url, args, out)
             wall = time.perf_counter() - started
@@ -140,7 +146,7 @@ def profile(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     per_block["simulator"] = round(1e6 * sim_cpu / blocks, 1)
     report: dict[str, Any] = {"summary": summary, "wall_s": round(wall, 2)}
     report["cpu_us_per_block"] = per_block
-    for name in ("ingest", "sim"):
+    for name in (*PROFILED, "sim"):
         collapsed = out / f"{name}.collapsed"
         if collapsed.exists():
             report[f"{name}_top"] = top_functions(collapsed, args.top)
@@ -156,7 +162,7 @@ def render(report: dict[str, Any]) -> str:
         "CPU us per block: "
         + ", ".join(f"{k} {v}" for k, v in sorted(report["cpu_us_per_block"].items())),
     ]
-    for name in ("ingest", "sim"):
+    for name in (*PROFILED, "sim"):
         top = report.get(f"{name}_top")
         if not top:
             continue
@@ -181,6 +187,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--compress", action="store_true")
     parser.add_argument("--assembler", action="store_true", help="also run an assembler")
     parser.add_argument("--profile-sim", action="store_true", help="py-spy the simulator too")
+    parser.add_argument(
+        "--spy",
+        action="append",
+        choices=PROFILED,
+        help="processes to sample (repeatable; default ingest; assembler needs --assembler)",
+    )
     parser.add_argument("--no-py-spy", action="store_true", help="CPU figures only")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
@@ -190,6 +202,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--service-env", type=_env_item, action="append", default=[], metavar="KEY=VALUE"
     )
     args = parser.parse_args(argv)
+    args.spy = args.spy or ["ingest"]
+    if "assembler" in args.spy and not args.assembler:
+        parser.error("--spy assembler needs --assembler")
     parse_size(args.size), parse_size(args.block_size)  # fail early on a typo
     return args
 

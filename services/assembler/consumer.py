@@ -11,8 +11,12 @@ running ones up to a limit; whatever is still unacked is redelivered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -32,8 +36,34 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Block], Awaitable[Handled]]
 
+# How many recent message sizes the prefetch follows (it follows the largest of them).
+_SIZE_WINDOW = 32
+
+
+@dataclass(eq=False)
+class _Subscription:
+    """One consumer on its own channel, with the prefetch count it was created with."""
+
+    channel: AbstractChannel
+    queue: AbstractQueue
+    prefetch: int
+    tag: str = ""
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+
 
 class BlockConsumer:
+    """Consumes the block queue with a prefetch that follows the size of the messages.
+
+    Memory is about prefetch x message size, and messages range from one 8 KiB block
+    to one 8 MiB block, so the count must follow the size. RabbitMQ applies a
+    consumer's prefetch only when it subscribes (a later basic.qos concerns later
+    consumers; quorum queues have no channel-wide one), so a new count means a new
+    consumer: subscribe on a fresh channel with it, cancel the old consumer, let its
+    running deliveries finish and close its channel. Whatever the old channel still
+    held unacknowledged goes back to the queue and comes again (storing is
+    idempotent). The first subscription takes one message, which tells the size.
+    """
+
     def __init__(
         self,
         connection: AbstractRobustConnection,
@@ -42,42 +72,63 @@ class BlockConsumer:
         metrics: AssemblerMetrics,
         *,
         prefetch: int,
+        prefetch_bytes: int,
         retry_max_delay: float,
+        handover_timeout: float = 60.0,
     ) -> None:
         self._connection = connection
         self._queue_name = queue_name
         self._handler = handler
         self._metrics = metrics
         self._prefetch = prefetch
+        self._prefetch_bytes = prefetch_bytes
         self._retry_max_delay = retry_max_delay
-        self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._tag: str | None = None
+        self._handover_timeout = handover_timeout
+        self._sizes: deque[int] = deque(maxlen=_SIZE_WINDOW)
+        self._sub: _Subscription | None = None
+        self._old: set[_Subscription] = set()  # handing over to ``_sub``
+        self._resizing: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
-    async def start(self) -> None:
-        await with_amqp_retry(self._connection, self._subscribe, f"consuming {self._queue_name}")
-        log.info("consuming %s with prefetch %d", self._queue_name, self._prefetch)
+    @property
+    def prefetch(self) -> int:
+        """The prefetch count of the current consumer (0 before it subscribed)."""
+        return self._sub.prefetch if self._sub is not None else 0
 
-    async def _subscribe(self) -> None:
+    @property
+    def holding(self) -> int:
+        """Deliveries being handled from the current consumer (not from one handing over)."""
+        return len(self._sub.in_flight) if self._sub is not None else 0
+
+    @property
+    def handing_over(self) -> int:
+        """Earlier consumers whose channel is not closed yet."""
+        return len(self._old)
+
+    async def start(self) -> None:
+        await with_amqp_retry(
+            self._connection, functools.partial(self._subscribe, 1), f"consuming {self._queue_name}"
+        )
+        log.info("consuming %s, prefetch up to %d", self._queue_name, self._prefetch)
+
+    async def _subscribe(self, prefetch: int) -> None:
         channel = await self._connection.channel()
-        # The broker applies a consumer's prefetch when it subscribes and never again (a
-        # later basic.qos only concerns later consumers; quorum queues have no channel-wide
-        # one), so the count is fixed here, and memory is about prefetch x message size.
-        await channel.set_qos(prefetch_count=self._prefetch)
+        await channel.set_qos(prefetch_count=prefetch)
         queue = await declare_topology(channel, self._queue_name)
-        self._tag = await queue.consume(self._on_message)
-        self._channel, self._queue = channel, queue
+        sub = _Subscription(channel, queue, prefetch)
+        sub.tag = await queue.consume(functools.partial(self._on_message, sub))
+        self._sub = sub
 
     async def stop(self, drain_timeout: float) -> None:
         """Stop deliveries, let running blocks finish for up to ``drain_timeout`` s, close."""
         self._stopping.set()
-        if self._queue is not None and self._tag is not None:
-            try:
-                await self._queue.cancel(self._tag)
-            except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
-                log.warning("could not cancel the consumer: %s", exc.__class__.__name__)
+        subs = [*self._old, *([self._sub] if self._sub is not None else [])]
+        if self._resizing is not None:
+            self._resizing.cancel()
+            await asyncio.gather(self._resizing, return_exceptions=True)
+        for sub in subs:
+            await self._cancel(sub)
         pending = set(self._in_flight)
         if pending:
             log.info("draining %d in-flight blocks", len(pending))
@@ -87,21 +138,66 @@ class BlockConsumer:
         if pending:
             await asyncio.wait(pending)
             log.warning("%d blocks left unacked; the broker will redeliver them", len(pending))
-        if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+        for sub in subs:
+            await self._close(sub)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _cancel(self, sub: _Subscription) -> None:
+        try:
+            await sub.queue.cancel(sub.tag)
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            log.warning("could not cancel a consumer: %s", exc.__class__.__name__)
+
+    @staticmethod
+    async def _close(sub: _Subscription) -> None:
+        if not sub.channel.is_closed:
+            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+                await sub.channel.close()
+
+    async def _on_message(self, sub: _Subscription, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
+        sub.in_flight.add(task)
         self._metrics.in_flight.inc()
         try:
             await self._process(message)
         finally:
             self._in_flight.discard(task)
+            sub.in_flight.discard(task)
             self._metrics.in_flight.dec()
 
+    def _fit_prefetch(self, size: int) -> None:
+        """Resubscribe when the recent messages want another count: at once to shrink
+        (memory), only once it doubles to grow (so mixed sizes do not churn)."""
+        self._sizes.append(size)
+        want = max(1, min(self._prefetch, self._prefetch_bytes // max(max(self._sizes), 1)))
+        current = self.prefetch
+        busy = self._resizing is not None and not self._resizing.done()
+        if busy or self._stopping.is_set() or not (want < current or want >= 2 * current):
+            return
+        self._resizing = asyncio.create_task(self._resize(want), name="prefetch-resize")
+
+    async def _resize(self, prefetch: int) -> None:
+        old = self._sub
+        try:
+            await self._subscribe(prefetch)
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            log.warning("could not resubscribe with prefetch %d: %s", prefetch, exc)
+            return
+        log.info("prefetch %d for messages of this size", prefetch)
+        if old is None:
+            return
+        self._old.add(old)
+        try:
+            await self._cancel(old)
+            if old.in_flight:
+                await asyncio.wait(set(old.in_flight), timeout=self._handover_timeout)
+            await self._close(old)  # anything it still held is requeued, and comes again
+        finally:
+            self._old.discard(old)
+
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        self._fit_prefetch(len(message.body))
         try:
             blocks = decode(message.body, message.headers)
         except PoisonMessage as exc:
@@ -116,6 +212,11 @@ class BlockConsumer:
                 return
             except TransientError as exc:
                 self._metrics.retries.inc()
+                if _channel_closed(message):
+                    # Handed over to a new consumer, or the connection dropped: the broker
+                    # has requeued this message already, so stop holding it here.
+                    log.info("message %s: channel closed, it will come again", _describe(blocks))
+                    return
                 if self._stopping.is_set():
                     await self._settle(message.nack(requeue=True))
                     return
@@ -170,6 +271,13 @@ class BlockConsumer:
             await action
         except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
             log.warning("could not settle a delivery (%s); it will be redelivered", exc)
+
+
+def _channel_closed(message: AbstractIncomingMessage) -> bool:
+    try:
+        return bool(message.channel.is_closed)
+    except ChannelInvalidStateError:  # aio-pika raises this for a closed channel
+        return True
 
 
 def _describe(blocks: list[Block]) -> str:

@@ -55,6 +55,7 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
         handler,
         metrics,
         prefetch=settings.prefetch,
+        prefetch_bytes=settings.prefetch_bytes,
         retry_max_delay=settings.retry_max_delay,
     )
     tracker.start()

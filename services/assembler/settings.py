@@ -9,10 +9,10 @@ from shared.settings import AmqpSettings, HttpSettings, MiB, MongoSettings
 
 class AssemblerSettings(HttpSettings, AmqpSettings, MongoSettings):
     http_port: int = Field(8081, ge=0, le=65535)
-    # Messages in flight per process. A message holds up to the ingest's
-    # CARVE_PUBLISH_BATCH_BYTES of blocks (1 MiB), or one block when blocks are bigger:
-    # memory is about prefetch x that, so lower it for blocks over 1 MiB.
-    prefetch: int = Field(8, ge=1, le=1000)
+    # Most messages in flight per process, and about how many bytes of them: the count
+    # follows the size of recent messages (8 for 1 MiB messages, 1 for 8 MiB blocks).
+    prefetch: int = Field(64, ge=1, le=1000)
+    prefetch_bytes: int = Field(8 * MiB, ge=1)
     # Most chunks, and most bytes, written in one insert_many.
     write_batch: int = Field(64, ge=1, le=1000)
     write_batch_bytes: int = Field(4 * MiB, ge=1)

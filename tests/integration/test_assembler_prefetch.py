@@ -1,12 +1,20 @@
-"""The assembler's prefetch against a real RabbitMQ: the broker never hands one process more
-than CARVE_PREFETCH unacknowledged messages, which is what bounds its memory."""
+"""The assembler's prefetch against a real RabbitMQ: the broker hands a process about
+CARVE_PREFETCH_BYTES of messages, whatever their size, which is what bounds its memory.
+
+RabbitMQ applies a consumer's prefetch only when it subscribes, so the consumer changes it by
+subscribing again: these tests check that the count really follows the size, and that the
+handover loses nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
 from services.assembler.consumer import BlockConsumer
@@ -16,43 +24,88 @@ from shared.queue import Block, declare_topology, encode
 from tests.conftest import Backends
 
 
-async def test_a_live_consumer_holds_at_most_prefetch_messages(backends: Backends) -> None:
+@dataclass
+class Rig:
+    connection: AbstractRobustConnection
+    channel: AbstractChannel
+    queue: str
+    entered: list[int] = field(default_factory=list)
+    done: set[int] = field(default_factory=set)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def publish(self, first: int, count: int, size: int) -> None:
+        for n in range(first, first + count):
+            block = Block("c" * 8, n, 1000, size, 1000 * size, bytes(size))
+            await self.channel.default_exchange.publish(encode([block]), routing_key=self.queue)
+
+    def consumer(self, blocks_at: Callable[[int], bool], **options: int) -> BlockConsumer:
+        async def handler(block: Block) -> Handled:
+            self.entered.append(block.block_id)
+            if blocks_at(block.block_id):
+                await self.release.wait()  # a MongoDB that does not answer: no ack
+            self.done.add(block.block_id)
+            return Handled.WRITTEN
+
+        metrics = AssemblerMetrics.create(CollectorRegistry())
+        return BlockConsumer(
+            self.connection, self.queue, handler, metrics, retry_max_delay=1.0, **options
+        )
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def rig(backends: Backends) -> AsyncIterator[Rig]:
     connection = await aio_pika.connect_robust(backends.rabbit.url)
-    queue_name = f"t.prefetch.{uuid.uuid4().hex[:8]}"
-    entered: list[int] = []
-    release = asyncio.Event()
-
-    async def handler(block: Block) -> Handled:
-        entered.append(block.block_id)
-        await release.wait()  # a MongoDB that does not answer: nothing is acknowledged
-        return Handled.WRITTEN
-
-    metrics = AssemblerMetrics.create(CollectorRegistry())
-    consumer = BlockConsumer(
-        connection, queue_name, handler, metrics, prefetch=3, retry_max_delay=1.0
-    )
+    channel = await connection.channel(publisher_confirms=True)
+    queue = f"t.prefetch.{uuid.uuid4().hex[:8]}"
+    await declare_topology(channel, queue)
     try:
-        channel = await connection.channel(publisher_confirms=True)
-        await declare_topology(channel, queue_name)
-        for n in range(10):
-            block = Block("c" * 8, n, 10, 4, 40, b"abcd")
-            await channel.default_exchange.publish(encode([block]), routing_key=queue_name)
-        await consumer.start()
-        await asyncio.sleep(1.0)
-        # Every delivery starts its own handler at once, so 3, not 10: the broker holds the
-        # rest back. (A quorum queue's ready count in queue.declare-ok lags, so not that.)
-        assert len(entered) == 3
-        release.set()
-        for _ in range(100):  # acknowledged ones make room for the rest
-            if len(entered) == 10:
-                break
-            await asyncio.sleep(0.05)
-        assert sorted(entered) == list(range(10))
+        yield Rig(connection, channel, queue)
     finally:
-        release.set()
-        await consumer.stop(drain_timeout=5.0)
-        cleanup = await connection.channel()
-        await cleanup.queue_delete(queue_name)
-        await cleanup.queue_delete(queue_name + ".dead")
-        await cleanup.exchange_delete(queue_name + ".dlx")
+        await channel.queue_delete(queue)
+        await channel.queue_delete(queue + ".dead")
+        await channel.exchange_delete(queue + ".dlx")
         await connection.close()
+
+
+async def test_small_messages_raise_the_prefetch_to_its_cap(rig: Rig) -> None:
+    await rig.publish(0, 20, 4)  # messages of about 60 bytes
+    consumer = rig.consumer(lambda n: True, prefetch=5, prefetch_bytes=1 << 20)
+    try:
+        await consumer.start()
+        # The first subscription takes one message; its size asks for the cap of 5.
+        await rig.until(lambda: consumer.prefetch == 5)
+        await asyncio.sleep(1.0)
+        # Every handler is stuck: the first consumer's one message, then 5 for the new one.
+        assert len(rig.entered) == 1 + 5
+        rig.release.set()
+        await rig.until(lambda: rig.done == set(range(20)))
+    finally:
+        rig.release.set()
+        await consumer.stop(drain_timeout=5.0)
+
+
+async def test_big_messages_lower_it_and_nothing_is_lost_in_the_handover(rig: Rig) -> None:
+    consumer = rig.consumer(lambda n: n >= 100, prefetch=8, prefetch_bytes=2000, handover_timeout=1)
+    try:
+        await rig.publish(0, 10, 4)  # small: 2000 // ~60 bytes, so the cap of 8
+        await consumer.start()
+        await rig.until(lambda: rig.done == set(range(10)))
+        await rig.until(lambda: consumer.prefetch == 8)
+        await rig.publish(100, 10, 900)  # ~950 bytes each: 2000 // 950 = 2
+        await rig.until(lambda: consumer.prefetch == 2)
+        # The old consumer held up to 8 stuck deliveries; after the handover timeout its
+        # channel is closed (they go back to the queue) and the new consumer holds 2.
+        await rig.until(lambda: consumer.handing_over == 0)
+        await rig.until(lambda: consumer.holding == 2)
+        await asyncio.sleep(0.5)
+        assert consumer.holding == 2
+        rig.release.set()
+        await rig.until(lambda: rig.done >= set(range(100, 110)))
+    finally:
+        rig.release.set()
+        await consumer.stop(drain_timeout=5.0)
