@@ -97,7 +97,7 @@ from shared.carves import COLLECTION, Compression, Status, archive_filename, new
 from shared.finalize import files_doc
 from shared.mongo import ensure_indexes
 from shared.protocol import StartRequest
-from tests.servers import BaoServer, SecantusServer, Server, start_all
+from tests.servers import BaoServer, SecantusServer, Server, running
 from tests.stack import ROOT, ServiceProcess
 from tests.vault import POLICY, VaultAdmin
 
@@ -174,12 +174,8 @@ def running_backends(root: Path, malloc: str = "glibc") -> Iterator[Backends]:
     """SecantusDB and OpenBao, started at once; always stopped (their data is thrown away)."""
     mongo = BenchSecantusServer(root / "mongo", malloc)
     backends = Backends(mongo=mongo, vault=BaoServer(root / "openbao"))
-    try:
-        start_all(backends.servers)
+    with running(backends.servers):
         yield backends
-    finally:
-        for server in backends.servers:
-            server.stop(signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ from tests.servers import (
     RedisServer,
     SecantusServer,
     Server,
-    start_all,
+    running,
 )
 from tests.stack import ROOT
 
@@ -210,13 +210,8 @@ def running_servers(root: Path) -> Iterator[Servers]:
     mongo = SecantusServer(root / "mongo")
     uploads = upload.Backends(RedisServer(root / "redis"), RabbitServer(root / "rabbitmq"), mongo)
     servers = Servers(uploads, download.Backends(mongo=mongo, vault=BaoServer(root / "openbao")))
-    try:
-        start_all(servers.all)
+    with running(servers.all):
         yield servers
-    finally:
-        for server in servers.all:
-            server.stop(signal.SIGKILL)
-        uploads.rabbit.remove()
 
 
 # --------------------------------------------------------------------------------------------

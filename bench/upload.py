@@ -80,7 +80,7 @@ from clients.osquery_sim import (
     carve_many,
     percentile,
 )
-from tests.servers import RabbitServer, RedisServer, SecantusServer, Server, start_all
+from tests.servers import RabbitServer, RedisServer, SecantusServer, Server, running
 from tests.stack import ROOT, ServiceProcess
 
 Document = dict[str, Any]
@@ -224,13 +224,8 @@ def running_backends(root: Path) -> Iterator[Backends]:
         rabbit=RabbitServer(root / "rabbitmq"),
         mongo=SecantusServer(root / "mongo"),
     )
-    try:
-        start_all(backends.servers)
+    with running(backends.servers):
         yield backends
-    finally:
-        for server in backends.servers:
-            server.stop(signal.SIGKILL)
-        backends.rabbit.remove()
 
 
 # --------------------------------------------------------------------------------------------

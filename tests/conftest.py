@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from tests.servers import (
     RedisServer,
     SecantusServer,
     Server,
-    start_all,
+    running,
 )
 from tests.stack import Stack
 from tests.vault import VaultAdmin
@@ -42,12 +41,9 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     )
     servers: list[Server] = [found.redis, found.rabbit, found.mongo, found.vault]
     try:
-        start_all(servers)
-        yield found
+        with running(servers):
+            yield found
     finally:
-        for server in servers:
-            server.stop(signal.SIGKILL)  # their data is thrown away: no need to wait
-        found.rabbit.remove()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -246,3 +247,18 @@ def start_all(servers: list[Server]) -> None:
     with ThreadPoolExecutor(len(servers)) as pool:
         for future in [pool.submit(server.start) for server in servers]:
             future.result()
+
+
+@contextlib.contextmanager
+def running(servers: list[Server]) -> Iterator[None]:
+    """The servers started at once, and always killed on the way out: their data is thrown
+    away, RabbitMQ's node directory included."""
+    try:
+        start_all(servers)
+        yield
+    finally:
+        for server in servers:
+            server.stop(signal.SIGKILL)
+        for server in servers:
+            if isinstance(server, RabbitServer):
+                server.remove()
