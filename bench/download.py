@@ -78,15 +78,16 @@ from bench.upload import (
     KiB,
     MiB,
     RssSampler,
-    _interrupt,
     add_service_env_option,
     columns_table,
     cpu_seconds,
     group_cpu_seconds,
     human,
+    interruptible,
     log,
     log_summary,
     machine_info,
+    names,
     proc_kb,
     process_usage,
     stop_service,
@@ -809,7 +810,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def options_of(args: argparse.Namespace) -> Options:
     size = args.size if args.size is not None else QUICK_SIZE if args.quick else DEFAULT_SIZE
-    only = {name.strip() for name in args.only.split(",") if name.strip()} or None
+    only = names(args.only)
     extra = dict(item.split("=", 1) for item in args.service_env)
     return Options(
         size,
@@ -865,11 +866,8 @@ def run(options: Options) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     options = options_of(args)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        report = run(options)
-    except KeyboardInterrupt:
-        log("interrupted; servers stopped")
+    report = interruptible(lambda: run(options))
+    if report is None:
         return 130
     print(render(report))
     write_json(report, Path(args.json_out))

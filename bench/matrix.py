@@ -44,7 +44,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -400,7 +399,7 @@ def options_of(args: argparse.Namespace) -> Options:
         size = QUICK_DOWNLOAD_SIZE if quick else DEFAULT_DOWNLOAD_SIZE
     return Options(
         quick=quick,
-        only={name.strip() for name in args.only.split(",") if name.strip()} or None,
+        only=upload.names(args.only),
         download_size=size,
         out_dir=out_dir,
         json_out=args.json_out or out_dir / f"{REPORT_STEM}.json",
@@ -415,11 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"unknown point(s): {', '.join(sorted(unknown))}; known: {', '.join(SWEEPS)}")
         return 2
     upload.EXTRA_ENV.update(options.service_env)
-    signal.signal(signal.SIGTERM, upload._interrupt)
-    try:
-        record = run(options)
-    except KeyboardInterrupt:
-        log("interrupted; servers stopped")
+    record = upload.interruptible(lambda: run(options))
+    if record is None:
         return 130
     upload.write_json(record, options.json_out)
     write_report(record, options.out_dir, options.json_out.stem)

@@ -983,6 +983,21 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def interruptible(work: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """Run a benchmark; None if SIGTERM or Ctrl-C stopped it (its servers are stopped by then)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return work()
+    except KeyboardInterrupt:
+        log("interrupted; servers stopped")
+        return None
+
+
+def names(text: str) -> set[str] | None:
+    """``--only A, B`` as {"A", "B"}; None when empty (everything)."""
+    return {name.strip() for name in text.split(",") if name.strip()} or None
+
+
 def add_service_env_option(parser: argparse.ArgumentParser, services: str) -> None:
     parser.add_argument(
         "--service-env",
@@ -1032,12 +1047,8 @@ def run(quick: bool, only: set[str] | None = None) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     EXTRA_ENV.update(item.split("=", 1) for item in args.service_env)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        only = {name.strip() for name in args.only.split(",") if name.strip()} or None
-        report = run(bool(args.quick), only)
-    except KeyboardInterrupt:
-        log("interrupted; servers stopped")
+    report = interruptible(lambda: run(bool(args.quick), names(args.only)))
+    if report is None:
         return 130
     print(render(report))
     write_json(report, Path(args.json_out))
