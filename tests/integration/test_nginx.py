@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import hvac
@@ -310,6 +311,15 @@ def archive_for(tmp_path: Path, size: int = CARVE_SIZE) -> tuple[str, Path]:
     return guid, build_synthetic_archive(size, tmp_path / guid, carve_guid=guid, seed=size)
 
 
+async def device_carve(
+    front: Front, http: aiohttp.ClientSession, archive: Path, guid: str, **options: Any
+) -> CarveResult:
+    """One osquery host carving through NGINX's device listener: full-size blocks and the
+    device certificate, unless ``options`` say otherwise."""
+    settings = {"block_size": BLOCK_MAX, "ssl": front.device_ssl(), **options}
+    return await carve(http, front.osquery_url, archive, carve_id=guid, **settings)
+
+
 async def post(
     http: aiohttp.ClientSession, url: str, body: bytes, ssl_context: ssl.SSLContext
 ) -> tuple[int, str, bytes]:
@@ -338,15 +348,9 @@ async def test_a_device_carves_through_nginx_with_its_certificate(
     block: str,
 ) -> None:
     guid, archive = archive_for(tmp_path)
-    result = await carve(
-        http,
-        front.osquery_url,
-        archive,
-        block_size=BLOCK_MAX,  # full-size blocks: the largest body the derived limit must admit
-        carve_id=guid,
-        start_endpoint=start,
-        continue_endpoint=block,
-        ssl=front.device_ssl(),
+    # Full-size blocks: the largest body the derived limit must admit.
+    result = await device_carve(
+        front, http, archive, guid, start_endpoint=start, continue_endpoint=block
     )
     assert result.ok, result
     assert result.requests == 1 + result.block_count == 6
@@ -371,14 +375,8 @@ async def assert_refused_like_osquery_sees_it(
 ) -> bytes:
     guid, archive = archive_for(tmp_path)
     with simulator_log(caplog):
-        result = await carve(
-            http,
-            front.osquery_url,
-            archive,
-            block_size=BLOCK_MAX,
-            carve_id=guid,
-            ssl=ssl_context,
-            retry_sleeps=FAST_RETRIES,
+        result = await device_carve(
+            front, http, archive, guid, ssl=ssl_context, retry_sleeps=FAST_RETRIES
         )
     # NGINX's refusal is an HTML page: not JSON, so osquery 5.22+ tries three times, then fails.
     assert result.status == STATUS_START_FAILED
@@ -449,14 +447,8 @@ async def test_a_block_over_client_max_body_size_fails_the_carve_with_html_413(
         max_block_body(BLOCK_MAX) == limit < len(block_body(0, "s" * 32, guid, b"\0" * big_block))
     )
     with simulator_log(caplog):
-        result = await carve(
-            http,
-            front.osquery_url,
-            archive,
-            block_size=big_block,
-            carve_id=guid,
-            ssl=front.device_ssl(),
-            retry_sleeps=FAST_RETRIES,
+        result = await device_carve(
+            front, http, archive, guid, block_size=big_block, retry_sleeps=FAST_RETRIES
         )
     # osquery 5.22+: block 0 answered with HTML three times, the carve ends DATA POST FAILED.
     assert result.status == STATUS_DATA_POST_FAILED
@@ -484,14 +476,8 @@ async def test_with_the_derived_limit_an_oversized_block_size_is_refused_at_the_
     # is too large is told so by the ingest at its start request, in JSON: osquery gives up at
     # once instead of retrying block after block.
     guid, archive = archive_for(tmp_path)
-    result = await carve(
-        http,
-        front.osquery_url,
-        archive,
-        block_size=BLOCK_MAX + 1,
-        carve_id=guid,
-        ssl=front.device_ssl(),
-        retry_sleeps=FAST_RETRIES,
+    result = await device_carve(
+        front, http, archive, guid, block_size=BLOCK_MAX + 1, retry_sleeps=FAST_RETRIES
     )
     assert result.status == STATUS_START_FAILED
     assert result.requests == 1
@@ -522,14 +508,7 @@ async def upload(
     front: Front, stack: Stack, http: aiohttp.ClientSession, tmp_path: Path
 ) -> CarveResult:
     guid, archive = archive_for(tmp_path)
-    result = await carve(
-        http,
-        front.osquery_url,
-        archive,
-        block_size=BLOCK_MAX,
-        carve_id=guid,
-        ssl=front.device_ssl(),
-    )
+    result = await device_carve(front, http, archive, guid)
     assert result.ok, result
     await stack.wait_complete(guid)
     return result
