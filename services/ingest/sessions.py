@@ -243,15 +243,12 @@ class SessionStore:
         A session missing from Redis is rebuilt if its carve still receives
         (Redis lost it), and refused with UnknownSession if the carve ended.
         """
-        old = await self._run_mark(session_id, block_id)
+        old = await self._marks.submit((session_id, block_id))
         if old == -1:
             self._cache.pop(session_id, None)
             await self._recover(session_id)
-            old = await self._run_mark(session_id, block_id)
+            old = await self._marks.submit((session_id, block_id))
         return old == 0
-
-    async def _run_mark(self, session_id: str, block_id: int) -> int:
-        return await self._marks.submit((session_id, block_id))
 
     async def _mark_many(self, blocks: Sequence[tuple[str, int]]) -> list[int | BaseException]:
         """One script call for the blocks of many concurrent requests (see ``_MARK``)."""
