@@ -33,6 +33,7 @@ import ssl
 import sys
 import tarfile
 import tempfile
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -547,6 +548,8 @@ async def carve_many(
 ) -> list[CarveResult]:
     """Many hosts carving at once, each its own archive, over one client session.
 
+    Each host has its own node key, as enrolled hosts do (the server counts each
+    host's share by it), unless ``node_key`` names one for all of them.
     ``carve_ids`` (one per archive) lets the carve id match the guid inside each archive.
     ``concurrency`` caps how many hosts upload at the same time (default: all).
     """
@@ -559,10 +562,12 @@ async def carve_many(
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def host(archive: Path, carve_id: str | None) -> CarveResult:
+            kwargs = dict(carve_kwargs)
+            kwargs["node_key"] = carve_kwargs.get("node_key") or secrets.token_hex(16)
             if gate is None:
-                return await carve(session, base_url, archive, carve_id=carve_id, **carve_kwargs)
+                return await carve(session, base_url, archive, carve_id=carve_id, **kwargs)
             async with gate:
-                return await carve(session, base_url, archive, carve_id=carve_id, **carve_kwargs)
+                return await carve(session, base_url, archive, carve_id=carve_id, **kwargs)
 
         return list(await asyncio.gather(*(host(a, i) for a, i in zip(archives, ids, strict=True))))
 

@@ -2,13 +2,16 @@
 
 One document per carve, ``_id`` = the carve_id osquery chose (the id a
 responder knows). GridFS uses the same value as ``files_id``, so a carve's
-chunks are found without a lookup. ``node_key`` and ``session_id`` are
-private: the public model below has no field for them, so no API built on it
-can return them.
+chunks are found without a lookup. The node key is kept only as a SHA-256,
+the session id in clear only while the carve receives (and as a SHA-256
+after); both are private: the public model below has no field for them, so
+no API built on it can return them.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -40,6 +43,17 @@ class Compression(StrEnum):
     ZSTD = "zstd"
 
 
+class DeviceRecord(BaseModel):
+    """The device certificate that started a carve, as the TLS proxy verified it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    common_name: str
+    subject_dn: str
+    serial: str
+    fingerprint_sha256: str
+
+
 class CarveRecord(BaseModel):
     """What may be shown about a carve (no node_key, no session_id)."""
 
@@ -63,6 +77,7 @@ class CarveRecord(BaseModel):
     expired_at: datetime | None = None
     deleted_at: datetime | None = None
     deleted_by: str | None = None
+    device: DeviceRecord | None = None
 
     @classmethod
     def from_doc(cls, doc: Document) -> CarveRecord:
@@ -80,14 +95,42 @@ def blocks_received(doc: Document) -> int:
     return min(counted, int(doc["block_count"]))
 
 
-def new_carve_doc(start: StartRequest, session_id: str, now: datetime) -> Document:
+def digest(secret: str) -> str:
+    """SHA-256 of a node key or session id, as stored; "" for none."""
+    return hashlib.sha256(secret.encode()).hexdigest() if secret else ""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who started a carve: what binds its blocks to the same host."""
+
+    node_key_sha256: str = ""
+    # The start carried the node key in an Authorization header (osquery 5.23+, which sends
+    # it with every block too): a block without one is then refused.
+    node_key_in_header: bool = False
+    device: dict[str, str] | None = None  # DeviceRecord fields
+    host: str = ""  # the identity its share is counted under (services/ingest/device.py)
+
+    @property
+    def device_sha256(self) -> str:
+        return self.device["fingerprint_sha256"] if self.device else ""
+
+
+def new_carve_doc(
+    start: StartRequest, session_id: str, now: datetime, origin: Origin | None = None
+) -> Document:
     """The document written when osquery starts a carve."""
+    origin = origin or Origin(node_key_sha256=digest(start.node_key))
     return {
         "_id": start.carve_id,
         "carve_id": start.carve_id,
         "session_id": session_id,
+        "session_sha256": digest(session_id),
         "request_id": start.request_id,
-        "node_key": start.node_key,
+        "node_key_sha256": origin.node_key_sha256,
+        "node_key_in_header": origin.node_key_in_header,
+        "device": origin.device,
+        "host": origin.host,
         "block_count": start.block_count,
         "block_size": start.block_size,
         "carve_size": start.carve_size,
@@ -102,10 +145,23 @@ def new_carve_doc(start: StartRequest, session_id: str, now: datetime) -> Docume
     }
 
 
-def same_start(doc: Document, start: StartRequest) -> bool:
-    """True when ``start`` repeats the request that created ``doc`` (a retried start)."""
-    fields: dict[str, Any] = start.model_dump()
-    return all(doc.get(name) == value for name, value in fields.items())
+_GEOMETRY = ("carve_id", "request_id", "block_count", "block_size", "carve_size")
+
+
+def same_start(doc: Document, start: StartRequest, origin: Origin | None = None) -> bool:
+    """True when ``start`` repeats the request that created ``doc`` (a retried start):
+    the same fields, the same node key and the same device certificate."""
+    origin = origin or Origin(node_key_sha256=digest(start.node_key))
+    fields: dict[str, Any] = start.model_dump(include=set(_GEOMETRY))
+    if not all(doc.get(name) == value for name, value in fields.items()):
+        return False
+    stored_device = (doc.get("device") or {}).get("fingerprint_sha256", "")
+    return stored_node_key(doc) == origin.node_key_sha256 and stored_device == origin.device_sha256
+
+
+def stored_node_key(doc: Document) -> str:
+    """The SHA-256 of the node key that started a carve (older documents kept it in clear)."""
+    return str(doc.get("node_key_sha256") or digest(doc.get("node_key") or ""))
 
 
 def archive_filename(carve_id: str, compression: Compression) -> str:

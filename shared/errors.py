@@ -13,7 +13,8 @@ queued message (workers)::
     │   ├── Conflict              409  carve_id already used
     │   │   └── NotComplete           409  the archive is asked for before the carve is complete
     │   ├── Gone                  410  the carve's bytes were deleted (expired or deleted)
-    │   └── PayloadTooLarge       413  body larger than the session's block size needs
+    │   ├── PayloadTooLarge       413  body larger than the session's block size needs
+    │   └── LimitExceeded         429  a host's (or the fleet's) share is used up; code says which
     ├── Unavailable            a backend is down or slow: fast non-JSON 503, osquery 5.22+ retries
     └── MessageError           raised while handling a queued message
         ├── TransientError        the message is fine, a backend is not: keep it, retry later
@@ -84,6 +85,17 @@ class Gone(ClientError):
 class PayloadTooLarge(ClientError):
     status = 413
     code = "payload_too_large"
+
+
+class LimitExceeded(ClientError):
+    """A start that would take its host, or all hosts, past a configured share."""
+
+    status = 429
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, code: str, **details: object) -> None:
+        super().__init__(message, **details)
+        self.code = code
 
 
 class Unavailable(CarveError):

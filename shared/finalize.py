@@ -156,7 +156,7 @@ class Finalizer:
                         "failed_at": datetime.now(UTC),
                         "updated_at": datetime.now(UTC),
                     },
-                    "$unset": {"finalize_lease": ""},
+                    "$unset": {"finalize_lease": "", "session_id": ""},
                 },
             )
             return Result(Outcome.CORRUPT)
@@ -184,7 +184,7 @@ class Finalizer:
                     "completed_at": now,
                     "updated_at": now,
                 },
-                "$unset": {"finalize_lease": ""},
+                "$unset": {"finalize_lease": "", "session_id": ""},
             },
         )
         if done.modified_count != 1:

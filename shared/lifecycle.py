@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from shared.carves import COLLECTION, Status
 from shared.mongo import Document, transient_on_outage
 from shared.protocol import expected_block_length
+from shared.quotas import Quotas
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,11 @@ async def transition(
         ]
     with transient_on_outage("carve transition"):
         return await db[COLLECTION].find_one_and_update(
-            query, {"$set": {"status": to_status.value, "updated_at": now, **fields}}
+            query,
+            {
+                "$set": {"status": to_status.value, "updated_at": now, **fields},
+                "$unset": {"session_id": ""},
+            },
         )
 
 
@@ -99,8 +104,10 @@ def _chunk_length(carve: Document, n: int) -> int:
     return 0
 
 
-async def end_session(redis: Redis, prefix: str, session_id: str | None) -> int:
-    """Remove an ended carve's upload session from Redis, so no replica takes its blocks."""
-    if not session_id:
+async def end_session(redis: Redis, prefix: str, carve: Document) -> int:
+    """Remove an ended carve's upload session from Redis, so no replica takes its blocks,
+    and give back the share of the service its host held for it (``shared.quotas``)."""
+    await Quotas(redis, prefix).release(carve.get("host") or "", [carve["_id"]])
+    if not (session_id := carve.get("session_id")):
         return 0
     return int(await redis.delete(*session_keys(prefix, session_id)))

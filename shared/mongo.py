@@ -40,6 +40,8 @@ async def ensure_indexes(db: AsyncDatabase[Document], bucket: str) -> None:
     )
     await db[f"{bucket}.files"].create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
     await db["carves"].create_index([("session_id", ASCENDING)])
+    await db["carves"].create_index([("session_sha256", ASCENDING)])
+    await db["carves"].create_index([("device.common_name", ASCENDING), ("created_at", ASCENDING)])
     await db["carves"].create_index([("status", ASCENDING), ("updated_at", ASCENDING)])
     await db["carves"].create_index([("created_at", ASCENDING)])
     await db["audit"].create_index([("carve_id", ASCENDING), ("time", ASCENDING)])

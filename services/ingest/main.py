@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.ingest import keys
+from services.ingest.admission import Admission
 from services.ingest.budget import ByteBudget
 from services.ingest.metrics import IngestMetrics
 from services.ingest.middlewares import osquery_errors
@@ -18,16 +19,20 @@ from shared import keys as shared_keys
 from shared.carves import COLLECTION
 from shared.health import add_health_routes, check_amqp, check_mongo, check_redis, service_app
 from shared.protocol import max_block_body
+from shared.quotas import Quotas
 from shared.resources import amqp_ctx, mongo_ctx, redis_ctx
 
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
+    redis, carves = app[shared_keys.REDIS], app[shared_keys.MONGO_DB][COLLECTION]
+    quotas = Quotas(redis, settings.redis_key_prefix, settings.quota_limits())
     app[keys.SESSIONS] = SessionStore(
-        app[shared_keys.REDIS],
-        app[shared_keys.MONGO_DB][COLLECTION],
+        redis,
+        carves,
         prefix=settings.redis_key_prefix,
         ttl=settings.session_ttl,
+        admission=Admission(quotas, carves),
     )
     yield
 

@@ -1,11 +1,12 @@
 """Upload sessions: Redis holds them, MongoDB remembers them.
 
-A session is a Redis hash (the carve's geometry, request_id, a hash of the
-node key) plus a bitmap of the blocks already confirmed by RabbitMQ. Any
-ingest replica can serve any block. The carve document in MongoDB also holds
-the session id, so a session lost with Redis (a restart without persistence)
-is rebuilt on first use instead of failing the carve; only the duplicate
-filter restarts empty, which the idempotent storage makes harmless.
+A session is a Redis hash (the carve's geometry, request_id, hashes of the
+node key and of the device certificate that started it) plus a bitmap of
+the blocks already confirmed by RabbitMQ. Any ingest replica can serve any
+block. The carve document in MongoDB also holds the session id, so a
+session lost with Redis (a restart without persistence) is rebuilt on
+first use instead of failing the carve; only the duplicate filter restarts
+empty, which the idempotent storage makes harmless.
 
 A session's fields never change, so each ingest process keeps the ones it
 has seen for a few seconds: a block then costs no read, only its share of one
@@ -17,7 +18,6 @@ what.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import secrets
@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 from pymongo.asynchronous.collection import AsyncCollection
@@ -35,11 +36,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.batching import Coalescer
-from shared.carves import Status, new_carve_doc, same_start
+from shared.carves import Origin, Status, digest, new_carve_doc, same_start, stored_node_key
 from shared.errors import Conflict, InvalidRequest, Unavailable, UnknownSession
 from shared.lifecycle import session_keys
 from shared.mongo import Document
 from shared.protocol import StartRequest
+
+if TYPE_CHECKING:
+    from services.ingest.admission import Admission
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +51,6 @@ log = logging.getLogger(__name__)
 def redact(session_id: str) -> str:
     """Enough of a session id to follow it in logs, not enough to use it."""
     return session_id[:6] + "…"
-
-
-def node_key_digest(node_key: str) -> str:
-    return hashlib.sha256(node_key.encode()).hexdigest() if node_key else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +62,23 @@ class Session:
     block_size: int
     carve_size: int
     node_key_sha256: str
+    # The start sent its node key in a header (osquery 5.23+): so must every block.
+    node_key_required: bool = False
+    # SHA-256 fingerprint of the device certificate that started the carve ("" for none).
+    device_sha256: str = ""
 
     def node_key_matches(self, node_key: str) -> bool:
-        """False only when both sides know a node key and they differ."""
-        if not self.node_key_sha256 or not node_key:
+        """False when the block's node key differs from the start's, or is missing where
+        the start's client sends it with every request."""
+        if not node_key:
+            return not (self.node_key_required and self.node_key_sha256)
+        if not self.node_key_sha256:
             return True
-        return hmac.compare_digest(self.node_key_sha256, node_key_digest(node_key))
+        return hmac.compare_digest(self.node_key_sha256, digest(node_key))
+
+    def device_matches(self, fingerprint: str) -> bool:
+        """False when the carve was started with a device certificate and this is not it."""
+        return not self.device_sha256 or hmac.compare_digest(self.device_sha256, fingerprint)
 
     @classmethod
     def from_carve(cls, doc: Document) -> Session:
@@ -78,7 +89,9 @@ class Session:
             block_count=doc["block_count"],
             block_size=doc["block_size"],
             carve_size=doc["carve_size"],
-            node_key_sha256=node_key_digest(doc.get("node_key") or ""),
+            node_key_sha256=stored_node_key(doc),
+            node_key_required=bool(doc.get("node_key_in_header")),
+            device_sha256=(doc.get("device") or {}).get("fingerprint_sha256", ""),
         )
 
 
@@ -128,10 +141,12 @@ class SessionStore:
         *,
         prefix: str,
         ttl: int,
+        admission: Admission | None = None,
         cache_size: int = 50_000,
         cache_ttl: float = 10.0,
     ) -> None:
         self._redis = redis
+        self._admission = admission
         self._carves = carves
         self._prefix = prefix
         self._ttl = ttl
@@ -142,31 +157,55 @@ class SessionStore:
     def _keys(self, session_id: str) -> tuple[str, str]:
         return session_keys(self._prefix, session_id)
 
-    async def start(self, start: StartRequest) -> tuple[str, bool]:
+    async def start(self, start: StartRequest, origin: Origin | None = None) -> tuple[str, bool]:
         """Open a session for ``start``; return (session_id, resumed).
 
-        A start repeated with identical fields (osquery retrying after a lost
-        reply) gets the same session back; any other reuse of a carve_id is
-        refused.
+        A start repeated with identical fields, node key and device (osquery
+        retrying after a lost reply) gets the same session back; any other
+        reuse of a carve_id is refused. A new carve must first fit its host's
+        share (``Admission``).
         """
+        origin = origin or Origin(node_key_sha256=digest(start.node_key))
         async with _backend("mongodb"):
             doc = await self._carves.find_one({"_id": start.carve_id})
-            resumed = doc is not None
-            if doc is None:
-                # 192 random bits, [A-Za-z0-9_-]
-                doc = new_carve_doc(start, secrets.token_urlsafe(24), datetime.now(UTC))
-                try:
-                    await self._carves.insert_one(doc)
-                except DuplicateKeyError:  # a concurrent start of the same carve won
-                    doc = await self._carves.find_one({"_id": start.carve_id}) or doc
-                    resumed = True
-        if resumed and (doc["status"] != Status.RECEIVING or not same_start(doc, start)):
+        resumed = doc is not None
+        if doc is None:
+            doc, resumed = await self._create(start, origin)
+        if resumed and (doc["status"] != Status.RECEIVING or not same_start(doc, start, origin)):
             raise Conflict(f"carve_id {start.carve_id} is already used (status {doc['status']})")
         if resumed:
             await self._save_while_receiving(Session.from_carve(doc))
         else:
             await self._save(Session.from_carve(doc))
         return doc["session_id"], resumed
+
+    async def _create(self, start: StartRequest, origin: Origin) -> tuple[Document, bool]:
+        """Insert a new carve: (its document, resumed), resumed when a concurrent start won."""
+        if self._admission is not None:
+            async with _backend("redis"):
+                await self._admission.admit(
+                    origin.host, start.carve_id, start.carve_size, start.block_count
+                )
+        # 192 random bits, [A-Za-z0-9_-]
+        doc = new_carve_doc(start, secrets.token_urlsafe(24), datetime.now(UTC), origin)
+        try:
+            async with _backend("mongodb"):
+                try:
+                    await self._carves.insert_one(doc)
+                    return doc, False
+                except DuplicateKeyError:  # a concurrent start of the same carve won
+                    won = await self._carves.find_one({"_id": start.carve_id}) or doc
+        except Unavailable:
+            await self._give_back(origin.host, start.carve_id)
+            raise
+        if not same_start(won, start, origin):  # not ours: refused as a conflict
+            await self._give_back(origin.host, start.carve_id)
+        return won, True
+
+    async def _give_back(self, host: str, carve_id: str) -> None:
+        if self._admission is not None:
+            async with _backend("redis"):
+                await self._admission.release(host, carve_id)
 
     async def _save(self, session: Session) -> None:
         meta, _bits = self._keys(session.session_id)
@@ -180,6 +219,8 @@ class SessionStore:
                     "block_size": session.block_size,
                     "carve_size": session.carve_size,
                     "node_key_sha256": session.node_key_sha256,
+                    "node_key_required": int(session.node_key_required),
+                    "device_sha256": session.device_sha256,
                 },
             )
             pipe.expire(meta, self._ttl)
@@ -273,4 +314,6 @@ def _parse(session_id: str, fields: dict[bytes, bytes]) -> Session:
         block_size=int(get["block_size"]),
         carve_size=int(get["carve_size"]),
         node_key_sha256=get.get("node_key_sha256", ""),
+        node_key_required=get.get("node_key_required") == "1",
+        device_sha256=get.get("device_sha256", ""),
     )

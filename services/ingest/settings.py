@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from functools import cached_property
 
+from pydantic import Field, field_validator
+
+from shared.proxies import Network, parse_networks
+from shared.quotas import Limits
 from shared.settings import AmqpSettings, GiB, HttpSettings, MiB, MongoSettings, RedisSettings
+
+TiB = 1024 * GiB
 
 # The largest block that fits a GridFS chunk document (16 MiB BSON limit, minus its fields).
 MAX_BLOCK_SIZE = 16 * MiB - 16 * 1024
@@ -31,3 +37,42 @@ class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
     read_buffer_bytes: int = Field(64 * 1024, ge=4096)
     # Redis session lifetime, refreshed by every block.
     session_ttl: int = Field(48 * 3600, ge=60)
+
+    # --- What a host may declare, and hold open (see shared/quotas.py) ---
+    # 2^24 blocks: a session's Redis bitmap stays under 2 MiB whatever the host sends
+    # (100 GiB at osquery's default 8 KiB blocks is 13.1 M blocks).
+    max_block_count: int = Field(2**24, ge=1, le=2**32)
+    # osquery's default is 8 KiB; blocks this small only multiply requests.
+    min_block_size: int = Field(1024, ge=1)
+    max_active_carves_per_host: int = Field(8, ge=1)
+    max_starts_per_host_per_minute: int = Field(30, ge=1)
+    max_inflight_bytes_per_host: int = Field(200 * GiB, ge=1)
+    # All hosts together: a fleet-wide flood becomes refusals, not an outage.
+    max_active_carves: int = Field(10_000, ge=1)
+    max_inflight_carve_bytes: int = Field(50 * TiB, ge=1)
+    # Redis memory that the admitted sessions' block bitmaps may reach at most, in all.
+    max_bitmap_bytes: int = Field(512 * MiB, ge=1)
+    # Comma-separated addresses/CIDRs of the proxies (NGINX, ingress-nginx) whose verified
+    # client certificate headers and X-Forwarded-For are believed. Empty: none are.
+    trusted_proxies: str = ""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        parse_networks(value)  # ValueError names the bad entry
+        return value
+
+    @cached_property
+    def proxy_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
+
+    def quota_limits(self) -> Limits:
+        return Limits(
+            host_active=self.max_active_carves_per_host,
+            host_starts_per_minute=self.max_starts_per_host_per_minute,
+            host_bytes=self.max_inflight_bytes_per_host,
+            global_active=self.max_active_carves,
+            global_bytes=self.max_inflight_carve_bytes,
+            global_bitmap_bytes=self.max_bitmap_bytes,
+            lifetime_seconds=self.session_ttl,
+        )

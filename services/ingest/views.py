@@ -19,7 +19,10 @@ from services.ingest.body import (
     read_rest,
     split_block_body,
 )
+from services.ingest.device import Device, device_of, host_identity
 from services.ingest.sessions import Session, redact
+from services.ingest.settings import IngestSettings
+from shared.carves import Origin, digest
 from shared.errors import Forbidden, InvalidRequest, PayloadTooLarge
 from shared.protocol import (
     BlockRequest,
@@ -29,6 +32,7 @@ from shared.protocol import (
     geometry_error,
     max_block_body,
 )
+from shared.proxies import client_address
 from shared.queue import Block
 
 log = logging.getLogger(__name__)
@@ -49,16 +53,19 @@ def _node_key_header(request: web.Request) -> str:
     return value.strip() if scheme == "NodeKey" else ""
 
 
-async def start_upload(request: web.Request) -> web.Response:
-    settings = request.app[keys.SETTINGS]
-    body = await read_rest(request, b"", START_BODY_LIMIT)
-    try:
-        start = StartRequest.model_validate(parse_json_object(body))
-    except ValidationError as exc:
-        raise InvalidRequest(_validation_message(exc)) from exc
+def _check_geometry(start: StartRequest, settings: IngestSettings) -> None:
+    """Refuse what no real client declares, or what this deployment does not take."""
     if start.block_size > settings.max_block_size:
         raise PayloadTooLarge(
             f"block_size {start.block_size} exceeds the maximum of {settings.max_block_size}"
+        )
+    if start.block_size < settings.min_block_size:
+        raise InvalidRequest(
+            f"block_size {start.block_size} is below the minimum of {settings.min_block_size}"
+        )
+    if start.block_count > settings.max_block_count:
+        raise InvalidRequest(
+            f"block_count {start.block_count} exceeds the maximum of {settings.max_block_count}"
         )
     if start.carve_size > settings.max_carve_size:
         raise PayloadTooLarge(
@@ -66,19 +73,44 @@ async def start_upload(request: web.Request) -> web.Response:
         )
     if problem := geometry_error(start.block_count, start.block_size, start.carve_size):
         raise InvalidRequest(problem)
+
+
+def _origin(request: web.Request, start: StartRequest, device: Device | None) -> Origin:
+    """The node key (from the body, else the header) and the device that started a carve."""
     header_key = _node_key_header(request)
     if header_key and start.node_key and header_key != start.node_key:
         raise Forbidden("Authorization node key differs from the body's node_key")
-    session_id, resumed = await request.app[keys.SESSIONS].start(start)
+    node_key_sha256 = digest(start.node_key or header_key)
+    trusted = request.app[keys.SETTINGS].proxy_networks
+    return Origin(
+        node_key_sha256=node_key_sha256,
+        node_key_in_header=bool(header_key),
+        device=device.to_doc() if device else None,
+        host=host_identity(device, node_key_sha256, client_address(request, trusted)),
+    )
+
+
+async def start_upload(request: web.Request) -> web.Response:
+    settings = request.app[keys.SETTINGS]
+    body = await read_rest(request, b"", START_BODY_LIMIT)
+    try:
+        start = StartRequest.model_validate(parse_json_object(body))
+    except ValidationError as exc:
+        raise InvalidRequest(_validation_message(exc)) from exc
+    _check_geometry(start, settings)
+    device = device_of(request, settings.proxy_networks)
+    origin = _origin(request, start, device)
+    session_id, resumed = await request.app[keys.SESSIONS].start(start, origin)
     request.app[keys.METRICS].starts.labels("resumed" if resumed else "created").inc()
     log.info(
-        "carve %s %s: %d bytes in %d blocks of %d, session %s",
+        "carve %s %s: %d bytes in %d blocks of %d, session %s, device %s",
         start.carve_id,
         "resumed" if resumed else "started",
         start.carve_size,
         start.block_count,
         start.block_size,
         redact(session_id),
+        device.common_name if device else "-",
     )
     return web.json_response({"session_id": session_id, "success": True})
 
@@ -147,7 +179,11 @@ def _check_block(request: web.Request, received: _Received) -> bytes:
     if block.request_id != session.request_id:
         raise InvalidRequest("request_id does not match the session")
     if not session.node_key_matches(_node_key_header(request)):
-        raise Forbidden("node key does not match the one that started the carve")
+        raise Forbidden("node key missing or not the one that started the carve")
+    if session.device_sha256:
+        device = device_of(request, request.app[keys.SETTINGS].proxy_networks)
+        if not session.device_matches(device.fingerprint_sha256 if device else ""):
+            raise Forbidden("block sent with another device certificate than the carve's start")
     if block.block_id >= session.block_count:
         raise InvalidRequest(f"block_id {block.block_id} out of range [0, {session.block_count})")
     data = received.payload()

@@ -45,6 +45,7 @@ from shared.lifecycle import (
     transition,
 )
 from shared.mongo import Document, transient_on_outage
+from shared.quotas import Quotas
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class Janitor:
             self._db, carve_id, Status.RECEIVING, Status.FAILED, fields, now, unless_finalizing=True
         )
         if changed:
-            await end_session(self._redis, self._settings.redis_key_prefix, doc["session_id"])
+            await end_session(self._redis, self._settings.redis_key_prefix, doc)
             log.info("carve %s failed: %s", carve_id, reason)
 
     async def _session_state(self, doc: Document) -> tuple[datetime | None, int | None]:
@@ -247,7 +248,7 @@ class Janitor:
         # Tombstone first: from here on nobody downloads it; then the bytes go.
         if await transition(self._db, doc["_id"], from_status, Status.EXPIRED, fields, now):
             report.actions[action] += 1
-        await end_session(self._redis, self._settings.redis_key_prefix, doc.get("session_id"))
+        await end_session(self._redis, self._settings.redis_key_prefix, doc)
         _, freed = await purge_archive(
             self._db,
             self._settings.mongo_bucket,
@@ -316,8 +317,9 @@ class Janitor:
                 owners: list[bytes | None] = await pipe.execute()
             ids = [o.decode() for o in owners if o is not None]
             with transient_on_outage("janitor: sessions"):
-                found = self._carves.find({"_id": {"$in": ids}}, {"status": 1})
-                receiving = {d["_id"] async for d in found if d["status"] == Status.RECEIVING}
+                found = self._carves.find({"_id": {"$in": ids}}, {"status": 1, "host": 1})
+                docs = [d async for d in found]
+            receiving = {d["_id"] for d in docs if d["status"] == Status.RECEIVING}
             ended = [
                 key
                 for key, owner in zip(keys, owners, strict=True)
@@ -327,6 +329,10 @@ class Janitor:
             if ended and not report.dry_run:
                 bitmaps = [session_keys(prefix, session_of(prefix, k.decode()))[1] for k in ended]
                 await self._redis.delete(*ended, *bitmaps)
+                quotas = Quotas(self._redis, prefix)
+                for doc in docs:
+                    if doc["_id"] not in receiving:
+                        await quotas.release(doc.get("host") or "", [doc["_id"]])
 
 
 async def _scan_batches(redis: Redis, pattern: str, count: int) -> AsyncIterator[list[bytes]]:

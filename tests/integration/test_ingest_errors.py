@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import uuid
@@ -86,7 +87,10 @@ async def test_start_returns_unguessable_session_and_records_carve(stack: Stack)
     assert doc is not None
     assert doc["status"] == "receiving"
     assert (doc["block_count"], doc["block_size"], doc["carve_size"]) == (3, B, 2 * B + 100)
-    assert doc["node_key"] == "nk-secret"
+    # The node key only as a SHA-256: a database dump gives no host's key away.
+    assert doc["node_key_sha256"] == hashlib.sha256(b"nk-secret").hexdigest()
+    assert "nk-secret" not in repr(doc)
+    assert doc["session_sha256"] == hashlib.sha256(sid.encode()).hexdigest()
     _, sid2 = await start(stack)
     assert sid2 != sid
 

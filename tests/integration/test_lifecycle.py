@@ -51,9 +51,10 @@ def redis_of(stack: Stack) -> Redis:
 
 
 async def session_keys(stack: Stack) -> set[bytes]:
+    """The Redis keys of upload sessions (hash and bitmap), not the hosts' shares."""
     prefix = stack.env["CARVE_REDIS_KEY_PREFIX"]
     async with redis_of(stack) as redis:
-        return set(await redis.keys(prefix + "*"))
+        return set(await redis.keys(prefix + "s:*")) | set(await redis.keys(prefix + "b:*"))
 
 
 async def test_host_stopping_halfway_fails_after_idle_timeout(stack: Stack) -> None:

@@ -1,0 +1,221 @@
+"""What one host, and all hosts together, may hold open at once: admission of carve starts.
+
+A host we carve from may be the attacker's, with a valid certificate and node
+key. Each start it makes reserves a share of the service: one receiving carve,
+its declared bytes, and the Redis bitmap its block ids may fill (one bit per
+declared block, so ``ceil(block_count / 8)`` bytes at most, whatever order the
+blocks come in). Admission refuses a start that would take a host, or the
+whole fleet, past a configured share, so a flood degrades into clear refusals
+and Redis memory stays bounded by the sum of the bitmaps admitted.
+
+State lives in Redis, shared by every ingest replica, in one atomic script per
+start:
+
+* ``q:h:<host>`` sorted set: the host's admitted carve ids, scored by the time
+  after which the reservation lapses on its own (a safety net: a carve nobody
+  ends still frees its share after the session lifetime);
+* ``q:hb:<host>`` hash: carve id -> "declared bytes:bitmap bytes";
+* ``q:g`` and ``q:gb`` the same for all hosts, with running totals in
+  ``q:gt`` (carves are counted by ZCARD);
+* ``q:r:<host>:<minute>``: starts this minute.
+
+A share is given back when its carve stops receiving: explicitly by the
+janitor when it fails or sweeps a carve, and lazily by the ingest, which asks
+MongoDB which of a host's carves still receive whenever that host is at a
+limit (so a carve that completed frees its share for the very next start).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from redis.asyncio import Redis
+
+
+class Refusal(StrEnum):
+    """Why admission refused a start; also the JSON error code and the metric label."""
+
+    HOST_ACTIVE = "host_active_carves"
+    HOST_RATE = "host_start_rate"
+    HOST_BYTES = "host_inflight_bytes"
+    GLOBAL_ACTIVE = "global_active_carves"
+    GLOBAL_BYTES = "global_inflight_bytes"
+    GLOBAL_BITMAP = "global_bitmap_bytes"
+
+
+@dataclass(frozen=True)
+class Limits:
+    host_active: int
+    host_starts_per_minute: int
+    host_bytes: int
+    global_active: int
+    global_bytes: int
+    global_bitmap_bytes: int
+    # A reservation nobody gives back lapses after this long.
+    lifetime_seconds: int
+
+
+def bitmap_bytes(block_count: int) -> int:
+    """Redis memory a session's bitmap of received blocks can reach."""
+    return -(-block_count // 8)
+
+
+def _keys(prefix: str, host: str) -> list[str]:
+    return [f"{prefix}q:h:{host}", f"{prefix}q:hb:{host}", f"{prefix}q:g", f"{prefix}q:gb"]
+
+
+def _totals(prefix: str) -> str:
+    return f"{prefix}q:gt"
+
+
+# KEYS: host set, host hash, global set, global hash, global totals, rate key.
+# ARGV: carve id, declared bytes, bitmap bytes, now ms, deadline ms, the six limits, then 1 to
+# count this start against the host's rate (0 for a second try after giving back stale shares).
+# Returns "ok", "again" (already admitted: a retried start) or a Refusal value.
+_ADMIT = """
+local hz, hh, gz, gh, gt, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, bytes, bits, now, deadline = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), ARGV[5]
+local host_active, host_rate, host_bytes = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local g_active, g_bytes, g_bits = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+
+local function drop(z, h, member, totals)
+  if redis.call('ZREM', z, member) == 1 and totals then
+    local v = redis.call('HGET', h, member)
+    if v then
+      local b, m = string.match(v, '(%d+):(%d+)')
+      redis.call('HINCRBY', totals, 'bytes', -tonumber(b))
+      redis.call('HINCRBY', totals, 'bits', -tonumber(m))
+    end
+  end
+  redis.call('HDEL', h, member)
+end
+-- Lapsed reservations, a bounded number per call.
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', hz, '-inf', now, 'LIMIT', 0, 64)) do
+  drop(hz, hh, m, nil)
+end
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', gz, '-inf', now, 'LIMIT', 0, 64)) do
+  drop(gz, gh, m, gt)
+end
+
+if redis.call('ZSCORE', hz, id) then return 'again' end
+local starts = tonumber(redis.call('GET', rate) or '0')
+if ARGV[12] == '1' then
+  starts = redis.call('INCR', rate)
+  if starts == 1 then redis.call('EXPIRE', rate, 120) end
+end
+if starts > host_rate then return 'host_start_rate' end
+if redis.call('ZCARD', hz) >= host_active then return 'host_active_carves' end
+local held = 0
+for _, v in ipairs(redis.call('HVALS', hh)) do
+  held = held + tonumber(string.match(v, '(%d+):'))
+end
+if held + bytes > host_bytes then return 'host_inflight_bytes' end
+if redis.call('ZCARD', gz) >= g_active then return 'global_active_carves' end
+local totals = redis.call('HMGET', gt, 'bytes', 'bits')
+if (tonumber(totals[1]) or 0) + bytes > g_bytes then return 'global_inflight_bytes' end
+if (tonumber(totals[2]) or 0) + bits > g_bits then return 'global_bitmap_bytes' end
+
+local value = bytes .. ':' .. bits
+redis.call('ZADD', hz, deadline, id)
+redis.call('HSET', hh, id, value)
+redis.call('PEXPIREAT', hz, deadline)
+redis.call('PEXPIREAT', hh, deadline)
+if redis.call('ZADD', gz, deadline, id) == 1 then
+  redis.call('HSET', gh, id, value)
+  redis.call('HINCRBY', gt, 'bytes', bytes)
+  redis.call('HINCRBY', gt, 'bits', bits)
+end
+return 'ok'
+"""
+
+# KEYS: host set, host hash, global set, global hash, global totals. ARGV: carve ids.
+# Returns how many reservations were given back.
+_RELEASE = """
+local hz, hh, gz, gh, gt = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local freed = 0
+for _, id in ipairs(ARGV) do
+  redis.call('ZREM', hz, id)
+  redis.call('HDEL', hh, id)
+  if redis.call('ZREM', gz, id) == 1 then
+    freed = freed + 1
+    local v = redis.call('HGET', gh, id)
+    if v then
+      local b, m = string.match(v, '(%d+):(%d+)')
+      redis.call('HINCRBY', gt, 'bytes', -tonumber(b))
+      redis.call('HINCRBY', gt, 'bits', -tonumber(m))
+    end
+    redis.call('HDEL', gh, id)
+  end
+end
+return freed
+"""
+
+
+class Quotas:
+    """Admission of carve starts against per-host and global shares (see the module doc)."""
+
+    def __init__(self, redis: Redis, prefix: str, limits: Limits | None = None) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._limits = limits
+        self._admit = redis.register_script(_ADMIT)
+        self._release = redis.register_script(_RELEASE)
+
+    async def admit(
+        self,
+        host: str,
+        carve_id: str,
+        declared_bytes: int,
+        block_count: int,
+        *,
+        again: bool = False,
+    ) -> Refusal | None:
+        """Reserve a share for a new carve of ``host``; the reason when it does not fit.
+
+        ``again``: a second try of the same start, not counted against the host's rate.
+        """
+        limits = self._limits
+        assert limits is not None, "a Quotas without limits only releases"
+        now_ms = int(time.time() * 1000)
+        minute = now_ms // 60_000
+        keys = [*_keys(self._prefix, host), _totals(self._prefix)]
+        keys.append(f"{self._prefix}q:r:{host}:{minute}")
+        args: list[str | int] = [
+            carve_id,
+            declared_bytes,
+            bitmap_bytes(block_count),
+            now_ms,
+            now_ms + limits.lifetime_seconds * 1000,
+            limits.host_active,
+            limits.host_starts_per_minute,
+            limits.host_bytes,
+            limits.global_active,
+            limits.global_bytes,
+            limits.global_bitmap_bytes,
+            0 if again else 1,
+        ]
+        answer = await self._admit(keys=keys, args=args)
+        answer = answer.decode() if isinstance(answer, bytes) else str(answer)
+        return None if answer in ("ok", "again") else Refusal(answer)
+
+    async def release(self, host: str, carve_ids: Iterable[str]) -> int:
+        """Give back the shares of carves that stopped receiving; returns how many were held."""
+        ids = list(carve_ids)
+        if not ids:
+            return 0
+        keys = [*_keys(self._prefix, host), _totals(self._prefix)]
+        return int(await self._release(keys=keys, args=ids))
+
+    async def held_by(self, host: str) -> list[str]:
+        """The carve ids ``host`` holds a share for."""
+        members = await self._redis.zrange(_keys(self._prefix, host)[0], 0, -1)
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    async def oldest(self, count: int) -> list[str]:
+        """The ``count`` oldest reservations of all hosts, as carve ids."""
+        members = await self._redis.zrange(_keys(self._prefix, "")[2], 0, count - 1)
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
