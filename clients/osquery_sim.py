@@ -28,12 +28,12 @@ import math
 import os
 import random
 import re
+import secrets
 import shutil
 import ssl
 import sys
 import tarfile
 import tempfile
-import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence

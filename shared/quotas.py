@@ -2,11 +2,11 @@
 
 A host we carve from may be the attacker's, with a valid certificate and node
 key. Each start it makes reserves a share of the service: one receiving carve,
-its declared bytes, and the Redis bitmap its block ids may fill (one bit per
-declared block, so ``ceil(block_count / 8)`` bytes at most, whatever order the
-blocks come in). Admission refuses a start that would take a host, or the
+its declared bytes, and the Redis memory its session may reach (a bitmap of
+one bit per declared block, whatever order the blocks come in: see
+``session_bytes``). Admission refuses a start that would take a host, or the
 whole fleet, past a configured share, so a flood degrades into clear refusals
-and Redis memory stays bounded by the sum of the bitmaps admitted.
+and Redis memory stays bounded by the sum of the sessions admitted.
 
 State lives in Redis, shared by every ingest replica, in one atomic script per
 start:
@@ -14,7 +14,7 @@ start:
 * ``q:h:<host>`` sorted set: the host's admitted carve ids, scored by the time
   after which the reservation lapses on its own (a safety net: a carve nobody
   ends still frees its share after the session lifetime);
-* ``q:hb:<host>`` hash: carve id -> "declared bytes:bitmap bytes";
+* ``q:hb:<host>`` hash: carve id -> "declared bytes:session bytes";
 * ``q:g`` and ``q:gb`` the same for all hosts, with running totals in
   ``q:gt`` (carves are counted by ZCARD);
 * ``q:r:<host>:<minute>``: starts this minute.
@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -43,7 +44,7 @@ class Refusal(StrEnum):
     HOST_BYTES = "host_inflight_bytes"
     GLOBAL_ACTIVE = "global_active_carves"
     GLOBAL_BYTES = "global_inflight_bytes"
-    GLOBAL_BITMAP = "global_bitmap_bytes"
+    GLOBAL_SESSIONS = "global_session_memory"
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,17 @@ class Limits:
     host_bytes: int
     global_active: int
     global_bytes: int
-    global_bitmap_bytes: int
+    global_session_bytes: int
     # A reservation nobody gives back lapses after this long.
     lifetime_seconds: int
 
 
-def bitmap_bytes(block_count: int) -> int:
-    """Redis memory a session's bitmap of received blocks can reach."""
-    return -(-block_count // 8)
+def session_bytes(block_count: int) -> int:
+    """Redis memory a session can reach at most: its hash, and its bitmap of received blocks
+    (one bit per block), which Redis grows by doubling (by 1 MiB past 1 MiB) as the highest
+    block id comes in, whatever order the blocks arrive in."""
+    bitmap = -(-block_count // 8)
+    return 2 * bitmap + 1024
 
 
 def _keys(prefix: str, host: str) -> list[str]:
@@ -117,7 +121,7 @@ if held + bytes > host_bytes then return 'host_inflight_bytes' end
 if redis.call('ZCARD', gz) >= g_active then return 'global_active_carves' end
 local totals = redis.call('HMGET', gt, 'bytes', 'bits')
 if (tonumber(totals[1]) or 0) + bytes > g_bytes then return 'global_inflight_bytes' end
-if (tonumber(totals[2]) or 0) + bits > g_bits then return 'global_bitmap_bytes' end
+if (tonumber(totals[2]) or 0) + bits > g_bits then return 'global_session_memory' end
 
 local value = bytes .. ':' .. bits
 redis.call('ZADD', hz, deadline, id)
@@ -187,7 +191,7 @@ class Quotas:
         args: list[str | int] = [
             carve_id,
             declared_bytes,
-            bitmap_bytes(block_count),
+            session_bytes(block_count),
             now_ms,
             now_ms + limits.lifetime_seconds * 1000,
             limits.host_active,
@@ -195,7 +199,7 @@ class Quotas:
             limits.host_bytes,
             limits.global_active,
             limits.global_bytes,
-            limits.global_bitmap_bytes,
+            limits.global_session_bytes,
             0 if again else 1,
         ]
         answer = await self._admit(keys=keys, args=args)
@@ -210,12 +214,19 @@ class Quotas:
         keys = [*_keys(self._prefix, host), _totals(self._prefix)]
         return int(await self._release(keys=keys, args=ids))
 
-    async def held_by(self, host: str) -> list[str]:
-        """The carve ids ``host`` holds a share for."""
-        members = await self._redis.zrange(_keys(self._prefix, host)[0], 0, -1)
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+    async def held_by(self, host: str) -> list[tuple[str, float]]:
+        """The carve ids ``host`` holds a share for, with when each was admitted (epoch s)."""
+        assert self._limits is not None
+        key = _keys(self._prefix, host)[0]
+        members: list[tuple[Any, Any]] = await self._redis.zrange(key, 0, -1, withscores=True)
+        lifetime = self._limits.lifetime_seconds
+        return [(_text(m), float(score) / 1000 - lifetime) for m, score in members]
 
     async def oldest(self, count: int) -> list[str]:
         """The ``count`` oldest reservations of all hosts, as carve ids."""
         members = await self._redis.zrange(_keys(self._prefix, "")[2], 0, count - 1)
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        return [_text(m) for m in members]
+
+
+def _text(member: Any) -> str:
+    return member.decode() if isinstance(member, bytes) else str(member)

@@ -25,14 +25,16 @@ from shared.quotas import Quotas, Refusal
 log = logging.getLogger(__name__)
 
 _HOST = frozenset({Refusal.HOST_ACTIVE, Refusal.HOST_BYTES})
-_GLOBAL = frozenset({Refusal.GLOBAL_ACTIVE, Refusal.GLOBAL_BYTES, Refusal.GLOBAL_BITMAP})
+_GLOBAL = frozenset({Refusal.GLOBAL_ACTIVE, Refusal.GLOBAL_BYTES, Refusal.GLOBAL_SESSIONS})
+# A share admitted this recently may belong to a start still writing its carve document.
+_PENDING_SECONDS = 60.0
 _MESSAGES = {
     Refusal.HOST_ACTIVE: "this host already has as many carves receiving as it may",
     Refusal.HOST_RATE: "this host started too many carves in the last minute",
     Refusal.HOST_BYTES: "this host's receiving carves declare as many bytes as it may hold",
     Refusal.GLOBAL_ACTIVE: "the server has as many carves receiving as it takes",
     Refusal.GLOBAL_BYTES: "the server's receiving carves declare as many bytes as it takes",
-    Refusal.GLOBAL_BITMAP: "the server holds as much upload session state as it may",
+    Refusal.GLOBAL_SESSIONS: "the server holds as much upload session state as it may",
 }
 
 
@@ -68,8 +70,16 @@ class Admission:
 
     async def _reconcile_host(self, host: str) -> int:
         held = await self._quotas.held_by(host)
-        live = await self._receiving(held, host)
-        return await self._quotas.release(host, [c for c in held if c not in live])
+        ids = [carve_id for carve_id, _ in held]
+        docs = self._carves.find({"_id": {"$in": ids}}, {"status": 1, "host": 1})
+        found = {d["_id"]: d async for d in docs}
+        recent = time.time() - _PENDING_SECONDS
+        stale = [
+            carve_id
+            for carve_id, admitted in held
+            if _ended(found.get(carve_id), host, pending=admitted > recent)
+        ]
+        return await self._quotas.release(host, stale)
 
     async def _reconcile_global(self) -> int:
         now = time.monotonic()
@@ -82,8 +92,8 @@ class Admission:
         by_host: dict[str, list[str]] = defaultdict(list)
         for carve_id in oldest:
             doc = found.get(carve_id)
-            if doc is None or doc["status"] != Status.RECEIVING:
-                by_host[(doc or {}).get("host") or ""].append(carve_id)
+            if doc is not None and doc["status"] != Status.RECEIVING:
+                by_host[doc.get("host") or ""].append(carve_id)
         freed = 0
         for host, ids in by_host.items():
             freed += await self._quotas.release(host, ids)
@@ -91,7 +101,10 @@ class Admission:
             log.info("gave back %d shares of carves no longer receiving", freed)
         return freed
 
-    async def _receiving(self, carve_ids: list[str], host: str) -> set[str]:
-        """Those of ``carve_ids`` that still receive and belong to ``host``."""
-        query = {"_id": {"$in": carve_ids}, "status": Status.RECEIVING.value, "host": host}
-        return {d["_id"] async for d in self._carves.find(query, {"_id": 1})}
+
+def _ended(doc: Document | None, host: str, *, pending: bool) -> bool:
+    """Whether a share of ``host`` is held for nothing: its carve stopped receiving, belongs
+    to another host (a start refused as a conflict), or never got written."""
+    if doc is None:
+        return not pending
+    return doc["status"] != Status.RECEIVING or doc.get("host") != host

@@ -50,8 +50,8 @@ class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
     # All hosts together: a fleet-wide flood becomes refusals, not an outage.
     max_active_carves: int = Field(10_000, ge=1)
     max_inflight_carve_bytes: int = Field(50 * TiB, ge=1)
-    # Redis memory that the admitted sessions' block bitmaps may reach at most, in all.
-    max_bitmap_bytes: int = Field(512 * MiB, ge=1)
+    # Redis memory that all admitted upload sessions may reach at most (shared.quotas).
+    max_session_memory: int = Field(512 * MiB, ge=1)
     # Comma-separated addresses/CIDRs of the proxies (NGINX, ingress-nginx) whose verified
     # client certificate headers and X-Forwarded-For are believed. Empty: none are.
     trusted_proxies: str = ""
@@ -73,6 +73,6 @@ class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
             host_bytes=self.max_inflight_bytes_per_host,
             global_active=self.max_active_carves,
             global_bytes=self.max_inflight_carve_bytes,
-            global_bitmap_bytes=self.max_bitmap_bytes,
+            global_session_bytes=self.max_session_memory,
             lifetime_seconds=self.session_ttl,
         )
