@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -218,7 +218,9 @@ class Quotas:
         """The carve ids ``host`` holds a share for, with when each was admitted (epoch s)."""
         assert self._limits is not None
         key = _keys(self._prefix, host)[0]
-        members: list[tuple[Any, Any]] = await self._redis.zrange(key, 0, -1, withscores=True)
+        members = cast(
+            "list[tuple[Any, Any]]", await self._redis.zrange(key, 0, -1, withscores=True)
+        )
         lifetime = self._limits.lifetime_seconds
         return [(_text(m), float(score) / 1000 - lifetime) for m, score in members]
 
