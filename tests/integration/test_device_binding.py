@@ -1,0 +1,212 @@
+"""Sessions bound to the host that started them: its node key and its device certificate.
+
+The certificate headers are the ones NGINX and ingress-nginx pass upstream
+(``ssl-client-verify``, ``ssl-client-cert`` as URL-encoded PEM); here the test
+plays the proxy, so it can also play an attacker who sends them directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from clients.osquery_sim import block_body, judge_reply, start_body
+from tests.stack import Stack
+
+BLOCK = 1024
+DATA = bytes(range(256)) * 10  # 2,560 bytes: three blocks
+
+
+def make_cert(common_name: str) -> tuple[bytes, str, str]:
+    """A device certificate: PEM, its SHA-256 fingerprint and serial (hex)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "carve-test"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    return pem, cert.fingerprint(hashes.SHA256()).hex(), format(cert.serial_number, "x")
+
+
+DEVICE_A = make_cert("host-a.example.org")
+DEVICE_B = make_cert("host-b.example.org")
+
+
+def cert_headers(device: tuple[bytes, str, str] | None) -> dict[str, str]:
+    """What NGINX sets for a verified client certificate ($ssl_client_escaped_cert)."""
+    if device is None:
+        return {}
+    return {
+        "ssl-client-verify": "SUCCESS",
+        "ssl-client-cert": quote(device[0].decode(), safe=""),
+        "ssl-client-subject-dn": "CN=ignored",
+    }
+
+
+class Host:
+    def __init__(self, url: str, node_key: str = "nk-1") -> None:
+        self.url = url
+        self.node_key = node_key
+        self.carve_id = str(uuid.uuid4())
+        self.request_id = str(uuid.uuid4())
+        self.session_id = ""
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(self.url + path, data=body, headers=headers) as resp,
+        ):
+            return resp.status, await resp.read()
+
+    async def start(self, headers: dict[str, str], body_key: str | None = None) -> tuple[int, Any]:
+        body = start_body(
+            block_count=3,
+            block_size=BLOCK,
+            carve_size=len(DATA),
+            carve_id=self.carve_id,
+            request_id=self.request_id,
+            node_key=self.node_key if body_key is None else body_key,
+        )
+        status, raw = await self.post("/start_uploads", body, headers)
+        reply = json.loads(raw)
+        self.session_id = reply.get("session_id", self.session_id)
+        return status, reply
+
+    async def block(self, i: int, headers: dict[str, str]) -> tuple[int, bytes]:
+        chunk = DATA[i * BLOCK : (i + 1) * BLOCK]
+        return await self.post(
+            "/upload_blocks", block_body(i, self.session_id, self.request_id, chunk), headers
+        )
+
+
+def node_key(key: str) -> dict[str, str]:
+    return {"Authorization": f"NodeKey {key}"}
+
+
+async def test_start_records_the_device_and_only_its_certificate_may_send_blocks(
+    stack: Stack,
+) -> None:
+    ingest = await stack.start_ingest(trusted_proxies="127.0.0.1/32")
+    host = Host(ingest.url)
+    status, reply = await host.start(cert_headers(DEVICE_A))
+    assert status == 200 and reply["session_id"]
+    doc = await stack.carve_doc(host.carve_id)
+    assert doc is not None
+    assert doc["device"] == {
+        "common_name": "host-a.example.org",
+        "subject_dn": "CN=host-a.example.org,O=carve-test",
+        "serial": DEVICE_A[2],
+        "fingerprint_sha256": DEVICE_A[1],
+    }
+    assert doc["host"] == "cert:" + DEVICE_A[1]
+    # Another enrolled device, or none at all (straight to the ingest): refused, nothing stored.
+    for headers in (cert_headers(DEVICE_B), {}, {"ssl-client-verify": "NONE"}):
+        status, raw = await host.block(0, headers)
+        assert status == 403, raw
+        assert b"device certificate" in raw
+    assert await stack.chunk_count(host.carve_id) == 0
+    for i in range(3):
+        status, raw = await host.block(i, cert_headers(DEVICE_A))
+        assert status == 200 and judge_reply(status, raw).ok, raw
+    done = await stack.wait_complete(host.carve_id)
+    assert done["sha256"] == hashlib.sha256(DATA).hexdigest()
+    assert "session_id" not in done  # only its hash outlives the carve
+
+
+async def test_a_retried_start_from_another_device_is_a_conflict(stack: Stack) -> None:
+    ingest = await stack.start_ingest(trusted_proxies="127.0.0.1/32")
+    host = Host(ingest.url)
+    status, first = await host.start(cert_headers(DEVICE_A))
+    assert status == 200
+    status, again = await host.start(cert_headers(DEVICE_A))
+    assert (status, again["session_id"]) == (200, first["session_id"])
+    status, reply = await host.start(cert_headers(DEVICE_B))
+    assert (status, reply["code"]) == (409, "conflict") and "session_id" not in reply
+
+
+async def test_certificate_headers_from_an_untrusted_peer_are_ignored(stack: Stack) -> None:
+    """Without CARVE_TRUSTED_PROXIES (the default) the headers are attacker text."""
+    host = Host(stack.ingest_url)
+    status, _ = await host.start(cert_headers(DEVICE_A))
+    assert status == 200
+    doc = await stack.carve_doc(host.carve_id)
+    assert doc is not None and doc["device"] is None
+    assert doc["host"] == "nk:" + hashlib.sha256(b"nk-1").hexdigest()[:32]
+
+
+async def test_a_garbled_certificate_from_the_proxy_is_refused(stack: Stack) -> None:
+    ingest = await stack.start_ingest(trusted_proxies="127.0.0.1/32")
+    headers = {"ssl-client-verify": "SUCCESS", "ssl-client-cert": "not%20a%20certificate"}
+    status, reply = await Host(ingest.url).start(headers)
+    assert (status, reply["code"]) == (400, "invalid_request") and "session_id" not in reply
+
+
+async def test_one_device_is_one_host_whatever_its_node_keys(stack: Stack) -> None:
+    ingest = await stack.start_ingest(trusted_proxies="127.0.0.1/32", max_active_carves_per_host=1)
+    assert (await Host(ingest.url, "nk-1").start(cert_headers(DEVICE_A)))[0] == 200
+    status, reply = await Host(ingest.url, "nk-2").start(cert_headers(DEVICE_A))
+    assert (status, reply["code"]) == (429, "host_active_carves")
+    assert (await Host(ingest.url, "nk-3").start(cert_headers(DEVICE_B)))[0] == 200
+
+
+async def test_header_only_node_key_is_recorded_and_binds_the_carve(stack: Stack) -> None:
+    """osquery 5.23+ may send the key only in the header: it still binds the session."""
+    host = Host(stack.ingest_url)
+    status, first = await host.start(node_key("nk-header"), body_key="")
+    assert status == 200
+    doc = await stack.carve_doc(host.carve_id)
+    assert doc is not None
+    assert doc["node_key_sha256"] == hashlib.sha256(b"nk-header").hexdigest()
+    # A retried start with another key is not the same start.
+    status, reply = await host.start(node_key("nk-other"), body_key="")
+    assert (status, reply["code"]) == (409, "conflict")
+    status, again = await host.start(node_key("nk-header"), body_key="")
+    assert again["session_id"] == first["session_id"]
+    # Its blocks must carry the key, and the same one.
+    for headers in ({}, node_key("nk-other")):
+        status, raw = await host.block(0, headers)
+        assert status == 403 and b"node key" in raw, raw
+    assert await stack.chunk_count(host.carve_id) == 0
+    for i in range(3):
+        assert (await host.block(i, node_key("nk-header")))[0] == 200
+    await stack.wait_complete(host.carve_id)
+
+
+@pytest.mark.parametrize("version_sends_header", [False, True])
+async def test_body_node_key_binds_blocks_as_each_version_sends_them(
+    stack: Stack, version_sends_header: bool
+) -> None:
+    """Before 5.23 blocks carry no key at all: still taken. From 5.23 on they must carry it."""
+    host = Host(stack.ingest_url)
+    headers = node_key("nk-1") if version_sends_header else {}
+    assert (await host.start(headers))[0] == 200
+    status, _ = await host.block(0, {})
+    assert status == (403 if version_sends_header else 200)
+    assert (await host.block(1, node_key("nk-2")))[0] == 403
+    for i in range(3):
+        assert (await host.block(i, headers))[0] == 200
+    await stack.wait_complete(host.carve_id)
