@@ -56,7 +56,7 @@ from typing import Any
 import uvloop
 from pymongo import AsyncMongoClient
 
-from bench import download, upload
+from bench import download, upload, wrk_blocks
 from bench.report import size, write_report
 from bench.targets import evaluate
 from bench.upload import GB, MB, KiB, MiB, Scenario, log
@@ -181,6 +181,10 @@ class Options:
         points = QUICK_UPLOADS if self.quick else FULL_UPLOADS
         return [p for p in points if self.only is None or p.name in self.only]
 
+    def wrk_points(self) -> list[wrk_blocks.Point]:
+        points = wrk_blocks.QUICK if self.quick else wrk_blocks.FULL
+        return [p for p in points if self.only is None or p.name in self.only]
+
     def downloads(self) -> tuple[download.Scenario, ...]:
         points = QUICK_DOWNLOADS if self.quick else FULL_DOWNLOADS
         return tuple(p for p in points if self.only is None or p.name in self.only)
@@ -288,13 +292,31 @@ async def run_downloads(
     return summary, [download_row(row, result["read_ceiling"]) for row in result["scenarios"]]
 
 
+async def run_wrk(servers: Servers, workdir: Path, options: Options) -> list[dict[str, Any]]:
+    """The cheap-client points (bench.wrk_blocks): CPU per block of every service."""
+    rows = []
+    for point in options.wrk_points():
+        try:
+            row = await wrk_blocks.run_point(servers.uploads, workdir / "wrk", point)
+        except Exception as exc:  # as for the other points: report it, keep the rest
+            row = failed_row(point.name, "wrk", exc)
+        rows.append({"kind": "wrk", **row})
+    return rows
+
+
 async def run_all(servers: Servers, workdir: Path, options: Options) -> dict[str, Any]:
     ceilings = await upload.measure_ceilings(
         servers.uploads, options.ceiling_seconds, CEILING_SIZES
     )
     rows = await run_uploads(servers, workdir, options, ceilings)
+    wrk_rows = await run_wrk(servers, workdir, options)
     downloads, download_rows = await run_downloads(servers, workdir, options)
-    return {"ceilings": ceilings, "points": rows + download_rows, "downloads": downloads}
+    return {
+        "ceilings": ceilings,
+        "points": rows + download_rows,
+        "wrk": wrk_rows,
+        "downloads": downloads,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,12 +336,14 @@ def machine() -> dict[str, Any]:
 
 def defined_points(options: Options) -> list[str]:
     uploads = QUICK_UPLOADS if options.quick else FULL_UPLOADS
-    return [p.name for p in uploads] + [p.name for p in FULL_DOWNLOADS]
+    names = [p.name for p in uploads] + [p.name for p in FULL_DOWNLOADS]
+    return names + [p.name for p in wrk_blocks.FULL]
 
 
 def header(options: Options, started_at: str) -> dict[str, Any]:
     """What was measured, where and with what: the part of the record before any figure."""
     ran = {p.name for p in options.uploads()} | {p.name for p in options.downloads()}
+    ran |= {p.name for p in options.wrk_points()}
     return {
         "kind": "bench.matrix",
         "mode": "quick" if options.quick else "full",
@@ -351,7 +375,8 @@ def run(options: Options) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     record["total_seconds"] = round(time.perf_counter() - started, 1)
     record["targets"] = evaluate(record)
-    record["error_count"] = sum(point["error_count"] for point in record["points"])
+    rows = record["points"] + record["wrk"]
+    record["error_count"] = sum(point["error_count"] for point in rows)
     record["ok"] = record["error_count"] == 0
     return record
 

@@ -257,6 +257,42 @@ def downloads(record: Row) -> list[str]:
     ]
 
 
+def cheap_client(record: Row) -> list[str]:
+    rows = [r for r in record.get("wrk", []) if "failed" not in r]
+    failed = [r for r in record.get("wrk", []) if "failed" in r]
+    if not rows and not failed:
+        return ["## Cheap client (wrk)", "", "No wrk point ran.", ""]
+    processes = sorted({name for r in rows for name in r["cpu_us_per_block"]})
+    headers = ["point", "conns", "block", "req/s", "p50 ms", "p99 ms", "blocks",
+               *[f"{p} us/block" for p in processes], "wrk us/block", "errors"]  # fmt: skip
+    body = [
+        [
+            r["name"],
+            fmt(r["connections"]),
+            size(r["block_size"]),
+            fmt(r["requests_per_s"]),
+            fmt(r["p50_ms"]),
+            fmt(r["p99_ms"]),
+            fmt(r["accepted_blocks"]),
+            *[fmt(r["cpu_us_per_block"].get(p)) for p in processes],
+            fmt(r["wrk_us_per_block"]),
+            fmt(r["error_count"]),
+        ]
+        for r in rows
+    ]
+    body += [[r["name"], f"FAILED: {r['failed']}"] + [MISSING] * (len(headers) - 2) for r in failed]
+    return [
+        "## Cheap client (wrk)",
+        "",
+        "`bench.wrk_blocks`: one wrk thread sends distinct valid blocks of one carve per "
+        "connection for a fixed time; CPU microseconds per accepted block of every process "
+        "from /proc (the assembler's until it stored them all). Checked: every reply 200 "
+        "with the success body, accepted = requests, stored chunks = accepted.",
+        "",
+        *table(headers, body),
+    ]
+
+
 def plots(pngs: list[tuple[str, str]]) -> list[str]:
     lines = ["## Plots", ""]
     for caption, name in pngs:
@@ -279,6 +315,7 @@ def render(record: Row, pngs: list[tuple[str, str]]) -> str:
         ceilings(record),
         uploads(points),
         downloads(record),
+        cheap_client(record),
         resources(points),
         plots(pngs),
         not_run(record),

@@ -142,6 +142,22 @@ def download_problems(row: Row) -> list[str]:
     return problems + process_problems(row, ["download"]) + download_cpu_problems(row)
 
 
+def wrk_problems(row: Row) -> list[str]:
+    """A cheap-client point: its figures, and every block accepted was stored."""
+    name = row["name"]
+    if "failed" in row:
+        return [f"{name} failed: {row['failed']}"]
+    problems = [f"{name}: {row['error_count']} error(s)"] if row["error_count"] else []
+    problems += [f"{name}: no {key}" for key in ("requests_per_s", "p99_ms") if not row.get(key)]
+    if not row["accepted_blocks"] or row["stored_chunks"] != row["accepted_blocks"]:
+        problems.append(f"{name}: {row['stored_chunks']} of {row['accepted_blocks']} stored")
+    cpu = row["cpu_us_per_block"]
+    problems += [
+        f"{name}: no CPU of {p}" for p in ("ingest", "assembler", *BACKENDS) if p not in cpu
+    ]
+    return problems
+
+
 def point_problems(row: Row) -> list[str]:
     if "failed" in row:
         return [f"{row['name']} failed: {row['failed']}"]
@@ -157,6 +173,8 @@ def record_problems(record: Row) -> list[str]:
                  and not record["ceilings"].get(key, {}).get("round_trips_per_s")]  # fmt: skip
     for row in record["points"]:
         problems += point_problems(row)
+    for row in record["wrk"]:
+        problems += wrk_problems(row)
     return problems
 
 
@@ -182,6 +200,7 @@ def test_quick_mode_covers_every_kind_of_point(quick: tuple[Path, Row]) -> None:
     assert all(p["hosts"] >= 2 for p in uploads)
     shapes = {(p["target"], p["clients"] > 1) for p in downloads}
     assert shapes == {("archive", False), ("archive", True), ("member", False), ("member", True)}
+    assert {p["block_size"] for p in record["wrk"]} == {8 * 1024, 1024 * 1024}
 
 
 def test_quick_mode_judges_no_target(quick: tuple[Path, Row]) -> None:
@@ -219,7 +238,13 @@ def test_the_checks_catch_a_broken_record(quick: tuple[Path, Row]) -> None:
     upload["verified_carves"] -= 1
     download = next(p for p in broken["points"] if p["kind"] == "download")
     download["downloads"][0]["bytes"] -= 1
+    cheap = broken["wrk"][0]
+    cheap["stored_chunks"] -= 1
     problems = record_problems(broken)
+    assert (
+        f"{cheap['name']}: {cheap['stored_chunks']} of {cheap['accepted_blocks']} stored"
+        in problems
+    )
     assert f"{upload['name']}: 1 error(s)" in problems
     assert any("carves verified" in p for p in problems)
     assert any(p.startswith(f"{download['name']} #0") for p in problems)
