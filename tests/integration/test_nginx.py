@@ -89,6 +89,10 @@ class Pki:
     def ca(self) -> str:
         return str(self.root / "ca.pem")
 
+    @property
+    def crl(self) -> str:
+        return str(self.root / "ca.crl")
+
     def device_ssl(self, server_ca: str | None = None) -> ssl.SSLContext:
         """A host holding this PKI's device certificate, trusting ``server_ca``."""
         return client_ssl_context(
@@ -277,6 +281,7 @@ async def fronts(
                 "NGINX_TLS_CERT": str(pki.root / "server.pem"),
                 "NGINX_TLS_KEY": str(pki.root / "server.key"),
                 "NGINX_CLIENT_CA": pki.ca,
+                "NGINX_CLIENT_CRL": pki.crl,
                 "NGINX_INGEST_UPSTREAM": ingest_url.removeprefix("http://"),
                 "NGINX_DOWNLOAD_UPSTREAM": download.url.removeprefix("http://"),
                 "NGINX_FLEET_UPSTREAM": f"{HOST}:{fleet_port}",
@@ -699,6 +704,7 @@ def test_the_rendered_config_uses_the_derived_body_size_and_passes_nginx_t(
         "NGINX_TLS_CERT": str(pki.root / "server.pem"),
         "NGINX_TLS_KEY": str(pki.root / "server.key"),
         "NGINX_CLIENT_CA": pki.ca,
+        "NGINX_CLIENT_CRL": pki.crl,
         "NGINX_INGEST_UPSTREAM": "127.0.0.1:1",
         "NGINX_DOWNLOAD_UPSTREAM": "127.0.0.1:2",
         "NGINX_FLEET_UPSTREAM": "127.0.0.1:3",
