@@ -569,6 +569,20 @@ def test_tls12_ciphers_are_ecdhe_with_aead_only() -> None:
     assert "ssl_conf_command" not in TEMPLATE.read_text()
 
 
+def test_the_ingest_trusts_nginx_s_network_for_the_device_certificate(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    subnet = compose["networks"]["backend"]["ipam"]["config"][0]["subnet"]
+    for name in ("ingest", "download"):
+        assert environment(services[name])["CARVE_TRUSTED_PROXIES"] == subnet, name
+    assert "backend" in services["nginx"]["networks"]
+    # Hosts never reach the ingest but through NGINX: it publishes no port, joins no network
+    # with a way in.
+    assert "ports" not in services["ingest"]
+    assert services["ingest"]["networks"] == ["backend"]
+
+
 def test_the_dev_vault_is_only_on_the_internal_network(
     raw: dict[str, Any], compose: dict[str, Any]
 ) -> None:

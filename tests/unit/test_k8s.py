@@ -20,6 +20,7 @@ import ast
 import base64
 import copy
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -751,6 +752,30 @@ def test_osquery_ingress_passes_the_verified_certificate_to_the_ingest(
             assert annotations.get(f"{AUTH_TLS}verify-client") == "on", ingress["metadata"]
             assert annotations.get(f"{AUTH_TLS}pass-certificate-to-upstream") == "true"
     assert to_ingest == len(START_PATHS) + len(BLOCK_PATHS)
+
+
+def test_ingest_and_download_trust_the_same_proxies(rendered: Rendering) -> None:
+    """One setting for the ingress controller's addresses: the ingest takes the ssl-client-*
+    headers from there, the download service X-Forwarded-For."""
+    values = set()
+    for service in ("carve-ingest", "carve-download"):
+        workload = rendered.workload(service)
+        sources = [s["configMapRef"]["name"] for s in workload.container["envFrom"]]
+        (config_map,) = [
+            name
+            for name in sources
+            if "CARVE_TRUSTED_PROXIES" in rendered.get("ConfigMap", name)["data"]
+        ]
+        assert config_map.startswith("carve-proxies"), service
+        values.add(rendered.plain(workload)["CARVE_TRUSTED_PROXIES"])
+    (value,) = values
+    if rendered.target == "base":
+        assert value == "", "headers are ignored until an overlay names the controller"
+    else:
+        networks = [ipaddress.ip_network(v.strip()) for v in value.split(",")]
+        assert networks and all(n.is_private for n in networks), value
+    for service in ("carve-assembler", "carve-janitor"):
+        assert "CARVE_TRUSTED_PROXIES" not in rendered.environment(rendered.workload(service))
 
 
 def test_the_client_ca_secret_is_documented_with_its_crl() -> None:
