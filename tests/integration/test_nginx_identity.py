@@ -12,6 +12,7 @@ tests/integration/test_nginx.py (whose helpers these tests use), with Debian's n
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -182,6 +183,57 @@ async def test_a_revoked_device_is_refused_after_reload_and_the_others_still_car
         assert doc["sha256"] == result.sha256 == expected
         assert await stack.stored_sha256(guid) == expected
         assert front.fleet.seen == []
+
+
+def request_on_new_connection(
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> tuple[int, ssl.SSLSession | None, bool]:
+    """One HTTP request on its own TLS connection, offering ``session`` for resumption:
+    (HTTP status, the connection's session, whether the server resumed the offered one)."""
+    with (
+        socket.create_connection((HOST, port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=HOST, session=session) as tls,
+    ):
+        tls.sendall(b"POST /start_uploads HTTP/1.1\r\nHost: carves.test\r\n")
+        tls.sendall(b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+        reply = b""
+        while chunk := tls.recv(65536):
+            reply += chunk
+        return int(reply.split(b" ", 2)[1]), tls.session, bool(tls.session_reused)
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_a_revoked_device_cannot_resume_a_tls_session_from_before(
+    tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    """A resumed TLS session skips the certificate check, and NGINX's session cache survives
+    a reload: with resumption, a device revoked after its session was cached kept getting in
+    for ssl_session_timeout (1 h). The osquery listener offers no resumption at all."""
+    pki = make_pki(tmp_path / "org")
+    assert pki_command(pki, "device", LOST).returncode == 0
+    async with contextlib.AsyncExitStack() as exits:
+        ingest = Echo()
+        upstream = await serve_app(exits, ingest.app())
+        nginx = NginxServer(
+            tmp_path / "nginx", nginx_env(pki, upstream, upstream, upstream, upstream)
+        )
+        exits.callback(nginx.stop)
+        nginx.start()
+        # One context for the whole test: Python resumes sessions only within their context.
+        context = ssl.create_default_context(cafile=pki.ca)
+        context.maximum_version = version
+        cert = pki.root / "devices" / f"{LOST}.pem"
+        context.load_cert_chain(str(cert), str(cert.with_suffix(".key")))
+        call = asyncio.to_thread
+        status, session, _ = await call(request_on_new_connection, nginx.port, context)
+        assert status == 200 and session is not None
+        status, _, resumed = await call(request_on_new_connection, nginx.port, context, session)
+        assert (status, resumed) == (200, False), "the listener must not resume sessions"
+        assert pki_command(pki, "revoke", LOST).returncode == 0
+        reload_nginx(nginx)
+        status, _, resumed = await call(request_on_new_connection, nginx.port, context, session)
+        assert (status, resumed) == (400, False)
+        assert len(ingest.seen) == 2, "nothing reached the ingest after the revocation"
 
 
 def test_revoke_refuses_unknown_names_and_a_second_revocation(tmp_path: Path) -> None:
