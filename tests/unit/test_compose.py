@@ -503,6 +503,11 @@ def test_nginx_checks_device_certificates_against_the_crl() -> None:
     assert crl.args == ["${NGINX_CLIENT_CRL}"]
     assert found["osquery"].children("ssl_client_certificate")[0].args == ["${NGINX_CLIENT_CA}"]
     assert not found["responder"].children("ssl_crl")
+    # A resumed TLS session is not checked against the CRL again: none on this listener.
+    assert [d.args for d in found["osquery"].children("ssl_session_cache")] == [["off"]]
+    top = nginx_conf.parse(TEMPLATE.read_text())
+    assert [d.args for d in top if d.name == "ssl_session_tickets"] == [["off"]]
+    assert not any(d.children("ssl_session_tickets") for d in found.values())
 
 
 def test_every_proxied_location_sets_the_device_identity_headers_itself() -> None:
