@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
+import shutil
 import signal
 import socket
 import ssl
@@ -24,6 +26,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -35,6 +38,7 @@ from clients.osquery_sim import STATUS_START_FAILED, client_ssl_context, judge_r
 from services.ingest.routes import BLOCK_PATHS, START_PATHS
 from tests.integration.test_nginx import (
     FAST_RETRIES,
+    MAKE_PKI,
     Front,
     NginxServer,
     Pki,
@@ -134,20 +138,8 @@ async def test_a_revoked_device_is_refused_after_reload_and_the_others_still_car
 
         revoked = pki_command(pki, "revoke", LOST)
         assert revoked.returncode == 0, revoked.stderr
-        lost_pem = str(pki.root / "devices" / f"{LOST}.pem")
-        serial = subprocess.run(
-            ["openssl", "x509", "-in", lost_pem, "-noout", "-serial"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        listed = subprocess.run(
-            ["openssl", "crl", "-in", pki.crl, "-noout", "-text"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert f"Serial Number: {serial.removeprefix('serial=')}" in listed
+        listed = crl_text(pki)
+        assert f"Serial Number: {serial_of(pki.root / 'devices' / f'{LOST}.pem')}" in listed
         assert "Key Compromise" in listed
 
         # NGINX read the CRL when it started: until it reloads, the lost device still gets in.
@@ -262,6 +254,80 @@ def test_revoke_refuses_unknown_names_and_a_second_revocation(tmp_path: Path) ->
     assert device.returncode != 0 and b"certificate revoked" in device.stdout + device.stderr
     server = subprocess.run([*verify, str(pki.root / "server.pem")], capture_output=True)
     assert server.returncode == 0
+
+
+def crl_text(pki: Pki) -> str:
+    done = subprocess.run(
+        ["openssl", "crl", "-in", pki.crl, "-CAfile", pki.ca, "-noout", "-text"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "verify OK" in done.stderr, "the CRL is signed by the CA"
+    return done.stdout
+
+
+def serial_of(cert: Path) -> str:
+    done = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-serial"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip().removeprefix("serial=")
+
+
+def test_the_pki_always_has_a_crl_and_a_database_of_what_it_issued(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "org")
+    assert (Path(pki.crl).stat().st_mode & 0o777) == 0o644
+    text = crl_text(pki)
+    assert "No Revoked Certificates." in text
+    index = (pki.root / "ca-db" / "index.txt").read_text().splitlines()
+    rows = [line.split("\t") for line in index]
+    assert [(r[0], r[3], r[5].rsplit("/CN=", 1)[1]) for r in rows] == [
+        ("V", serial_of(pki.root / "server.pem"), "carves.test"),
+        ("V", serial_of(pki.root / "device.pem"), "osquery-device"),
+    ]
+    # CRL_DAYS: how long NGINX accepts the CRL; `crl` issues a fresh one.
+    renewed = subprocess.run(
+        ["bash", str(MAKE_PKI), "crl", str(pki.root)],
+        env={**os.environ, "CRL_DAYS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert renewed.returncode == 0, renewed.stderr
+    next_update = subprocess.run(
+        ["openssl", "crl", "-in", pki.crl, "-noout", "-nextupdate"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    when = datetime.strptime(next_update.removeprefix("nextUpdate="), "%b %d %H:%M:%S %Y GMT")
+    left = when.replace(tzinfo=UTC) - datetime.now(UTC)
+    assert timedelta(days=1, hours=23) < left <= timedelta(days=2)
+    assert crl_text(pki) != text, "a new CRL number"
+    bad = subprocess.run(
+        ["bash", str(MAKE_PKI), "crl", str(pki.root)],
+        env={**os.environ, "CRL_DAYS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "CRL_DAYS" in bad.stderr
+
+
+def test_a_pki_made_before_the_ca_database_is_adopted_and_can_revoke(tmp_path: Path) -> None:
+    # What the earlier make-dev-pki.sh left: certificates, no ca-db/, no ca.crl.
+    pki = make_pki(tmp_path / "org")
+    shutil.rmtree(pki.root / "ca-db")
+    Path(pki.crl).unlink()
+    before = {p.name: p.read_bytes() for p in pki.root.glob("*.pem")}
+    again = make_pki(pki.root)
+    assert {p.name: p.read_bytes() for p in again.root.glob("*.pem")} == before, "kept"
+    assert "No Revoked Certificates." in crl_text(again)
+    assert pki_command(again, "revoke", "osquery-device").returncode == 0
+    assert f"Serial Number: {serial_of(pki.root / 'device.pem')}" in crl_text(again)
 
 
 # ---------------------------------------------------------------------------------------------
