@@ -194,7 +194,9 @@ def request_on_new_connection(
         return int(reply.split(b" ", 2)[1]), tls.session, bool(tls.session_reused)
 
 
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLSv1.2", "TLSv1.3"]
+)
 async def test_a_revoked_device_cannot_resume_a_tls_session_from_before(
     tmp_path: Path, version: ssl.TLSVersion
 ) -> None:
