@@ -146,7 +146,7 @@ async def test_a_revoked_device_is_refused_after_reload_and_the_others_still_car
         status, _, reply = await start_status(front, lost, "before-reload")
         assert status == 200 and judge_reply(status, reply).ok
 
-        reload_nginx(front.nginx)
+        await asyncio.to_thread(reload_nginx, front.nginx)
         guid, archive = archive_for(tmp_path)
         async with aiohttp.ClientSession() as http:
             with simulator_log(caplog):
@@ -224,7 +224,7 @@ async def test_a_revoked_device_cannot_resume_a_tls_session_from_before(
         status, _, resumed = await call(request_on_new_connection, nginx.port, context, session)
         assert (status, resumed) == (200, False), "the listener must not resume sessions"
         assert pki_command(pki, "revoke", LOST).returncode == 0
-        reload_nginx(nginx)
+        await asyncio.to_thread(reload_nginx, nginx)
         status, _, resumed = await call(request_on_new_connection, nginx.port, context, session)
         assert (status, resumed) == (400, False)
         assert len(ingest.seen) == 2, "nothing reached the ingest after the revocation"
