@@ -89,16 +89,35 @@ class Pki:
     def ca(self) -> str:
         return str(self.root / "ca.pem")
 
+    @property
+    def crl(self) -> str:
+        return str(self.root / "ca.crl")
+
     def device_ssl(self, server_ca: str | None = None) -> ssl.SSLContext:
         """A host holding this PKI's device certificate, trusting ``server_ca``."""
         return client_ssl_context(
             server_ca or self.ca, str(self.root / "device.pem"), str(self.root / "device.key")
         )
 
+    def other_device_ssl(self, name: str) -> ssl.SSLContext:
+        """A host holding ``devices/NAME.pem`` (``make-dev-pki.sh device NAME``)."""
+        cert = self.root / "devices" / f"{name}.pem"
+        return client_ssl_context(self.ca, str(cert), str(cert.with_suffix(".key")))
+
 
 def make_pki(outdir: Path, server_name: str = "carves.test") -> Pki:
     subprocess.run(["bash", str(MAKE_PKI), str(outdir), server_name], check=True, timeout=60)
     return Pki(outdir)
+
+
+def pki_command(pki: Pki, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``make-dev-pki.sh COMMAND [ARGS] OUTDIR`` (device NAME, revoke NAME, crl)."""
+    return subprocess.run(
+        ["bash", str(MAKE_PKI), command, *args, str(pki.root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def derived_body_size(block_max: int) -> int:
@@ -129,7 +148,7 @@ def render(template: str, env: Mapping[str, str]) -> str:
     return re.sub(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)", substitute, template)
 
 
-def main_conf(workdir: Path) -> str:
+def main_conf(workdir: Path, log_level: str = "notice") -> str:
     """The parts of the image's nginx.conf that matter, with every path inside ``workdir``."""
     # As root NGINX's workers would run as nobody, who cannot enter pytest's 0700 directories.
     user = "user root;\n" if os.geteuid() == 0 else ""
@@ -138,7 +157,7 @@ def main_conf(workdir: Path) -> str:
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     return (
-        f"{user}worker_processes 1;\npid {workdir / 'nginx.pid'};\nerror_log stderr notice;\n"
+        f"{user}worker_processes 1;\npid {workdir / 'nginx.pid'};\nerror_log stderr {log_level};\n"
         "events { worker_connections 512; }\n"
         "http {\n"
         f"    access_log {workdir / 'access.log'};\n{temp}\n"
@@ -154,7 +173,7 @@ class NginxServer(Server):
     name = "nginx"
     start_timeout = 15.0
 
-    def __init__(self, workdir: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, workdir: Path, env: Mapping[str, str], log_level: str = "notice") -> None:
         super().__init__(workdir)
         self.responder_port = free_port()
         self.health_port = free_port()
@@ -167,7 +186,7 @@ class NginxServer(Server):
         site = render(TEMPLATE.read_text(), self.env_vars)
         assert "${" not in site, "a template variable was left unset"
         (workdir / "carve.conf").write_text(site)
-        (workdir / "nginx.conf").write_text(main_conf(workdir))
+        (workdir / "nginx.conf").write_text(main_conf(workdir, log_level))
 
     def command(self) -> list[str]:
         conf = self.workdir / "nginx.conf"
@@ -257,6 +276,63 @@ def stranger(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki") / "stranger")
 
 
+def nginx_env(
+    pki: Pki, ingest: str, download: str, fleet: str, vault: str, block_max: int = BLOCK_MAX
+) -> dict[str, str]:
+    """The template's NGINX_* variables for this PKI and these upstreams (``host:port``)."""
+    return {
+        "NGINX_SERVER_NAME": "carves.test",
+        "NGINX_TLS_CERT": str(pki.root / "server.pem"),
+        "NGINX_TLS_KEY": str(pki.root / "server.key"),
+        "NGINX_CLIENT_CA": pki.ca,
+        "NGINX_CLIENT_CRL": pki.crl,
+        "NGINX_INGEST_UPSTREAM": ingest,
+        "NGINX_DOWNLOAD_UPSTREAM": download,
+        "NGINX_FLEET_UPSTREAM": fleet,
+        "NGINX_VAULT_UPSTREAM": vault,
+        "NGINX_CLIENT_MAX_BODY_SIZE": str(derived_body_size(block_max)),
+    }
+
+
+async def serve_app(exits: contextlib.AsyncExitStack, app: web.Application) -> str:
+    """Runs ``app`` on a free loopback port until ``exits`` closes; returns ``host:port``."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    exits.push_async_callback(runner.cleanup)
+    port = free_port()
+    await web.TCPSite(runner, HOST, port).start()
+    return f"{HOST}:{port}"
+
+
+async def open_front(
+    exits: contextlib.AsyncExitStack,
+    stack: Stack,
+    vault: VaultAdmin,
+    pki: Pki,
+    workdir: Path,
+    ingest_url: str,
+    log_level: str = "notice",
+) -> Front:
+    """An NGINX with ``pki``'s certificates in front of ``ingest_url``, a download service, a
+    Fleet stand-in and ``vault``; stopped when ``exits`` closes."""
+    download = await stack.start_download()
+    fleet = FleetStandIn()
+    fleet_address = await serve_app(exits, fleet.app())
+    env = nginx_env(
+        pki,
+        ingest=ingest_url.removeprefix("http://"),
+        download=download.url.removeprefix("http://"),
+        fleet=fleet_address,
+        vault=vault.url.removeprefix("http://"),
+    )
+    # Defined, but filtered out: NGINX's own $http_host must survive the rendering.
+    env["http_host"] = "not-for-envsubst"
+    nginx = NginxServer(workdir / f"nginx-{uuid.uuid4().hex[:6]}", env, log_level)
+    exits.callback(nginx.stop)
+    nginx.start()
+    return Front(nginx, pki, fleet)
+
+
 @pytest.fixture
 async def fronts(
     stack: Stack, vault: VaultAdmin, pki: Pki, tmp_path: Path
@@ -265,30 +341,7 @@ async def fronts(
     async with contextlib.AsyncExitStack() as exits:
 
         async def make(ingest_url: str) -> Front:
-            download = await stack.start_download()
-            fleet = FleetStandIn()
-            runner = web.AppRunner(fleet.app(), access_log=None)
-            await runner.setup()
-            exits.push_async_callback(runner.cleanup)
-            fleet_port = free_port()
-            await web.TCPSite(runner, HOST, fleet_port).start()
-            env = {
-                "NGINX_SERVER_NAME": "carves.test",
-                "NGINX_TLS_CERT": str(pki.root / "server.pem"),
-                "NGINX_TLS_KEY": str(pki.root / "server.key"),
-                "NGINX_CLIENT_CA": pki.ca,
-                "NGINX_INGEST_UPSTREAM": ingest_url.removeprefix("http://"),
-                "NGINX_DOWNLOAD_UPSTREAM": download.url.removeprefix("http://"),
-                "NGINX_FLEET_UPSTREAM": f"{HOST}:{fleet_port}",
-                "NGINX_VAULT_UPSTREAM": vault.url.removeprefix("http://"),
-                "NGINX_CLIENT_MAX_BODY_SIZE": str(derived_body_size(BLOCK_MAX)),
-                # Defined, but filtered out: NGINX's own $http_host must survive the rendering.
-                "http_host": "not-for-envsubst",
-            }
-            nginx = NginxServer(tmp_path / f"nginx-{uuid.uuid4().hex[:6]}", env)
-            exits.callback(nginx.stop)
-            nginx.start()
-            return Front(nginx, pki, fleet)
+            return await open_front(exits, stack, vault, pki, tmp_path, ingest_url)
 
         yield make
 
@@ -694,17 +747,9 @@ async def test_health_listener_answers_for_the_container_healthcheck(
 def test_the_rendered_config_uses_the_derived_body_size_and_passes_nginx_t(
     pki: Pki, tmp_path: Path
 ) -> None:
-    env = {
-        "NGINX_SERVER_NAME": "carves.test",
-        "NGINX_TLS_CERT": str(pki.root / "server.pem"),
-        "NGINX_TLS_KEY": str(pki.root / "server.key"),
-        "NGINX_CLIENT_CA": pki.ca,
-        "NGINX_INGEST_UPSTREAM": "127.0.0.1:1",
-        "NGINX_DOWNLOAD_UPSTREAM": "127.0.0.1:2",
-        "NGINX_FLEET_UPSTREAM": "127.0.0.1:3",
-        "NGINX_VAULT_UPSTREAM": "127.0.0.1:4",
-        "NGINX_CLIENT_MAX_BODY_SIZE": str(derived_body_size(1024 * 1024)),
-    }
+    env = nginx_env(
+        pki, "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4", block_max=1024 * 1024
+    )
     nginx = NginxServer(tmp_path / "nginx", env)
     site = (nginx.workdir / "carve.conf").read_text()
     assert re.findall(r"client_max_body_size (\S+);", site)[0] == f"{max_block_body(1 << 20)}"

@@ -28,6 +28,8 @@ from services.ingest.routes import BLOCK_PATHS, START_PATHS
 from services.ingest.settings import IngestSettings
 from services.janitor.settings import JanitorSettings
 from shared.protocol import max_block_body
+from tests import nginx_conf
+from tests.nginx_conf import Directive
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"
@@ -454,8 +456,11 @@ def test_every_template_variable_is_set_for_nginx(compose: dict[str, Any]) -> No
     assert env["NGINX_VAULT_UPSTREAM"] == f"vault:{vault_port}"
     # The healthcheck probes the health listener; the TLS files come from the PKI mount.
     assert env["NGINX_HEALTH_LISTEN"] in " ".join(services["nginx"]["healthcheck"]["test"])
-    for variable in ("NGINX_TLS_CERT", "NGINX_TLS_KEY", "NGINX_CLIENT_CA"):
+    for variable in ("NGINX_TLS_CERT", "NGINX_TLS_KEY", "NGINX_CLIENT_CA", "NGINX_CLIENT_CRL"):
         assert env[variable].startswith("/etc/nginx/pki/")
+    # make-dev-pki.sh writes these names into the directory mounted there.
+    assert env["NGINX_CLIENT_CA"] == "/etc/nginx/pki/ca.pem"
+    assert env["NGINX_CLIENT_CRL"] == "/etc/nginx/pki/ca.crl"
     assert "./pki:/etc/nginx/pki:ro" in services["nginx"]["volumes"]
     assert services["nginx"]["ports"] == ["443:443", "8443:8443"]
     assert (env["NGINX_OSQUERY_LISTEN"], env["NGINX_RESPONDER_LISTEN"]) == ("443", "8443")
@@ -468,6 +473,135 @@ def test_mutual_tls_on_the_osquery_listener_only() -> None:
     assert "ssl_client_certificate ${NGINX_CLIENT_CA};" in osquery
     assert "ssl_verify_client off;" in responder
     assert "carve_ingest" not in responder and "carve_fleet" not in responder
+
+
+def servers() -> dict[str, Directive]:
+    """The template's server blocks by role: osquery, responder, health."""
+    found = {}
+    for directive in nginx_conf.parse(TEMPLATE.read_text()):
+        if directive.name == "server":
+            listen = directive.children("listen")[0].args[0]
+            role = re.fullmatch(r"\$\{NGINX_(\w+)_LISTEN\}", listen)
+            assert role is not None, listen
+            found[role.group(1).lower()] = directive
+    assert set(found) == {"osquery", "responder", "health"}
+    return found
+
+
+# ingress-nginx's nginx.tmpl, auth-tls-pass-certificate-to-upstream: "true".
+IDENTITY_HEADERS = {
+    "ssl-client-cert": "$ssl_client_escaped_cert",
+    "ssl-client-verify": "$ssl_client_verify",
+    "ssl-client-subject-dn": "$ssl_client_s_dn",
+    "ssl-client-issuer-dn": "$ssl_client_i_dn",
+}
+
+
+def test_nginx_checks_device_certificates_against_the_crl() -> None:
+    found = servers()
+    (crl,) = found["osquery"].children("ssl_crl")
+    assert crl.args == ["${NGINX_CLIENT_CRL}"]
+    assert found["osquery"].children("ssl_client_certificate")[0].args == ["${NGINX_CLIENT_CA}"]
+    assert not found["responder"].children("ssl_crl")
+    # A resumed TLS session is not checked against the CRL again: none on this listener.
+    assert [d.args for d in found["osquery"].children("ssl_session_cache")] == [["off"]]
+    top = nginx_conf.parse(TEMPLATE.read_text())
+    assert [d.args for d in top if d.name == "ssl_session_tickets"] == [["off"]]
+    assert not any(d.children("ssl_session_tickets") for d in found.values())
+
+
+def test_every_proxied_location_sets_the_device_identity_headers_itself() -> None:
+    """A client must never choose what the ingest reads as its certificate: every location
+    that proxies sets all four headers (replacing what the client sent), with the verified
+    values on the mutual-TLS listener and empty (= not sent) everywhere else."""
+    proxied = 0
+    for role, server in servers().items():
+        for location in server.children("location"):
+            if not location.children("proxy_pass"):
+                continue
+            proxied += 1
+            sent = nginx_conf.proxy_headers(server, location)
+            identity = {name: sent.get(name) for name in IDENTITY_HEADERS}
+            verified = role == "osquery"
+            expected = IDENTITY_HEADERS if verified else dict.fromkeys(IDENTITY_HEADERS, "")
+            assert identity == expected, (role, location.args)
+            # What NGINX always sent, still sent where a location has headers of its own.
+            for name in ("host", "x-forwarded-for", "x-forwarded-proto"):
+                assert name in sent, (role, location.args, name)
+    assert proxied == 6
+
+
+def test_the_nginx_config_reader_applies_the_inheritance_rule() -> None:
+    parsed = nginx_conf.parse(
+        "server { proxy_set_header A 1; location /x { proxy_pass http://u; }\n"
+        "  location /y { proxy_set_header B '}{ 2'; proxy_pass http://u; } # }\n}"
+    )
+    (server,) = parsed
+    x, y = server.children("location")
+    assert nginx_conf.proxy_headers(server, x) == {"a": "1"}
+    assert nginx_conf.proxy_headers(server, y) == {"b": "}{ 2"}
+    with pytest.raises(ValueError):
+        nginx_conf.parse("server { listen 1;")
+
+
+def openssl_ciphers(spec: str) -> list[list[str]]:
+    """``openssl ciphers -v``: name, protocol, Kx=, Au=, Enc=, Mac= of each suite."""
+    done = subprocess.run(
+        ["openssl", "ciphers", "-v", spec], capture_output=True, text=True, check=True
+    )
+    return [line.split() for line in done.stdout.splitlines()]
+
+
+def test_tls12_ciphers_are_ecdhe_with_aead_only() -> None:
+    top = nginx_conf.parse(TEMPLATE.read_text())
+    (ciphers,) = [d for d in top if d.name == "ssl_ciphers"]
+    (protocols,) = [d for d in top if d.name == "ssl_protocols"]
+    assert protocols.args == ["TLSv1.2", "TLSv1.3"]
+    (spec,) = ciphers.args
+    names = spec.split(":")
+    # Named suites only: no keyword (HIGH, DEFAULT...) whose meaning changes with OpenSSL.
+    assert all(re.fullmatch(r"[A-Z0-9-]+", n) for n in names), names
+    suites = [s for s in openssl_ciphers(spec) if s[1] == "TLSv1.2"]
+    assert [s[0] for s in suites] == names, "each name is one TLS 1.2 suite OpenSSL knows"
+    for name, _, kx, au, enc, mac in suites:
+        assert kx == "Kx=ECDH", name
+        assert mac == "Mac=AEAD", name
+        assert enc in {"Enc=AESGCM(128)", "Enc=AESGCM(256)", "Enc=CHACHA20/POLY1305(256)"}, name
+        assert au in {"Au=ECDSA", "Au=RSA"}, name
+    # make-dev-pki.sh's P-256 certificate needs ECDSA suites; RSA certificates RSA ones.
+    assert {s[3] for s in suites} == {"Au=ECDSA", "Au=RSA"}
+    # TLS 1.3 suites are not configured here: OpenSSL's defaults (all AEAD) stay.
+    assert "ssl_conf_command" not in TEMPLATE.read_text()
+
+
+def test_the_ingest_trusts_nginx_s_network_for_the_device_certificate(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    subnet = compose["networks"]["backend"]["ipam"]["config"][0]["subnet"]
+    for name in ("ingest", "download"):
+        assert environment(services[name])["CARVE_TRUSTED_PROXIES"] == subnet, name
+    assert "backend" in services["nginx"]["networks"]
+    # Hosts never reach the ingest but through NGINX: it publishes no port, joins no network
+    # with a way in.
+    assert "ports" not in services["ingest"]
+    assert services["ingest"]["networks"] == ["backend"]
+
+
+def test_the_dev_vault_is_only_on_the_internal_network(
+    raw: dict[str, Any], compose: dict[str, Any]
+) -> None:
+    """The documented exception (plain HTTP to the dev OpenBao) holds only while nothing but
+    the stack's containers can reach it."""
+    services = compose["services"]
+    assert services["vault"]["command"] == ["server", "-dev"]
+    assert services["vault"]["networks"] == ["backend"]
+    assert "ports" not in services["vault"] and "expose" not in services["vault"]
+    assert compose["networks"]["backend"]["internal"] is True
+    for name in ("download",):
+        assert environment(services[name])["CARVE_VAULT_ADDR"].startswith("http://vault:")
+    assert "EXCEPTION TO" in COMPOSE_FILE.read_text()
+    assert "documented exception to TLS everywhere" in (COMPOSE_DIR / "README.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import ast
 import base64
 import copy
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -97,6 +98,7 @@ BACKEND_PORTS = {
 }
 DNS_PORTS = {("UDP", 53), ("TCP", 53)}
 INGRESS_NAMESPACE = "ingress-nginx"
+AUTH_TLS = "nginx.ingress.kubernetes.io/auth-tls-"
 MONITORING_NAMESPACE = "monitoring"
 
 
@@ -732,6 +734,56 @@ def test_osquery_ingress_requires_client_certificates(rendered: Rendering) -> No
         assert namespace == ingress["metadata"]["namespace"], "the CA Secret's namespace"
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] in _tls_hosts(ingress)
+
+
+def test_osquery_ingress_passes_the_verified_certificate_to_the_ingest(
+    rendered: Rendering,
+) -> None:
+    """ingress-nginx sets ssl-client-cert/-verify/-subject-dn/-issuer-dn (over anything the
+    client sent) only on an Ingress that verifies client certificates, and ssl-client-cert
+    only with pass-certificate-to-upstream: every path to the ingest must be on such a one."""
+    to_ingest = 0
+    for ingress in rendered.of_kind("Ingress"):
+        annotations = ingress["metadata"].get("annotations", {})
+        for path in _paths(ingress):
+            if path["backend"]["service"]["name"] != "carve-ingest":
+                continue
+            to_ingest += 1
+            assert annotations.get(f"{AUTH_TLS}verify-client") == "on", ingress["metadata"]
+            assert annotations.get(f"{AUTH_TLS}pass-certificate-to-upstream") == "true"
+    assert to_ingest == len(START_PATHS) + len(BLOCK_PATHS)
+
+
+def test_ingest_and_download_trust_the_same_proxies(rendered: Rendering) -> None:
+    """One setting for the ingress controller's addresses: the ingest takes the ssl-client-*
+    headers from there, the download service X-Forwarded-For."""
+    values = set()
+    for service in ("carve-ingest", "carve-download"):
+        workload = rendered.workload(service)
+        sources = [s["configMapRef"]["name"] for s in workload.container["envFrom"]]
+        (config_map,) = [
+            name
+            for name in sources
+            if "CARVE_TRUSTED_PROXIES" in rendered.get("ConfigMap", name)["data"]
+        ]
+        assert config_map.startswith("carve-proxies"), service
+        values.add(rendered.plain(workload)["CARVE_TRUSTED_PROXIES"])
+    (value,) = values
+    if rendered.target == "base":
+        assert value == "", "headers are ignored until an overlay names the controller"
+    else:
+        networks = [ipaddress.ip_network(v.strip()) for v in value.split(",")]
+        assert networks and all(n.is_private for n in networks), value
+    for service in ("carve-assembler", "carve-janitor"):
+        assert "CARVE_TRUSTED_PROXIES" not in rendered.environment(rendered.workload(service))
+
+
+def test_the_client_ca_secret_is_documented_with_its_crl() -> None:
+    """The CRL lives in the auth-tls Secret under ca.crl (ingress-nginx's key), beside ca.crt."""
+    text = (K8S / "base" / "ingress.yaml").read_text()
+    assert "ca.crt" in text and "ca.crl" in text
+    readme = (K8S / "README.md").read_text()
+    assert "--from-file=ca.crl=" in readme and "carve-osquery-client-ca" in readme
 
 
 def test_osquery_ingress_routes_exactly_the_osquery_paths(rendered: Rendering) -> None:
