@@ -32,9 +32,18 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 
-from clients.osquery_sim import STATUS_START_FAILED, client_ssl_context, judge_reply
+from clients.osquery_sim import (
+    STATUS_START_FAILED,
+    block_body,
+    client_ssl_context,
+    judge_reply,
+    start_body,
+)
 from services.ingest.routes import BLOCK_PATHS, START_PATHS
 from tests.integration.test_nginx import (
     FAST_RETRIES,
@@ -597,3 +606,57 @@ def test_tls13_keeps_its_default_suites(
             "TLS_AES_128_GCM_SHA256",
             "TLS_CHACHA20_POLY1305_SHA256",
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# The ingest behind NGINX: each carve records its device, and only that device sends its blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def device_fields(cert: Path) -> tuple[str, str]:
+    """(common name, SHA-256 fingerprint of the DER) of a PEM certificate."""
+    parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    name = parsed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return str(name), parsed.fingerprint(hashes.SHA256()).hex()
+
+
+async def test_behind_nginx_each_carve_records_its_device_and_no_other_device_sends_its_blocks(
+    stack: Stack, vault: VaultAdmin, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "org")
+    assert pki_command(pki, "device", "second").returncode == 0
+    first, second = pki.device_ssl(), pki.other_device_ssl("second")
+    ingest = await stack.start_ingest(max_block_size=64 * 1024, trusted_proxies=f"{HOST}/32")
+    async with contextlib.AsyncExitStack() as exits:
+        front = await open_front(exits, stack, vault, pki, tmp_path, ingest.url)
+        async with aiohttp.ClientSession() as http:
+            for tls, cert in ((first, pki.root / "device.pem"),
+                              (second, pki.root / "devices" / "second.pem")):  # fmt: skip
+                guid, archive = archive_for(tmp_path)
+                result = await device_carve(front, http, archive, guid, ssl=tls)
+                assert result.ok, result
+                doc = await stack.wait_complete(guid)
+                common_name, fingerprint = device_fields(cert)
+                assert doc["device"]["common_name"] == common_name
+                assert doc["device"]["fingerprint_sha256"] == fingerprint
+                assert doc["host"] == f"cert:{fingerprint}"
+
+            # A carve started by the first device: the second one's block is refused.
+            data = os.urandom(3000)
+            guid = f"bound-{os.getpid()}"
+            start = start_body(block_count=3, block_size=1024, carve_size=3000, carve_id=guid,
+                               request_id=guid, node_key="nk")  # fmt: skip
+            status, _, raw = await post(http, front.osquery_url + "/start_uploads", start, first)
+            session_id = json.loads(raw)["session_id"]
+            block = block_body(0, session_id, guid, data[:1024])
+            status, _, raw = await post(http, front.osquery_url + "/upload_blocks", block, second)
+            assert status == 403 and b"device certificate" in raw, raw
+            assert await stack.chunk_count(guid) == 0
+            for i in range(3):
+                block = block_body(i, session_id, guid, data[i * 1024 : (i + 1) * 1024])
+                status, _, raw = await post(
+                    http, front.osquery_url + "/upload_blocks", block, first
+                )
+                assert status == 200, raw
+        doc = await stack.wait_complete(guid)
+        assert doc["sha256"] == hashlib.sha256(data).hexdigest()
