@@ -34,7 +34,7 @@ def _error(http_status: int, code: str, message: str, /, **details: object) -> w
         {"error": message, "code": code, **details}, status=http_status, headers=headers
     )
     if http_status == 408:
-        response.force_close()  # the rest of the body is not waited for
+        response.force_close()  # Connection: close; the middleware closes it once answered
     return response
 
 
@@ -46,11 +46,13 @@ def client_gone(request: web.Request) -> bool:
 def _client_left(
     request: web.Request, entry: AuditEntry | None, exc: BaseException
 ) -> web.StreamResponse:
-    """One log line for a client that went away; nothing is sent (there is nobody to read it)."""
-    log.info("%s: client went away (%s)", request.path, exc.__class__.__name__)
+    """One log line for a client that went away (its audit line, when audited); nothing is
+    sent, there is nobody to read it."""
     if entry is None:
+        log.info("%s: client went away (%s)", request.path, exc.__class__.__name__)
         return web.Response(status=499, reason="Client Closed Request")
     entry.outcome = "aborted"
+    entry.code = "client_gone"
     return entry.response or web.Response(status=499, reason="Client Closed Request")
 
 
@@ -126,6 +128,8 @@ async def responder_errors(request: web.Request, handler: Handler) -> web.Stream
             # Send it now, so the audit write below does not delay the answer.
             await response.prepare(request)
             await response.write_eof()
+        if response.status == 408 and request.transport is not None:
+            request.transport.close()  # the body never came: nothing more to read from it
         return response
     except (OSError, asyncio.CancelledError):
         entry.outcome = "aborted"  # the client went away, or the server is shutting down

@@ -47,9 +47,16 @@ def path_reason(stripped: str) -> str | None:
 
 
 def _leaves(base_rel: str, target: str) -> bool:
-    """Whether ``target``, relative to the directory ``base_rel``, leads out of the root."""
-    joined = posixpath.normpath(posixpath.join("/" + base_rel, target))
-    return joined.startswith("/..") or joined == "/.."
+    """Whether ``target``, relative to the directory ``base_rel``, climbs out of the root."""
+    depth = 0
+    for part in [*base_rel.split("/"), *target.split("/")]:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
 
 
 def link_escape(kind: str, stripped: str, linkname: str) -> str | None:
