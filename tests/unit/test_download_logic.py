@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from services.download.archive import ByteRange, RangeNotSatisfiable, parse_range
 from services.download.audit import client_address, outcome_of
 from services.download.auth import Authorizer, Identity
 from services.download.members import clean_member_path, original_path
 from services.download.metrics import DownloadMetrics
-from services.download.slots import StreamSlots
+from services.download.slots import StreamSlots, TarBusy, TarJobs
 from shared.errors import Forbidden, InvalidRequest, Unauthorized, Unavailable
 from shared.vault import InvalidToken
 
@@ -219,3 +220,31 @@ def test_stream_slots_refuse_past_the_limit() -> None:
     assert slots.used == 0
     with slots.hold():  # freed slots are reused
         assert slots.used == 1
+
+
+async def test_tar_jobs_share_per_carve_and_per_responder() -> None:
+    running = Gauge("jobs", "jobs", registry=CollectorRegistry())
+    jobs = TarJobs(3, per_carve=2, per_responder=2, running=running)
+    admitted = asyncio.Event()
+
+    async def fourth() -> None:
+        async with jobs.hold("c4", "dee"):
+            admitted.set()
+
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(jobs.hold("c1", "ann"))
+        await stack.enter_async_context(jobs.hold("c1", "bob"))
+        with pytest.raises(TarBusy) as caught:
+            await stack.enter_async_context(jobs.hold("c1", "cy"))
+        assert (caught.value.status, caught.value.details) == (429, {"limit": "carve"})
+        await stack.enter_async_context(jobs.hold("c2", "ann"))
+        with pytest.raises(TarBusy) as caught:
+            await stack.enter_async_context(jobs.hold("c3", "ann"))
+        assert caught.value.details == {"limit": "responder"}
+        assert running._value.get() == 3
+        # Every worker busy: a fourth job within its shares waits for one, it is not refused.
+        waiting = asyncio.create_task(fourth())
+        await asyncio.sleep(0.05)
+        assert not admitted.is_set()
+    await asyncio.wait_for(waiting, 1)  # admitted once the others ended
+    assert admitted.is_set() and running._value.get() == 0
