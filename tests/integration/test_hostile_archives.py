@@ -212,6 +212,16 @@ async def test_bombs_never_hold_every_worker_and_stop_when_abandoned(
         *[("refused", "tar_busy")] * 4,
     ]
     print(f"small listing in {elapsed:.3f} s under 4 bombs; workers stopped in {stopped_in:.3f} s")
+    # A member download abandoned while the member is being looked for stops as well.
+    member = asyncio.create_task(
+        get(http, f"{download.url}/api/v1/carves/{bombs[0]}/files/var/zeros.bin", other)
+    )
+    assert await _wait_jobs(download.url, 1, within=5) == 1
+    await asyncio.sleep(0.3)
+    member.cancel()
+    await asyncio.gather(member, return_exceptions=True)
+    assert await _wait_jobs(download.url, 0, within=1) == 0
+    assert (await scrape(download.url))["carve_tar_abandoned_total"] == 5
 
 
 # --- names ---------------------------------------------------------------------------------------
