@@ -92,17 +92,15 @@ async def _tar_job(request: web.Request, doc: Document) -> AsyncIterator[TarSour
     """A tar worker's share for this request, its budget, and a watch on its client."""
     identity = request[RESPONDER]
     metrics = request.app[keys.METRICS]
+    source = _tar_source(request, doc)  # the time budget covers any wait for a worker
+    watcher = asyncio.create_task(_watch_client(request, source.file.abandoned))
     try:
         async with request.app[keys.TAR_JOBS].hold(
             doc["_id"], identity.entity_id or identity.accessor
         ):
-            source = _tar_source(request, doc)  # the time budget starts once admitted
-            watcher = asyncio.create_task(_watch_client(request, source.file.abandoned))
-            try:
-                yield source
-            finally:
-                source.file.abandoned.set()  # whatever happened, the worker must not go on
-                watcher.cancel()
+            if source.file.abandoned.is_set():
+                raise Abandoned("the client left while the job waited for a worker")
+            yield source
     except TarBusy as exc:
         metrics.tar_refusals.labels(f"tar_busy_{exc.details['limit']}").inc()
         raise
@@ -113,6 +111,9 @@ async def _tar_job(request: web.Request, doc: Document) -> AsyncIterator[TarSour
     except Abandoned:
         metrics.tar_abandoned.inc()
         raise
+    finally:
+        source.file.abandoned.set()  # whatever happened, the worker must not go on
+        watcher.cancel()
 
 
 async def _tar_carve(request: web.Request) -> Document:

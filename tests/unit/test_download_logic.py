@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 from typing import Any
 
@@ -224,27 +223,37 @@ def test_stream_slots_refuse_past_the_limit() -> None:
 
 async def test_tar_jobs_share_per_carve_and_per_responder() -> None:
     running = Gauge("jobs", "jobs", registry=CollectorRegistry())
-    jobs = TarJobs(3, per_carve=2, per_responder=2, running=running)
-    admitted = asyncio.Event()
+    jobs = TarJobs(3, per_carve=2, per_responder=2, running=running, max_waiting=1)
+    admitted: list[str] = []
 
-    async def fourth() -> None:
-        async with jobs.hold("c4", "dee"):
-            admitted.set()
+    async def job(carve: str, responder: str, release: asyncio.Event) -> None:
+        async with jobs.hold(carve, responder):
+            admitted.append(f"{carve}/{responder}")
+            await release.wait()
 
-    async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(jobs.hold("c1", "ann"))
-        await stack.enter_async_context(jobs.hold("c1", "bob"))
-        with pytest.raises(TarBusy) as caught:
-            await stack.enter_async_context(jobs.hold("c1", "cy"))
-        assert (caught.value.status, caught.value.details) == (429, {"limit": "carve"})
-        await stack.enter_async_context(jobs.hold("c2", "ann"))
-        with pytest.raises(TarBusy) as caught:
-            await stack.enter_async_context(jobs.hold("c3", "ann"))
-        assert caught.value.details == {"limit": "responder"}
-        assert running._value.get() == 3
-        # Every worker busy: a fourth job within its shares waits for one, it is not refused.
-        waiting = asyncio.create_task(fourth())
-        await asyncio.sleep(0.05)
-        assert not admitted.is_set()
-    await asyncio.wait_for(waiting, 1)  # admitted once the others ended
-    assert admitted.is_set() and running._value.get() == 0
+    first, second = asyncio.Event(), asyncio.Event()
+    tasks = [
+        asyncio.create_task(job("c1", "ann", first)),
+        asyncio.create_task(job("c1", "bob", first)),
+        asyncio.create_task(job("c1", "cy", second)),  # past the carve's share: waits
+        asyncio.create_task(job("c2", "ann", second)),
+        asyncio.create_task(job("c3", "ann", second)),  # past ann's share: waits
+    ]
+    await asyncio.sleep(0.05)
+    assert admitted == ["c1/ann", "c1/bob", "c2/ann"]
+    assert running._value.get() == 3
+    # One waiting per share at most: the next one is told to come back later.
+    with pytest.raises(TarBusy) as caught:
+        async with jobs.hold("c1", "dee"):
+            pass
+    assert (caught.value.status, caught.value.details) == (429, {"limit": "carve"})
+    with pytest.raises(TarBusy) as caught:
+        async with jobs.hold("c9", "ann"):
+            pass
+    assert caught.value.details == {"limit": "responder"}
+    first.set()  # c1/ann and c1/bob end: the two waiting jobs get their workers
+    await asyncio.sleep(0.05)
+    assert sorted(admitted[3:]) == ["c1/cy", "c3/ann"]
+    second.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 1)
+    assert running._value.get() == 0
