@@ -1062,3 +1062,11 @@ def test_extract_refuses_a_hostile_archive_before_writing_anything(
 def _file(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_files_table_marks_unsafe_and_superseded_members() -> None:
+    unsafe = {"path": "//etc/passwd", "type": "file", "unsafe": True, "reason": "absolute path"}
+    old = {"path": "/etc/hosts", "type": "file", "unsafe": False, "superseded": True}
+    assert carvectl.file_row(unsafe)[0] == "//etc/passwd  [unsafe: absolute path]"
+    assert carvectl.file_row(old)[0] == "/etc/hosts  [superseded by a later member]"
+    assert carvectl.file_row({"path": "/etc/hosts", "unsafe": False})[0] == "/etc/hosts"
