@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.download import views
+from services.download import tar_views, views
 
 CARVE = "/api/v1/carves/{carve_id}"
 
@@ -14,7 +14,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(CARVE, views.get_carve, name="carve")
     app.router.add_delete(CARVE, views.delete_carve, name="delete")
     app.router.add_get(CARVE + "/archive", views.get_archive, name="archive")  # and HEAD
-    app.router.add_get(CARVE + "/files", views.list_files, name="files")
-    app.router.add_get(CARVE + "/files/{path:.+}", views.get_file, name="file")
+    app.router.add_get(CARVE + "/files", tar_views.list_files, name="files")
+    app.router.add_get(CARVE + "/files/{path:.+}", tar_views.get_file, name="file")
     # The original server's endpoint (and curl command).
     app.router.add_post("/file_request", views.file_request, name="file_request")

@@ -11,7 +11,6 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -20,14 +19,6 @@ from services.download import keys
 from services.download.archive import ByteRange, parse_range, stream_chunks
 from services.download.audit import AUDIT
 from services.download.auth import Identity
-from services.download.members import (
-    Abandoned,
-    ChunkFile,
-    TarSource,
-    clean_member_path,
-    list_members,
-    stream_member,
-)
 from shared import keys as shared_keys
 from shared.carves import (
     COLLECTION,
@@ -38,6 +29,7 @@ from shared.carves import (
     blocks_received,
 )
 from shared.errors import (
+    ClientError,
     Conflict,
     Forbidden,
     Gone,
@@ -53,7 +45,6 @@ log = logging.getLogger(__name__)
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
 MAX_PAGE = 1000
-MAX_MEMBERS = 100_000
 
 
 def carve_view(doc: Document) -> dict[str, Any]:
@@ -310,12 +301,21 @@ async def get_archive(request: web.Request) -> web.StreamResponse:
         return await send_archive(request, doc)
 
 
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
+
+
 async def file_request(request: web.Request) -> web.StreamResponse:
     """The original server's endpoint: token and carve id in a JSON body."""
+    timeout = request.app[keys.SETTINGS].file_request_timeout
     try:
-        body = await request.read()  # the whole body, however it was split (client_max_size)
+        async with asyncio.timeout(timeout):
+            body = await request.read()  # the whole body, however it was split (client_max_size)
     except web.HTTPRequestEntityTooLarge as exc:
         raise InvalidRequest("body too large") from exc
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the request body did not arrive within {timeout} s") from exc
     try:
         fields = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -333,75 +333,6 @@ async def file_request(request: web.Request) -> web.StreamResponse:
     doc = await _load(request, _carve_id(fields["file_carve_guid"]))
     with request.app[keys.STREAMS].hold():
         return await send_archive(request, doc)
-
-
-# --- tar members ---------------------------------------------------------------------------
-
-
-def _tar_source(request: web.Request, doc: Document) -> TarSource:
-    settings = request.app[keys.SETTINGS]
-    file = ChunkFile(
-        asyncio.get_running_loop(),
-        request.app[shared_keys.MONGO_DB][f"{settings.mongo_bucket}.chunks"],
-        doc["_id"],
-        chunk_size=doc["block_size"],
-        size=doc["carve_size"],
-        batch_bytes=settings.download_batch_bytes,
-    )
-    zstd = doc.get("compression") == Compression.ZSTD
-    return TarSource(file, zstd, settings.zstd_max_window)
-
-
-async def list_files(request: web.Request) -> web.Response:
-    doc = _complete(await _authorized_carve(request))
-    limit = _int_param(request, "limit", 10_000, MAX_MEMBERS)
-    loop = asyncio.get_running_loop()
-    pool = request.app[keys.TAR_POOL]
-    members, truncated = await loop.run_in_executor(
-        pool, list_members, _tar_source(request, doc), limit
-    )
-    body = {"carve_id": doc["_id"], "members": members, "truncated": truncated}
-    return web.json_response(body, dumps=lambda obj: orjson.dumps(obj).decode())
-
-
-def _disposition(path: str) -> str:
-    name = path.rsplit("/", 1)[-1] or "member"
-    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-async def get_file(request: web.Request) -> web.StreamResponse:
-    doc = _complete(await _authorized_carve(request))
-    wanted = clean_member_path(request.match_info["path"])
-    loop = asyncio.get_running_loop()
-    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    entry = request[AUDIT]
-    timeout = request.app[keys.SETTINGS].download_write_timeout
-    source = _tar_source(request, doc)
-
-    def on_found(member: dict[str, Any]) -> bool:
-        response.headers["Content-Disposition"] = _disposition(member["path"])
-        response.content_length = member["size"]
-        asyncio.run_coroutine_threadsafe(_start(request, response), loop).result(timeout)
-        return request.method != "HEAD"  # HEAD: headers only, or the connection desyncs
-
-    def write(piece: bytes) -> None:
-        if source.file.abandoned.is_set():
-            raise Abandoned("the request has ended")
-        sent = _write(response, piece, timeout)
-        asyncio.run_coroutine_threadsafe(sent, loop).result(timeout + 5)
-        entry.bytes_sent += len(piece)
-
-    pool = request.app[keys.TAR_POOL]
-    try:
-        with request.app[keys.STREAMS].hold():
-            found = await loop.run_in_executor(pool, stream_member, source, wanted, on_found, write)
-    finally:
-        source.file.abandoned.set()  # whatever happened, the worker must not go on
-    if not found:
-        raise NotFound(f"no regular file {wanted} in carve {doc['_id']}")
-    await response.write_eof()
-    return response
 
 
 async def _start(request: web.Request, response: web.StreamResponse) -> None:
