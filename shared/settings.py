@@ -7,10 +7,13 @@ backend on 127.0.0.1 at its standard port.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.proxies import Network, parse_networks
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -55,3 +58,20 @@ class VaultSettings(_Part):
     vault_timeout: float = Field(5.0, gt=0)
     # Token lookups run in threads (hvac is synchronous); at most this many at once.
     vault_concurrency: int = Field(8, ge=1, le=64)
+
+
+class ProxySettings(_Part):
+    # Comma-separated addresses/CIDRs of the reverse proxies (NGINX, ingress-nginx) whose
+    # forwarded headers are believed: X-Forwarded-For, and the verified client certificate
+    # (the ingest). Empty: none are.
+    trusted_proxies: str = ""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        parse_networks(value)  # ValueError names the bad entry
+        return value
+
+    @cached_property
+    def proxy_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)

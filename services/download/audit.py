@@ -7,7 +7,6 @@ MongoDB cannot take the row, the log line still carries it (with
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -18,7 +17,6 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from services.download.auth import Identity
-from services.download.settings import Network
 from shared.mongo import Document
 
 COLLECTION = "audit"
@@ -53,26 +51,6 @@ class AuditEntry:
 
 
 AUDIT = web.RequestKey("audit", AuditEntry)
-
-
-def client_address(request: web.Request, trusted: tuple[Network, ...]) -> str:
-    """The peer, or, behind trusted proxies, the first X-Forwarded-For hop that is not one."""
-    peer = request.remote or ""
-    if not _within(peer, trusted):
-        return peer
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _within(hop, trusted):
-            return hop
-    return hops[0] if hops else peer
-
-
-def _within(address: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
 
 
 def outcome_of(status: int) -> str:

@@ -14,13 +14,13 @@ from services.download.audit import (
     AUDIT,
     COLLECTION,
     AuditEntry,
-    client_address,
     outcome_of,
     record,
 )
 from shared import keys as shared_keys
 from shared.errors import ClientError, TransientError, Unavailable
 from shared.protocol import CARVE_ID
+from shared.proxies import client_address
 
 log = logging.getLogger(__name__)
 

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
-from functools import cached_property
+from pydantic import Field, model_validator
 
-from pydantic import Field, field_validator, model_validator
-
-from shared.settings import GiB, HttpSettings, MiB, MongoSettings, VaultSettings
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from shared.settings import GiB, HttpSettings, MiB, MongoSettings, ProxySettings, VaultSettings
 
 
-class DownloadSettings(HttpSettings, MongoSettings, VaultSettings):
+class DownloadSettings(HttpSettings, MongoSettings, VaultSettings, ProxySettings):
     http_port: int = Field(8082, ge=0, le=65535)
     # The Vault policy a responder's token must carry (the original server's name for it).
     vault_policy: str = Field("osquery-file-carve-file-requests", min_length=1)
@@ -20,8 +15,6 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings):
     vault_admin_policy: str = Field("osquery-file-carve-admin", min_length=1)
     # How long a token lookup is trusted: a revoked token works at most this much longer.
     vault_cache_ttl: float = Field(10.0, ge=0)
-    # Comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For is believed.
-    trusted_proxies: str = ""
     # Chunks fetched per MongoDB round trip while streaming, at most this many bytes.
     download_batch_bytes: int = Field(1 * MiB, ge=1)
     # Archive and member downloads streaming at once (about 3 MiB each); more get a 503.
@@ -45,21 +38,9 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings):
     # Seconds a /file_request body may take to arrive; slower: 408 and the connection closed.
     file_request_timeout: float = Field(10.0, gt=0)
 
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _check_proxies(cls, value: str) -> str:
-        for item in filter(None, (v.strip() for v in value.split(","))):
-            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
-        return value
-
     @model_validator(mode="after")
     def _check_tar_shares(self) -> DownloadSettings:
         for name in ("tar_jobs_per_carve", "tar_jobs_per_responder"):
             if self.tar_concurrency > 1 and getattr(self, name) >= self.tar_concurrency:
                 raise ValueError(f"{name} must be below tar_concurrency ({self.tar_concurrency})")
         return self
-
-    @cached_property
-    def proxy_networks(self) -> tuple[Network, ...]:
-        items = filter(None, (v.strip() for v in self.trusted_proxies.split(",")))
-        return tuple(ipaddress.ip_network(item, strict=False) for item in items)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from functools import cached_property
+from pydantic import Field
 
-from pydantic import Field, field_validator
-
-from shared.proxies import Network, parse_networks
 from shared.quotas import Limits
-from shared.settings import AmqpSettings, GiB, HttpSettings, MiB, MongoSettings, RedisSettings
+from shared.settings import (
+    AmqpSettings,
+    GiB,
+    HttpSettings,
+    MiB,
+    MongoSettings,
+    ProxySettings,
+    RedisSettings,
+)
 
 TiB = 1024 * GiB
 
@@ -16,7 +21,7 @@ TiB = 1024 * GiB
 MAX_BLOCK_SIZE = 16 * MiB - 16 * 1024
 
 
-class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
+class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings, ProxySettings):
     http_port: int = Field(8080, ge=0, le=65535)
     # A block is stored as one MongoDB document (GridFS chunk), which must stay under 16 MiB:
     # 16 MiB blocks would be refused by MongoDB (BSON too large) and never complete.
@@ -52,19 +57,6 @@ class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings):
     max_inflight_carve_bytes: int = Field(50 * TiB, ge=1)
     # Redis memory that all admitted upload sessions may reach at most (shared.quotas).
     max_session_memory: int = Field(512 * MiB, ge=1)
-    # Comma-separated addresses/CIDRs of the proxies (NGINX, ingress-nginx) whose verified
-    # client certificate headers and X-Forwarded-For are believed. Empty: none are.
-    trusted_proxies: str = ""
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _check_proxies(cls, value: str) -> str:
-        parse_networks(value)  # ValueError names the bad entry
-        return value
-
-    @cached_property
-    def proxy_networks(self) -> tuple[Network, ...]:
-        return parse_networks(self.trusted_proxies)
 
     def quota_limits(self) -> Limits:
         return Limits(
