@@ -153,6 +153,18 @@ say "checks against the stack (tests/containers/test_stack.py)"
 CARVE_STACK=$work/stack.json .venv/bin/pytest -o addopts="" -p no:cacheprovider -v -rA \
     --timeout 300 tests/containers/test_stack.py
 
+say "compose stop, one service at a time (each must stop by itself within its grace period)"
+for service in nginx ingest download janitor assembler vault redis rabbitmq mongo; do
+    started=$SECONDS
+    "${compose[@]}" stop "$service" >/dev/null 2>&1
+    codes=$(docker inspect -f '{{.State.ExitCode}}' $("${compose[@]}" ps -aq "$service") | sort -u | tr '\n' ' ')
+    echo "   $service stopped in $((SECONDS - started)) s, exit codes: $codes"
+    case "$service:$codes" in
+        nginx:* | vault:* | redis:* | rabbitmq:* | mongo:*) ;;  # stand-ins: reported only
+        *:"0 ") ;;
+        *) die "$service did not stop cleanly (exit codes $codes; 137 is docker's SIGKILL)" ;;
+    esac
+done
 say "compose down -v"
 "${compose[@]}" down -v --remove-orphans --timeout 45 >"$work/down.log" 2>&1 || { cat "$work/down.log" >&2; exit 1; }
 stack_up=""
