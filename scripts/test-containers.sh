@@ -39,8 +39,15 @@ stop_dockerd() {
     local pid
     pid=$(cat "$state/dockerd.pid" 2>/dev/null) || return 0
     kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
-    echo "test-containers: dockerd $pid did not stop in 30 s" >&2
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "test-containers: dockerd $pid did not stop in 30 s" >&2
+        return 0
+    fi
+    # dockerd 20.10 leaves its default network namespace mounted under the exec root.
+    if mountpoint -q "$state/exec/netns/default" 2>/dev/null; then
+        umount "$state/exec/netns/default" || true
+    fi
 }
 
 cleanup() {
