@@ -1,8 +1,10 @@
 """deploy/compose is valid Compose and agrees with the code: settings, routes, block sizes.
 
-No Docker here: the compose file is checked against the Compose Specification's JSON schema
-(vendored in tests/data/compose/) and against what the services read, and the NGINX template
-and the osquery flagfile against the ingest's routes and the block-size rule.
+No Docker engine here (scripts/test-containers.sh brings the stack up for real): the compose
+file is checked against the Compose Specification's JSON schema (vendored in
+tests/data/compose/), by Compose v2's own ``config``, and against what the services read, and
+the NGINX template and the osquery flagfile against the ingest's routes and the block-size
+rule.
 """
 
 from __future__ import annotations

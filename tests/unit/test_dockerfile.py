@@ -1,5 +1,7 @@
 """The container image, checked without a Docker engine: hadolint, and what the Dockerfile says.
 
+(scripts/test-containers.sh builds and runs it for real: tests/containers/test_stack.py.)
+
 One image serves all four services (the command picks one). The checks: hadolint finds
 nothing; the final stage runs as a numeric non-root user, holds only the builder's venv
 (no compilers, no pip run), sets what containers need (CARVE_HTTP_HOST=0.0.0.0, JSON logs);
