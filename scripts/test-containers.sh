@@ -134,7 +134,12 @@ chmod 0600 "$work/.env"
 say "compose up --wait (project $project, without Fleet)"
 stack_up=1
 "${compose[@]}" up -d --wait --wait-timeout 300 >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; exit 1; }
-"${compose[@]}" ps --format 'table {{.Service}}\t{{.Status}}'
+"${compose[@]}" ps -a --format 'table {{.Service}}\t{{.Status}}'
+# `up --wait` does not notice a container in a restart loop: every long-running service must
+# be running and healthy, every one-shot exited 0.
+bad=$("${compose[@]}" ps -a --format '{{.Service}}|{{.State}}|{{.Health}}|{{.ExitCode}}' |
+    awk -F'|' '!(($2 == "running" && $3 == "healthy") || ($2 == "exited" && $4 == "0"))' | tr '\n' ' ')
+[ -z "$bad" ] || die "not healthy after up --wait (service|state|health|exit code): $bad"
 
 # What the checks need to know about the stack (tests/containers/test_stack.py reads it).
 PROJECT=$project WORK=$work OSQUERY_PORT=$osquery_port RESPONDER_PORT=$responder_port \
