@@ -9,8 +9,9 @@
 #   bash scripts/test-containers.sh         (root; Debian packages docker.io and debootstrap)
 #
 # Its own dockerd (data under $CARVE_TEST_DOCKER_ROOT, default /var/lib/carve-test-docker:
-# images stay cached there between runs) unless one already answers on that socket; it stops
-# what it started. Base and stand-in images: deploy/compose/dev-images (local tests only).
+# images stay cached there between runs) unless one already answers on that socket, or the
+# engine at $CARVE_TEST_DOCKER_HOST; it stops what it started. Like any dockerd, it sets up
+# its iptables chains (and FORWARD policy DROP), which stay when it stops. Base and stand-in images: deploy/compose/dev-images (local tests only).
 # Fleet is not part of it (no image here): the stack runs without the fleet profile.
 # Everything is cleaned up on success, failure or interruption.
 set -euo pipefail
@@ -27,7 +28,9 @@ done
 [ -x .venv/bin/docker-compose ] || die ".venv/bin/docker-compose is missing: bash scripts/setup.sh"
 
 state=${CARVE_TEST_DOCKER_ROOT:-/var/lib/carve-test-docker}
-export DOCKER_HOST=unix://$state/docker.sock
+# CARVE_TEST_DOCKER_HOST: an engine that already runs (e.g. unix:///var/run/docker.sock) instead
+# of a dockerd of its own; it must answer.
+export DOCKER_HOST=${CARVE_TEST_DOCKER_HOST:-unix://$state/docker.sock}
 work=$(mktemp -d /tmp/carve-containers.XXXXXX)
 project=carvetest$$
 compose=("$root/.venv/bin/docker-compose" -p "$project" -f "$root/deploy/compose/compose.yaml"
@@ -71,7 +74,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- the engine ------------------------------------------------------------------------------
-if ! docker version >/dev/null 2>&1; then
+if [ -n "${CARVE_TEST_DOCKER_HOST:-}" ]; then
+    docker version >/dev/null 2>&1 || die "no Docker engine answers on CARVE_TEST_DOCKER_HOST=$DOCKER_HOST"
+elif ! docker version >/dev/null 2>&1; then
     say "starting dockerd (data in $state)"
     mkdir -p "$state/data" "$state/exec"
     # --bridge=none: no docker0, nothing to clash with another engine on this machine; builds
@@ -133,7 +138,7 @@ chmod 0600 "$work/.env"
 
 say "compose up --wait (project $project, without Fleet)"
 stack_up=1
-"${compose[@]}" up -d --wait --wait-timeout 300 >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; exit 1; }
+"${compose[@]}" up -d --wait --wait-timeout 180 >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; exit 1; }
 "${compose[@]}" ps -a --format 'table {{.Service}}\t{{.Status}}'
 # `up --wait` does not notice a container in a restart loop: every long-running service must
 # be running and healthy, every one-shot exited 0.
