@@ -205,27 +205,6 @@ def test_dependencies_get_their_own_layer_before_the_source(stages: list[Stage])
     assert copied_before == [["requirements.lock"]], copied_before
 
 
-def test_runtime_lock_is_pyproject_dependencies_with_hashes() -> None:
-    """requirements.lock pins every runtime dependency of pyproject.toml, each with hashes,
-    and no dev tool (scripts/lock.sh writes it)."""
-    lock = (ROOT / "requirements.lock").read_text()
-    pinned = {
-        m[1].lower().replace("_", "-") for m in re.finditer(r"^([A-Za-z0-9._-]+)==", lock, re.M)
-    }
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = {
-        re.split(r"[\[<>=!~; ]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]
-    }
-    assert names <= pinned, names - pinned
-    dev = {
-        re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower()
-        for d in project["optional-dependencies"]["dev"]
-    }
-    assert not (dev & pinned), dev & pinned
-    requirements = re.split(r"\n(?=[A-Za-z0-9])", lock.split("\n", 2)[2].strip())
-    assert requirements and all("--hash=sha256:" in block for block in requirements)
-
-
 def test_final_stage_copies_only_the_runtime_venv(stages: list[Stage], final: Stage) -> None:
     copies = final.args("COPY")
     builder = stages[0].name
