@@ -31,6 +31,10 @@ state=${CARVE_TEST_DOCKER_ROOT:-/var/lib/carve-test-docker}
 # CARVE_TEST_DOCKER_HOST: an engine that already runs (e.g. unix:///var/run/docker.sock) instead
 # of a dockerd of its own; it must answer.
 export DOCKER_HOST=${CARVE_TEST_DOCKER_HOST:-unix://$state/docker.sock}
+mkdir -p "$state"
+# One run at a time per state directory: a second run would share, then lose, the dockerd.
+exec 9>"$state/lock"
+flock -w 1800 9 || die "another container test has held $state/lock for 30 minutes"
 work=$(mktemp -d /tmp/carve-containers.XXXXXX)
 project=carvetest$$
 compose=("$root/.venv/bin/docker-compose" -p "$project" -f "$root/deploy/compose/compose.yaml"
@@ -170,6 +174,9 @@ say "checks against the stack (tests/containers/test_stack.py)"
 CARVE_STACK=$work/stack.json .venv/bin/pytest -o addopts="" -p no:cacheprovider -v -rA \
     --timeout 300 tests/containers/test_stack.py
 
+say "memory and CPU of the stack after the checks (docker stats)"
+docker stats --no-stream --format 'table {{.Name}}\t{{.MemUsage}}\t{{.CPUPerc}}' \
+    $("${compose[@]}" ps -q) | sed "s/^$project-//" || true
 say "compose stop, one service at a time (each must stop by itself within its grace period)"
 for service in nginx ingest download janitor assembler vault redis rabbitmq mongo; do
     started=$SECONDS
