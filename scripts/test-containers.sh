@@ -11,7 +11,8 @@
 # Its own dockerd (data under $CARVE_TEST_DOCKER_ROOT, default /var/lib/carve-test-docker:
 # images stay cached there between runs) unless one already answers on that socket, or the
 # engine at $CARVE_TEST_DOCKER_HOST; it stops what it started. Like any dockerd, it sets up
-# its iptables chains (and FORWARD policy DROP), which stay when it stops. Base and stand-in images: deploy/compose/dev-images (local tests only).
+# its iptables chains (and FORWARD policy DROP), which stay when it stops.
+# Base and stand-in images: deploy/compose/dev-images (local tests only).
 # Fleet is not part of it (no image here): the stack runs without the fleet profile.
 # Everything is cleaned up on success, failure or interruption.
 set -euo pipefail
