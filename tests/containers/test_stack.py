@@ -1,0 +1,351 @@
+"""The compose stack for real: images built, ``docker compose up``, osquery carving through NGINX.
+
+Run by ``scripts/test-containers.sh`` (not by a bare ``pytest``: it needs the stack that script
+brings up, described by the JSON file ``$CARVE_STACK`` points at). Each test drives the stack
+from the host the way its users do: ``carve-osquery-sim`` as the osquery host (with the
+device certificate, or without, or another CA's), ``carvectl`` as the responder (through the
+responder listener), ``docker compose run`` for the janitor's one-shot, ``docker stop`` for
+the assembler. Every carve is checked by SHA-256, end to end.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+BIN = Path(sys.executable).parent
+# (start, block) paths: the original server's, Fleet's v1 and Fleet's current ones.
+CARVE_ENDPOINTS = {
+    "original": ("/start_uploads", "/upload_blocks"),
+    "fleet-v1": ("/api/v1/osquery/carve/begin", "/api/v1/osquery/carve/block"),
+    "fleet": ("/api/osquery/carve/begin", "/api/osquery/carve/block"),
+}
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Stack:
+    project: str
+    compose: list[str]  # the docker compose command line up to the subcommand
+    osquery_url: str  # NGINX's mutual-TLS listener (device certificates)
+    responder_url: str  # NGINX's responder listener (server TLS, Vault token)
+    pki: Path  # make-dev-pki.sh: ca.pem, device.pem/.key
+    other_pki: Path  # another CA and its device
+    responder_username: str
+    responder_password: str
+    workdir: Path
+
+    @property
+    def ca(self) -> str:
+        return str(self.pki / "ca.pem")
+
+    def device(self) -> tuple[str, str]:
+        return str(self.pki / "device.pem"), str(self.pki / "device.key")
+
+    def run_compose(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.compose, *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    path = os.environ.get("CARVE_STACK")
+    if not path:
+        pytest.fail(
+            "CARVE_STACK is not set: run scripts/test-containers.sh, which brings the stack up"
+        )
+    data = json.loads(Path(path).read_text())
+    for key in ("pki", "other_pki", "workdir"):
+        data[key] = Path(data[key])
+    return Stack(**data)
+
+
+# ---------------------------------------------------------------------------------------------
+# The host side: the simulator as osquery, carvectl as the responder
+# ---------------------------------------------------------------------------------------------
+
+
+def sim_argv(
+    stack: Stack,
+    *,
+    client: tuple[str, str] | None,
+    endpoints: tuple[str, str] = CARVE_ENDPOINTS["original"],
+    size: int = 3 * MiB + 12345,
+    block_size: int = MiB,
+    hosts: int = 1,
+) -> list[str]:
+    """``carve-osquery-sim`` as an osquery 5.22 host that trusts the stack's CA."""
+    argv = [
+        str(BIN / "carve-osquery-sim"), "--url", stack.osquery_url, "--cacert", stack.ca,
+        "--hosts", str(hosts), "--size", str(size), "--block-size", str(block_size),
+        "--start-endpoint", endpoints[0], "--continue-endpoint", endpoints[1],
+        "--version", "5.22", "--timeout", "30", "--json",
+    ]  # fmt: skip
+    if client is not None:
+        argv += ["--cert", client[0], "--key", client[1]]
+    return argv
+
+
+def sim_results(
+    done: subprocess.CompletedProcess[str] | tuple[int, str, str],
+) -> list[dict[str, Any]]:
+    stdout = done.stdout if isinstance(done, subprocess.CompletedProcess) else done[1]
+    results: list[dict[str, Any]] = json.loads(stdout)["results"]
+    return results
+
+
+def simulate(stack: Stack, **options: Any) -> tuple[int, list[dict[str, Any]], str]:
+    done = subprocess.run(
+        sim_argv(stack, **options), capture_output=True, text=True, timeout=300, check=False
+    )
+    return done.returncode, sim_results(done), done.stderr
+
+
+@pytest.fixture(scope="session")
+def responder(stack: Stack) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """carvectl as a responder: logged in through the responder listener (no certificate)."""
+    home = stack.workdir / "responder"
+    home.mkdir(exist_ok=True)
+    env = {
+        "PATH": os.environ["PATH"],
+        "XDG_CONFIG_HOME": str(home),
+        "CARVECTL_SERVER": stack.responder_url,
+        "CARVECTL_CACERT": stack.ca,
+        "VAULT_ADDR": stack.responder_url,
+        "VAULT_CACERT": stack.ca,
+    }
+
+    def carvectl(*argv: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+        extra = {"CARVECTL_PASSWORD": password} if password is not None else {}
+        return subprocess.run(
+            [str(BIN / "carvectl"), "--quiet", *argv],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+    done = carvectl(
+        "login", "--username", stack.responder_username, password=stack.responder_password
+    )
+    assert done.returncode == 0, done.stderr
+    return carvectl
+
+
+def wait_for_status(
+    carvectl: Callable[..., Any], carve_id: str, want: str, timeout: float = 90
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        done = carvectl("--json", "show", carve_id)
+        if done.returncode == 0:
+            last = json.loads(done.stdout)
+            if last.get("status") == want:
+                return dict(last)
+        time.sleep(0.5)
+    raise AssertionError(f"carve {carve_id} not {want} after {timeout} s: {last}")
+
+
+def download_verified(carvectl: Callable[..., Any], workdir: Path, carve: dict[str, Any]) -> None:
+    """The responder's end-to-end check: carvectl get --expect-sha256 the host's SHA-256."""
+    wait_for_status(carvectl, carve["carve_id"], "complete")
+    target = workdir / f"{carve['carve_id']}.tar"
+    done = carvectl("get", carve["carve_id"], "-o", str(target), "--expect-sha256", carve["sha256"])
+    assert done.returncode == 0, done.stderr
+    data = target.read_bytes()
+    assert len(data) == carve["size"]
+    assert hashlib.sha256(data).hexdigest() == carve["sha256"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Carving with the device certificate, and refusals
+# ---------------------------------------------------------------------------------------------
+
+
+def test_responder_logs_in_through_the_responder_listener(
+    stack: Stack, responder: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    token = stack.workdir / "responder" / "carvectl" / "token"
+    assert token.exists() and token.stat().st_mode & 0o077 == 0
+    done = responder("--json", "list")
+    assert done.returncode == 0, done.stderr
+    assert isinstance(json.loads(done.stdout), list)
+    # A wrong password: Vault's refusal, through the same listener (exit 3: HTTP 401/400).
+    other = stack.workdir / "intruder"
+    done = subprocess.run(
+        [str(BIN / "carvectl"), "--quiet", "login", "--username", stack.responder_username],
+        env={
+            "PATH": os.environ["PATH"], "XDG_CONFIG_HOME": str(other),
+            "CARVECTL_SERVER": stack.responder_url, "CARVECTL_CACERT": stack.ca,
+            "VAULT_ADDR": stack.responder_url, "VAULT_CACERT": stack.ca,
+            "CARVECTL_PASSWORD": "not-" + stack.responder_password,
+        },
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode != 0 and not (other / "carvectl" / "token").exists()
+
+
+@pytest.mark.parametrize("paths", CARVE_ENDPOINTS)
+def test_a_device_carves_through_nginx_and_the_responder_downloads_it(
+    stack: Stack, responder: Callable[..., subprocess.CompletedProcess[str]], paths: str
+) -> None:
+    code, results, stderr = simulate(stack, client=stack.device(), endpoints=CARVE_ENDPOINTS[paths])
+    (carve,) = results
+    assert code == 0 and carve["status"] == "SUCCESS", (carve, stderr[-2000:])
+    assert carve["block_count"] == 4 and not carve["failed_blocks"]
+    download_verified(responder, stack.workdir, carve)
+
+
+# Clients NGINX must turn away on the device listener. One entry per kind of client; each gives
+# the (certificate, key) it presents, or None. (A revoked device joins here once the PKI can
+# revoke: the shell script makes it, this maps its files.)
+REFUSED: dict[str, Callable[[Stack], tuple[str, str] | None]] = {
+    "no certificate": lambda stack: None,
+    "another CA's device certificate": lambda stack: (
+        str(stack.other_pki / "device.pem"),
+        str(stack.other_pki / "device.key"),
+    ),
+}
+
+
+@pytest.mark.parametrize("client", REFUSED)
+def test_nginx_refuses_a_client_without_a_device_certificate_of_the_ca(
+    stack: Stack, responder: Callable[..., subprocess.CompletedProcess[str]], client: str
+) -> None:
+    cert = REFUSED[client](stack)
+    # What the wire shows: NGINX's HTML 400, the request never reached the ingest.
+    body = {"block_count": 1, "block_size": 10, "carve_size": 10, "carve_id": str(uuid.uuid4()),
+            "request_id": "r", "node_key": "k"}  # fmt: skip
+    reply = requests.post(
+        stack.osquery_url + "/start_uploads", json=body, verify=stack.ca, cert=cert, timeout=30
+    )
+    assert reply.status_code == 400
+    assert reply.headers["Content-Type"].startswith("text/html")
+    assert b"SSL certificate" in reply.content
+    # What the osquery host concludes: the start failed (non-JSON body), nothing was stored.
+    code, results, _ = simulate(stack, client=cert)
+    (carve,) = results
+    assert code != 0 and carve["status"] == "START FAILED" and carve["session_id"] is None
+    done = responder("--json", "show", carve["carve_id"])
+    assert done.returncode == 5, done.stdout  # 404: no such carve
+
+
+# ---------------------------------------------------------------------------------------------
+# The janitor's one-shot
+# ---------------------------------------------------------------------------------------------
+
+
+def start_and_abandon(stack: Stack) -> str:
+    """A host that starts a two-block carve, sends block 0 and dies."""
+    carve_id = str(uuid.uuid4())
+    start = {"block_count": 2, "block_size": 1024, "carve_size": 2000, "carve_id": carve_id,
+             "request_id": "abandoned", "node_key": "k"}  # fmt: skip
+    options: dict[str, Any] = {"verify": stack.ca, "cert": stack.device(), "timeout": 30}
+    reply = requests.post(stack.osquery_url + "/start_uploads", json=start, **options)
+    assert reply.status_code == 200, reply.text
+    session = reply.json()["session_id"]
+    block = {
+        "block_id": 0,
+        "session_id": session,
+        "request_id": "abandoned",
+        "data": base64.b64encode(b"A" * 1024).decode(),
+    }
+    reply = requests.post(stack.osquery_url + "/upload_blocks", json=block, **options)
+    assert reply.status_code == 200 and reply.json().get("success") is True, reply.text
+    return carve_id
+
+
+def test_the_janitor_one_shot_fails_an_abandoned_carve(
+    stack: Stack, responder: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    carve_id = start_and_abandon(stack)
+    wait_for_status(responder, carve_id, "receiving", timeout=30)  # block 0 is stored
+    time.sleep(2.5)
+    # The CronJob's command, in a container of the janitor service (the compose network, its
+    # settings), with an idle timeout of 2 s instead of an hour.
+    done = stack.run_compose(
+        "run", "--rm", "--no-deps", "-T", "-e", "CARVE_SESSION_IDLE_TIMEOUT=2",
+        "janitor", "carve-janitor", "--once",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["skipped"] is False and report["dry_run"] is False, report
+    assert report["actions"].get("failed", 0) >= 1, report
+    assert wait_for_status(responder, carve_id, "failed", timeout=10)["status"] == "failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# docker stop of an assembler in the middle of a carve
+# ---------------------------------------------------------------------------------------------
+
+
+def inspect(container: str) -> dict[str, Any]:
+    done = subprocess.run(
+        ["docker", "inspect", container], capture_output=True, text=True, timeout=30, check=True
+    )
+    info: dict[str, Any] = json.loads(done.stdout)[0]
+    return info
+
+
+@pytest.mark.timeout(400)
+def test_docker_stop_of_an_assembler_mid_carve_loses_nothing(
+    stack: Stack, responder: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    assemblers = stack.run_compose("ps", "-q", "assembler").stdout.split()
+    assert len(assemblers) == 2, assemblers
+    victim = assemblers[0]
+    grace = inspect(victim)["Config"].get("StopTimeout")
+    assert grace == 40, grace  # compose's stop_grace_period
+    # Three hosts, 32 blocks each; one of the two assemblers is stopped while they carve.
+    sim = subprocess.Popen(
+        sim_argv(stack, client=stack.device(), hosts=3, size=32 * MiB - 1000, block_size=MiB),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(2)
+        assert sim.poll() is None, "the carves ended before the stop: nothing was in flight"
+        started = time.monotonic()
+        stop = subprocess.run(
+            ["docker", "stop", victim], capture_output=True, text=True, timeout=90, check=False
+        )
+        stopped_in = time.monotonic() - started
+        stdout, stderr = sim.communicate(timeout=300)
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+    assert stop.returncode == 0, stop.stderr
+    state = inspect(victim)["State"]
+    print(f"assembler {victim[:12]} stopped in {stopped_in:.1f} s, exit code {state['ExitCode']}")
+    logs = subprocess.run(["docker", "logs", "--tail", "20", victim], capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+    print("its last log lines:\n" + (logs.stdout + logs.stderr)[-3000:])
+    # Graceful: it exited by itself (0, not 137 for SIGKILL) within the grace period.
+    assert state["ExitCode"] == 0 and not state["OOMKilled"], state
+    assert stopped_in < grace, stopped_in
+    results = sim_results((0, stdout, stderr))
+    assert len(results) == 3
+    for carve in results:
+        assert carve["status"] == "SUCCESS" and not carve["failed_blocks"], (carve, stderr[-2000:])
+    for carve in results:
+        download_verified(responder, stack.workdir, carve)
+    # Back to two assemblers for whatever runs next.
+    done = subprocess.run(["docker", "start", victim], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
