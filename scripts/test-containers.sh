@@ -107,7 +107,9 @@ make_pki() {  # DIR: a CA with its server and device certificates
 }
 make_pki "$work/pki"
 make_pki "$work/other-pki"  # another CA: its device must be refused
-# (a revoked device: make it here with make-dev-pki.sh's revoke, map it in REFUSED)
+# A device of the organisation's CA, revoked before NGINX starts: NGINX loads the CRL at start.
+bash deploy/pki/make-dev-pki.sh device lost-laptop "$work/pki" >/dev/null
+bash deploy/pki/make-dev-pki.sh revoke lost-laptop "$work/pki" >/dev/null
 
 read -r osquery_port responder_port < <(.venv/bin/python -c \
     'from tests.servers import free_port; print(free_port(), free_port())')

@@ -214,13 +214,17 @@ def test_a_device_carves_through_nginx_and_the_responder_downloads_it(
 
 
 # Clients NGINX must turn away on the device listener. One entry per kind of client; each gives
-# the (certificate, key) it presents, or None. (A revoked device joins here once the PKI can
-# revoke: the shell script makes it, this maps its files.)
+# the (certificate, key) it presents, or None. The revoked device is made and revoked by
+# scripts/test-containers.sh (make-dev-pki.sh device, then revoke) before the stack starts.
 REFUSED: dict[str, Callable[[Stack], tuple[str, str] | None]] = {
     "no certificate": lambda stack: None,
     "another CA's device certificate": lambda stack: (
         str(stack.other_pki / "device.pem"),
         str(stack.other_pki / "device.key"),
+    ),
+    "a revoked device certificate": lambda stack: (
+        str(stack.pki / "devices" / "lost-laptop.pem"),
+        str(stack.pki / "devices" / "lost-laptop.key"),
     ),
 }
 
