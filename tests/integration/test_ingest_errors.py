@@ -19,6 +19,8 @@ import aiohttp
 import pytest
 
 from clients.osquery_sim import judge_reply
+from services.ingest import views
+from shared.errors import Forbidden
 from tests.stack import Stack
 
 B = 1024
@@ -230,3 +232,25 @@ async def test_unknown_paths_are_not_json_so_the_carve_fails(stack: Stack, path:
     # "stored" and the host would record SUCCESS for a carve that never arrived.
     text = await assert_text_refusal(stack, path, start_body(), 404, "no_route")
     assert path not in text  # the host's text is not echoed back
+
+
+async def test_any_refusal_raised_in_the_block_view_is_text(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refusals added later (e.g. a block sent with another device certificate) get the kind
+    # osquery must see without any change to the error handling: every ClientError raised
+    # while serving a block endpoint is text/plain with its own status.
+    class OtherCertificate(Forbidden):
+        code = "other_certificate"
+
+    def refuse(request: object, received: object) -> bytes:
+        raise OtherCertificate("block sent with another device certificate")
+
+    monkeypatch.setattr(views, "_check_block", refuse)
+    body, sid = await start(stack)
+    payload = block(sid, body["request_id"], 0, b"x" * B)
+    for path in ("/upload_blocks", "/api/v1/osquery/carve/block", "/api/osquery/carve/block"):
+        status, ctype, raw = await post(stack.ingest_url + path, payload)
+        assert (status, ctype) == (403, "text/plain")
+        assert raw == b"refused: other_certificate: block sent with another device certificate\n"
+    await nothing_queued_or_stored(stack, body["carve_id"])
