@@ -36,9 +36,10 @@ class FaultLog:
     lines: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    def note(self, started: float, kind: str, what: str) -> None:
+    def note(self, at: float, kind: str, what: str) -> None:
+        """A fault begun ``at`` seconds into the run."""
         self.counts[kind] += 1
-        line = f"{time.monotonic() - started:7.1f}s  {kind:<18} {what}"
+        line = f"{at:7.1f}s  {kind:<18} {what}"
         self.lines.append(line)
         print("fault " + line, file=sys.stderr, flush=True)
 
@@ -133,9 +134,10 @@ async def inject(
             return
         await asyncio.sleep(wait)
         kind = rng.choice(sorted(FAULTS))
+        at = time.monotonic() - started
         try:
             what = await FAULTS[kind](targets, rng)
         except Exception as exc:  # the run goes on; a fault that could not be done is reported
             log.errors.append(f"{kind}: {exc!r}")
             what = f"FAILED to inject: {exc!r}"
-        log.note(started, kind, what)
+        log.note(at, kind, what)
