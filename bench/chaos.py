@@ -22,7 +22,9 @@ and what they hit in flight depend on the machine)::
     .venv/bin/python -m bench.chaos --seed 1 --minutes 0.3 --hosts 10   # the test suite's run
 
 The drill shortens a few timeouts (idle 20 s, janitor every 2 s, finalize lease 15 s)
-so it settles in seconds, not hours; nothing else differs from the defaults.
+so it settles in seconds, not hours; nothing else differs from the defaults. It also
+reports how long each SUCCESS carve took to become complete after its host's last reply
+(the janitor, sweeping carves quiet for 20 s, would only finish one that lags that much).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +74,6 @@ KiB, MiB = 1024, 1024 * 1024
 BLOCKS = {8 * KiB: 200, 32 * KiB: 100, 64 * KiB: 60, 256 * KiB: 30, MiB: 12}
 SHORT = {
     "CARVE_SESSION_IDLE_TIMEOUT": "20",
-    "CARVE_FINALIZE_GRACE": "5",
     "CARVE_JANITOR_INTERVAL": "2",
     "CARVE_JANITOR_LEASE": "30",
     "CARVE_FINALIZE_LEASE": "15",
@@ -175,7 +177,8 @@ async def observe(
 
 async def run_host(
     http: aiohttp.ClientSession, front: str, host: Host, workdir: Path, started: float
-) -> CarveResult:
+) -> tuple[CarveResult, datetime]:
+    """The host's carve, and when it ended (its last reply)."""
     archive = await asyncio.to_thread(
         build_synthetic_archive,
         host.size,
@@ -185,7 +188,7 @@ async def run_host(
         seed=host.index,
     )
     await asyncio.sleep(max(0.0, started + host.start_at - time.monotonic()))
-    return await carve(
+    result = await carve(
         http,
         front,
         archive,
@@ -194,6 +197,7 @@ async def run_host(
         version=host.version,
         node_key=f"node-key-{host.index}",
     )
+    return result, datetime.now(UTC)
 
 
 async def settle(db: Any, ids: list[str], timeout: float) -> None:
@@ -214,6 +218,7 @@ class Run:
     download: Service
     env: dict[str, str]
     token: str
+    lags: list[float] = field(default_factory=list)  # completed_at - the host's last reply
 
 
 async def chaos(args: argparse.Namespace, root: Path) -> int:
@@ -268,7 +273,7 @@ async def drive(run: Run) -> int:
         await injector
         # Every host ends on its own (16 s per request, three attempts): this is a backstop.
         await asyncio.wait(tasks, timeout=240)
-        results: dict[str, CarveResult] = {}
+        results: dict[str, tuple[CarveResult, datetime]] = {}
         violations: list[str] = []
         for host, task in zip(run.hosts, tasks, strict=True):
             if task.done() and not task.cancelled() and task.exception() is None:
@@ -277,14 +282,14 @@ async def drive(run: Run) -> int:
                 task.cancel()
                 violations.append(f"host {host.index} ({host.carve_id}): did not finish")
         outcomes = await check(run, http, results, violations)
-    report(run.args, faults, outcomes, violations, len(run.hosts), time.monotonic() - started)
+    report(run, faults, outcomes, violations, time.monotonic() - started)
     return 1 if violations else 0
 
 
 async def check(
     run: Run,
     http: aiohttp.ClientSession,
-    results: dict[str, CarveResult],
+    results: dict[str, tuple[CarveResult, datetime]],
     violations: list[str],
 ) -> collections.Counter[str]:
     """Compare every host's record with the server's; add what contradicts to ``violations``."""
@@ -296,10 +301,12 @@ async def check(
         db = mongo[run.env["CARVE_MONGO_DB"]]
         await settle(db, [h.carve_id for h in run.hosts], timeout=90)
         for host in run.hosts:
-            result = results.get(host.carve_id)
-            if result is None:
+            if host.carve_id not in results:
                 continue
+            result, ended = results[host.carve_id]
             seen = await observe(db, http, run.download.url, run.token, host.carve_id)
+            if seen.doc and seen.doc.get("completed_at") and result.status == STATUS_SUCCESS:
+                run.lags.append((seen.doc["completed_at"] - ended).total_seconds())
             server = seen.doc["status"] if seen.doc else "none"
             outcomes[f"host {result.status} / server {server}"] += 1
             violations += [
@@ -314,13 +321,13 @@ async def check(
 
 
 def report(
-    args: argparse.Namespace,
+    run: Run,
     faults: FaultLog,
     outcomes: collections.Counter[str],
     violations: list[str],
-    hosts: int,
     seconds: float,
 ) -> None:
+    args, hosts = run.args, len(run.hosts)
     print("faults by kind:")
     for kind, n in sorted(faults.counts.items()):
         print(f"  {kind:<18} {n}")
@@ -329,6 +336,12 @@ def report(
     print("outcomes:")
     for outcome, n in sorted(outcomes.items()):
         print(f"  {outcome:<40} {n}")
+    if run.lags:
+        lags = sorted(run.lags)
+        print(
+            f"complete after the host's last reply: median {lags[len(lags) // 2]:.1f} s, "
+            f"max {lags[-1]:.1f} s ({len(lags)} carves)"
+        )
     print(f"violations: {len(violations)}")
     for violation in violations:
         print(f"  {violation}")

@@ -131,6 +131,15 @@ return result
 """
 
 
+# Records the trigger, only on a session that still exists (a hash recreated here would lack
+# the session's fields and never expire).
+_RECEIVED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'received', ARGV[1])
+end
+"""
+
+
 class Marked(enum.Enum):
     """What recording a confirmed block found."""
 
@@ -162,6 +171,7 @@ class SessionStore:
         self._prefix = prefix
         self._ttl = ttl
         self._mark = redis.register_script(_MARK)
+        self._received = redis.register_script(_RECEIVED)
         self._marks: Coalescer[tuple[str, int], int] = Coalescer(self._mark_many, max_items=256)
         self._cache: TTLCache[str, Session] = TTLCache(maxsize=cache_size, ttl=cache_ttl)
 
@@ -295,7 +305,7 @@ class SessionStore:
         """Record that the carve's "fully received" trigger is in RabbitMQ (see Marked)."""
         meta, _bits = self._keys(session_id)
         async with _backend("redis"):
-            await self._redis.hset(meta, "received", int(time.time() * 1000))
+            await self._received(keys=[meta], args=[int(time.time() * 1000)])
 
     async def _mark_many(self, blocks: Sequence[tuple[str, int]]) -> list[int | BaseException]:
         """One script call for the blocks of many concurrent requests (see ``_MARK``)."""

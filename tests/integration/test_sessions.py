@@ -162,3 +162,14 @@ async def test_a_complete_carve_takes_re_sent_blocks_as_duplicates(
     assert (session.block_count, seen) == (2, True)
     assert await sessions.mark(sid, 1) is Marked.DUPLICATE
     assert not await redis.exists(*session_keys(sessions._prefix, sid))  # not brought back
+
+
+async def test_recording_the_trigger_never_brings_an_ended_session_back(
+    store: tuple[SessionStore, CountingRedis],
+) -> None:
+    sessions, redis = store
+    sid, _ = await sessions.start(start(blocks=1))
+    assert await sessions.mark(sid, 0) is Marked.COMPLETES
+    await redis.delete(*session_keys(sessions._prefix, sid))  # the janitor ended it meanwhile
+    await sessions.received(sid)
+    assert not await redis.exists(*session_keys(sessions._prefix, sid))
