@@ -80,7 +80,9 @@ async def osquery_errors(request: web.Request, handler: Handler) -> web.StreamRe
         # on the host whichever of its two paths is wrong (JSON would make every block of a
         # mistyped block path look stored). The path is the host's text: not echoed back.
         metrics.rejections.labels(endpoint, "no_route").inc()
-        return refused_as_text(exc.status, "no_route", f"{exc.reason}: no such osquery path")
+        return refused_as_text(
+            exc.status, "no_route", f"{exc.reason}: not an osquery carve endpoint"
+        )
     except Exception:
         log.exception("%s: unexpected error", endpoint)
         return web.Response(status=500, text="internal error\n")
