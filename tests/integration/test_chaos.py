@@ -7,9 +7,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.stack import ROOT
 
 
+# Its own servers (RabbitMQ takes seconds to start), 30 s of faults, then the checks.
+@pytest.mark.timeout(180)
 async def test_a_short_seeded_chaos_run_finds_no_violation() -> None:
     done = await asyncio.to_thread(
         subprocess.run,
