@@ -8,6 +8,7 @@ delay queue while chunks are still in flight. No janitor runs in these tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from services.assembler import main as assembler_main
 from services.assembler.store import GridChunkStore
+from shared.finalize import Finalizer
 from shared.queue import RETRY_SUFFIX, encode_received
 from tests.stack import Stack
 from tests.uploads import Upload, random_bytes
@@ -47,7 +49,9 @@ async def test_issue_13_last_block_first_two_ingests_assembler_killed_no_janitor
     killed = time.monotonic()
     await stack.spawn("assembler")  # what Kubernetes does; no janitor anywhere
     doc = await stack.wait_complete(up.carve_id, timeout=10 - (time.monotonic() - killed))
-    assert time.monotonic() - killed < 10
+    took = time.monotonic() - killed
+    print(f"complete {took:.1f} s after the SIGKILL")
+    assert took < 10
     assert doc["sha256"] == up.sha256 and doc["blocks_received"] == 31
     assert await stack.stored_sha256(up.carve_id) == up.sha256
 
@@ -109,3 +113,47 @@ async def test_the_tracker_does_not_outlive_a_consumer_that_failed_to_start(
     await runner.cleanup()
     await asyncio.sleep(0)
     assert trackers() - before == set()
+
+
+async def test_a_finalizer_killed_mid_way_delays_the_carve_by_at_most_its_lease(
+    stack: Stack,
+) -> None:
+    # Every chunk is there, and a finalizer took the lease and died (SIGKILL mid-hash):
+    # the trigger is put off while the lease lives, then the carve completes.
+    up = Upload(stack, random_bytes(4 * 4 * KiB + 1, 22), 4 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+    store = GridChunkStore(stack.db, "archives")
+    for i in range(up.count):
+        await store.put_chunk(up.carve_id, i, up.data[i * 4 * KiB : (i + 1) * 4 * KiB])
+    dead = Finalizer(stack.db, "archives", owner="dead:1")
+    assert await dead._claim(up.carve_id, "dead:1:token")
+    died = time.monotonic()
+    connection = await aio_pika.connect(stack.env["CARVE_AMQP_URL"])
+    async with connection:
+        channel = await connection.channel()
+        queue = stack.env["CARVE_AMQP_QUEUE"]
+        await channel.default_exchange.publish(encode_received(up.carve_id), routing_key=queue)
+    doc = await stack.wait_complete(up.carve_id, timeout=12)
+    took = time.monotonic() - died
+    assert 5.0 < took < 9.0, took  # the default lease of 6 s, then one delay and a look
+    assert doc["sha256"] == up.sha256
+
+
+async def test_a_live_finalizer_keeps_its_lease_however_long_it_hashes(stack: Stack) -> None:
+    up = Upload(stack, random_bytes(2 * 4 * KiB, 23), 4 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+    live = Finalizer(stack.db, "archives", owner="live:1", lease_seconds=0.6)
+    assert await live._claim(up.carve_id, "live:1:token")
+    keeper = asyncio.create_task(live._keep_lease(up.carve_id, "live:1:token"))
+    try:
+        await asyncio.sleep(2.0)  # over three lease lengths
+        other = Finalizer(stack.db, "archives", owner="other:1", lease_seconds=0.6)
+        assert not await other._claim(up.carve_id, "other:1:token")
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+    await asyncio.sleep(0.7)
+    assert await other._claim(up.carve_id, "other:1:token")  # silent now: taken over
