@@ -21,7 +21,7 @@ and what they hit in flight depend on the machine)::
     .venv/bin/python -m bench.chaos --seed 7 --minutes 3
     .venv/bin/python -m bench.chaos --seed 1 --minutes 0.3 --hosts 10   # the test suite's run
 
-The drill shortens a few timeouts (idle 20 s, janitor every 2 s, finalize lease 15 s)
+The drill shortens a few timeouts (idle 20 s, janitor every 2 s, assembler drain 5 s)
 so it settles in seconds, not hours; nothing else differs from the defaults. It also
 reports how long each SUCCESS carve took to become complete after its host's last reply
 (the janitor, sweeping carves quiet for 20 s, would only finish one that lags that much).
@@ -76,7 +76,6 @@ SHORT = {
     "CARVE_SESSION_IDLE_TIMEOUT": "20",
     "CARVE_JANITOR_INTERVAL": "2",
     "CARVE_JANITOR_LEASE": "30",
-    "CARVE_FINALIZE_LEASE": "15",
     "CARVE_DRAIN_TIMEOUT": "5",
 }
 
