@@ -13,6 +13,8 @@ It reproduces what osquery 5.21 to 5.23 put on the wire (docs: osquery-carve-pro
 * 5.21 and older skip a failed block and still end ``SUCCESS``; 5.22+ make three attempts per
   request (sleeping 1 s then 4 s) and end ``DATA POST FAILED``; 5.23 adds
   ``Authorization: NodeKey <key>`` to every request;
+* a start that fails (no reply, or a reply without a non-empty string ``session_id``) ends the
+  carve ``DATA POST FAILED`` too: osquery's ``carves`` table has no status of its own for it;
 * the HTTP client silently re-sends once after a socket error, so a server can see a block twice.
 """
 
@@ -54,8 +56,8 @@ logger = logging.getLogger(__name__)
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CARVE_DIR_PREFIX = "/tmp/osquery_carve_"
 
+# The values osquery writes in its carves table's status column.
 STATUS_SUCCESS = "SUCCESS"
-STATUS_START_FAILED = "START FAILED"
 STATUS_DATA_POST_FAILED = "DATA POST FAILED"
 STATUS_PENDING = "PENDING"
 
@@ -246,6 +248,11 @@ class CarveResult:
     elapsed: float = 0.0
 
     @property
+    def start_failed(self) -> bool:
+        """The start got no session: the carve failed before any block was sent."""
+        return self.status == STATUS_DATA_POST_FAILED and self.session_id is None
+
+    @property
     def ok(self) -> bool:
         """True when every block went through and no reply reported an error."""
         return self.status == STATUS_SUCCESS and not self.failed_blocks and not self.error_replies
@@ -266,16 +273,31 @@ class _Reply:
     socket_error: bool = False
 
 
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RapidJSON's FindMember returns the first of duplicate keys; a dict keeps the last.
+    return dict(reversed(pairs))
+
+
 def judge_reply(http_status: int | None, body: bytes) -> _Reply:
-    """Judge a reply the way osquery does: the status is ignored, empty or JSON is success."""
+    """Judge a reply the way osquery does (JSONSerializer::deserialize, RapidJSON's defaults).
+
+    The status is ignored. An empty body is a success. Otherwise the body is parsed as a C
+    string (it ends at the first NUL byte), with RapidJSON's default flags: any JSON value at
+    the root, nothing but whitespace after it, no NaN/Infinity, no comments or trailing
+    commas, numbers that fit a double, and no check of the UTF-8 inside strings. Whatever
+    parses is a success, whatever does not (a whitespace-only body too) a failure.
+    """
     if not body:
         return _Reply(ok=True, payload=None, http_status=http_status)
+    text = body.split(b"\0", 1)[0].decode("utf-8", errors="replace")
     try:
-        # orjson, like osquery's RapidJSON parser, refuses NaN and Infinity.
-        payload = orjson.loads(body)
+        # orjson refuses what RapidJSON refuses with these flags (NaN, Infinity, overflow).
+        orjson.loads(text)
     except orjson.JSONDecodeError:
         return _Reply(ok=False, http_status=http_status, error=f"HTTP {http_status}, non-JSON")
-    return _Reply(ok=True, payload=payload, http_status=http_status)
+    return _Reply(
+        ok=True, payload=json.loads(text, object_pairs_hook=_first_wins), http_status=http_status
+    )
 
 
 def version_string(version: tuple[int, int, int]) -> str:
@@ -519,7 +541,7 @@ async def carve(
         session_id = await _start(uploader, base_url + start_endpoint, result, node_key)
         result.session_id = session_id
         if session_id is None:
-            result.status = STATUS_START_FAILED
+            result.status = STATUS_DATA_POST_FAILED
         else:
             result.status = await _send_blocks(
                 uploader, base_url + continue_endpoint, archive, plan, session_id, result

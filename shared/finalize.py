@@ -6,7 +6,12 @@ assembler died mid-way). Steps, each safe to repeat:
 1. count the carve's chunks in MongoDB (the source of truth, not a counter);
 2. take a lease on the carve document (``find_one_and_update`` on a
    condition, so of several racing finalizers exactly one proceeds; a lease
-   left by a crashed finalizer expires and is taken over);
+   left by a crashed finalizer expires and is taken over). The holder renews
+   it every third of its length from a task of its own, whatever the reads
+   cost, so the lease can be short (a crashed finalizer delays the carve by
+   at most that long) and a live one keeps it. Should a stalled one lose it
+   anyway, two finalizers compute the same result and only the holder's
+   final write lands;
 3. stream the chunks in order, checking each one's length, hashing them
    (memory: one cursor batch, a few MiB at most); a chunk that does not
    fit marks the carve failed as corrupt;
@@ -18,6 +23,7 @@ assembler died mid-way). Steps, each safe to repeat:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -28,7 +34,7 @@ from enum import StrEnum
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from shared.carves import COLLECTION, ENDED, Compression, Status, archive_filename
 from shared.mongo import Document, transient_on_outage
@@ -82,7 +88,7 @@ class Finalizer:
         bucket: str,
         *,
         owner: str,
-        lease_seconds: float = 60.0,
+        lease_seconds: float = 6.0,
         concurrency: int = 2,
     ) -> None:
         self._carves = db[COLLECTION]
@@ -136,11 +142,31 @@ class Finalizer:
             {"$set": {"finalize_lease.until": until}},
         )
 
+    async def _keep_lease(self, carve_id: str, token: str) -> None:
+        """Renew the lease every third of its length until cancelled (a failed renewal is
+        tried again at the next beat)."""
+        while True:
+            await asyncio.sleep(self._lease.total_seconds() / 3)
+            try:
+                await self._renew(carve_id, token)
+            except PyMongoError as exc:
+                log.warning("carve %s: lease not renewed: %s", carve_id, exc.__class__.__name__)
+
     async def _finish(self, doc: Document, token: str) -> Result:
         started = time.monotonic()
         carve_id: str = doc["_id"]
+        keeper = asyncio.create_task(self._keep_lease(carve_id, token), name="finalize-lease")
         try:
-            sha256, compression = await self._hash_chunks(doc, token)
+            return await self._finish_holding(doc, token, started)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _finish_holding(self, doc: Document, token: str, started: float) -> Result:
+        carve_id: str = doc["_id"]
+        try:
+            sha256, compression = await self._hash_chunks(doc)
         except _Corrupt as exc:
             log.error("carve %s cannot be finalized: %s", carve_id, exc)
             await self._carves.update_one(
@@ -204,13 +230,12 @@ class Finalizer:
         )
         return Result(Outcome.FINALIZED, chunks=doc["block_count"], sha256=sha256)
 
-    async def _hash_chunks(self, doc: Document, token: str) -> tuple[str, Compression]:
+    async def _hash_chunks(self, doc: Document) -> tuple[str, Compression]:
         carve_id = doc["_id"]
         count, size, length = doc["block_count"], doc["block_size"], doc["carve_size"]
         digest = hashlib.sha256()
         compression = Compression.NONE
         expected_n = 0
-        last_renew = time.monotonic()
         cursor = (
             self._chunks.find({"files_id": carve_id}, {"n": 1, "data": 1, "_id": 0})
             .sort("n", 1)
@@ -228,9 +253,6 @@ class Finalizer:
                 compression = Compression.ZSTD
             digest.update(data)
             expected_n += 1
-            if time.monotonic() - last_renew > self._lease.total_seconds() / 3:
-                await self._renew(carve_id, token)
-                last_renew = time.monotonic()
         if expected_n != count:
             raise _Corrupt(f"{expected_n} chunks streamed, {count} expected")
         return digest.hexdigest(), compression

@@ -14,6 +14,13 @@ Body layout (``format`` header ``carve-blocks/1``), records back to back::
 
     u16 len(carve_id) | u64 block_id | u64 block_count | u32 block_size
     | u64 carve_size | u32 len(data) | carve_id (UTF-8) | data
+
+The same queue carries the trigger ``carve-received/1`` (body: the carve_id in
+UTF-8, header ``attempt``): the ingest publishes it once every block of a carve
+is confirmed, so the carve gets finalized whatever process dies (the janitor
+stays the safety net). An assembler that finds chunks still in flight puts it
+in ``<queue>.retry``, whose message TTL dead-letters it back into the queue
+``RETRY_DELAY_MS`` later: the delay lives in the broker, not in a process.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from shared.protocol import expected_block_length
 
 DEAD_SUFFIX = ".dead"
 DLX_SUFFIX = ".dlx"
+RETRY_SUFFIX = ".retry"
+RETRY_DELAY_MS = 1000
 
 
 async def declare_topology(channel: AbstractChannel, queue: str) -> AbstractQueue:
@@ -41,6 +50,20 @@ async def declare_topology(channel: AbstractChannel, queue: str) -> AbstractQueu
         queue + DEAD_SUFFIX, durable=True, arguments={"x-queue-type": "quorum"}
     )
     await dead.bind(dlx)
+    await channel.declare_queue(
+        queue + RETRY_SUFFIX,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-message-ttl": RETRY_DELAY_MS,
+            # Expired messages go back to the main queue, through the default exchange;
+            # at-least-once: a trigger is never dropped on the way.
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
     return await channel.declare_queue(
         queue,
         durable=True,
@@ -119,3 +142,33 @@ def decode(body: bytes, headers: Mapping[str, object]) -> list[Block]:
     for block in blocks:
         block.validate()
     return blocks
+
+
+RECEIVED_FORMAT = "carve-received/1"
+
+
+def is_received(headers: Mapping[str, object]) -> bool:
+    """True for a "carve fully received" trigger (not a message of blocks)."""
+    return headers.get("format") == RECEIVED_FORMAT
+
+
+def encode_received(carve_id: str, attempt: int = 0) -> AbstractMessage:
+    """The persistent trigger: every block of ``carve_id`` is in the queue."""
+    return aio_pika.Message(
+        carve_id.encode(),
+        headers={"format": RECEIVED_FORMAT, "attempt": attempt},
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        content_type="text/plain",
+    )
+
+
+def decode_received(body: bytes, headers: Mapping[str, object]) -> tuple[str, int]:
+    """(carve_id, attempt) of a trigger; PoisonMessage if malformed."""
+    attempt = headers.get("attempt", 0)
+    try:
+        carve_id = body.decode()
+    except UnicodeDecodeError as exc:
+        raise PoisonMessage("trigger: carve_id is not UTF-8") from exc
+    if not carve_id or len(carve_id) > 256 or not isinstance(attempt, int) or attempt < 0:
+        raise PoisonMessage("trigger: malformed")
+    return carve_id, attempt

@@ -70,6 +70,20 @@ def amqp_connected(connection: AbstractRobustConnection) -> bool:
     return transport is not None and not transport.connection.is_closed
 
 
+def amqp_blocked(connection: AbstractRobustConnection) -> bool:
+    """True while RabbitMQ has blocked this connection's publishers (``connection.blocked``:
+    a memory or disk alarm), until it sends ``connection.unblocked``.
+
+    aiormq tracks the two frames in a private event and offers no public view of it (only
+    ``ready()``, which waits); reading it here is pinned by a test against a real alarm.
+    """
+    transport = connection.transport
+    if transport is None:
+        return False
+    unblocked = getattr(transport.connection, "_Connection__connection_unblocked", None)
+    return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
+
 AMQP_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError)
 T = TypeVar("T")
 

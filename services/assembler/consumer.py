@@ -29,12 +29,27 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from services.assembler.handler import Handled
 from services.assembler.metrics import AssemblerMetrics
 from shared.errors import PoisonMessage, TransientError
-from shared.queue import Block, declare_topology, decode
+from shared.queue import (
+    RETRY_SUFFIX,
+    Block,
+    declare_topology,
+    decode,
+    decode_received,
+    encode_received,
+    is_received,
+)
 from shared.resources import with_amqp_retry
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Block], Awaitable[Handled]]
+# A "carve fully received" trigger: True when done with it, False to see it again later.
+ReceivedHandler = Callable[[str], Awaitable[bool]]
+
+# A trigger that still finds chunks missing after this many looks (RETRY_DELAY_MS apart,
+# about 10 minutes) is dropped: a block of it was dead-lettered, or its chunks were lost.
+# The janitor then fails or finalizes the carve.
+RECEIVED_MAX_ATTEMPTS = 600
 
 # How many recent message sizes the prefetch follows (it follows the largest of them).
 _SIZE_WINDOW = 32
@@ -75,7 +90,10 @@ class BlockConsumer:
         prefetch_bytes: int,
         retry_max_delay: float,
         handover_timeout: float = 60.0,
+        on_received: ReceivedHandler | None = None,
     ) -> None:
+        self._on_received = on_received
+        self._retry_channel: AbstractChannel | None = None
         self._connection = connection
         self._queue_name = queue_name
         self._handler = handler
@@ -107,10 +125,15 @@ class BlockConsumer:
         return len(self._old)
 
     async def start(self) -> None:
+        await with_amqp_retry(self._connection, self._open_retry_channel, "opening a channel")
         await with_amqp_retry(
             self._connection, functools.partial(self._subscribe, 1), f"consuming {self._queue_name}"
         )
         log.info("consuming %s, prefetch up to %d", self._queue_name, self._prefetch)
+
+    async def _open_retry_channel(self) -> None:
+        # Confirms: a trigger put off for later is acked only once the broker holds it again.
+        self._retry_channel = await self._connection.channel(publisher_confirms=True)
 
     async def _subscribe(self, prefetch: int) -> None:
         channel = await self._connection.channel()
@@ -140,6 +163,9 @@ class BlockConsumer:
             log.warning("%d blocks left unacked; the broker will redeliver them", len(pending))
         for sub in subs:
             await self._close(sub)
+        if self._retry_channel is not None and not self._retry_channel.is_closed:
+            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+                await self._retry_channel.close()
 
     async def _cancel(self, sub: _Subscription) -> None:
         try:
@@ -197,6 +223,9 @@ class BlockConsumer:
             self._old.discard(old)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        if is_received(message.headers):
+            await self._process_received(message)
+            return
         self._fit_prefetch(len(message.body))
         try:
             blocks = decode(message.body, message.headers)
@@ -230,6 +259,62 @@ class BlockConsumer:
             await self._settle(message.ack())
             self._count(blocks, outcomes)
             return
+
+    async def _process_received(self, message: AbstractIncomingMessage) -> None:
+        """Finalize a carve whose blocks are all in the queue, or look again later."""
+        try:
+            carve_id, attempt = decode_received(message.body, message.headers)
+        except PoisonMessage as exc:
+            await self._dead_letter(message, str(exc))
+            return
+        if self._on_received is None:
+            await self._settle(message.ack())
+            return
+        delay = 0.25
+        while True:
+            try:
+                done = await self._on_received(carve_id)
+                break
+            except TransientError as exc:
+                self._metrics.retries.inc()
+                if _channel_closed(message):
+                    return
+                if self._stopping.is_set():
+                    await self._settle(message.nack(requeue=True))
+                    return
+                log.warning("carve %s trigger: %s; retrying", carve_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_delay)
+            except Exception:
+                log.exception("carve %s trigger: unexpected error", carve_id)
+                done = False
+                break
+        if not done and attempt + 1 >= RECEIVED_MAX_ATTEMPTS:
+            log.warning(
+                "carve %s: still not whole after %d looks; left to the janitor",
+                carve_id,
+                attempt + 1,
+            )
+        elif not done and not await self._look_again_later(carve_id, attempt + 1):
+            await self._settle(message.nack(requeue=True))
+            return
+        await self._settle(message.ack())
+
+    async def _look_again_later(self, carve_id: str, attempt: int) -> bool:
+        """Put a trigger in the delay queue (the broker brings it back); False if it failed."""
+        channel = self._retry_channel
+        try:
+            if channel is None or channel.is_closed:
+                raise ChannelInvalidStateError("no channel for the delay queue")
+            async with asyncio.timeout(10):
+                await channel.default_exchange.publish(
+                    encode_received(carve_id, attempt), routing_key=self._queue_name + RETRY_SUFFIX
+                )
+        except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
+            log.warning("carve %s: could not delay its trigger (%s)", carve_id, exc)
+            await asyncio.sleep(1.0)
+            return False
+        return True
 
     async def _handle_all(self, blocks: list[Block]) -> list[Handled]:
         """Handle the blocks of one message together (their chunk writes share batches).

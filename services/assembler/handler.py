@@ -3,7 +3,9 @@
 Write the chunk (a duplicate is a no-op) and note it for the tracker. The
 last block of a carve usually arrives last (osquery sends in order), so it
 asks the finalizer right away; any other order is caught by the tracker,
-which checks a carve again once its chunks stop arriving.
+which checks a carve again once its chunks stop arriving. Both are shortcuts
+held in one process's memory: what makes completion crash-safe is the
+ingest's durable "carve fully received" trigger (``handle_received``).
 """
 
 from __future__ import annotations
@@ -51,3 +53,11 @@ async def handle_block(
         if result.outcome is Outcome.FINALIZED:
             return Handled.FINALIZED
     return Handled.WRITTEN if written else Handled.DUPLICATE
+
+
+async def handle_received(carve_id: str, finalizer: CarveFinalizer) -> bool:
+    """A "carve fully received" trigger: True when the carve needs nothing more (finalized
+    now or before, or failed as corrupt); False to look again later (chunks still in
+    flight, or another finalizer at work). TransientError when MongoDB is away."""
+    result = await finalizer.maybe_finalize(carve_id)
+    return result.outcome not in (Outcome.NOT_READY, Outcome.BUSY)

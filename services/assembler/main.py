@@ -15,7 +15,7 @@ from aiohttp import web
 
 from services.assembler import keys
 from services.assembler.consumer import BlockConsumer
-from services.assembler.handler import handle_block
+from services.assembler.handler import handle_block, handle_received
 from services.assembler.metrics import AssemblerMetrics, TimedFinalizer
 from services.assembler.settings import AssemblerSettings
 from services.assembler.store import GridChunkStore
@@ -54,14 +54,16 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.amqp_queue,
         handler,
         metrics,
+        on_received=functools.partial(handle_received, finalizer=finalizer),
         prefetch=settings.prefetch,
         prefetch_bytes=settings.prefetch_bytes,
         retry_max_delay=settings.retry_max_delay,
     )
-    tracker.start()
-    await consumer.start()
-    app[keys.CONSUMER] = consumer
     try:
+        # Inside the try: a consumer that fails to start must not leave the tracker running.
+        tracker.start()
+        await consumer.start()
+        app[keys.CONSUMER] = consumer
         yield
     finally:
         await consumer.stop(settings.drain_timeout)

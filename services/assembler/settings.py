@@ -18,8 +18,9 @@ class AssemblerSettings(HttpSettings, AmqpSettings, MongoSettings):
     write_batch_bytes: int = Field(4 * MiB, ge=1)
     # On SIGTERM, how long in-flight blocks may take before they are cancelled (and redelivered).
     drain_timeout: float = Field(20.0, ge=0)
-    # A finalizer that stops renewing its lease for this long is presumed dead.
-    finalize_lease: float = Field(60.0, gt=0)
+    # A finalizer that stops renewing its lease for this long is presumed dead (it renews
+    # every third of it): the longest a crash during a finalization delays the carve.
+    finalize_lease: float = Field(6.0, gt=0)
     # How often progress counters are written, and how long a carve's chunks must stop
     # arriving before this process checks again whether the carve is whole.
     progress_interval: float = Field(1.0, gt=0)

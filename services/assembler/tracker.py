@@ -81,20 +81,40 @@ class CarveTracker:
                 await self.sweep()
             except TransientError as exc:
                 log.warning("tracker sweep postponed: %s", exc)
+            except Exception:
+                # A bug must not end the re-checks for the life of the process: log it, go on
+                # (the durable trigger and the janitor still finish every carve).
+                log.exception("tracker sweep failed; the next one goes on")
 
     async def sweep(self) -> None:
-        """Write pending progress; re-check idle carves; forget old ones."""
-        await self._flush()
+        """Write pending progress; re-check idle carves; forget old ones.
+
+        A carve whose re-check fails (MongoDB away) stays due: it is checked again
+        next round, and the other carves of this round are still checked now.
+        """
+        postponed: TransientError | None = None
+        try:
+            await self._flush()
+        except TransientError as exc:
+            postponed = exc
         now = time.monotonic()
         for carve_id, entry in list(self._carves.items()):
             idle_for = now - entry.last_write
             if entry.dirty and idle_for >= self._idle:
-                entry.dirty = False
-                result = await self._finalizer.maybe_finalize(carve_id)
+                try:
+                    result = await self._finalizer.maybe_finalize(carve_id)
+                except TransientError as exc:
+                    postponed = exc
+                    continue
+                # Cleared only now: a note() that came during the call keeps it due.
+                if entry.last_write <= now:
+                    entry.dirty = False
                 if result.outcome in (Outcome.FINALIZED, Outcome.ALREADY, Outcome.CORRUPT):
                     self._carves.pop(carve_id, None)
             elif idle_for >= self._forget_after:
                 self._carves.pop(carve_id, None)
+        if postponed is not None:
+            raise postponed
 
     async def _flush(self) -> None:
         counts = {c: e.pending for c, e in self._carves.items() if e.pending}

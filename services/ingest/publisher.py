@@ -14,15 +14,18 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractMessage, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 
 from shared.batching import Coalescer
 from shared.errors import Unavailable
-from shared.queue import Block, declare_topology, encode
-from shared.resources import amqp_connected, with_amqp_retry
+from shared.queue import Block, declare_topology, encode, encode_received
+from shared.resources import amqp_blocked, amqp_connected, with_amqp_retry
 
 log = logging.getLogger(__name__)
+
+# While a message waits for its confirm, how often to look whether the broker blocked us.
+_BLOCKED_POLL = 0.05
 
 
 class BlockPublisher:
@@ -67,15 +70,37 @@ class BlockPublisher:
         """Return once RabbitMQ has confirmed ``block``; raise Unavailable otherwise, quickly."""
         await self._batches.submit(block)
 
+    async def publish_received(self, carve_id: str) -> None:
+        """Publish the durable "carve fully received" trigger; return once confirmed."""
+        await self._confirmed(encode_received(carve_id))
+
     async def _publish_batch(self, blocks: Sequence[Block]) -> list[None]:
+        await self._confirmed(encode(blocks))
+        self._on_batch(len(blocks))
+        return [None] * len(blocks)
+
+    async def _confirmed(self, message: AbstractMessage) -> None:
         channel = self._channel
         if channel is None or channel.is_closed or not amqp_connected(self._connection):
             raise Unavailable("rabbitmq", "not connected")
+        if amqp_blocked(self._connection):
+            # A memory or disk alarm: nothing is confirmed until it clears, so say so now.
+            raise Unavailable("rabbitmq", "publishers blocked by a resource alarm")
         try:
             async with asyncio.timeout(self._timeout):
-                await channel.default_exchange.publish(
-                    encode(blocks), routing_key=self._queue, mandatory=True
+                publish = asyncio.ensure_future(
+                    channel.default_exchange.publish(
+                        message, routing_key=self._queue, mandatory=True
+                    )
                 )
+                try:
+                    while not publish.done():
+                        await asyncio.wait({publish}, timeout=_BLOCKED_POLL)
+                        if not publish.done() and amqp_blocked(self._connection):
+                            raise Unavailable("rabbitmq", "publishers blocked by a resource alarm")
+                finally:
+                    publish.cancel()
+                await publish
         except TimeoutError as exc:
             # Also what a broker in a memory or disk alarm (blocking publishers) looks like.
             raise Unavailable("rabbitmq", "confirm timed out") from exc
@@ -83,5 +108,3 @@ class BlockPublisher:
             raise Unavailable("rabbitmq", "message returned or nacked") from exc
         except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
             raise Unavailable("rabbitmq", exc.__class__.__name__) from exc
-        self._on_batch(len(blocks))
-        return [None] * len(blocks)

@@ -18,6 +18,7 @@ what.
 
 from __future__ import annotations
 
+import enum
 import hmac
 import logging
 import secrets
@@ -107,7 +108,9 @@ async def _backend(name: str) -> AsyncIterator[None]:
 # trip for every block that concurrent requests confirmed meanwhile: KEYS are (meta, bitmap)
 # pairs, ARGV the TTL, the time in ms, then one block id per pair. Returns each bit's old
 # value, or -1 when that session is gone (ended by the janitor, or lost with Redis): its
-# bitmap is then not recreated on its own.
+# bitmap is then not recreated on its own. A new bit also counts in the hash's `confirmed`;
+# while that equals `block_count` and no trigger is recorded (`received`), a block gets 2:
+# every block of the carve is in RabbitMQ, and the caller sends the trigger (Marked.COMPLETES).
 _MARK = """
 local ttl, now = ARGV[1], ARGV[2]
 local result = {}
@@ -121,6 +124,16 @@ for i = 1, #KEYS / 2 do
       result[i] = -2  -- this block only: the others of the batch go on
     else
       result[i] = old
+      local confirmed
+      if old == 0 then
+        confirmed = redis.call('HINCRBY', meta, 'confirmed', 1)
+      else
+        confirmed = tonumber(redis.call('HGET', meta, 'confirmed') or '0')
+      end
+      local fields = redis.call('HMGET', meta, 'block_count', 'received')
+      if confirmed == tonumber(fields[1]) and not fields[2] then
+        result[i] = 2
+      end
       redis.call('HSET', meta, 'last_block_at', now)
       redis.call('EXPIRE', bits, ttl)
       redis.call('EXPIRE', meta, ttl)
@@ -129,6 +142,28 @@ for i = 1, #KEYS / 2 do
 end
 return result
 """
+
+
+# Records the trigger, only on a session that still exists (a hash recreated here would lack
+# the session's fields and never expire).
+_RECEIVED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'received', ARGV[1])
+end
+"""
+
+
+class Marked(enum.Enum):
+    """What recording a confirmed block found."""
+
+    FRESH = 0
+    DUPLICATE = 1
+    # Every block of the carve is now confirmed and no "carve fully received" trigger is
+    # recorded yet: the caller publishes it, then calls ``received``. Until then every
+    # block of the carve comes back COMPLETES (a re-send after a crash in between sends the
+    # trigger again; the trigger is idempotent). A session rebuilt after Redis lost it
+    # counts from zero and never gets here: the janitor finishes such a carve.
+    COMPLETES = 2
 
 
 class SessionStore:
@@ -151,6 +186,7 @@ class SessionStore:
         self._prefix = prefix
         self._ttl = ttl
         self._mark = redis.register_script(_MARK)
+        self._received = redis.register_script(_RECEIVED)
         self._marks: Coalescer[tuple[str, int], int] = Coalescer(self._mark_many, max_items=256)
         self._cache: TTLCache[str, Session] = TTLCache(maxsize=cache_size, ttl=cache_ttl)
 
@@ -242,20 +278,33 @@ class SessionStore:
         if fields:
             session = _parse(session_id, fields)
             self._cache[session_id] = session
-            return session, bool(seen) and block_hint is not None
-        return await self._recover(session_id), False
+            # Not "seen" while a trigger is owed: marking it again sends the trigger.
+            owed = b"received" not in fields and fields.get(b"confirmed") == fields.get(
+                b"block_count"
+            )
+            return session, bool(seen) and block_hint is not None and not owed
+        # A complete carve has every block: a re-send (its reply was lost) is a duplicate.
+        return await self._recover(session_id)
 
-    async def _recover(self, session_id: str) -> Session:
+    async def _recover(self, session_id: str) -> tuple[Session, bool]:
+        """The session of a carve still receiving, rebuilt in Redis; or of a complete carve,
+        not rebuilt (True: every block of it is stored). UnknownSession otherwise."""
         async with _backend("mongodb"):
+            # By its hash: an ended carve keeps only that (older documents the id itself).
             doc = await self._carves.find_one(
-                {"session_id": session_id, "status": Status.RECEIVING.value}
+                {
+                    "$or": [{"session_sha256": digest(session_id)}, {"session_id": session_id}],
+                    "status": {"$in": [Status.RECEIVING.value, Status.COMPLETE.value]},
+                }
             )
         if doc is None:
             raise UnknownSession("unknown or ended session")
-        session = Session.from_carve(doc)
+        session = Session.from_carve({**doc, "session_id": session_id})
+        if doc["status"] == Status.COMPLETE:
+            return session, True
         await self._save_while_receiving(session)
         log.warning("session %s of carve %s rebuilt from MongoDB", redact(session_id), doc["_id"])
-        return session
+        return session, False
 
     async def _save_while_receiving(self, session: Session) -> None:
         """Save a session, and take it back if its carve ended meanwhile.
@@ -278,18 +327,27 @@ class SessionStore:
         async with _backend("redis"):
             return bool(await self._redis.getbit(self._keys(session_id)[1], block_id))
 
-    async def mark(self, session_id: str, block_id: int) -> bool:
-        """Record block ``block_id`` as confirmed; False if it already was (a duplicate).
+    async def mark(self, session_id: str, block_id: int) -> Marked:
+        """Record block ``block_id`` as confirmed (see Marked).
 
         A session missing from Redis is rebuilt if its carve still receives
-        (Redis lost it), and refused with UnknownSession if the carve ended.
+        (Redis lost it), and refused with UnknownSession if the carve ended
+        (a complete carve: DUPLICATE, every block of it is stored).
         """
         old = await self._marks.submit((session_id, block_id))
         if old == -1:
             self._cache.pop(session_id, None)
-            await self._recover(session_id)
+            _, complete = await self._recover(session_id)
+            if complete:
+                return Marked.DUPLICATE
             old = await self._marks.submit((session_id, block_id))
-        return old == 0
+        return Marked(old) if old in (0, 1, 2) else Marked.DUPLICATE
+
+    async def received(self, session_id: str) -> None:
+        """Record that the carve's "fully received" trigger is in RabbitMQ (see Marked)."""
+        meta, _bits = self._keys(session_id)
+        async with _backend("redis"):
+            await self._received(keys=[meta], args=[int(time.time() * 1000)])
 
     async def _mark_many(self, blocks: Sequence[tuple[str, int]]) -> list[int | BaseException]:
         """One script call for the blocks of many concurrent requests (see ``_MARK``)."""

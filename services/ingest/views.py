@@ -20,7 +20,7 @@ from services.ingest.body import (
     split_block_body,
 )
 from services.ingest.device import Device, device_of, host_identity
-from services.ingest.sessions import Session, redact
+from services.ingest.sessions import Marked, Session, redact
 from services.ingest.settings import IngestSettings
 from shared.carves import Origin, digest
 from shared.errors import Forbidden, InvalidRequest, PayloadTooLarge
@@ -217,7 +217,12 @@ async def upload_block(request: web.Request) -> web.Response:
 
 
 async def _store(app: web.Application, session: Session, block_id: int, data: bytes) -> bool:
-    """Publish, and once confirmed record the block; False if it was a duplicate."""
+    """Publish, and once confirmed record the block; False if it was a duplicate.
+
+    The block that completes the carve's set also publishes the durable "carve fully
+    received" trigger before the host gets its reply, so no crash can lose it: an
+    assembler finalizes the carve from it, whatever happened to the others' memory.
+    """
     await app[keys.PUBLISHER].publish(
         Block(
             carve_id=session.carve_id,
@@ -228,4 +233,9 @@ async def _store(app: web.Application, session: Session, block_id: int, data: by
             data=data,
         )
     )
-    return await app[keys.SESSIONS].mark(session.session_id, block_id)
+    sessions = app[keys.SESSIONS]
+    marked = await sessions.mark(session.session_id, block_id)
+    if marked is Marked.COMPLETES:
+        await app[keys.PUBLISHER].publish_received(session.carve_id)
+        await sessions.received(session.session_id)
+    return marked is not Marked.DUPLICATE

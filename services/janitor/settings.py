@@ -22,7 +22,7 @@ class JanitorSettings(HttpSettings, RedisSettings, MongoSettings):
     # Receiving carves untouched this long are checked for "all chunks there, never finalized".
     finalize_grace: float = Field(60.0, ge=0)
     # Same meaning as the assembler's: a finalizer silent this long is presumed dead.
-    finalize_lease: float = Field(60.0, gt=0)
+    finalize_lease: float = Field(6.0, gt=0)
     # Seconds between sweeps when not run with --once.
     janitor_interval: float = Field(300.0, gt=0)
     # Chunks per delete, carves per page, Redis keys per SCAN step: every step is bounded.

@@ -20,11 +20,12 @@ can move time forward without sleeping.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -32,9 +33,12 @@ from typing import Any, Protocol
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.janitor.settings import JanitorSettings
 from shared.carves import COLLECTION, ENDED, Status
+from shared.errors import TransientError
 from shared.finalize import Outcome, Result
 from shared.lifecycle import (
     end_session,
@@ -117,7 +121,8 @@ class Janitor:
                 self._sessions,
             )
             for step in steps:
-                await step(report)
+                with transient_on_redis_outage(step.__name__.strip("_")):
+                    await step(report)
                 if not dry_run and not await self._lock():  # renew between steps
                     log.warning("janitor lease lost to another janitor: sweep stopped")
                     break
@@ -343,6 +348,16 @@ async def _scan_batches(redis: Redis, pattern: str, count: int) -> AsyncIterator
             yield [k if isinstance(k, bytes) else k.encode() for k in keys]
         if cursor == 0:
             return
+
+
+@contextlib.contextmanager
+def transient_on_redis_outage(what: str) -> Iterator[None]:
+    """Redis unreachable (or still loading its data) is a backend outage like MongoDB's: the
+    sweep stops there and the next one resumes (``--once`` exits 1, the loop goes on)."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise TransientError(f"Redis unavailable during {what}: {exc.__class__.__name__}") from exc
 
 
 def _s(seconds: float) -> timedelta:

@@ -246,7 +246,7 @@ def test_nginx_refuses_a_client_without_a_device_certificate_of_the_ca(
     # What the osquery host concludes: the start failed (non-JSON body), nothing was stored.
     code, results, _ = simulate(stack, client=cert)
     (carve,) = results
-    assert code != 0 and carve["status"] == "START FAILED" and carve["session_id"] is None
+    assert code != 0 and carve["status"] == "DATA POST FAILED" and carve["session_id"] is None
     done = responder("--json", "show", carve["carve_id"])
     assert done.returncode == 5, done.stdout  # 404: no such carve
 

@@ -19,7 +19,6 @@ import pytest
 from redis.asyncio import Redis
 
 from clients.osquery_sim import (
-    STATUS_START_FAILED,
     STATUS_SUCCESS,
     block_body,
     build_synthetic_archive,
@@ -192,7 +191,7 @@ async def test_refused_start_fails_the_carve_on_the_host(stack: Stack, tmp_path:
     ingest = await stack.start_ingest(max_active_carves_per_host=1)
     await post(ingest.url + "/start_uploads", start("nk-one"))
     result = await host_carves(ingest.url, tmp_path, "nk-one")
-    assert result.status == STATUS_START_FAILED and result.requests == 1
+    assert result.start_failed and result.requests == 1
 
 
 async def test_start_rate_per_host(stack: Stack) -> None:

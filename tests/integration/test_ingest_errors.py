@@ -1,4 +1,11 @@
-"""Bad input to the osquery endpoints: a clear JSON error, nothing stored, nothing queued."""
+"""Bad input to the osquery endpoints: a clear answer, nothing stored, nothing queued.
+
+The answer's kind is what osquery acts on (it ignores the status): a refused
+start is JSON without a session (the host fails the carve at once), a refused
+block or an unknown path is text/plain (the host retries twice, then fails the
+carve), so the host's own ``carves`` table never says SUCCESS for a carve the
+server will not complete.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from clients.osquery_sim import judge_reply
+from services.ingest import views
+from shared.errors import Forbidden
 from tests.stack import Stack
 
 B = 1024
@@ -71,6 +81,19 @@ async def assert_json_error(
     assert reply["code"] == code
     assert reply["error"]
     return reply
+
+
+async def assert_text_refusal(
+    stack: Stack, path: str, body: bytes | dict[str, Any], status: int, code: str
+) -> str:
+    """A refusal osquery counts as a failed request (retried, then DATA POST FAILED)."""
+    got, ctype, raw = await post(stack.ingest_url + path, body)
+    assert (got, ctype) == (status, "text/plain"), raw
+    text = raw.decode()
+    assert text.startswith(f"refused: {code}: ") and text.endswith("\n"), text
+    assert len(text) > len(f"refused: {code}: \n")  # a reason, not just a code
+    assert not judge_reply(got, raw).ok
+    return text
 
 
 async def nothing_queued_or_stored(stack: Stack, carve_id: str) -> None:
@@ -139,8 +162,8 @@ async def test_carve_size_limit(stack: Stack) -> None:
 
 async def test_non_json_bodies_are_refused(stack: Stack) -> None:
     await assert_json_error(stack, "/start_uploads", b"carve please", 400, "invalid_request")
-    await assert_json_error(stack, "/upload_blocks", b"\x00\x01garbage", 400, "invalid_request")
-    await assert_json_error(stack, "/upload_blocks", b"[1, 2]", 400, "invalid_request")
+    await assert_text_refusal(stack, "/upload_blocks", b"\x00\x01garbage", 400, "invalid_request")
+    await assert_text_refusal(stack, "/upload_blocks", b"[1, 2]", 400, "invalid_request")
 
 
 async def test_bad_blocks_are_refused_and_change_nothing(stack: Stack) -> None:
@@ -160,7 +183,7 @@ async def test_bad_blocks_are_refused_and_change_nothing(stack: Stack) -> None:
         ({"block_id": 0, "session_id": sid}, 400, "invalid_request"),
     ]
     for payload, status, code in cases:
-        await assert_json_error(stack, "/upload_blocks", payload, status, code)
+        await assert_text_refusal(stack, "/upload_blocks", payload, status, code)
     await nothing_queued_or_stored(stack, cid)
 
 
@@ -170,7 +193,8 @@ async def test_wrong_node_key_header_is_refused(stack: Stack) -> None:
     status, ctype, raw = await post(
         stack.ingest_url + "/upload_blocks", payload, headers={"Authorization": "NodeKey other"}
     )
-    assert (status, ctype) == (403, "application/json"), raw
+    assert (status, ctype) == (403, "text/plain"), raw
+    assert raw.startswith(b"refused: forbidden: ")
     await nothing_queued_or_stored(stack, body["carve_id"])
 
 
@@ -186,12 +210,12 @@ async def test_start_with_another_hosts_node_key_header_is_refused(stack: Stack)
 async def test_oversized_body_refused_from_content_length(stack: Stack) -> None:
     body, sid = await start(stack)
     payload = block(sid, body["request_id"], 0, b"x" * (64 * B))  # 64x the session's block size
-    reply = await assert_json_error(stack, "/upload_blocks", payload, 413, "payload_too_large")
-    assert "limit" in reply["error"]
+    reply = await assert_text_refusal(stack, "/upload_blocks", payload, 413, "payload_too_large")
+    assert "limit" in reply
     # Larger than any block size the server allows: refused before reading, no session needed.
     limit = 4 * (16 * 1024 * 1024) // 3 + 4096
-    status, _, raw = await post(stack.ingest_url + "/upload_blocks", b"{" + b" " * limit + b"}")
-    assert status == 413, raw
+    status, ctype, raw = await post(stack.ingest_url + "/upload_blocks", b"{" + b" " * limit + b"}")
+    assert (status, ctype) == (413, "text/plain"), raw
     await nothing_queued_or_stored(stack, body["carve_id"])
 
 
@@ -202,10 +226,35 @@ async def test_fleet_paths_are_aliases(stack: Stack, prefix: str) -> None:
     assert status == 200
     sid = json.loads(raw)["session_id"]
     bad = block(sid, body["request_id"], 0, b"x")
-    await assert_json_error(stack, prefix + "/block", bad, 400, "invalid_request")
+    await assert_text_refusal(stack, prefix + "/block", bad, 400, "invalid_request")
 
 
 @pytest.mark.parametrize("path", ["/start_uploads%20", "/upload_block", "/api/v1/carves"])
-async def test_unknown_paths_get_json_so_osquery_gives_up(stack: Stack, path: str) -> None:
-    # A flagfile typo (a trailing space, a wrong endpoint) fails at once, visibly.
-    await assert_json_error(stack, path, start_body(), 404, "no_route")
+async def test_unknown_paths_are_not_json_so_the_carve_fails(stack: Stack, path: str) -> None:
+    # A flagfile typo (a trailing space, a wrong endpoint) fails the carve on the host, visibly,
+    # whichever of the two paths it is in: a JSON 404 to a mistyped block path would read as
+    # "stored" and the host would record SUCCESS for a carve that never arrived.
+    text = await assert_text_refusal(stack, path, start_body(), 404, "no_route")
+    assert path not in text  # the host's text is not echoed back
+
+
+async def test_any_refusal_raised_in_the_block_view_is_text(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refusals added later (e.g. a block sent with another device certificate) get the kind
+    # osquery must see without any change to the error handling: every ClientError raised
+    # while serving a block endpoint is text/plain with its own status.
+    class OtherCertificate(Forbidden):
+        code = "other_certificate"
+
+    def refuse(request: object, received: object) -> bytes:
+        raise OtherCertificate("block sent with another device certificate")
+
+    monkeypatch.setattr(views, "_check_block", refuse)
+    body, sid = await start(stack)
+    payload = block(sid, body["request_id"], 0, b"x" * B)
+    for path in ("/upload_blocks", "/api/v1/osquery/carve/block", "/api/osquery/carve/block"):
+        status, ctype, raw = await post(stack.ingest_url + path, payload)
+        assert (status, ctype) == (403, "text/plain")
+        assert raw == b"refused: other_certificate: block sent with another device certificate\n"
+    await nothing_queued_or_stored(stack, body["carve_id"])

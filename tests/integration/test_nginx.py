@@ -34,7 +34,6 @@ from aiohttp import web
 from clients import carvectl
 from clients.osquery_sim import (
     STATUS_DATA_POST_FAILED,
-    STATUS_START_FAILED,
     CarveResult,
     block_body,
     build_synthetic_archive,
@@ -432,7 +431,7 @@ async def assert_refused_like_osquery_sees_it(
             front, http, archive, guid, ssl=ssl_context, retry_sleeps=FAST_RETRIES
         )
     # NGINX's refusal is an HTML page: not JSON, so osquery 5.22+ tries three times, then fails.
-    assert result.status == STATUS_START_FAILED
+    assert result.start_failed
     assert result.requests == 3
     assert "HTTP 400, non-JSON" in caplog.text
     status, content_type, body = await post(
@@ -532,7 +531,7 @@ async def test_with_the_derived_limit_an_oversized_block_size_is_refused_at_the_
     result = await device_carve(
         front, http, archive, guid, block_size=BLOCK_MAX + 1, retry_sleeps=FAST_RETRIES
     )
-    assert result.status == STATUS_START_FAILED
+    assert result.start_failed
     assert result.requests == 1
     assert await stack.carve_doc(guid) is None
     # The reply osquery got: the ingest's JSON, through NGINX.
@@ -689,7 +688,7 @@ async def test_responder_listener_reaches_neither_osquery_paths_nor_fleet_nor_al
             ssl=tls,
             retry_sleeps=FAST_RETRIES,
         )
-        assert result.status == STATUS_START_FAILED
+        assert result.start_failed
         assert result.requests == 1  # a JSON 404: osquery gives up at once
     assert await stack.carve_doc(guid) is None
     for method, path in [

@@ -29,6 +29,7 @@ from clients.osquery_sim import (
     carve,
     carve_many,
     client_ssl_context,
+    judge_reply,
     parse_size,
     parse_version,
     percentile,
@@ -337,7 +338,7 @@ async def test_start_without_usable_session_id_is_start_failed(
 
     server.on_start = start
     result = await carve(session, server.base_url, archive, block_size=3000, retry_sleeps=FAST)
-    assert result.status == "START FAILED"
+    assert result.status == "DATA POST FAILED"
     assert result.session_id is None
     # a JSON reply is a transport success: no retry, and no block is sent
     assert len(server.requests) == 1
@@ -353,7 +354,7 @@ async def test_start_non_json_is_retried_then_start_failed(
 
     server.on_start = start
     result = await carve(session, server.base_url, archive, block_size=3000, retry_sleeps=FAST)
-    assert result.status == "START FAILED"
+    assert result.status == "DATA POST FAILED"
     assert len(server.starts) == 3
     assert server.blocks == []
     assert result.requests == 3
@@ -421,7 +422,7 @@ async def test_connection_refused_ends_start_failed(
     result = await carve(
         session, f"http://127.0.0.1:{port}", archive, block_size=3000, retry_sleeps=FAST
     )
-    assert result.status == "START FAILED"
+    assert result.status == "DATA POST FAILED"
     # 3 attempts, each re-sent once after the socket error
     assert result.requests == 6
 
@@ -601,7 +602,7 @@ async def test_mutual_tls_carve(tmp_path: Path, archive: Path) -> None:
                 ssl=no_client_cert,
                 retry_sleeps=FAST,
             )
-            assert refused.status == "START FAILED"
+            assert refused.status == "DATA POST FAILED"
             assert len(fake.starts) == 1
     finally:
         await test_server.close()
@@ -664,5 +665,36 @@ def test_carve_result_ok_requires_clean_success() -> None:
     base = CarveResult("c", "r", "s", "SUCCESS", "h", 1, 1, 1)
     assert base.ok
     assert not CarveResult("c", "r", "s", "SUCCESS", "h", 1, 1, 1, failed_blocks=[0]).ok
-    assert not CarveResult("c", "r", None, "START FAILED", "h", 1, 1, 1).ok
+    assert not CarveResult("c", "r", None, "DATA POST FAILED", "h", 1, 1, 1).ok
     assert "latencies" not in base.summary_dict()
+
+
+@pytest.mark.parametrize(
+    ("body", "ok"),
+    [
+        (b"", True),  # empty: JSONSerializer::deserialize's own special case
+        (b'{"success":true}', True),
+        (b"[1,2]", True),  # any value at the root
+        (b'"stored"', True),
+        (b"null", True),
+        (b'{"success":true}\x00<html>', True),  # parsed as a C string: ends at the NUL
+        (b'{"error":"\xff\xfe"}', True),  # RapidJSON does not validate UTF-8 by default
+        (b" \n", False),  # only whitespace: an empty document
+        (b"\x00{}", False),
+        (b"refused: unknown_session: unknown or ended session\n", False),
+        (b"service unavailable: rabbitmq\n", False),
+        (b'{"a":NaN}', False),
+        (b'{"a":1e400}', False),  # does not fit a double
+        (b'{"a":1,}', False),
+        (b"{} {}", False),  # more than one root
+        (b"<html>413 Request Entity Too Large</html>", False),
+    ],
+)
+def test_judge_reply_follows_rapidjson_defaults(body: bytes, ok: bool) -> None:
+    for status in (200, 400, 404, 503):  # never looked at
+        assert judge_reply(status, body).ok is ok
+
+
+def test_judge_reply_takes_the_first_of_duplicate_keys() -> None:
+    reply = judge_reply(200, b'{"session_id":"first","session_id":""}')
+    assert reply.payload == {"session_id": "first"}
