@@ -161,7 +161,8 @@ async def test_a_revoked_device_is_refused_after_reload_and_the_others_still_car
                 result = await device_carve(
                     front, http, archive, guid, ssl=lost, retry_sleeps=FAST_RETRIES
                 )
-        # What osquery 5.22+ concludes: three HTML (non-JSON) answers, the carve fails (DATA POST FAILED, no session).
+        # What osquery 5.22+ concludes: three HTML (non-JSON) answers, then DATA POST FAILED
+        # with no session.
         assert result.start_failed
         assert result.requests == 3
         assert "HTTP 400, non-JSON" in caplog.text
