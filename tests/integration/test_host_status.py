@@ -50,7 +50,7 @@ def _ender(stack: Stack, carve_id: str, after_blocks: int) -> aiohttp.TraceConfi
         doc = await transition(stack.db, carve_id, Status.RECEIVING, Status.FAILED, fields, now)
         assert doc is not None
         async with Redis.from_url(stack.env["CARVE_REDIS_URL"]) as redis:
-            await end_session(redis, stack.env["CARVE_REDIS_KEY_PREFIX"], doc["session_id"])
+            await end_session(redis, stack.env["CARVE_REDIS_KEY_PREFIX"], doc)
 
     trace = aiohttp.TraceConfig()
     trace.on_request_end.append(on_request_end)
@@ -112,7 +112,8 @@ async def test_a_block_re_sent_to_a_complete_carve_is_a_success(stack: Stack) ->
         # (the reply was lost) to a replica that never cached the session.
         async with Redis.from_url(stack.env["CARVE_REDIS_URL"]) as redis:
             prefix = stack.env["CARVE_REDIS_KEY_PREFIX"]
-            assert await end_session(redis, prefix, up.session_id) == 2
+            carve = {"_id": up.carve_id, "session_id": up.session_id}
+            assert await end_session(redis, prefix, carve) == 2
         other = await stack.start_ingest()
         for block_id in (up.count - 1, 0):
             status, ctype, raw, _ = await up.send(http, block_id, other.url)
