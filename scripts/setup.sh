@@ -11,6 +11,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 [ -x /usr/sbin/nginx ] || need+=(nginx)  # tests/integration/test_nginx.py runs the repo's config
+[ -x /usr/bin/chromium ] || need+=(chromium)  # tests/browser drive the console with Playwright
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

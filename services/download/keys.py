@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from services.download.auth import Authorizer
+from services.download.auth import Authorizer, Identity
 from services.download.metrics import DownloadMetrics
 from services.download.settings import DownloadSettings
 from services.download.slots import StreamSlots
@@ -18,3 +18,5 @@ VAULT = web.AppKey("vault", VaultClient)
 AUTHORIZER = web.AppKey("authorizer", Authorizer)
 TAR_POOL = web.AppKey("tar_pool", ThreadPoolExecutor)
 STREAMS = web.AppKey("streams", StreamSlots)
+# The identity a request was authorized as (set by views.authorize).
+IDENTITY = web.RequestKey("identity", Identity)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from services.download import keys
+from services.download import keys, tickets
 from services.download.auth import Authorizer
 from services.download.metrics import DownloadMetrics
 from services.download.middlewares import responder_errors
@@ -51,6 +51,7 @@ def create_app(settings: DownloadSettings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = DownloadMetrics.create(app[shared_keys.REGISTRY])
     app[keys.STREAMS] = StreamSlots(settings.max_streams)
+    app[tickets.SECRET] = tickets.app_secret(settings.ticket_secret.get_secret_value())
     app.cleanup_ctx.extend([mongo_ctx(settings), _vault_ctx, _tar_pool_ctx])
     setup_routes(app)
     add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})

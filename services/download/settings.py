@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from functools import cached_property
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from shared.settings import HttpSettings, MiB, MongoSettings, VaultSettings
 
@@ -32,6 +32,16 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings):
     tar_concurrency: int = Field(8, ge=1, le=256)
     # Largest zstd window accepted (osquery's level 1 uses 512 KiB; this bounds memory).
     zstd_max_window: int = Field(32 * MiB, ge=1 * MiB)
+    # --- the console (services/download/tickets.py, login.py) ---
+    # Signs browser download tickets. Empty: a random secret per process (one replica only;
+    # with several, give them all the same secret, at least 32 bytes).
+    ticket_secret: SecretStr = SecretStr("")
+    # A download ticket is good for this long, once.
+    ticket_ttl: float = Field(60.0, gt=0, le=600)
+    # Logins forwarded to Vault's userpass method, per client address and per username.
+    login_per_minute: int = Field(10, ge=1, le=10_000)
+    # The Vault auth mount the console's userpass login goes to.
+    vault_userpass_mount: str = Field("userpass", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]{0,63}$")
 
     @field_validator("trusted_proxies")
     @classmethod
