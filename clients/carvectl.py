@@ -52,9 +52,9 @@ from typing import IO, Any, TypeVar
 import hvac
 import hvac.exceptions
 import requests
-import zstandard
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from shared import tarsafe
 from shared.vault import is_loopback
 
 DEFAULT_SERVER = "http://127.0.0.1:8082"
@@ -67,8 +67,7 @@ STATUSES = ("receiving", "complete", "failed", "expired", "deleted")
 CHUNK_SIZE = 1 << 20
 # Connect, then per-read: a stalled stream fails instead of hanging a responder's terminal.
 TIMEOUT = (10.0, 120.0)
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-CARVE_DIR_COMPONENT = "osquery_carve_"
+ZSTD_MAGIC = tarsafe.reader.ZSTD_MAGIC
 # osquery's carves.sha256 when it did not hash the file.
 NOT_HASHED = "-1"
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -231,16 +230,12 @@ def stripped_path(name: str) -> str:
     ``/tmp/osquery_carve_<guid>/var/log/auth.log`` -> ``/var/log/auth.log`` (the original path
     on the host); a name without such a component is returned unchanged.
     """
-    parts = name.split("/")
-    for index, part in enumerate(parts):
-        if part.startswith(CARVE_DIR_COMPONENT):
-            return "/" + "/".join(parts[index + 1 :])
-    return name
+    return tarsafe.stripped_path(name)
 
 
 def relative_path(stripped: str) -> str:
     """Where a stripped path goes under the destination: without its one leading slash."""
-    return stripped[1:] if stripped.startswith("/") else stripped
+    return tarsafe.relative_path(stripped)
 
 
 def unsafe_reason(stripped: str) -> str | None:
@@ -249,14 +244,7 @@ def unsafe_reason(stripped: str) -> str | None:
     A second leading slash (``//etc/passwd``) would still be absolute once the first is gone;
     tarfile would quietly strip it, but a carve that names such a path is not to be trusted.
     """
-    if "\x00" in stripped:
-        return "NUL byte in its name"
-    rel = relative_path(stripped)
-    if rel.startswith("/"):
-        return "absolute path"
-    if ".." in rel.split("/"):
-        return "'..' in its path"
-    return None
+    return tarsafe.path_reason(stripped)
 
 
 def normalize_selector(path: str) -> str:
@@ -378,6 +366,15 @@ def _conflict_message(body: Mapping[str, Any]) -> str:
     )
 
 
+_SIMPLE_ERRORS = {
+    400: ("the server rejected the request", EXIT_USAGE),
+    404: ("not found", EXIT_NOT_FOUND),
+    416: ("range not satisfiable", EXIT_ERROR),
+    429: ("the server is busy with this carve or with you, retry shortly", EXIT_ERROR),
+    503: ("service unavailable (MongoDB or Vault unreachable)", EXIT_ERROR),
+}
+
+
 def error_from_response(response: requests.Response) -> CliError:
     """The one-line message and exit code for an HTTP error answer."""
     status = response.status_code
@@ -393,16 +390,14 @@ def error_from_response(response: requests.Response) -> CliError:
             f"(its CARVE_VAULT_POLICY, by default {DEFAULT_POLICY}): {detail}",
             EXIT_FORBIDDEN,
         )
-    if status == 404:
-        return CliError(f"not found: {detail}", EXIT_NOT_FOUND)
     if status == 409:
         return CliError(_conflict_message(body), EXIT_NOT_COMPLETE)
-    if status == 400:
-        return CliError(f"the server rejected the request: {detail}", EXIT_USAGE)
-    if status == 416:
-        return CliError(f"range not satisfiable: {detail}", EXIT_ERROR)
-    if status == 503:
-        return CliError(f"service unavailable (MongoDB or Vault unreachable): {detail}")
+    if status == 422:
+        code = one_line(str(body.get("code") or "refused"))
+        return CliError(f"the server refused the archive ({code}): {detail}", EXIT_INTEGRITY)
+    if status in _SIMPLE_ERRORS:
+        prefix, exit_code = _SIMPLE_ERRORS[status]
+        return CliError(f"{prefix}: {detail}", exit_code)
     if 300 <= status < 400:
         # Following it would hand the token to wherever it points.
         where = one_line(response.headers.get("Location", "?"))
@@ -728,22 +723,7 @@ class ExtractReport:
 
 
 def is_zstd(fh: IO[bytes]) -> bool:
-    position = fh.tell()
-    magic = fh.read(len(ZSTD_MAGIC))
-    fh.seek(position)
-    return magic == ZSTD_MAGIC
-
-
-@contextlib.contextmanager
-def open_tar_stream(fh: IO[bytes], zstd: bool = False) -> Iterator[tarfile.TarFile]:
-    """A stream-mode (forward only, constant memory) tar over ``fh``, zstd-decoded if needed."""
-    if zstd or is_zstd(fh):
-        reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-        with reader, tarfile.open(fileobj=reader, mode="r|") as tar:
-            yield tar
-    else:
-        with tarfile.open(fileobj=fh, mode="r|") as tar:
-            yield tar
+    return tarsafe.is_zstd(fh)
 
 
 def _through_symlink(dest: Path, rel: str, *, final: bool) -> bool:
@@ -772,8 +752,28 @@ def _data_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     return filtered
 
 
+_TARINFO_TYPES = {
+    "file": tarfile.REGTYPE,
+    "dir": tarfile.DIRTYPE,
+    "symlink": tarfile.SYMTYPE,
+    "hardlink": tarfile.LNKTYPE,
+    "other": tarfile.CHRTYPE,  # a device or FIFO: data_filter refuses it either way
+}
+
+
+def _tarinfo(member: tarsafe.Member, rel: str, linkname: str) -> tarfile.TarInfo:
+    """The member as a TarInfo, for tarfile.data_filter's checks (nothing else uses it)."""
+    info = tarfile.TarInfo(rel)
+    info.type = _TARINFO_TYPES[member.kind]
+    info.size, info.mode, info.mtime = member.size, member.mode, member.mtime
+    info.linkname = linkname
+    return info
+
+
 class _Extraction:
-    def __init__(self, tar: tarfile.TarFile, dest: Path, selectors: Sequence[str]) -> None:
+    """Writes the members of one pass; tarsafe parsed them, tarfile.data_filter vets each."""
+
+    def __init__(self, tar: tarsafe.TarReader, dest: Path, selectors: Sequence[str]) -> None:
         self.tar = tar
         self.dest = dest
         self.selectors = selectors
@@ -782,7 +782,7 @@ class _Extraction:
         # Regular files written by this run: the only targets a hard link may point at.
         self.files: set[str] = set()
 
-    def member(self, member: tarfile.TarInfo) -> None:
+    def member(self, member: tarsafe.Member) -> None:
         stripped = stripped_path(member.name)
         rel = relative_path(stripped)
         selector = matching_selector(rel, self.selectors)
@@ -800,32 +800,56 @@ class _Extraction:
             self.report.refused.append((member.name, reason))
             warn(f"refused {printable(member.name)}: {reason}")
 
-    def _problem(self, member: tarfile.TarInfo, rel: str) -> str | None:
+    def _problem(self, member: tarsafe.Member, rel: str) -> str | None:
         if "\x00" in member.linkname:
             return "NUL byte in its link target"
-        if _through_symlink(self.dest, rel, final=not member.issym()):
+        if _through_symlink(self.dest, rel, final=member.kind != "symlink"):
             return "its path goes through a symbolic link"
-        if member.islnk():
+        if member.kind == "hardlink":
             target = stripped_path(member.linkname)
             if unsafe_reason(target) or _key(relative_path(target)) not in self.files:
                 return "hard link to a member that was not extracted"
         return None
 
-    def _extract(self, member: tarfile.TarInfo, rel: str) -> str | None:
-        changes: dict[str, Any] = {"name": rel}
-        if member.islnk():
+    def _extract(self, member: tarsafe.Member, rel: str) -> str | None:
+        linkname = member.linkname
+        if member.kind == "hardlink":
             # A hard link names another member, so its target carries the prefix too.
-            changes["linkname"] = relative_path(stripped_path(member.linkname))
+            linkname = relative_path(stripped_path(member.linkname))
         try:
-            self.tar.extract(
-                member.replace(**changes, deep=False), path=str(self.dest), filter=_data_filter
-            )
+            info = tarfile.data_filter(_tarinfo(member, rel, linkname), str(self.dest))
         except tarfile.FilterError as exc:
             return one_line(str(exc))
+        target = self.dest / info.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if member.kind == "dir":
+                target.mkdir(mode=0o700, exist_ok=True)
+            else:
+                if target.is_symlink() or (target.exists() and not target.is_dir()):
+                    target.unlink()  # a later member replaces an earlier one, as tar does
+                self._write(member, info, target)
+        except OSError as exc:
+            return one_line(f"cannot write it: {exc.strerror or exc}")
         self.report.extracted.append(_key(rel))
-        if member.isreg():
+        if member.kind == "file":
             self.files.add(_key(rel))
         return None
+
+    def _write(self, member: tarsafe.Member, info: tarfile.TarInfo, target: Path) -> None:
+        if member.kind == "symlink":
+            os.symlink(info.linkname, target)
+            return
+        if member.kind == "hardlink":
+            os.link(self.dest / info.linkname, target)
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_EXCL
+            with os.fdopen(os.open(target, flags, 0o600), "wb") as out:
+                for piece in self.tar.data():
+                    out.write(piece)
+        if info.mode is not None:
+            os.chmod(target, info.mode)
+        os.utime(target, (member.mtime, member.mtime))
 
 
 def _key(rel: str) -> str:
@@ -833,19 +857,34 @@ def _key(rel: str) -> str:
 
 
 def extract_archive(
-    archive: Path, dest: Path, selectors: Sequence[str] = (), *, zstd: bool = False
+    archive: Path,
+    dest: Path,
+    selectors: Sequence[str] = (),
+    *,
+    zstd: bool = False,
+    limits: tarsafe.Limits | None = None,
 ) -> ExtractReport:
     """Extract ``archive`` (a carve's tar, maybe zstd) under ``dest`` at stripped paths.
 
-    Members whose names are unsafe, or that ``tarfile.data_filter`` rejects (links leaving
-    ``dest``, device files), are refused and listed; ``selectors`` limit what is extracted.
+    The whole archive is read once first, writing nothing: a refused feature (sparse member,
+    budget exceeded, ...) raises tarsafe.Refused before any file exists. Members whose names
+    are unsafe, or that ``tarfile.data_filter`` rejects (links leaving ``dest``, device
+    files), are refused and listed; ``selectors`` limit what is extracted.
     """
+    limits = limits or tarsafe.Limits()
     dest.mkdir(parents=True, exist_ok=True)
     dest = dest.resolve()
-    with archive.open("rb") as fh, open_tar_stream(fh, zstd) as tar:
-        extraction = _Extraction(tar, dest, selectors)
-        for member in tar:
-            extraction.member(member)
+    with archive.open("rb") as fh:
+        zstd = zstd or is_zstd(fh)
+        budget = tarsafe.Budget(limits)
+        with tarsafe.open_tar(fh, zstd=zstd, budget=budget) as tar:
+            for _ in tar:
+                pass
+        fh.seek(0)
+        with tarsafe.open_tar(fh, zstd=zstd, budget=budget) as tar:
+            extraction = _Extraction(tar, dest, selectors)
+            for member in tar:
+                extraction.member(member)
     report = extraction.report
     report.unmatched = [s for s in selectors if s not in extraction.matched]
     return report
@@ -889,8 +928,13 @@ def carve_row(carve: Mapping[str, Any]) -> list[str]:
 
 
 def file_row(member: Mapping[str, Any]) -> list[str]:
+    path = str(member.get("path") or member.get("name") or "-")
+    if member.get("unsafe"):
+        path += f"  [unsafe: {member.get('reason') or '?'}]"
+    elif member.get("superseded"):
+        path += "  [superseded by a later member]"
     return [
-        str(member.get("path") or member.get("name") or "-"),
+        path,
         str(member.get("type") or "-"),
         human_size(member.get("size")),
         format_mode(member.get("mode")),
@@ -1049,11 +1093,17 @@ def cmd_extract(args: argparse.Namespace, api: Api) -> int:
             progress=_show_progress(args),
             quiet=args.quiet,
         )
+        limits = tarsafe.Limits(max_bytes=args.max_bytes, max_seconds=args.max_seconds)
         try:
             report = extract_archive(
-                archive, dest, args.paths, zstd=carve.get("compression") == "zstd"
+                archive, dest, args.paths, zstd=carve.get("compression") == "zstd", limits=limits
             )
-        except (tarfile.TarError, zstandard.ZstdError) as exc:
+        except tarsafe.Refused as exc:
+            raise CliError(
+                f"the archive is refused ({exc.reason}): {one_line(exc.message)}; nothing written",
+                EXIT_INTEGRITY,
+            ) from exc
+        except tarsafe.Malformed as exc:
             raise CliError(f"the archive cannot be read: {one_line(str(exc))}") from exc
     finally:
         archive.unlink(missing_ok=True)
@@ -1268,6 +1318,19 @@ def _add_commands(sub: Any, env: Mapping[str, str]) -> None:
     extract.add_argument("paths", nargs="*", metavar="PATH", help="only these paths or dirs")
     extract.add_argument("-d", "--directory", required=True, metavar="DIR")
     extract.add_argument("--expect-sha256", type=_sha256_arg, metavar="HEX")
+    defaults = tarsafe.Limits()
+    extract.add_argument(
+        "--max-bytes",
+        type=_bounded_int(1 << 62),
+        default=defaults.max_bytes,
+        help=f"decompressed bytes allowed per pass (default {defaults.max_bytes}, 16 GiB)",
+    )
+    extract.add_argument(
+        "--max-seconds",
+        type=float,
+        default=defaults.max_seconds,
+        help=f"seconds the extraction may take (default {defaults.max_seconds})",
+    )
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:

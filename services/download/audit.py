@@ -37,6 +37,8 @@ class AuditEntry:
     entity_id: str | None = None
     accessor: str | None = None
     bytes_sent: int = 0
+    # The error code of a refused request (e.g. archive_sparse, tar_busy), None otherwise.
+    code: str | None = None
     # Set once the response's headers went out: an error now can only cut it short.
     response: web.StreamResponse | None = field(default=None, repr=False)
 

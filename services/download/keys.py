@@ -9,7 +9,7 @@ from aiohttp import web
 from services.download.auth import Authorizer, Identity
 from services.download.metrics import DownloadMetrics
 from services.download.settings import DownloadSettings
-from services.download.slots import StreamSlots
+from services.download.slots import StreamSlots, TarJobs
 from shared.vault import VaultClient
 
 SETTINGS = web.AppKey("settings", DownloadSettings)
@@ -18,5 +18,6 @@ VAULT = web.AppKey("vault", VaultClient)
 AUTHORIZER = web.AppKey("authorizer", Authorizer)
 TAR_POOL = web.AppKey("tar_pool", ThreadPoolExecutor)
 STREAMS = web.AppKey("streams", StreamSlots)
+TAR_JOBS = web.AppKey("tar_jobs", TarJobs)
 # The identity a request was authorized as (set by views.authorize).
 IDENTITY = web.RequestKey("identity", Identity)

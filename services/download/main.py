@@ -13,7 +13,7 @@ from services.download.metrics import DownloadMetrics
 from services.download.middlewares import responder_errors
 from services.download.routes import setup_routes
 from services.download.settings import DownloadSettings
-from services.download.slots import StreamSlots
+from services.download.slots import StreamSlots, TarJobs
 from shared import keys as shared_keys
 from shared.health import add_health_routes, check_mongo, service_app
 from shared.resources import mongo_ctx
@@ -51,6 +51,12 @@ def create_app(settings: DownloadSettings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = DownloadMetrics.create(app[shared_keys.REGISTRY])
     app[keys.STREAMS] = StreamSlots(settings.max_streams)
+    app[keys.TAR_JOBS] = TarJobs(
+        settings.tar_concurrency,
+        settings.tar_jobs_per_carve,
+        settings.tar_jobs_per_responder,
+        app[keys.METRICS].tar_jobs,
+    )
     app[tickets.SECRET] = tickets.app_secret(settings.ticket_secret.get_secret_value())
     app.cleanup_ctx.extend([mongo_ctx(settings), _vault_ctx, _tar_pool_ctx])
     setup_routes(app)

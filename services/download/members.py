@@ -1,11 +1,11 @@
 """The tar inside a carve: list its members, stream one of them.
 
-The stdlib ``tarfile`` does the parsing (osquery writes pax tars with
-libarchive) and ``zstandard`` the decompression; both are synchronous, so
-they run in a worker thread and pull chunks from MongoDB through the event
-loop. An uncompressed tar is read with seeks: listing a 1 GB carve touches
-only the chunks that hold headers. A zstd tar is read front to back, with a
-bounded window.
+``shared.tarsafe`` parses the tar (a hostile host wrote it: sparse maps, pax global headers and
+other features osquery never writes are refused, every pass is bounded by a Budget) and
+``zstandard`` decompresses; both are synchronous, so they run in a worker thread and pull
+chunks from MongoDB through the event loop. An uncompressed tar is read with seeks: listing
+a 1 GB carve touches only the chunks that hold headers. A zstd tar is read front to back,
+with a bounded window.
 """
 
 from __future__ import annotations
@@ -14,36 +14,45 @@ import asyncio
 import contextlib
 import io
 import posixpath
-import re
-import tarfile
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any, cast
+from typing import Any
 
-import zstandard
 from pymongo.asynchronous.collection import AsyncCollection
 
-from services.download.archive import CorruptArchive, fetch_window
-from shared.errors import InvalidRequest
+from services.download.archive import fetch_window
+from shared import tarsafe
+from shared.errors import ClientError, InvalidRequest
 from shared.mongo import Document
+from shared.tarsafe import Budget, Member, TarReader
 
-# osquery copies carved paths into <tmp>/osquery_carve_<guid>/<original path>.
-_CARVE_DIR = re.compile(r"^.*?(?:^|/)osquery_carve_[^/]*(?=/|$)")
 _PIECE = 256 * 1024
 # Longest a worker waits for the event loop (a MongoDB read); writes have their own timeout.
 _LOOP_TIMEOUT = 120.0
+# A listing stops (truncated) once its names add up to this much.
+MAX_LISTING_NAME_BYTES = 16 * 1024 * 1024
 
 
-class Abandoned(Exception):
-    """The request this worker serves has ended: stop."""
+class Abandoned(ConnectionResetError):
+    """The request this worker serves has ended (the client left): stop."""
+
+
+class ArchiveRefused(ClientError):
+    """A hostile or unreadable tar: 422, with a code naming the reason."""
+
+    status = 422
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, reason=reason)
+        self.code = f"archive_{reason}"
+        self.reason = reason
 
 
 def original_path(name: str) -> str:
     """The path on the host: the member name without its ``.../osquery_carve_<guid>`` prefix."""
-    stripped = _CARVE_DIR.sub("", name, count=1)
-    return "/" + stripped.strip("/") if stripped.strip("/") else "/"
+    return tarsafe.original_path(name)
 
 
 def clean_member_path(path: str) -> str:
@@ -58,67 +67,30 @@ def clean_member_path(path: str) -> str:
     return "/" + "/".join(parts)
 
 
-def _kind(info: tarfile.TarInfo) -> str:
-    if info.isreg():
-        return "file"
-    if info.isdir():
-        return "dir"
-    if info.issym() or info.islnk():
-        return "symlink" if info.issym() else "hardlink"
-    return "other"
-
-
-def display_name(name: str) -> str:
-    """A member name as valid UTF-8: bytes that are not UTF-8 (common on Linux) as ``\\xNN``."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _mtime(info: tarfile.TarInfo) -> str | None:
+def _mtime(member: Member) -> str | None:
     try:
-        return datetime.fromtimestamp(info.mtime, UTC).isoformat()
+        return datetime.fromtimestamp(member.mtime, UTC).isoformat()
     except (OverflowError, ValueError, OSError):  # a host can write any number there
         return None
 
 
-def member_view(info: tarfile.TarInfo) -> dict[str, Any]:
-    name = display_name(info.name)
+def member_view(member: Member) -> dict[str, Any]:
+    """A member as listed: unsafe ones keep their raw stripped path and say why."""
+    name = tarsafe.display_name(member.name)
+    reason = tarsafe.unsafe_reason(member.kind, member.name, member.linkname)
+    stripped = tarsafe.display_name(tarsafe.stripped_path(member.name))
     return {
-        "path": original_path(name),
+        "path": original_path(name) if reason is None else stripped,
         "name": name,
-        "type": _kind(info),
-        "size": info.size,
-        "mode": info.mode,
-        "mtime": _mtime(info),
+        "type": member.kind,
+        "size": member.size,
+        "mode": member.mode,
+        "mtime": _mtime(member),
+        "link": tarsafe.display_name(member.linkname) if member.linkname else None,
+        "unsafe": reason is not None,
+        "reason": reason,
+        "superseded": False,
     }
-
-
-# A pax header or GNU long name is read into memory whole: refuse absurd ones.
-MAX_HEADER_BYTES = 1024 * 1024
-# A listing stops (truncated) once its names add up to this much.
-MAX_LISTING_NAME_BYTES = 16 * 1024 * 1024
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """TarInfo that refuses extended headers bigger than MAX_HEADER_BYTES (memory bombs)."""
-
-    def _check_header_size(self) -> None:
-        if self.size > MAX_HEADER_BYTES:
-            raise tarfile.HeaderError(f"extended header of {self.size} bytes refused")
-
-    def _proc_gnulong(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
-        self._check_header_size()
-        return super()._proc_gnulong(tar)  # type: ignore[misc,no-any-return]
-
-    def _proc_pax(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
-        self._check_header_size()
-        return super()._proc_pax(tar)  # type: ignore[misc,no-any-return]
-
-
-def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """The members one by one, without TarFile keeping every one it has seen."""
-    while (info := tar.next()) is not None:
-        cast(Any, tar).members.clear()  # typeshed does not declare TarFile.members
-        yield info
 
 
 class ChunkFile(io.RawIOBase):
@@ -153,6 +125,9 @@ class ChunkFile(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        """Nothing to release; stays usable for the next pass (a BufferedReader closes it)."""
 
     def seekable(self) -> bool:
         return True
@@ -194,32 +169,65 @@ class ChunkFile(io.RawIOBase):
 
 @dataclass(frozen=True)
 class TarSource:
-    """How to open a carve's archive as a tar, in a worker thread."""
+    """How to open a carve's archive as a tar, in a worker thread, within ``budget``."""
 
     file: ChunkFile
     zstd: bool
-    max_window: int
+    budget: Budget
 
-    def open(self) -> tarfile.TarFile:
+    @contextlib.contextmanager
+    def open(self) -> Iterator[TarReader]:
+        """A new pass over the archive, from its first byte."""
+        self.file.seek(0)
         buffered = io.BufferedReader(self.file, buffer_size=_PIECE)
-        if self.zstd:
-            dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window)
-            stream: IO[bytes] = dctx.stream_reader(buffered, read_size=_PIECE)
-            return tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo)
-        return tarfile.open(fileobj=buffered, mode="r:", tarinfo=_BoundedTarInfo)
+        with _tar_errors(), tarsafe.open_tar(buffered, zstd=self.zstd, budget=self.budget) as tar:
+            yield tar
 
 
 def list_members(source: TarSource, limit: int) -> tuple[list[dict[str, Any]], bool]:
-    """Up to ``limit`` members and whether there were more (runs in a worker thread)."""
+    """Up to ``limit`` members and whether there were more (runs in a worker thread).
+
+    Of members listed under the same path, all but the last are marked ``superseded``: the
+    last is the one extraction leaves and the one a member download serves.
+    """
     members: list[dict[str, Any]] = []
     name_bytes = 0
-    with _tar_errors(), source.open() as tar:
-        for info in _members(tar):
-            name_bytes += len(info.name)
+    truncated = False
+    with source.open() as tar:
+        for member in tar:
+            name_bytes += len(member.name)
             if len(members) == limit or name_bytes > MAX_LISTING_NAME_BYTES:
-                return members, True
-            members.append(member_view(info))
-    return members, False
+                truncated = True
+                break
+            members.append(member_view(member))
+    last: dict[str, int] = {}
+    for index, view in enumerate(members):
+        last[view["path"]] = index
+    for index, view in enumerate(members):
+        view["superseded"] = last[view["path"]] != index
+    return members, truncated
+
+
+def _matches(member: Member, wanted: str) -> bool:
+    if not tarsafe.extractable(member.kind, member.name, member.linkname):
+        return False  # extraction refuses it: never served, never hides an earlier member
+    name = tarsafe.display_name(member.name)
+    return wanted in (original_path(name), _as_path(name))
+
+
+def find_member(source: TarSource, wanted: str) -> Member | None:
+    """The member a download of ``wanted`` serves: the last one at that path (a full pass).
+
+    Extraction writes members in order, so the last one at a path is what it leaves; when that
+    one is not a regular file (a link, a directory) nothing is served. The whole archive is
+    read, so a refused feature anywhere refuses the download as it refuses the listing.
+    """
+    found: Member | None = None
+    with source.open() as tar:
+        for member in tar:
+            if _matches(member, wanted):
+                found = member
+    return found if found is not None and found.kind == "file" else None
 
 
 def stream_member(
@@ -234,20 +242,21 @@ def stream_member(
     the first byte (to send headers) and says whether the body is wanted (not
     for HEAD). False when no regular file matches.
     """
-    with _tar_errors(), source.open() as tar:
-        for info in _members(tar):
-            name = display_name(info.name)
-            if not info.isreg() or wanted not in (original_path(name), _as_path(name)):
-                continue
-            if not on_found(member_view(info)):
-                return True
-            reader = tar.extractfile(info)
-            if reader is None:
-                return False
-            while piece := reader.read(_PIECE):
-                write(piece)
+    member = find_member(source, wanted)
+    if member is None:
+        return False
+    with source.open() as tar:
+        if not tar.seek_member(member):
+            while (current := tar.next()) is not None and current.index != member.index:
+                pass
+        if not on_found(member_view(member)):
             return True
-    return False
+        # The bytes are bounded by the member's size (already within the byte budget);
+        # a slow client is bounded by the write timeout: the deadline covered the search.
+        source.budget.lift_deadline()
+        for piece in tar.data(_PIECE):
+            write(piece)
+    return True
 
 
 def _as_path(name: str) -> str:
@@ -258,5 +267,9 @@ def _as_path(name: str) -> str:
 def _tar_errors() -> Iterator[None]:
     try:
         yield
-    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-        raise CorruptArchive(f"not a readable tar: {exc}") from exc
+    except tarsafe.Refused as exc:
+        raise ArchiveRefused(exc.reason, exc.message) from exc
+    except tarsafe.Malformed as exc:
+        raise ArchiveRefused("malformed", f"not a readable tar: {exc}") from exc
+    except tarsafe.Stopped as exc:
+        raise Abandoned("the request has ended") from exc

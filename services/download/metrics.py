@@ -14,6 +14,9 @@ class DownloadMetrics:
     auth_failures: Counter
     vault_latency: Histogram
     active: Gauge
+    tar_jobs: Gauge
+    tar_refusals: Counter
+    tar_abandoned: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DownloadMetrics:
@@ -41,5 +44,19 @@ class DownloadMetrics:
             ),
             active=Gauge(
                 "carve_downloads_active", "Responses being streamed now", registry=registry
+            ),
+            tar_jobs=Gauge(
+                "carve_tar_jobs", "Tar listings and member downloads running now", registry=registry
+            ),
+            tar_refusals=Counter(
+                "carve_tar_refusals",
+                "Tar requests refused: archive_<reason> (422) or tar_busy_<share> (429)",
+                ["reason"],
+                registry=registry,
+            ),
+            tar_abandoned=Counter(
+                "carve_tar_abandoned",
+                "Tar jobs stopped because their client went away",
+                registry=registry,
             ),
         )

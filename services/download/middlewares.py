@@ -31,10 +31,31 @@ AUDITED |= {"ticket", "audit", "login", "logout"}
 
 
 def _error(http_status: int, code: str, message: str, /, **details: object) -> web.Response:
-    headers = {"Retry-After": "1"} if http_status == 503 else None
-    return web.json_response(
+    headers = {"Retry-After": "1"} if http_status in (429, 503) else None
+    response = web.json_response(
         {"error": message, "code": code, **details}, status=http_status, headers=headers
     )
+    if http_status == 408:
+        response.force_close()  # Connection: close; the middleware closes it once answered
+    return response
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _client_left(
+    request: web.Request, entry: AuditEntry | None, exc: BaseException
+) -> web.StreamResponse:
+    """One log line for a client that went away (its audit line, when audited); nothing is
+    sent, there is nobody to read it."""
+    if entry is None:
+        log.info("%s: client went away (%s)", request.path, exc.__class__.__name__)
+        return web.Response(status=499, reason="Client Closed Request")
+    entry.outcome = "aborted"
+    entry.code = "client_gone"
+    return entry.response or web.Response(status=499, reason="Client Closed Request")
 
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -42,6 +63,10 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except (Exception, asyncio.CancelledError) as exc:
         entry: AuditEntry | None = request.get(AUDIT)
+        if isinstance(exc, OSError) and client_gone(request):
+            return _client_left(request, entry, exc)
+        if isinstance(exc, ClientError) and entry is not None:
+            entry.code = exc.code
         if entry is None or entry.response is None or isinstance(exc, asyncio.CancelledError):
             return _error_answer(request, exc)
         # The headers are out: another answer would land inside the body. Cut it short:
@@ -101,10 +126,12 @@ async def responder_errors(request: web.Request, handler: Handler) -> web.Stream
         entry.status = response.status
         if entry.outcome != "aborted":
             entry.outcome = outcome_of(response.status)
-        if not response.prepared:
+        if not response.prepared and not client_gone(request):
             # Send it now, so the audit write below does not delay the answer.
             await response.prepare(request)
             await response.write_eof()
+        if response.status == 408 and request.transport is not None:
+            request.transport.close()  # the body never came: nothing more to read from it
         return response
     except (OSError, asyncio.CancelledError):
         entry.outcome = "aborted"  # the client went away, or the server is shutting down

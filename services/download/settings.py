@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 from functools import cached_property
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from shared.settings import HttpSettings, MiB, MongoSettings, VaultSettings
+from shared.settings import GiB, HttpSettings, MiB, MongoSettings, VaultSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -30,8 +30,20 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings):
     download_write_timeout: float = Field(60.0, gt=0)
     # Tar listings and member downloads run in threads; at most this many at once.
     tar_concurrency: int = Field(8, ge=1, le=256)
-    # Largest zstd window accepted (osquery's level 1 uses 512 KiB; this bounds memory).
-    zstd_max_window: int = Field(32 * MiB, ge=1 * MiB)
+    # Tar jobs one carve, or one responder, may hold (running or waiting); more get a 429.
+    # Below tar_concurrency, so neither can occupy every worker.
+    tar_jobs_per_carve: int = Field(2, ge=1, le=256)
+    tar_jobs_per_responder: int = Field(4, ge=1, le=256)
+    # Decompressed bytes one pass over a zstd archive may produce (skipped bytes included).
+    tar_max_bytes: int = Field(16 * GiB, ge=1 * MiB)
+    # Wall time of a listing, or of a member download until its first byte.
+    tar_timeout: float = Field(300.0, gt=0)
+    # Members an archive may hold; more: refused (a listing's own limit is ?limit=).
+    tar_max_members: int = Field(1_000_000, ge=1)
+    # Largest zstd window accepted (osquery's level 1 uses 512 KiB; level 19 8 MiB).
+    zstd_max_window: int = Field(8 * MiB, ge=1 * MiB)
+    # Seconds a /file_request body may take to arrive; slower: 408 and the connection closed.
+    file_request_timeout: float = Field(10.0, gt=0)
     # --- the console (services/download/tickets.py, login.py) ---
     # Signs browser download tickets. Empty: a random secret per process (one replica only;
     # with several, give them all the same secret, at least 32 bytes).
@@ -49,6 +61,13 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings):
         for item in filter(None, (v.strip() for v in value.split(","))):
             ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
         return value
+
+    @model_validator(mode="after")
+    def _check_tar_shares(self) -> DownloadSettings:
+        for name in ("tar_jobs_per_carve", "tar_jobs_per_responder"):
+            if self.tar_concurrency > 1 and getattr(self, name) >= self.tar_concurrency:
+                raise ValueError(f"{name} must be below tar_concurrency ({self.tar_concurrency})")
+        return self
 
     @cached_property
     def proxy_networks(self) -> tuple[Network, ...]:

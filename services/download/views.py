@@ -8,6 +8,7 @@ import contextlib
 import hmac
 import logging
 import re
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -23,12 +24,14 @@ from services.download.auth import Identity
 from services.download.lookups import lookup_filters
 from services.download.members import (
     Abandoned,
+    ArchiveRefused,
     ChunkFile,
     TarSource,
     clean_member_path,
     list_members,
     stream_member,
 )
+from services.download.slots import TarBusy
 from shared import keys as shared_keys
 from shared.carves import (
     COLLECTION,
@@ -39,6 +42,7 @@ from shared.carves import (
     blocks_received,
 )
 from shared.errors import (
+    ClientError,
     Conflict,
     Forbidden,
     Gone,
@@ -49,14 +53,20 @@ from shared.errors import (
 from shared.lifecycle import purge_archive, transition
 from shared.mongo import Document, transient_on_outage
 from shared.protocol import CARVE_ID
+from shared.tarsafe import Budget, Limits
 
 log = logging.getLogger(__name__)
+RESPONDER = web.RequestKey("responder", Identity)
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
 MAX_PAGE = 1000
 MAX_MEMBERS = 100_000
 # Routes that take a download ticket (services/download/tickets.py) instead of a token.
 TICKET_ROUTES = frozenset({"archive", "file"})
+# A pax header or GNU long name is read into memory whole: refuse absurd ones.
+MAX_HEADER_BYTES = 1024 * 1024
+# How often a tar job looks whether its client is still connected.
+_WATCH_INTERVAL = 0.1
 
 
 def carve_view(doc: Document) -> dict[str, Any]:
@@ -109,6 +119,7 @@ async def _authorized_carve(request: web.Request) -> Document:
         identity = await tickets.redeem(request, carve_id, path and clean_member_path(path))
         if (entry := request.get(AUDIT)) is not None:
             entry.identify(identity)
+        request[keys.IDENTITY] = identity
         return await _load(request, carve_id)
     await authorize(request, _header_token(request))
     return await _load(request, _carve_id(request.match_info["carve_id"]))
@@ -322,12 +333,21 @@ async def get_archive(request: web.Request) -> web.StreamResponse:
         return await send_archive(request, doc)
 
 
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
+
+
 async def file_request(request: web.Request) -> web.StreamResponse:
     """The original server's endpoint: token and carve id in a JSON body."""
+    timeout = request.app[keys.SETTINGS].file_request_timeout
     try:
-        body = await request.read()  # the whole body, however it was split (client_max_size)
+        async with asyncio.timeout(timeout):
+            body = await request.read()  # the whole body, however it was split (client_max_size)
     except web.HTTPRequestEntityTooLarge as exc:
         raise InvalidRequest("body too large") from exc
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the request body did not arrive within {timeout} s") from exc
     try:
         fields = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -360,18 +380,69 @@ def _tar_source(request: web.Request, doc: Document) -> TarSource:
         size=doc["carve_size"],
         batch_bytes=settings.download_batch_bytes,
     )
+    limits = Limits(
+        max_bytes=settings.tar_max_bytes,
+        max_seconds=settings.tar_timeout,
+        max_members=settings.tar_max_members,
+        max_header_bytes=MAX_HEADER_BYTES,
+        zstd_max_window=settings.zstd_max_window,
+    )
     zstd = doc.get("compression") == Compression.ZSTD
-    return TarSource(file, zstd, settings.zstd_max_window)
+    return TarSource(file, zstd, Budget(limits, cancel=file.abandoned))
+
+
+async def _watch_client(request: web.Request, stop: threading.Event) -> None:
+    """Tell the worker to stop as soon as the client has gone (aiohttp does not cancel)."""
+    while not stop.is_set():
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            stop.set()
+            return
+        await asyncio.sleep(_WATCH_INTERVAL)
+
+
+@contextlib.asynccontextmanager
+async def _tar_job(request: web.Request, doc: Document) -> AsyncIterator[TarSource]:
+    """A tar worker's share for this request, its budget, and a watch on its client."""
+    identity = request[RESPONDER]
+    metrics = request.app[keys.METRICS]
+    try:
+        async with request.app[keys.TAR_JOBS].hold(
+            doc["_id"], identity.entity_id or identity.accessor
+        ):
+            source = _tar_source(request, doc)  # the time budget starts once admitted
+            watcher = asyncio.create_task(_watch_client(request, source.file.abandoned))
+            try:
+                yield source
+            finally:
+                source.file.abandoned.set()  # whatever happened, the worker must not go on
+                watcher.cancel()
+    except TarBusy as exc:
+        metrics.tar_refusals.labels(f"tar_busy_{exc.details['limit']}").inc()
+        raise
+    except ArchiveRefused as exc:
+        metrics.tar_refusals.labels(exc.code).inc()
+        log.warning("carve %s: archive refused: %s", doc["_id"], exc.message)
+        raise
+    except Abandoned:
+        metrics.tar_abandoned.inc()
+        raise
+
+
+async def _tar_carve(request: web.Request) -> Document:
+    doc = await _authorized_carve(request)  # a token, or a download ticket (member downloads)
+    request[RESPONDER] = request[keys.IDENTITY]
+    return _complete(doc)
 
 
 async def list_files(request: web.Request) -> web.Response:
-    doc = _complete(await _authorized_carve(request))
+    doc = await _tar_carve(request)
     limit = _int_param(request, "limit", 10_000, MAX_MEMBERS)
     loop = asyncio.get_running_loop()
-    pool = request.app[keys.TAR_POOL]
-    members, truncated = await loop.run_in_executor(
-        pool, list_members, _tar_source(request, doc), limit
-    )
+    async with _tar_job(request, doc) as source:
+        members, truncated = await loop.run_in_executor(
+            request.app[keys.TAR_POOL], list_members, source, limit
+        )
     body = {"carve_id": doc["_id"], "members": members, "truncated": truncated}
     return web.json_response(body, dumps=lambda obj: orjson.dumps(obj).decode())
 
@@ -383,13 +454,12 @@ def _disposition(path: str) -> str:
 
 
 async def get_file(request: web.Request) -> web.StreamResponse:
-    doc = _complete(await _authorized_carve(request))
+    doc = await _tar_carve(request)
     wanted = clean_member_path(request.match_info["path"])
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     entry = request[AUDIT]
     timeout = request.app[keys.SETTINGS].download_write_timeout
-    source = _tar_source(request, doc)
 
     def on_found(member: dict[str, Any]) -> bool:
         response.headers["Content-Disposition"] = _disposition(member["path"])
@@ -397,19 +467,19 @@ async def get_file(request: web.Request) -> web.StreamResponse:
         asyncio.run_coroutine_threadsafe(_start(request, response), loop).result(timeout)
         return request.method != "HEAD"  # HEAD: headers only, or the connection desyncs
 
-    def write(piece: bytes) -> None:
-        if source.file.abandoned.is_set():
-            raise Abandoned("the request has ended")
-        sent = _write(response, piece, timeout)
-        asyncio.run_coroutine_threadsafe(sent, loop).result(timeout + 5)
-        entry.bytes_sent += len(piece)
+    async with _tar_job(request, doc) as source:
 
-    pool = request.app[keys.TAR_POOL]
-    try:
+        def write(piece: bytes) -> None:
+            if source.file.abandoned.is_set():
+                raise Abandoned("the request has ended")
+            sent = _write(response, piece, timeout)
+            asyncio.run_coroutine_threadsafe(sent, loop).result(timeout + 5)
+            entry.bytes_sent += len(piece)
+
         with request.app[keys.STREAMS].hold():
-            found = await loop.run_in_executor(pool, stream_member, source, wanted, on_found, write)
-    finally:
-        source.file.abandoned.set()  # whatever happened, the worker must not go on
+            found = await loop.run_in_executor(
+                request.app[keys.TAR_POOL], stream_member, source, wanted, on_found, write
+            )
     if not found:
         raise NotFound(f"no regular file {wanted} in carve {doc['_id']}")
     await response.write_eof()

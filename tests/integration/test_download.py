@@ -644,7 +644,7 @@ async def test_oversized_tar_headers_are_refused(responder: Responder, tmp_path:
 
     carve_id = await upload_tar(responder, tmp_path, fill)
     status, body = await responder.json(f"/api/v1/carves/{carve_id}/files")
-    assert (status, body["code"]) == (500, "corrupt_archive")
+    assert (status, body["code"]) == (422, "archive_header_too_large")
 
 
 async def test_many_members_and_a_missing_path(responder: Responder, tmp_path: Path) -> None:
