@@ -17,7 +17,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from services.download import keys, tickets
+from services.download import keys, manifests, tickets
 from services.download.archive import ByteRange, parse_range, stream_chunks
 from services.download.audit import AUDIT
 from services.download.auth import Identity
@@ -438,6 +438,8 @@ async def _tar_carve(request: web.Request) -> Document:
 async def list_files(request: web.Request) -> web.Response:
     doc = await _tar_carve(request)
     limit = _int_param(request, "limit", 10_000, MAX_MEMBERS)
+    if (from_manifest := await manifests.manifest_listing(request, doc, limit)) is not None:
+        return from_manifest
     loop = asyncio.get_running_loop()
     async with _tar_job(request, doc) as source:
         members, truncated = await loop.run_in_executor(
@@ -458,6 +460,8 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     wanted = clean_member_path(request.match_info["path"])
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    if sha256 := await manifests.member_sha256(request, doc, wanted):
+        response.headers["X-Carve-Member-SHA256"] = sha256
     entry = request[AUDIT]
     timeout = request.app[keys.SETTINGS].download_write_timeout
 
