@@ -31,19 +31,22 @@ _MAX_PASSWORD = 1024
 
 
 class LoginLimiter:
-    """At most ``per_minute`` attempts per key in any one-minute window (fixed windows)."""
+    """At most ``per_minute`` attempts per key in any sliding 60 seconds."""
 
     def __init__(self, per_minute: int, max_keys: int = 100_000) -> None:
         self.per_minute = per_minute
-        self._counts: TTLCache[tuple[str, int], int] = TTLCache(max_keys, 120)
+        # Per key, the times of its recent attempts (at most per_minute of them).
+        self._tries: TTLCache[str, list[float]] = TTLCache(max_keys, 60)
 
     def allow(self, *names: str, now: float | None = None) -> float:
         """0 when every key may try once more (and counts the try); else seconds to wait."""
-        minute = int((time.time() if now is None else now) // 60)
-        if any(self._counts.get((name, minute), 0) >= self.per_minute for name in names):
-            return 60 - (time.time() % 60)
-        for name in names:
-            self._counts[(name, minute)] = self._counts.get((name, minute), 0) + 1
+        now = time.monotonic() if now is None else now
+        recent = {name: [t for t in self._tries.get(name, []) if now - t < 60] for name in names}
+        full = [tries[0] for tries in recent.values() if len(tries) >= self.per_minute]
+        if full:
+            return max(1.0, 60 - (now - min(full)))
+        for name, tries in recent.items():
+            self._tries[name] = [*tries, now]  # re-set: the entry lives 60 s past its last try
         return 0.0
 
 

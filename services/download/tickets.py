@@ -114,9 +114,9 @@ async def redeem(request: web.Request, carve_id: str, path: str | None) -> Ident
         "carve_id": carve_id,
         "until": datetime.fromtimestamp(ticket.expires, UTC) + timedelta(minutes=5),
     }
-    try:
-        with transient_on_outage("ticket use"):
+    with transient_on_outage("ticket use"):
+        try:
             await request.app[shared_keys.MONGO_DB][COLLECTION].insert_one(row)
-    except DuplicateKeyError as exc:
-        raise Forbidden("the download ticket was already used: ask for a new one") from exc
+        except DuplicateKeyError as exc:
+            raise Forbidden("the download ticket was already used: ask for a new one") from exc
     return ticket.identity
