@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
+import json
 import tarfile
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +19,7 @@ import orjson
 import pytest
 import zstandard
 
+from clients import carvectl
 from shared.manifest import MAX_ENTRIES
 from tests.console import DEVICE, Upload, archive_bytes, console_stack
 from tests.integration.test_device_binding import make_cert
@@ -255,3 +259,62 @@ async def test_console_is_served_with_strict_headers(api: Api) -> None:
     status, headers, _ = await api.call("GET", "/api/v1/carves")
     assert "sandbox" in headers["Content-Security-Policy"]
     assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+# --- carvectl ---------------------------------------------------------------------------
+
+
+async def run(api: Api, *argv: str) -> tuple[int, str, str]:
+    env = {"XDG_CONFIG_HOME": str(api.tmp / "home"), "VAULT_TOKEN": api.token}
+    out, err = io.StringIO(), io.StringIO()
+
+    def call() -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return carvectl.run(["--server", api.url, "--quiet", *argv], env=env)
+
+    code = await asyncio.to_thread(call)
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_devices_and_request_ids(api: Api, tmp_path: Path) -> None:
+    mine = await api.carve(archive_bytes(MEMBERS, api.tmp, compress=True), request_id="q-7")
+    other = await api.carve(archive_bytes(MEMBERS, api.tmp, compress=False), make_cert("srv-9"))
+    code, out, _ = await run(api, "list")
+    assert code == 0
+    assert out.splitlines()[0].split()[5] == "DEVICE"
+    shown = {line.split()[0]: line.split()[7] for line in out.splitlines()[1:]}
+    assert shown == {mine.carve_id: "laptop-17.corp.example", other.carve_id: "srv-9"}
+    code, out, _ = await run(api, "--json", "list", "--device", "srv-9")
+    assert [c["carve_id"] for c in json.loads(out)] == [other.carve_id]
+    code, out, _ = await run(api, "show", "q-7")  # a request id where a carve id goes
+    assert code == 0 and "carve_id:" in out and mine.carve_id in out
+    assert "device:          laptop-17.corp.example (subject CN=laptop-17" in out
+    assert f"sha256 {DEVICE[1]}" in out
+    target = tmp_path / "by-request.tar.zst"
+    code, _, err = await run(api, "get", "q-7", "-o", str(target))
+    assert code == 0, err
+    assert target.read_bytes() == mine.data
+    code, out, _ = await run(api, "files", mine.carve_id)
+    for path, content in MEMBERS.items():
+        row = next(line for line in out.splitlines() if line.startswith(path))
+        assert row.split()[-1] == hashlib.sha256(content).hexdigest()
+    await api.carve(archive_bytes(MEMBERS, api.tmp, compress=False), request_id="q-7")
+    code, _, err = await run(api, "get", "q-7", "-o", str(tmp_path / "x"))
+    assert code == carvectl.EXIT_USAGE and "2 carves have request id q-7" in err
+    code, _, err = await run(api, "get", "no-such-request")
+    assert code == carvectl.EXIT_NOT_FOUND
+
+
+async def test_extract_checks_every_file_against_the_manifest(api: Api, tmp_path: Path) -> None:
+    carve = await api.carve(archive_bytes(MEMBERS, api.tmp, compress=True))
+    code, _, err = await run(api, "extract", carve.carve_id, "-d", str(tmp_path / "good"))
+    assert code == 0, err
+    assert (tmp_path / "good/etc/passwd").read_bytes() == MEMBERS["/etc/passwd"]
+    # The manifest says otherwise (as it would if the archive were swapped after finalize).
+    await api.stack.db["manifests"].update_one(
+        {"_id": carve.carve_id, "members.path": "/etc/passwd"},
+        {"$set": {"members.$.sha256": "0" * 64}},
+    )
+    code, _, err = await run(api, "extract", carve.carve_id, "-d", str(tmp_path / "bad"))
+    assert code == carvectl.EXIT_INTEGRITY
+    assert "etc/passwd: SHA-256" in err and "1 file(s) differ from the manifest" in err
