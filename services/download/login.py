@@ -135,7 +135,7 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 def setup_login(app: web.Application) -> None:
-    app[LIMITER] = LoginLimiter(app[keys.SETTINGS].login_per_minute)
+    """The routes; create_app sets ``app[LIMITER]``."""
     app.router.add_post("/api/v1/login", login, name="login")
     app.router.add_post("/api/v1/logout", logout, name="logout")
     app.router.add_get("/api/v1/whoami", whoami, name="whoami")

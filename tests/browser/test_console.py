@@ -4,6 +4,7 @@ download service, OpenBao, MongoDB), driven by Playwright. Every byte checked is
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -112,6 +113,12 @@ async def log_in(page: Page, username: str, password: str) -> None:
     await expect(page.locator("#carves")).to_be_visible()
 
 
+async def screenshot(page: Page, name: str) -> None:
+    """With CONSOLE_SCREENSHOTS=DIR, the page as a PNG there (docs/ holds the README's)."""
+    if folder := os.environ.get("CONSOLE_SCREENSHOTS"):
+        await page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
 async def downloaded(page: Page, selector: str) -> bytes:
     async with page.expect_download() as info:
         await page.click(selector)
@@ -143,6 +150,7 @@ async def test_responder_watches_a_carve_arrive_and_downloads_it(
     await expect(row.locator("progress")).to_have_attribute("value", "1")
     await expect(row.locator(".device")).to_have_text("laptop-17.corp.example")
     await expect(page.locator(f'tr[data-carve="{other.carve_id}"]')).to_be_visible()
+    await screenshot(page, "console-carves.png")
 
     await page.fill("input[name=request_id]", upload.request_id)
     await page.click("#filters button[type=submit]")
@@ -155,6 +163,7 @@ async def test_responder_watches_a_carve_arrive_and_downloads_it(
     for path, content in MEMBERS.items():
         sha = page.locator(f'#manifest tr[data-path="{path}"] code.sha256')
         await expect(sha).to_have_text(hashlib.sha256(content).hexdigest())
+    await screenshot(page, "console-carve.png")
     assert await downloaded(page, "#download-archive") == upload.data
     member = '#manifest tr[data-path="/var/log/auth.log"] button.download-member'
     assert await downloaded(page, member) == MEMBERS["/var/log/auth.log"]
