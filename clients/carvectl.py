@@ -17,14 +17,16 @@ Find, inspect and fetch carves::
 
 ``get`` downloads to ``FILE.part`` and resumes it with ``Range``/``If-Range`` when run again;
 the file only gets its final name once its SHA-256 matches the server's (and ``--expect-sha256``).
-``extract`` writes members under DIR at their original host path and refuses unsafe ones.
+``extract`` writes members under DIR at their original host path and refuses unsafe ones; an
+archive using what osquery never writes (GNU sparse members, pax global headers, ...) or
+decompressing past ``--max-bytes`` (default 16 GiB) is refused before anything is written.
 
 Environment: ``CARVECTL_SERVER``, ``CARVECTL_CACERT``, ``VAULT_TOKEN``, ``VAULT_ADDR``,
 ``VAULT_CACERT``, ``CARVECTL_PASSWORD``, ``XDG_CONFIG_HOME``.
 
 Exit codes: 0 ok, 1 server or network error, 2 usage, 3 HTTP 401 (log in again), 4 HTTP 403
 (token lacks the policy), 5 HTTP 404 or no member matched, 6 HTTP 409 (carve not complete),
-7 integrity failure (SHA-256 mismatch or unsafe members refused), 130 interrupted.
+7 integrity failure (SHA-256 mismatch, unsafe members or the archive refused), 130 interrupted.
 """
 
 from __future__ import annotations

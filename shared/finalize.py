@@ -223,7 +223,7 @@ class Finalizer:
         """Store the manifest (replacing one of an earlier attempt); the carve's summary field."""
         if manifest is None:
             return {}
-        row = {k: v for k, v in manifest.items() if k != "count"}
+        row = {k: v for k, v in manifest.items() if k != "count"}  # members, truncated, error...
         await self._manifest_rows.replace_one(
             {"_id": carve_id}, {**row, "built_at": datetime.now(UTC)}, upsert=True
         )

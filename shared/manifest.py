@@ -109,6 +109,7 @@ def build(
     names = seen = 0
     truncated = False
     error: str | None = None
+    reason: str | None = None  # the short code of ``error``, as tarsafe.Refused names it
     try:
         with tarsafe.open_tar(
             io.BufferedReader(raw, tarsafe.PIECE), zstd=zstd, budget=Budget(limits, cancel)
@@ -127,15 +128,21 @@ def build(
                     digest = hasher.hexdigest()
                 members.append(entry(member, digest))
     except Refused as exc:
-        error = f"{exc.reason}: {exc.message}"
+        reason, error = exc.reason, f"{exc.reason}: {exc.message}"
     except Malformed as exc:
-        error = f"malformed: {exc}"
+        reason, error = "malformed", f"malformed: {exc}"
     except Stopped:
-        error = "stopped: the finalizer gave up this pass"
+        reason, error = "stopped", "stopped: the finalizer gave up this pass"
     last = {view["path"]: index for index, view in enumerate(members)}
     for index, view in enumerate(members):
         view["superseded"] = last[view["path"]] != index
-    return {"members": members, "truncated": truncated, "error": error, "count": len(members)}
+    return {
+        "members": members,
+        "truncated": truncated,
+        "error": error,
+        "reason": reason,
+        "count": len(members),
+    }
 
 
 class ManifestPass:
@@ -155,7 +162,14 @@ class ManifestPass:
             return build(pipe, zstd=self.zstd, limits=limits, cancel=self._cancel)
         except Exception as exc:  # never let a manifest bug fail a finalize
             log.exception("manifest pass failed")
-            return {"members": [], "truncated": False, "error": f"internal: {exc!r}", "count": 0}
+            error = f"internal: {exc!r}"
+            return {
+                "members": [],
+                "truncated": False,
+                "error": error,
+                "reason": "internal",
+                "count": 0,
+            }
 
     async def _put(self, item: bytes | None) -> None:
         while not self._future.done():

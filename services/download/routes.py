@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.download import audit_api, console_api, openapi, views
+from services.download import audit_api, console_api, openapi, tar_views, views
 from services.download.login import setup_login
 from services.download.ui import setup_ui
 
@@ -16,8 +16,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(CARVE, views.get_carve, name="carve")
     app.router.add_delete(CARVE, views.delete_carve, name="delete")
     app.router.add_get(CARVE + "/archive", views.get_archive, name="archive")  # and HEAD
-    app.router.add_get(CARVE + "/files", views.list_files, name="files")
-    app.router.add_get(CARVE + "/files/{path:.+}", views.get_file, name="file")
+    app.router.add_get(CARVE + "/files", tar_views.list_files, name="files")
+    app.router.add_get(CARVE + "/files/{path:.+}", tar_views.get_file, name="file")
     app.router.add_post(CARVE + "/download-ticket", console_api.download_ticket, name="ticket")
     app.router.add_get("/api/v1/audit", audit_api.list_audit, name="audit")
     app.router.add_get("/api/v1/openapi.json", openapi.openapi, name="openapi")

@@ -30,13 +30,13 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings):
     download_write_timeout: float = Field(60.0, gt=0)
     # Tar listings and member downloads run in threads; at most this many at once.
     tar_concurrency: int = Field(8, ge=1, le=256)
-    # Tar jobs one carve, or one responder, may hold (running or waiting); more get a 429.
-    # Below tar_concurrency, so neither can occupy every worker.
+    # Tar jobs (workers) one carve, or one responder, may hold at once; more wait (past 32
+    # waiting: 429). Below tar_concurrency, so neither can occupy every worker.
     tar_jobs_per_carve: int = Field(2, ge=1, le=256)
     tar_jobs_per_responder: int = Field(4, ge=1, le=256)
     # Decompressed bytes one pass over a zstd archive may produce (skipped bytes included).
     tar_max_bytes: int = Field(16 * GiB, ge=1 * MiB)
-    # Wall time of a listing, or of a member download until its first byte.
+    # Wall time of a listing, or of a member download until its first byte (waits included).
     tar_timeout: float = Field(300.0, gt=0)
     # Members an archive may hold; more: refused (a listing's own limit is ?limit=).
     tar_max_members: int = Field(1_000_000, ge=1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 
@@ -30,49 +29,68 @@ class StreamSlots:
 
 
 class TarBusy(ClientError):
-    """This carve, or this responder, already holds its share of the tar workers."""
+    """Too many tar jobs already wait for this carve's, or this responder's, share."""
 
     status = 429
     code = "tar_busy"
 
 
+class _Share:
+    """One carve's (or responder's) share of the workers, and who holds or waits for it."""
+
+    def __init__(self, size: int) -> None:
+        self.slots = asyncio.Semaphore(size)
+        self.users = 0  # holding or waiting
+
+
 class TarJobs:
     """Admission to the tar workers: ``total`` at once, and a share per carve and per responder.
 
-    A job counts against its carve and its responder from the moment it asks (waiting
-    included), so neither one hostile carve nor one responder can hold every worker: other
-    responders' listings still get one. Over a share: TarBusy (429) at once, never a queue.
+    A job first takes a slot of its carve's share, then of its responder's, then a worker
+    (always in that order, so nobody waits in a cycle). Neither one hostile carve nor one
+    responder can hold every worker: other responders' jobs still get one. A job waiting
+    for its share holds no worker; past ``max_waiting`` users of one share: TarBusy (429).
     """
 
-    def __init__(self, total: int, per_carve: int, per_responder: int, running: Gauge) -> None:
+    def __init__(
+        self,
+        total: int,
+        per_carve: int,
+        per_responder: int,
+        running: Gauge,
+        *,
+        max_waiting: int = 32,
+    ) -> None:
         self._free = asyncio.Semaphore(total)
-        self._per = {"carve": per_carve, "responder": per_responder}
-        self._held: dict[str, collections.Counter[str]] = {
-            "carve": collections.Counter(),
-            "responder": collections.Counter(),
-        }
+        self._sizes = {"carve": per_carve, "responder": per_responder}
+        self._shares: dict[str, dict[str, _Share]] = {"carve": {}, "responder": {}}
+        self._max_users = {kind: size + max_waiting for kind, size in self._sizes.items()}
         self._running = running
 
     @contextlib.asynccontextmanager
     async def hold(self, carve_id: str, responder: str) -> AsyncIterator[None]:
         keys = {"carve": carve_id, "responder": responder}
         for kind, key in keys.items():
-            if self._held[kind][key] >= self._per[kind]:
+            share = self._shares[kind].get(key)
+            if share is not None and share.users >= self._max_users[kind]:
                 raise TarBusy(
-                    f"this {kind} already has {self._per[kind]} tar jobs: retry when one ends",
-                    limit=kind,
+                    f"too many tar jobs already wait for this {kind}: retry shortly", limit=kind
                 )
-        for kind, key in keys.items():
-            self._held[kind][key] += 1
+        shares = [self._join(kind, key) for kind, key in keys.items()]
         try:
-            async with self._free:
+            async with shares[0].slots, shares[1].slots, self._free:
                 self._running.inc()
                 try:
                     yield
                 finally:
                     self._running.dec()
         finally:
-            for kind, key in keys.items():
-                self._held[kind][key] -= 1
-                if not self._held[kind][key]:
-                    del self._held[kind][key]
+            for (kind, key), share in zip(keys.items(), shares, strict=True):
+                share.users -= 1
+                if not share.users:
+                    del self._shares[kind][key]
+
+    def _join(self, kind: str, key: str) -> _Share:
+        share = self._shares[kind].setdefault(key, _Share(self._sizes[kind]))
+        share.users += 1
+        return share

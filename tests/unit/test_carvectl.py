@@ -49,6 +49,8 @@ from clients.carvectl import (
     unsafe_reason,
 )
 from clients.osquery_sim import build_archive
+from shared import tarsafe
+from tests import hostile as hostile_tars
 
 GUID = "3f1c0a52-9a4e-4c61-8d1b-2f7e0c9b1a11"
 PREFIX = f"/tmp/osquery_carve_{GUID}"
@@ -1042,3 +1044,39 @@ def test_login_with_a_token_on_stdin(
     out = capsys.readouterr().out
     assert json.loads(out)["display_name"] == "userpass-alice"
     assert TOKEN not in out
+
+
+def test_extract_refuses_a_hostile_archive_before_writing_anything(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A good member first, then a sparse one: the validating pass refuses before any write.
+    sparse = hostile_tars.zstd(hostile_tars.sparse_10_bomb(100_000), level=19)
+    code, _ = _run(
+        ["extract", GUID, "-d", str(tmp_path / "a")], FakeService(sparse, compression="zstd"), env
+    )
+    assert code == EXIT_INTEGRITY
+    assert "refused (sparse)" in capsys.readouterr().err
+    assert list((tmp_path / "a").iterdir()) == []
+    bomb = hostile_tars.zero_bomb_zstd(64 << 20)
+    out = tmp_path / "b"
+    with pytest.raises(tarsafe.Refused) as caught:
+        extract_archive(_file(tmp_path / "bomb.zst", bomb), out, limits=tarsafe.Limits(1 << 20))
+    assert caught.value.reason == "bytes_budget"
+    assert list(out.iterdir()) == []
+    argv = ["extract", GUID, "-d", str(tmp_path / "c"), "--max-bytes", str(65 << 20)]
+    code, _ = _run(argv, FakeService(bomb, compression="zstd"), env)
+    assert code == EXIT_OK
+    assert (tmp_path / "c/var/zeros.bin").stat().st_size == 64 << 20
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_files_table_marks_unsafe_and_superseded_members() -> None:
+    unsafe = {"path": "//etc/passwd", "type": "file", "unsafe": True, "reason": "absolute path"}
+    old = {"path": "/etc/hosts", "type": "file", "unsafe": False, "superseded": True}
+    assert carvectl.file_row(unsafe)[0] == "//etc/passwd  [unsafe: absolute path]"
+    assert carvectl.file_row(old)[0] == "/etc/hosts  [superseded by a later member]"
+    assert carvectl.file_row({"path": "/etc/hosts", "unsafe": False})[0] == "/etc/hosts"

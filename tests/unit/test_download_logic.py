@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from services.download.archive import ByteRange, RangeNotSatisfiable, parse_range
 from services.download.audit import client_address, outcome_of
 from services.download.auth import Authorizer, Identity
 from services.download.members import clean_member_path, original_path
 from services.download.metrics import DownloadMetrics
-from services.download.slots import StreamSlots
+from services.download.slots import StreamSlots, TarBusy, TarJobs
 from shared.errors import Forbidden, InvalidRequest, Unauthorized, Unavailable
 from shared.vault import InvalidToken
 
@@ -219,3 +219,41 @@ def test_stream_slots_refuse_past_the_limit() -> None:
     assert slots.used == 0
     with slots.hold():  # freed slots are reused
         assert slots.used == 1
+
+
+async def test_tar_jobs_share_per_carve_and_per_responder() -> None:
+    running = Gauge("jobs", "jobs", registry=CollectorRegistry())
+    jobs = TarJobs(3, per_carve=2, per_responder=2, running=running, max_waiting=1)
+    admitted: list[str] = []
+
+    async def job(carve: str, responder: str, release: asyncio.Event) -> None:
+        async with jobs.hold(carve, responder):
+            admitted.append(f"{carve}/{responder}")
+            await release.wait()
+
+    first, second = asyncio.Event(), asyncio.Event()
+    tasks = [
+        asyncio.create_task(job("c1", "ann", first)),
+        asyncio.create_task(job("c1", "bob", first)),
+        asyncio.create_task(job("c1", "cy", second)),  # past the carve's share: waits
+        asyncio.create_task(job("c2", "ann", second)),
+        asyncio.create_task(job("c3", "ann", second)),  # past ann's share: waits
+    ]
+    await asyncio.sleep(0.05)
+    assert admitted == ["c1/ann", "c1/bob", "c2/ann"]
+    assert running._value.get() == 3
+    # One waiting per share at most: the next one is told to come back later.
+    with pytest.raises(TarBusy) as caught:
+        async with jobs.hold("c1", "dee"):
+            pass
+    assert (caught.value.status, caught.value.details) == (429, {"limit": "carve"})
+    with pytest.raises(TarBusy) as caught:
+        async with jobs.hold("c9", "ann"):
+            pass
+    assert caught.value.details == {"limit": "responder"}
+    first.set()  # c1/ann and c1/bob end: the two waiting jobs get their workers
+    await asyncio.sleep(0.05)
+    assert sorted(admitted[3:]) == ["c1/cy", "c3/ann"]
+    second.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 1)
+    assert running._value.get() == 0

@@ -1,0 +1,174 @@
+"""Responder endpoints on the tar inside a carve: its listing and one member's bytes.
+
+Each request is a tar job: admitted by TarJobs (a share per carve and per responder), run
+in a worker thread within a Budget, stopped as soon as its client has gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from aiohttp import web
+
+from services.download import keys, manifests
+from services.download.audit import AUDIT
+from services.download.auth import Identity
+from services.download.members import (
+    Abandoned,
+    ArchiveRefused,
+    ChunkFile,
+    TarSource,
+    clean_member_path,
+    list_members,
+    stream_member,
+)
+from services.download.slots import TarBusy
+from services.download.views import (
+    _authorized_carve,
+    _complete,
+    _int_param,
+    _start,
+    _write,
+)
+from shared import keys as shared_keys
+from shared.carves import Compression
+from shared.errors import NotFound
+from shared.mongo import Document
+from shared.tarsafe import Budget, Limits
+
+log = logging.getLogger(__name__)
+RESPONDER = web.RequestKey("responder", Identity)
+MAX_MEMBERS = 100_000
+# A pax header or GNU long name is read into memory whole: refuse absurd ones.
+MAX_HEADER_BYTES = 1024 * 1024
+# How often a tar job looks whether its client is still connected.
+_WATCH_INTERVAL = 0.1
+
+
+def _tar_source(request: web.Request, doc: Document) -> TarSource:
+    settings = request.app[keys.SETTINGS]
+    file = ChunkFile(
+        asyncio.get_running_loop(),
+        request.app[shared_keys.MONGO_DB][f"{settings.mongo_bucket}.chunks"],
+        doc["_id"],
+        chunk_size=doc["block_size"],
+        size=doc["carve_size"],
+        batch_bytes=settings.download_batch_bytes,
+    )
+    limits = Limits(
+        max_bytes=settings.tar_max_bytes,
+        max_seconds=settings.tar_timeout,
+        max_members=settings.tar_max_members,
+        max_header_bytes=MAX_HEADER_BYTES,
+        zstd_max_window=settings.zstd_max_window,
+    )
+    zstd = doc.get("compression") == Compression.ZSTD
+    return TarSource(file, zstd, Budget(limits, cancel=file.abandoned))
+
+
+async def _watch_client(request: web.Request, stop: threading.Event) -> None:
+    """Tell the worker to stop as soon as the client has gone (aiohttp does not cancel)."""
+    while not stop.is_set():
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            stop.set()
+            return
+        await asyncio.sleep(_WATCH_INTERVAL)
+
+
+@contextlib.asynccontextmanager
+async def _tar_job(request: web.Request, doc: Document) -> AsyncIterator[TarSource]:
+    """A tar worker's share for this request, its budget, and a watch on its client."""
+    identity = request[RESPONDER]
+    metrics = request.app[keys.METRICS]
+    source = _tar_source(request, doc)  # the time budget covers any wait for a worker
+    watcher = asyncio.create_task(_watch_client(request, source.file.abandoned))
+    try:
+        async with request.app[keys.TAR_JOBS].hold(
+            doc["_id"], identity.entity_id or identity.accessor
+        ):
+            if source.file.abandoned.is_set():
+                raise Abandoned("the client left while the job waited for a worker")
+            yield source
+    except TarBusy as exc:
+        metrics.tar_refusals.labels(f"tar_busy_{exc.details['limit']}").inc()
+        raise
+    except ArchiveRefused as exc:
+        metrics.tar_refusals.labels(exc.code).inc()
+        log.warning("carve %s: archive refused: %s", doc["_id"], exc.message)
+        raise
+    except Abandoned:
+        metrics.tar_abandoned.inc()
+        raise
+    finally:
+        source.file.abandoned.set()  # whatever happened, the worker must not go on
+        watcher.cancel()
+
+
+async def _tar_carve(request: web.Request) -> Document:
+    doc = await _authorized_carve(request)  # a token, or a download ticket (member downloads)
+    request[RESPONDER] = request[keys.IDENTITY]
+    return _complete(doc)
+
+
+async def list_files(request: web.Request) -> web.Response:
+    doc = await _tar_carve(request)
+    limit = _int_param(request, "limit", 10_000, MAX_MEMBERS)
+    if (from_manifest := await manifests.manifest_listing(request, doc, limit)) is not None:
+        return from_manifest
+    loop = asyncio.get_running_loop()
+    async with _tar_job(request, doc) as source:
+        members, truncated = await loop.run_in_executor(
+            request.app[keys.TAR_POOL], list_members, source, limit
+        )
+    body = {"carve_id": doc["_id"], "members": members, "truncated": truncated}
+    return web.json_response(body, dumps=lambda obj: orjson.dumps(obj).decode())
+
+
+def _disposition(path: str) -> str:
+    name = path.rsplit("/", 1)[-1] or "member"
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    doc = await _tar_carve(request)
+    wanted = clean_member_path(request.match_info["path"])
+    loop = asyncio.get_running_loop()
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    if sha256 := await manifests.member_sha256(request, doc, wanted):
+        response.headers["X-Carve-Member-SHA256"] = sha256
+    entry = request[AUDIT]
+    timeout = request.app[keys.SETTINGS].download_write_timeout
+
+    def on_found(member: dict[str, Any]) -> bool:
+        response.headers["Content-Disposition"] = _disposition(member["path"])
+        response.content_length = member["size"]
+        asyncio.run_coroutine_threadsafe(_start(request, response), loop).result(timeout)
+        return request.method != "HEAD"  # HEAD: headers only, or the connection desyncs
+
+    async with _tar_job(request, doc) as source:
+
+        def write(piece: bytes) -> None:
+            if source.file.abandoned.is_set():
+                raise Abandoned("the request has ended")
+            sent = _write(response, piece, timeout)
+            asyncio.run_coroutine_threadsafe(sent, loop).result(timeout + 5)
+            entry.bytes_sent += len(piece)
+
+        with request.app[keys.STREAMS].hold():
+            found = await loop.run_in_executor(
+                request.app[keys.TAR_POOL], stream_member, source, wanted, on_found, write
+            )
+    if not found:
+        raise NotFound(f"no regular file {wanted} in carve {doc['_id']}")
+    await response.write_eof()
+    return response
