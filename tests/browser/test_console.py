@@ -223,3 +223,23 @@ async def test_hostile_names_are_shown_as_text_and_run_nothing(console: Console,
     await expect(page.locator("#manifest tr[data-path='/tmp/ok.txt']")).to_be_visible()
     assert await page.locator("main img").count() == 0
     await tab.assert_clean()
+
+
+async def test_the_carve_page_follows_a_receiving_carve_to_its_files(
+    console: Console, tab: Tab
+) -> None:
+    page = tab.page
+    await log_in(page, *console.user(POLICY))
+    upload = Upload(console.ingest_url, archive_bytes(MEMBERS, console.tmp, compress=False), DEVICE)
+    await upload.start(console.http)
+    await upload.blocks(console.http, range(3))
+    await page.goto(f"/ui/#/carves/{upload.carve_id}")
+    await expect(page.locator("#why")).to_contain_text("Blocks are still arriving")
+    await expect(page.locator("dl.meta")).to_contain_text(f"3 of {upload.block_count} blocks")
+    await expect(page.locator("#download-archive")).to_have_count(0)
+    await upload.blocks(console.http, range(3, upload.block_count))
+    await expect(page.locator("#download-archive")).to_be_visible(timeout=15_000)
+    sha = page.locator('#manifest tr[data-path="/etc/hosts"] code.sha256')
+    await expect(sha).to_have_text(hashlib.sha256(MEMBERS["/etc/hosts"]).hexdigest())
+    await expect(page.locator("#why")).to_have_count(0)
+    await tab.assert_clean()
