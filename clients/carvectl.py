@@ -56,6 +56,7 @@ import hvac.exceptions
 import requests
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from clients import carvectl_lookup as lookup
 from shared import tarsafe
 from shared.vault import is_loopback
 
@@ -502,8 +503,11 @@ class Api:
         since: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        device: str | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
         query = {"status": status, "since": since, "limit": limit, "cursor": cursor}
+        query |= {"device": device, "request_id": request_id}
         return self._json(self._url(), {k: v for k, v in query.items() if v is not None})
 
     def carve(self, carve_id: str) -> Carve:
@@ -722,6 +726,7 @@ class ExtractReport:
     extracted: list[str] = dataclasses.field(default_factory=list)
     refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     unmatched: list[str] = dataclasses.field(default_factory=list)
+    files: list[str] = dataclasses.field(default_factory=list)  # regular files written
 
 
 def is_zstd(fh: IO[bytes]) -> bool:
@@ -889,6 +894,7 @@ def extract_archive(
                 extraction.member(member)
     report = extraction.report
     report.unmatched = [s for s in selectors if s not in extraction.matched]
+    report.files = sorted(extraction.files)
     return report
 
 
@@ -914,8 +920,8 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-CARVE_HEADERS = ("ID", "STATUS", "PROGRESS", "SIZE", "COMPRESSION", "CREATED")
-FILE_HEADERS = ("PATH", "TYPE", "SIZE", "MODE", "MTIME")
+CARVE_HEADERS = ("ID", "STATUS", "PROGRESS", "SIZE", "COMPRESSION", "DEVICE", "CREATED")
+FILE_HEADERS = ("PATH", "TYPE", "SIZE", "MODE", "MTIME", "SHA256")
 
 
 def carve_row(carve: Mapping[str, Any]) -> list[str]:
@@ -925,6 +931,7 @@ def carve_row(carve: Mapping[str, Any]) -> list[str]:
         format_progress(carve.get("blocks_received"), carve.get("block_count")),
         human_size(carve.get("carve_size")),
         str(carve.get("compression") or "-"),
+        printable(lookup.device_cell(carve)),
         str(carve.get("created_at") or "-"),
     ]
 
@@ -941,6 +948,7 @@ def file_row(member: Mapping[str, Any]) -> list[str]:
         human_size(member.get("size")),
         format_mode(member.get("mode")),
         str(member.get("mtime") or "-"),
+        str(member.get("sha256") or "-"),
     ]
 
 
@@ -950,6 +958,8 @@ def format_carve(carve: Mapping[str, Any]) -> str:
     for key, value in carve.items():
         if value is None:
             shown = "-"
+        elif key == "device" and isinstance(value, dict):
+            shown = lookup.device_line(value)
         elif key in ("carve_size", "block_size") and isinstance(value, int):
             shown = f"{value} ({human_size(value)})"
         elif isinstance(value, dict | list):
@@ -977,7 +987,12 @@ def cmd_list(args: argparse.Namespace, api: Api) -> int:
     seen: set[str] = set()
     while True:
         page = api.list_carves(
-            status=args.status, since=args.since, limit=args.limit, cursor=cursor
+            status=args.status,
+            since=args.since,
+            limit=args.limit,
+            cursor=cursor,
+            device=args.device,
+            request_id=args.request_id,
         )
         carves.extend(_dicts(page.get("carves"), "carves"))
         cursor = page.get("next_cursor") or None
@@ -995,8 +1010,29 @@ def cmd_list(args: argparse.Namespace, api: Api) -> int:
     return EXIT_OK
 
 
+def resolve_carve(api: Api, ident: str) -> tuple[str, Carve]:
+    """The carve named by a carve id, or by a request id that exactly one carve has."""
+    missing = CliError(
+        f"no carve {printable(ident)} (as a carve id or a request id)", EXIT_NOT_FOUND
+    )
+    if lookup.could_be_carve_id(ident):
+        try:
+            return ident, api.carve(ident)
+        except CliError as exc:
+            if exc.code != EXIT_NOT_FOUND:
+                raise
+    page = api.list_carves(request_id=ident, limit=2)
+    try:
+        found = lookup.one_match(_dicts(page.get("carves"), "carves"), ident)
+    except ValueError as exc:
+        raise CliError(f"{printable(str(exc))}: give the carve id", EXIT_USAGE) from exc
+    if found is None:
+        raise missing
+    return found, api.carve(found)
+
+
 def cmd_show(args: argparse.Namespace, api: Api) -> int:
-    carve = api.carve(args.carve_id)
+    args.carve_id, carve = resolve_carve(api, args.carve_id)
     if args.json:
         print_json(carve)
     else:
@@ -1024,7 +1060,7 @@ def default_filename(carve_id: str, carve: Mapping[str, Any]) -> str:
 
 
 def cmd_get(args: argparse.Namespace, api: Api) -> int:
-    carve = api.carve(args.carve_id)
+    args.carve_id, carve = resolve_carve(api, args.carve_id)
     named_by_user = bool(args.output) and not Path(args.output).is_dir()
     if named_by_user:
         output = Path(args.output)
@@ -1079,8 +1115,17 @@ def _extract_exit(report: ExtractReport) -> int:
     return EXIT_NOT_FOUND if report.unmatched else EXIT_OK
 
 
+def _manifest_hashes(api: Api, args: argparse.Namespace) -> dict[str, str]:
+    try:
+        listing = api.files(args.carve_id)
+    except CliError as exc:
+        warn(f"files not checked against the carve's manifest: {exc.message}")
+        return {}
+    return lookup.manifest_hashes(_dicts(listing.get("members", []), "members"))
+
+
 def cmd_extract(args: argparse.Namespace, api: Api) -> int:
-    carve = api.carve(args.carve_id)
+    args.carve_id, carve = resolve_carve(api, args.carve_id)
     dest = Path(args.directory)
     dest.mkdir(parents=True, exist_ok=True)
     archive = _temporary_archive(dest)
@@ -1109,6 +1154,11 @@ def cmd_extract(args: argparse.Namespace, api: Api) -> int:
             raise CliError(f"the archive cannot be read: {one_line(str(exc))}") from exc
     finally:
         archive.unlink(missing_ok=True)
+    # The finalizer's manifest: every extracted file is checked against its SHA-256.
+    if mismatched := lookup.check_extracted(dest, report.files, _manifest_hashes(api, args)):
+        for line in mismatched:
+            warn(printable(line))
+        raise CliError(f"{len(mismatched)} file(s) differ from the manifest", EXIT_INTEGRITY)
     if args.json:
         print_json(
             {
@@ -1302,6 +1352,8 @@ def _add_commands(sub: Any, env: Mapping[str, str]) -> None:
     listing.add_argument("--since", type=_since_arg, help="ISO 8601; naive times are UTC")
     listing.add_argument("--limit", type=_bounded_int(1000), help="page size (1-1000)")
     listing.add_argument("--all", action="store_true", help="follow next_cursor to the end")
+    listing.add_argument("--device", help="device certificate CN, or its SHA-256 fingerprint")
+    listing.add_argument("--request-id", help="the request id osquery's query printed")
 
     show = command("show", cmd_show, "show one carve")
     show.add_argument("carve_id", metavar="ID")

@@ -16,6 +16,7 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 # scripts/test-containers.sh: its own dockerd, and a Debian base image made locally.
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+[ -x /usr/bin/chromium ] || need+=(chromium)  # tests/browser drive the console with Playwright
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -54,6 +54,16 @@ class DeviceRecord(BaseModel):
     fingerprint_sha256: str
 
 
+class ManifestSummary(BaseModel):
+    """What the finalizer found in the archive (the manifest itself: ``shared.manifest``)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    members: int
+    truncated: bool
+    error: str | None = None
+
+
 class CarveRecord(BaseModel):
     """What may be shown about a carve (no node_key, no session_id)."""
 
@@ -78,6 +88,7 @@ class CarveRecord(BaseModel):
     deleted_at: datetime | None = None
     deleted_by: str | None = None
     device: DeviceRecord | None = None
+    manifest: ManifestSummary | None = None
 
     @classmethod
     def from_doc(cls, doc: Document) -> CarveRecord:

@@ -18,6 +18,10 @@ assembler died mid-way). Steps, each safe to repeat:
 4. write the GridFS files document (a duplicate from an earlier, interrupted
    attempt is fine: same content);
 5. mark the carve complete, only if the lease is still ours.
+
+Step 3 also reads the tar on the same pass and stores its manifest (``shared.manifest``):
+every member with its SHA-256, bounded; an unreadable archive still completes, with the
+reason in the manifest's ``error``.
 """
 
 from __future__ import annotations
@@ -31,12 +35,16 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from shared.carves import COLLECTION, ENDED, Compression, Status, archive_filename
+from shared.manifest import COLLECTION as MANIFESTS
+from shared.manifest import ManifestPass
+from shared.manifest import summary as manifest_summary
 from shared.mongo import Document, transient_on_outage
 from shared.protocol import ZSTD_MAGIC, expected_block_length
 
@@ -90,10 +98,13 @@ class Finalizer:
         owner: str,
         lease_seconds: float = 6.0,
         concurrency: int = 2,
+        manifests: bool = True,
     ) -> None:
         self._carves = db[COLLECTION]
         self._files = db[f"{bucket}.files"]
         self._chunks = db[f"{bucket}.chunks"]
+        self._manifests = manifests
+        self._manifest_rows = db[MANIFESTS]
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
         # Hashing streams a carve back from MongoDB: a few at a time per process keeps
@@ -166,7 +177,7 @@ class Finalizer:
     async def _finish_holding(self, doc: Document, token: str, started: float) -> Result:
         carve_id: str = doc["_id"]
         try:
-            sha256, compression = await self._hash_chunks(doc)
+            sha256, compression, manifest = await self._hash_chunks(doc)
         except _Corrupt as exc:
             log.error("carve %s cannot be finalized: %s", carve_id, exc)
             await self._carves.update_one(
@@ -194,6 +205,7 @@ class Finalizer:
             )
         except DuplicateKeyError:
             log.info("carve %s: files document already written by an earlier attempt", carve_id)
+        manifest_fields = await self._store_manifest(carve_id, manifest)
         done = await self._carves.update_one(
             {
                 "_id": carve_id,
@@ -209,6 +221,7 @@ class Finalizer:
                     "blocks_received": doc["block_count"],
                     "completed_at": now,
                     "updated_at": now,
+                    **manifest_fields,
                 },
                 "$unset": {"finalize_lease": "", "session_id": ""},
             },
@@ -230,29 +243,54 @@ class Finalizer:
         )
         return Result(Outcome.FINALIZED, chunks=doc["block_count"], sha256=sha256)
 
-    async def _hash_chunks(self, doc: Document) -> tuple[str, Compression]:
+    async def _store_manifest(
+        self, carve_id: str, manifest: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Store the manifest (replacing one of an earlier attempt); the carve's summary field."""
+        if manifest is None:
+            return {}
+        row = {k: v for k, v in manifest.items() if k != "count"}  # members, truncated, error...
+        await self._manifest_rows.replace_one(
+            {"_id": carve_id}, {**row, "built_at": datetime.now(UTC)}, upsert=True
+        )
+        if manifest["error"]:
+            log.warning("carve %s: archive not fully readable: %s", carve_id, manifest["error"])
+        return {"manifest": manifest_summary(manifest)}
+
+    async def _hash_chunks(self, doc: Document) -> tuple[str, Compression, dict[str, Any] | None]:
         carve_id = doc["_id"]
         count, size, length = doc["block_count"], doc["block_size"], doc["carve_size"]
         digest = hashlib.sha256()
         compression = Compression.NONE
+        manifest: ManifestPass | None = None  # the tar read on this same pass (shared.manifest)
         expected_n = 0
         cursor = (
             self._chunks.find({"files_id": carve_id}, {"n": 1, "data": 1, "_id": 0})
             .sort("n", 1)
             .batch_size(max(1, _BATCH_BYTES // size))
         )
-        async for chunk in cursor:
-            n, data = chunk["n"], bytes(chunk["data"])
-            want = expected_block_length(n, count, size, length) if 0 <= n < count else -1
-            if n != expected_n or len(data) != want:
-                raise _Corrupt(
-                    f"chunk {n} (len {len(data)}) where chunk {expected_n} "
-                    f"of {want} bytes was expected"
-                )
-            if n == 0 and data.startswith(ZSTD_MAGIC):
-                compression = Compression.ZSTD
-            digest.update(data)
-            expected_n += 1
-        if expected_n != count:
-            raise _Corrupt(f"{expected_n} chunks streamed, {count} expected")
-        return digest.hexdigest(), compression
+        try:
+            async for chunk in cursor:
+                n, data = chunk["n"], bytes(chunk["data"])
+                want = expected_block_length(n, count, size, length) if 0 <= n < count else -1
+                if n != expected_n or len(data) != want:
+                    raise _Corrupt(
+                        f"chunk {n} (len {len(data)}) where chunk {expected_n} "
+                        f"of {want} bytes was expected"
+                    )
+                if n == 0 and data.startswith(ZSTD_MAGIC):
+                    compression = Compression.ZSTD
+                if n == 0 and self._manifests:
+                    manifest = ManifestPass(compression is Compression.ZSTD, length)
+                digest.update(data)
+                if manifest is not None:
+                    await manifest.feed(data)
+                expected_n += 1
+            if expected_n != count:
+                raise _Corrupt(f"{expected_n} chunks streamed, {count} expected")
+        except BaseException:
+            if manifest is not None:
+                manifest.abandon()
+            raise
+        built = await manifest.finish() if manifest is not None else None
+        return digest.hexdigest(), compression, built

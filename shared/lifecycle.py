@@ -94,6 +94,7 @@ async def purge_archive(
             if carve is not None:
                 freed += sum(_chunk_length(carve, n) for _, n in found)
         await db[f"{bucket}.files"].delete_one({"_id": carve_id})
+        await db["manifests"].delete_one({"_id": carve_id})  # its names went with the bytes
     return deleted, freed
 
 

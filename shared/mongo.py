@@ -45,6 +45,10 @@ async def ensure_indexes(db: AsyncDatabase[Document], bucket: str) -> None:
     await db["carves"].create_index([("status", ASCENDING), ("updated_at", ASCENDING)])
     await db["carves"].create_index([("created_at", ASCENDING)])
     await db["audit"].create_index([("carve_id", ASCENDING), ("time", ASCENDING)])
+    # The console's lookups (request id, audit by time) and used download tickets (TTL).
+    await db["carves"].create_index([("request_id", ASCENDING)])
+    await db["audit"].create_index([("time", ASCENDING)])
+    await db["download_tickets"].create_index([("until", ASCENDING)], expireAfterSeconds=0)
 
 
 # Server errors that are about the document itself: retrying the same write cannot help.

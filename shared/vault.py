@@ -32,6 +32,10 @@ class InvalidToken(Exception):
     """Vault does not know the token (never issued, expired or revoked)."""
 
 
+class LoginRefused(Exception):
+    """Vault refused a userpass login (unknown user or wrong password)."""
+
+
 def is_loopback(host: str | None) -> bool:
     """True for localhost and loopback addresses (where plain http is not on the network)."""
     if not host:
@@ -90,6 +94,30 @@ class VaultClient:
         data.pop("id", None)  # the token itself: never kept past this point
         return data
 
+    def _userpass_login(self, mount: str, username: str, password: str) -> dict[str, Any]:
+        # A fresh client: no token of a previous call in it, none left behind.
+        client = hvac.Client(url=self._addr, verify=self._verify, timeout=self._timeout)
+        try:
+            with self._vault_errors():
+                answer = client.auth.userpass.login(username, password, mount_point=mount)
+        except hvac.exceptions.InvalidRequest as exc:
+            raise LoginRefused("invalid username or password") from exc
+        except InvalidToken as exc:
+            raise LoginRefused("invalid username or password") from exc
+        finally:
+            client.adapter.close()
+        auth: dict[str, Any] = answer["auth"]
+        return auth
+
+    def _revoke_self(self, token: str) -> None:
+        client = self._client()
+        client.token = token
+        try:
+            with self._vault_errors():
+                client.auth.token.revoke_self()
+        finally:
+            client.token = None
+
     def _health(self) -> None:
         with self._vault_errors():
             status = self._client().sys.read_health_status(method="GET", standby_ok=True)
@@ -108,6 +136,18 @@ class VaultClient:
         """
         result: dict[str, Any] = await self._run(self._lookup_self, token)
         return result
+
+    async def userpass_login(self, mount: str, username: str, password: str) -> dict[str, Any]:
+        """The ``auth`` block of a userpass login (client_token, accessor, policies...).
+
+        Raises LoginRefused for bad credentials, Unavailable when Vault cannot answer.
+        """
+        result: dict[str, Any] = await self._run(self._userpass_login, mount, username, password)
+        return result
+
+    async def revoke_self(self, token: str) -> None:
+        """Revoke ``token`` (InvalidToken when Vault no longer knows it)."""
+        await self._run(self._revoke_self, token)
 
     async def health(self) -> None:
         """Raise Unavailable unless Vault answers, unsealed and active."""

@@ -88,6 +88,11 @@ class Authorizer:
         self._metrics.auth_failures.labels("invalid").inc()
         raise Unauthorized("the Vault token is unknown, expired or revoked")
 
+    def forget(self, token: str) -> None:
+        """Drop a token's cached answer (it was just revoked: it must stop working here now)."""
+        if self._cache is not None:
+            self._cache.pop(hashlib.sha256(token.encode()).digest(), None)
+
     def require_policy(self, identity: Identity, policy: str | None = None) -> None:
         wanted = policy or self.policy
         if wanted not in identity.policies:

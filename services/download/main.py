@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from services.download import keys
+from services.download import keys, login, tickets
 from services.download.auth import Authorizer
 from services.download.metrics import DownloadMetrics
 from services.download.middlewares import responder_errors
@@ -57,6 +57,8 @@ def create_app(settings: DownloadSettings) -> web.Application:
         settings.tar_jobs_per_responder,
         app[keys.METRICS].tar_jobs,
     )
+    app[tickets.SECRET] = tickets.app_secret(settings.ticket_secret.get_secret_value())
+    app[login.LIMITER] = login.LoginLimiter(settings.login_per_minute)
     app.cleanup_ctx.extend([mongo_ctx(settings), _vault_ctx, _tar_pool_ctx])
     setup_routes(app)
     add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})

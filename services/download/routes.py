@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.download import tar_views, views
+from services.download import audit_api, console_api, openapi, tar_views, views
+from services.download.login import setup_login
+from services.download.ui import setup_ui
 
 CARVE = "/api/v1/carves/{carve_id}"
 
@@ -16,5 +18,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(CARVE + "/archive", views.get_archive, name="archive")  # and HEAD
     app.router.add_get(CARVE + "/files", tar_views.list_files, name="files")
     app.router.add_get(CARVE + "/files/{path:.+}", tar_views.get_file, name="file")
+    app.router.add_post(CARVE + "/download-ticket", console_api.download_ticket, name="ticket")
+    app.router.add_get("/api/v1/audit", audit_api.list_audit, name="audit")
+    app.router.add_get("/api/v1/openapi.json", openapi.openapi, name="openapi")
+    setup_login(app)  # login, logout, whoami
     # The original server's endpoint (and curl command).
     app.router.add_post("/file_request", views.file_request, name="file_request")
+    setup_ui(app)  # /ui/ (and / redirects there)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from shared.settings import GiB, HttpSettings, MiB, MongoSettings, ProxySettings, VaultSettings
 
@@ -37,6 +37,16 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings, ProxySettings
     zstd_max_window: int = Field(8 * MiB, ge=1 * MiB)
     # Seconds a /file_request body may take to arrive; slower: 408 and the connection closed.
     file_request_timeout: float = Field(10.0, gt=0)
+    # --- the console (services/download/tickets.py, login.py) ---
+    # Signs browser download tickets. Empty: a random secret per process (one replica only;
+    # with several, give them all the same secret, at least 32 bytes).
+    ticket_secret: SecretStr = SecretStr("")
+    # A download ticket is good for this long, once.
+    ticket_ttl: float = Field(60.0, gt=0, le=600)
+    # Logins forwarded to Vault's userpass method, per client address and per username.
+    login_per_minute: int = Field(10, ge=1, le=10_000)
+    # The Vault auth mount the console's userpass login goes to.
+    vault_userpass_mount: str = Field("userpass", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]{0,63}$")
 
     @model_validator(mode="after")
     def _check_tar_shares(self) -> DownloadSettings:

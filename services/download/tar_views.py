@@ -18,7 +18,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from services.download import keys
+from services.download import keys, manifests
 from services.download.audit import AUDIT
 from services.download.auth import Identity
 from services.download.members import (
@@ -32,14 +32,11 @@ from services.download.members import (
 )
 from services.download.slots import TarBusy
 from services.download.views import (
-    _carve_id,
+    _authorized_carve,
     _complete,
-    _header_token,
     _int_param,
-    _load,
     _start,
     _write,
-    authorize,
 )
 from shared import keys as shared_keys
 from shared.carves import Compression
@@ -117,14 +114,16 @@ async def _tar_job(request: web.Request, doc: Document) -> AsyncIterator[TarSour
 
 
 async def _tar_carve(request: web.Request) -> Document:
-    identity = await authorize(request, _header_token(request))
-    request[RESPONDER] = identity
-    return _complete(await _load(request, _carve_id(request.match_info["carve_id"])))
+    doc = await _authorized_carve(request)  # a token, or a download ticket (member downloads)
+    request[RESPONDER] = request[keys.IDENTITY]
+    return _complete(doc)
 
 
 async def list_files(request: web.Request) -> web.Response:
     doc = await _tar_carve(request)
     limit = _int_param(request, "limit", 10_000, MAX_MEMBERS)
+    if (from_manifest := await manifests.manifest_listing(request, doc, limit)) is not None:
+        return from_manifest
     loop = asyncio.get_running_loop()
     async with _tar_job(request, doc) as source:
         members, truncated = await loop.run_in_executor(
@@ -145,6 +144,8 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     wanted = clean_member_path(request.match_info["path"])
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    if sha256 := await manifests.member_sha256(request, doc, wanted):
+        response.headers["X-Carve-Member-SHA256"] = sha256
     entry = request[AUDIT]
     timeout = request.app[keys.SETTINGS].download_write_timeout
 

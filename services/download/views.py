@@ -15,10 +15,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.download import keys
+from services.download import keys, tickets
 from services.download.archive import ByteRange, parse_range, stream_chunks
 from services.download.audit import AUDIT
 from services.download.auth import Identity
+from services.download.lookups import lookup_filters
+from services.download.members import clean_member_path
 from shared import keys as shared_keys
 from shared.carves import (
     COLLECTION,
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
 MAX_PAGE = 1000
+# Routes that take a download ticket (services/download/tickets.py) instead of a token.
+TICKET_ROUTES = frozenset({"archive", "file"})
 
 
 def carve_view(doc: Document) -> dict[str, Any]:
@@ -70,6 +74,7 @@ async def authorize(request: web.Request, token: str | None) -> Identity:
     identity = await authorizer.authenticate(token)
     if (entry := request.get(AUDIT)) is not None:
         entry.identify(identity)
+    request[keys.IDENTITY] = identity
     authorizer.require_policy(identity)
     return identity
 
@@ -89,6 +94,15 @@ async def _load(request: web.Request, carve_id: str) -> Document:
 
 
 async def _authorized_carve(request: web.Request) -> Document:
+    if "ticket" in request.query and request.match_info.route.name in TICKET_ROUTES:
+        # A browser download: the ticket minted by an authorized POST stands for the token.
+        carve_id = _carve_id(request.match_info["carve_id"])
+        path = request.match_info.get("path")
+        identity = await tickets.redeem(request, carve_id, path and clean_member_path(path))
+        if (entry := request.get(AUDIT)) is not None:
+            entry.identify(identity)
+        request[keys.IDENTITY] = identity
+        return await _load(request, carve_id)
     await authorize(request, _header_token(request))
     return await _load(request, _carve_id(request.match_info["carve_id"]))
 
@@ -169,7 +183,7 @@ def _int_param(request: web.Request, name: str, default: int, high: int) -> int:
 
 
 def _list_filter(request: web.Request) -> Document:
-    query: Document = {}
+    query: Document = lookup_filters(request.query)
     if (status := request.query.get("status")) is not None:
         if status not in {s.value for s in Status}:
             raise InvalidRequest(f"status must be one of {', '.join(s.value for s in Status)}")

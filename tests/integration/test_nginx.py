@@ -691,8 +691,15 @@ async def test_responder_listener_reaches_neither_osquery_paths_nor_fleet_nor_al
         assert result.start_failed
         assert result.requests == 1  # a JSON 404: osquery gives up at once
     assert await stack.carve_doc(guid) is None
+    # The responder console is served here (and / redirects to it), with its own headers.
+    async with http.get(front.responder_url + "/", ssl=tls, allow_redirects=False) as resp:
+        assert (resp.status, resp.headers["Location"]) == (302, "/ui/")
+    async with http.get(front.responder_url + "/ui/app.js", ssl=tls) as resp:
+        assert (
+            resp.status == 200
+            and "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        )
     for method, path in [
-        ("GET", "/"),
         ("POST", "/api/osquery/enroll"),
         ("GET", "/v1/sys/health"),
         ("GET", "/v1/secret/data/x"),

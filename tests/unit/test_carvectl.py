@@ -856,7 +856,15 @@ def test_list_table_and_json_with_all_pages(
     )
     assert _run(["list", "--all", "--status", "complete", "--limit", "1"], service, env)[0] == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ID", "STATUS", "PROGRESS", "SIZE", "COMPRESSION", "CREATED"]
+    assert lines[0].split() == [
+        "ID",
+        "STATUS",
+        "PROGRESS",
+        "SIZE",
+        "COMPRESSION",
+        "DEVICE",
+        "CREATED",
+    ]
     assert lines[1].split() == [
         GUID,
         "complete",
@@ -865,6 +873,7 @@ def test_list_table_and_json_with_all_pages(
         "0",
         "B",
         "none",
+        "-",  # no device certificate recorded
         "2026-11-27T10:00:00+00:00",
     ]
     assert lines[2].split()[:6] == ["bbbbbbbb", "receiving", "1/3", "33%", "11.4", "MiB"]
@@ -909,6 +918,7 @@ def test_show_and_files(env: dict[str, str], capsys: pytest.CaptureFixture[str])
         "KiB",
         "0644",
         "2026-11-27T10:00:00+00:00",
+        "-",  # no SHA-256: a listing read from the tar, not a manifest
     ]
     assert "only the first 1 members" in err
     assert _run(["--json", "files", GUID], service, env)[0] == EXIT_OK

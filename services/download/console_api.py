@@ -1,0 +1,59 @@
+"""Console helpers of the API: minting download tickets (see tickets.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+import orjson
+from aiohttp import web
+
+from services.download import keys, tickets
+from services.download.members import clean_member_path
+from services.download.views import _authorized_carve, _complete
+from shared.errors import InvalidRequest
+
+_MAX_PATH = 4096
+
+
+async def _member_path(request: web.Request) -> str | None:
+    if not request.can_read_body:
+        return None
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise InvalidRequest("body too large") from exc
+    if not body.strip():
+        return None
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest("body must be JSON") from exc
+    if not isinstance(fields, dict):
+        raise InvalidRequest("body must be a JSON object")
+    path = fields.get("path")
+    if path is None:
+        return None
+    if not isinstance(path, str) or not 0 < len(path) <= _MAX_PATH:
+        raise InvalidRequest(f"path must be a string of 1 to {_MAX_PATH} characters")
+    return clean_member_path(path)
+
+
+async def download_ticket(request: web.Request) -> web.Response:
+    """``POST /api/v1/carves/{id}/download-ticket`` (body ``{"path": member}``, optional)."""
+    doc = _complete(await _authorized_carve(request))
+    path = await _member_path(request)
+    settings = request.app[keys.SETTINGS]
+    ticket, expires = tickets.mint(
+        request.app[tickets.SECRET], doc["_id"], path, request[keys.IDENTITY], settings.ticket_ttl
+    )
+    where = "/files" + quote(path, safe="/") if path else "/archive"
+    return web.json_response(
+        {
+            "ticket": ticket,
+            "url": f"/api/v1/carves/{doc['_id']}{where}?ticket={ticket}",
+            "path": path,
+            "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
+        },
+        headers={"Cache-Control": "no-store"},
+    )

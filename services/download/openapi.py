@@ -1,0 +1,170 @@
+"""The OpenAPI 3.1 description of the download API, served at ``/api/v1/openapi.json``.
+
+Written out by hand (the handlers are plain aiohttp), and kept honest by a test that compares
+its paths and methods with the app's router (tests/unit/test_openapi.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+_ERR = {"$ref": "#/components/responses/Error"}
+_CARVE_ID = {"name": "carve_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+_TICKET = {
+    "name": "ticket",
+    "in": "query",
+    "description": "a download ticket instead of a token (single use, about 60 s)",
+    "schema": {"type": "string"},
+}
+
+
+def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+def _op(summary: str, *params: dict[str, Any], ok: str = "OK", **extra: Any) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "parameters": list(params),
+        "responses": {"200": {"description": ok}, "4XX": _ERR, "5XX": _ERR},
+        **extra,
+    }
+
+
+def _json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+_BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}
+_LIST = (
+    _query("status", "receiving, complete, failed, expired or deleted"),
+    _query("since", "created at or after (ISO 8601 with a zone)", format="date-time"),
+    _query("request_id", "the request id osquery printed (exact)"),
+    _query("device", "device certificate subject CN, or its SHA-256 fingerprint"),
+    _query("q", "carve id prefix"),
+    _query("limit", "page size, 1 to 1000"),
+    _query("cursor", "next_cursor of the previous page"),
+)
+_AUDIT = (
+    _query("carve_id", "rows about this carve"),
+    _query("identity", "display name or entity id"),
+    _query("action", "route name: list, carve, archive, files, file, delete, login..."),
+    _query("outcome", "allowed, denied, refused, error or aborted"),
+    _query("since", "at or after (ISO 8601 with a zone)", format="date-time"),
+    _query("until", "before (ISO 8601 with a zone)", format="date-time"),
+    _query("limit", "page size, 1 to 1000"),
+    _query("cursor", "next_cursor of the previous page"),
+)
+CARVE = "/api/v1/carves/{carve_id}"
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/api/v1/carves": {"get": _op("List carves, newest first", *_LIST)},
+    CARVE: {
+        "get": _op("One carve's metadata", _CARVE_ID),
+        "delete": _op("Delete a carve's bytes (admin policy); the document stays", _CARVE_ID),
+    },
+    CARVE + "/archive": {
+        "get": _op(
+            "The archive (Range, If-Range, If-None-Match)",
+            _CARVE_ID,
+            _TICKET,
+            responses={
+                "200": _BINARY | {"description": "the archive"},
+                "206": _BINARY | {"description": "one range"},
+                "4XX": _ERR,
+                "5XX": _ERR,
+            },
+        ),
+    },
+    CARVE + "/files": {"get": _op("The carve's manifest (per-file SHA-256)", _CARVE_ID)},
+    CARVE + "/files/{path}": {
+        "get": _op("One member's bytes", _CARVE_ID, _PATH, _TICKET, ok="the member"),
+    },
+    CARVE + "/download-ticket": {
+        "post": _op(
+            "A short-lived, single-use download ticket for a browser",
+            _CARVE_ID,
+            requestBody=_json_body(
+                {"type": "object", "properties": {"path": {"type": "string"}}}, required=False
+            ),
+        ),
+    },
+    "/api/v1/audit": {"get": _op("The audit trail (admin policy)", *_AUDIT)},
+    "/api/v1/login": {
+        "post": _op(
+            "Vault userpass login, forwarded (rate limited)",
+            security=[],
+            requestBody=_json_body(
+                {
+                    "type": "object",
+                    "required": ["username", "password"],
+                    "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+                }
+            ),
+        ),
+    },
+    "/api/v1/logout": {"post": _op("Revoke the caller's token")},
+    "/api/v1/whoami": {"get": _op("The caller's identity and what it may do")},
+    "/api/v1/openapi.json": {"get": _op("This document", security=[])},
+    "/file_request": {
+        "post": _op(
+            "The original server's endpoint: token and carve id in the body",
+            security=[],
+            requestBody=_json_body(
+                {
+                    "type": "object",
+                    "required": ["token", "file_carve_guid"],
+                    "properties": {
+                        "token": {"type": "string"},
+                        "token_accessor": {"type": "string"},
+                        "file_carve_guid": {"type": "string"},
+                    },
+                }
+            ),
+        ),
+    },
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "osquery carve server: download API", "version": "1"},
+    "security": [{"vaultToken": []}, {"bearer": []}],
+    "paths": PATHS,
+    "components": {
+        "securitySchemes": {
+            "vaultToken": {"type": "apiKey", "in": "header", "name": "X-Vault-Token"},
+            "bearer": {"type": "http", "scheme": "bearer"},
+        },
+        "responses": {
+            "Error": {
+                "description": "a JSON error: {error, code, ...details}",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["error", "code"],
+                            "properties": {
+                                "error": {"type": "string"},
+                                "code": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    },
+}
+_BODY = orjson.dumps(DOCUMENT)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_BODY, content_type="application/json")

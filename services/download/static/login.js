@@ -1,0 +1,81 @@
+import { api, explain, session } from "./api.js";
+import { h, replace } from "./dom.js";
+
+function errorBox(error) {
+  const { title, detail } = explain(error);
+  return h("div", { class: "error", role: "alert" }, h("h2", {}, title), h("p", {}, detail));
+}
+
+export function renderLogin(view, { onLogin, message }) {
+  const out = h("div", { id: "login-result" });
+  if (message) out.append(h("div", { class: "info", role: "alert" }, message));
+  const finish = async (token) => {
+    session.set(token);
+    try {
+      session.me = await api("/api/v1/whoami");
+    } catch (error) {
+      session.clear();
+      replace(out, errorBox(error));
+      return;
+    }
+    onLogin();
+  };
+  const username = h("input", { name: "username", autocomplete: "username", required: true });
+  const password = h("input", {
+    name: "password", type: "password", autocomplete: "current-password", required: true,
+  });
+  const userpass = h(
+    "form",
+    { class: "stack", id: "userpass-form" },
+    h("label", {}, "Username", username),
+    h("label", {}, "Password", password),
+    h("button", { type: "submit", class: "primary" }, "Log in"),
+  );
+  userpass.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    replace(out);
+    try {
+      const answer = await api("/api/v1/login", {
+        method: "POST",
+        auth: false,
+        body: { username: username.value, password: password.value },
+      });
+      password.value = "";
+      await finish(answer.token);
+    } catch (error) {
+      password.value = "";
+      replace(out, errorBox(error));
+    }
+  });
+  const pasted = h("input", { name: "token", type: "password", autocomplete: "off", required: true });
+  const tokenForm = h(
+    "form",
+    { class: "stack", id: "token-form" },
+    h("label", {}, "Vault token", pasted),
+    h("button", { type: "submit" }, "Use this token"),
+  );
+  tokenForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const token = pasted.value.trim();
+    pasted.value = "";
+    replace(out);
+    await finish(token);
+  });
+  replace(
+    view,
+    h("h1", {}, "Sign in"),
+    h(
+      "div",
+      { class: "login" },
+      h("section", {}, h("h2", {}, "Vault username and password"), userpass),
+      h(
+        "section",
+        {},
+        h("h2", {}, "Vault token"),
+        h("p", { class: "muted" }, "For SSO: log in with `bao login -method=oidc` (or vault), then paste the token."),
+        tokenForm,
+      ),
+    ),
+    out,
+  );
+}

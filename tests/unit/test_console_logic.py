@@ -1,0 +1,108 @@
+"""Pure parts of the console's API: the OpenAPI document, tickets, the login limiter, manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import time
+
+import pytest
+
+from services.download import tickets
+from services.download.auth import Identity
+from services.download.login import LoginLimiter
+from services.download.lookups import device_filter, lookup_filters
+from services.download.main import create_app
+from services.download.openapi import DOCUMENT
+from services.download.settings import DownloadSettings
+from shared.errors import Forbidden, InvalidRequest
+from shared.manifest import build, manifest_limits
+
+WHO = Identity("userpass-ann", "ent-1", "acc-1", frozenset({"p"}))
+
+
+def test_openapi_document_matches_the_routes() -> None:
+    app = create_app(DownloadSettings())
+    routes = {
+        (r.method.lower(), r.resource.canonical)
+        for r in app.router.routes()
+        if r.resource is not None
+        and r.method != "HEAD"
+        and (r.resource.canonical.startswith("/api/") or r.resource.canonical == "/file_request")
+    }
+    routes = {(m, p.replace("{path:.+}", "{path}")) for m, p in routes}
+    documented = {(m, p) for p, ops in DOCUMENT["paths"].items() for m in ops}
+    assert routes == documented
+    assert len(routes) == 13
+
+
+def test_tickets_verify_only_unexpired_untampered() -> None:
+    secret = tickets.app_secret("")
+    ticket, expires = tickets.mint(secret, "c1", "/etc/hosts", WHO, ttl=60)
+    got = tickets.verify(secret, ticket)
+    assert (got.carve_id, got.path, got.identity.display_name) == (
+        "c1",
+        "/etc/hosts",
+        WHO.display_name,
+    )
+    assert 59 < expires - time.time() <= 60.01  # rounded to the millisecond
+    with pytest.raises(Forbidden, match="expired"):
+        tickets.verify(secret, ticket, now=expires + 1)
+    with pytest.raises(Forbidden, match="signature"):
+        tickets.verify(tickets.app_secret(""), ticket)  # another replica's random secret
+    _body, mac = ticket.split(".")
+    forged = tickets.mint(secret, "c2", None, WHO, 60)[0].split(".")[0]
+    for bad in (f"{forged}.{mac}", "x", "a.b.c", "é." * 3000):
+        with pytest.raises(Forbidden):
+            tickets.verify(secret, bad)
+    shared = tickets.app_secret("s" * 32)
+    assert tickets.verify(tickets.app_secret("s" * 32), tickets.mint(shared, "c", None, WHO, 5)[0])
+    with pytest.raises(ValueError, match="32 bytes"):
+        tickets.app_secret("short")
+
+
+def test_login_limiter_slides_per_key() -> None:
+    limiter = LoginLimiter(3)
+    assert [limiter.allow("ip", "u1", now=t) for t in (0, 1, 2)] == [0, 0, 0]
+    assert limiter.allow("ip", "u2", now=3) > 0  # the address is used up, whoever tries
+    assert limiter.allow("other", "u1", now=30) > 0  # and so is the user, from anywhere
+    assert limiter.allow("other", "u1", now=60.5) == 0  # the first try left the window
+
+
+def test_lookup_filters_never_pass_patterns() -> None:
+    assert lookup_filters({"q": "ab-1"}) == {"_id": {"$regex": "^ab\\-1"}}
+    assert device_filter("AB:" * 31 + "CD") == {"device.fingerprint_sha256": "ab" * 31 + "cd"}
+    assert device_filter("host.example") == {"device.common_name": "host.example"}
+    for bad in ({"q": "a.*"}, {"q": ""}, {"device": "x\n"}, {"request_id": "r" * 257}):
+        with pytest.raises(InvalidRequest):
+            lookup_filters(bad)
+
+
+def _tar(members: list[tuple[str, bytes]]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return raw.getvalue()
+
+
+def test_manifest_bounds_duplicates_and_unsafe_names() -> None:
+    data = _tar([("a", b"1"), ("../evil", b"2"), ("a", b"3"), ("b/c", b"4")])
+    got = build(io.BytesIO(data), zstd=False, limits=manifest_limits(len(data)))
+    paths = [(m["path"], m["unsafe"], m["superseded"]) for m in got["members"]]
+    # The first "a" is superseded by the second (the one extraction leaves); ".." is flagged.
+    assert paths == [
+        ("/a", False, True),
+        ("../evil", True, False),
+        ("/a", False, False),
+        ("/b/c", False, False),
+    ]
+    assert got["members"][2]["sha256"] == hashlib.sha256(b"3").hexdigest()
+    assert got["error"] is None and not got["truncated"]
+    few = build(io.BytesIO(data), zstd=False, limits=manifest_limits(len(data)), max_entries=2)
+    assert (few["count"], few["truncated"]) == (2, True)
+    cut = build(io.BytesIO(data[:700]), zstd=False, limits=manifest_limits(700))
+    assert cut["error"].startswith("malformed") and cut["count"] == 1
