@@ -508,9 +508,10 @@ def test_every_variable_without_a_usable_default_is_set(rendered: Rendering) -> 
 
 
 def test_urls_come_from_secrets_only(rendered: Rendering) -> None:
+    """URLs (they carry passwords) and keys come from Secrets, everything else never does."""
     for workload in rendered.workloads():
         for variable, value in rendered.environment(workload).items():
-            secret = variable.endswith("_URL")
+            secret = variable.endswith(("_URL", "_SECRET"))
             assert isinstance(value, SecretRef) is secret, f"{workload.service}: {variable}"
 
 
