@@ -17,13 +17,12 @@ import posixpath
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
 from services.download.archive import fetch_window
-from shared import tarsafe
+from shared import manifest, tarsafe
 from shared.errors import ClientError, InvalidRequest
 from shared.mongo import Document
 from shared.tarsafe import Budget, Member, TarReader
@@ -67,30 +66,12 @@ def clean_member_path(path: str) -> str:
     return "/" + "/".join(parts)
 
 
-def _mtime(member: Member) -> str | None:
-    try:
-        return datetime.fromtimestamp(member.mtime, UTC).isoformat()
-    except (OverflowError, ValueError, OSError):  # a host can write any number there
-        return None
-
-
 def member_view(member: Member) -> dict[str, Any]:
-    """A member as listed: unsafe ones keep their raw stripped path and say why."""
-    name = tarsafe.display_name(member.name)
-    reason = tarsafe.unsafe_reason(member.kind, member.name, member.linkname)
-    stripped = tarsafe.display_name(tarsafe.stripped_path(member.name))
-    return {
-        "path": original_path(name) if reason is None else stripped,
-        "name": name,
-        "type": member.kind,
-        "size": member.size,
-        "mode": member.mode,
-        "mtime": _mtime(member),
-        "link": tarsafe.display_name(member.linkname) if member.linkname else None,
-        "unsafe": reason is not None,
-        "reason": reason,
-        "superseded": False,
-    }
+    """A member as listed: unsafe ones keep their raw stripped path and say why (the same
+    entry as the finalize-time manifest's, without a SHA-256: the tar is not hashed here)."""
+    view = manifest.entry(member, None)
+    del view["sha256"]
+    return view
 
 
 class ChunkFile(io.RawIOBase):
