@@ -70,7 +70,6 @@ STATUSES = ("receiving", "complete", "failed", "expired", "deleted")
 CHUNK_SIZE = 1 << 20
 # Connect, then per-read: a stalled stream fails instead of hanging a responder's terminal.
 TIMEOUT = (10.0, 120.0)
-ZSTD_MAGIC = tarsafe.reader.ZSTD_MAGIC
 # osquery's carves.sha256 when it did not hash the file.
 NOT_HASHED = "-1"
 SHA256_RE = re.compile(r"[0-9a-f]{64}")

@@ -1,6 +1,6 @@
 """Simulate osquery's file-carve upload client, as a library and as a load-generating CLI.
 
-It reproduces what osquery 5.21 to 5.23 put on the wire (docs: osquery-carve-protocol.md):
+It reproduces what osquery 5.21 to 5.23 put on the wire (docs/osquery-protocol.md):
 
 * the archive: a POSIX pax tar whose members are named
   ``/tmp/osquery_carve_<guid>/<original absolute path>`` (mode 0644, mtime 0, as libarchive
@@ -53,7 +53,6 @@ import zstandard
 
 logger = logging.getLogger(__name__)
 
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CARVE_DIR_PREFIX = "/tmp/osquery_carve_"
 
 # The values osquery writes in its carves table's status column.

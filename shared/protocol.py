@@ -1,8 +1,8 @@
 """The osquery carve protocol: request models and the geometry rules.
 
-See ../shared/docs/osquery-carve-protocol.md. Unknown keys are ignored so a
-newer client keeps working; known keys are checked strictly (``1.0`` or
-``true`` is not a block id).
+See docs/osquery-protocol.md (what osquery sends and how it judges replies).
+Unknown keys are ignored so a newer client keeps working; known keys are
+checked strictly (``1.0`` or ``true`` is not a block id).
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ from typing import IO, Any
 
 import zstandard
 
+from shared.protocol import ZSTD_MAGIC
 from shared.tarsafe import headers
 from shared.tarsafe.headers import BLOCK, Header
 from shared.tarsafe.limits import Budget, Malformed, Refused
 
 PIECE = 256 * 1024
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Extended headers (pax, GNU long names) in a row before a member's own header.
 _MAX_CHAIN = 4
 

@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 
 from clients.osquery_sim import (
-    ZSTD_MAGIC,
     build_archive,
     build_synthetic_archive,
     carve,
@@ -19,6 +18,7 @@ from clients.osquery_sim import (
     request_headers,
     start_body,
 )
+from shared.protocol import ZSTD_MAGIC
 from tests.stack import Stack, scrape
 from tests.uploads import Upload, random_bytes
 

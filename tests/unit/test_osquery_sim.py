@@ -22,7 +22,6 @@ from aiohttp.test_utils import TestServer
 
 from clients import osquery_sim
 from clients.osquery_sim import (
-    ZSTD_MAGIC,
     CarveResult,
     build_archive,
     build_synthetic_archive,
@@ -35,6 +34,7 @@ from clients.osquery_sim import (
     percentile,
     synthetic_pieces,
 )
+from shared.protocol import ZSTD_MAGIC
 
 GUID = "3f1c0a52-9a4e-4c61-8d1b-2f7e0c9b1a11"
 FAST = (0.01, 0.01)
