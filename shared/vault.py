@@ -109,6 +109,34 @@ class VaultClient:
         auth: dict[str, Any] = answer["auth"]
         return auth
 
+    def _oidc_auth_url(self, mount: str, role: str, redirect_uri: str) -> str:
+        client = hvac.Client(url=self._addr, verify=self._verify, timeout=self._timeout)
+        try:
+            with self._vault_errors():
+                answer = client.write(
+                    f"auth/{mount}/oidc/auth_url", role=role, redirect_uri=redirect_uri
+                )
+        finally:
+            client.adapter.close()
+        url = str(((answer or {}).get("data") or {}).get("auth_url") or "")
+        if not url.startswith(("https://", "http://")):
+            raise LoginRefused("Vault gave no OIDC authorization URL (check the role)")
+        return url
+
+    def _oidc_callback(self, mount: str, state: str, code: str) -> dict[str, Any]:
+        client = hvac.Client(url=self._addr, verify=self._verify, timeout=self._timeout)
+        try:
+            with self._vault_errors():
+                answer = client.adapter.get(
+                    f"/v1/auth/{mount}/oidc/callback", params={"state": state, "code": code}
+                )
+        except (hvac.exceptions.InvalidRequest, InvalidToken) as exc:
+            raise LoginRefused("the single sign-on was refused") from exc
+        finally:
+            client.adapter.close()
+        auth: dict[str, Any] = answer["auth"]
+        return auth
+
     def _revoke_self(self, token: str) -> None:
         client = self._client()
         client.token = token
@@ -143,6 +171,16 @@ class VaultClient:
         Raises LoginRefused for bad credentials, Unavailable when Vault cannot answer.
         """
         result: dict[str, Any] = await self._run(self._userpass_login, mount, username, password)
+        return result
+
+    async def oidc_auth_url(self, mount: str, role: str, redirect_uri: str) -> str:
+        """Where to send the browser to sign in with Vault's OIDC method (``auth_url``)."""
+        result: str = await self._run(self._oidc_auth_url, mount, role, redirect_uri)
+        return result
+
+    async def oidc_callback(self, mount: str, state: str, code: str) -> dict[str, Any]:
+        """The ``auth`` block for the provider's answer; LoginRefused if Vault refuses it."""
+        result: dict[str, Any] = await self._run(self._oidc_callback, mount, state, code)
         return result
 
     async def revoke_self(self, token: str) -> None:

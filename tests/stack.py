@@ -130,10 +130,10 @@ class Stack:
             await self.mongo.drop_database(self.db.name)
         await self.mongo.close()
 
-    async def _serve(self, app: web.Application) -> RunningApp:
+    async def _serve(self, app: web.Application, port: int | None = None) -> RunningApp:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await runner.setup()
-        port = free_port()
+        port = port or free_port()
         await web.TCPSite(runner, HOST, port).start()
         running = RunningApp(app, runner, f"http://{HOST}:{port}")
         self.apps.append(running)
@@ -149,8 +149,10 @@ class Stack:
     async def start_assembler(self, **overrides: Any) -> RunningApp:
         return await self._serve(create_assembler(self._settings(AssemblerSettings, overrides)))
 
-    async def start_download(self, **overrides: Any) -> RunningApp:
-        return await self._serve(create_download(self._settings(DownloadSettings, overrides)))
+    async def start_download(self, port: int | None = None, **overrides: Any) -> RunningApp:
+        """A download service (on ``port`` when its URL must be known before it starts)."""
+        settings = self._settings(DownloadSettings, overrides)
+        return await self._serve(create_download(settings), port)
 
     async def start_janitor(
         self, clock: Clock = utc_now, *, loop: bool = False, **overrides: Any

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # Route names whose requests are audited: every responder request (a listing shows carves too).
 AUDITED = frozenset({"list", "carve", "archive", "files", "file", "file_request", "delete"})
 # The console's additions (services/download/console_api.py, audit_api.py, login.py).
-AUDITED |= {"ticket", "audit", "login", "logout"}
+AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"}
 
 
 def _error(http_status: int, code: str, message: str, /, **details: object) -> web.Response:

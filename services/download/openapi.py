@@ -112,6 +112,23 @@ PATHS: dict[str, dict[str, Any]] = {
             ),
         ),
     },
+    "/api/v1/login/oidc": {
+        "get": _op("Whether single sign-on (Vault's OIDC method) is configured", security=[]),
+        "post": _op("Where to send the browser to sign in (Vault's auth_url)", security=[]),
+    },
+    "/api/v1/login/oidc/callback": {
+        "post": _op(
+            "The provider's code and state, exchanged by Vault for a token (rate limited)",
+            security=[],
+            requestBody=_json_body(
+                {
+                    "type": "object",
+                    "required": ["code", "state"],
+                    "properties": {"code": {"type": "string"}, "state": {"type": "string"}},
+                }
+            ),
+        ),
+    },
     "/api/v1/logout": {"post": _op("Revoke the caller's token")},
     "/api/v1/whoami": {"get": _op("The caller's identity and what it may do")},
     "/api/v1/openapi.json": {"get": _op("This document", security=[])},

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from services.download import audit_api, console_api, openapi, tar_views, views
 from services.download.login import setup_login
+from services.download.oidc import setup_oidc
 from services.download.ui import setup_ui
 
 CARVE = "/api/v1/carves/{carve_id}"
@@ -22,6 +23,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/audit", audit_api.list_audit, name="audit")
     app.router.add_get("/api/v1/openapi.json", openapi.openapi, name="openapi")
     setup_login(app)  # login, logout, whoami
+    setup_oidc(app)  # single sign-on through Vault's OIDC method
     # The original server's endpoint (and curl command).
     app.router.add_post("/file_request", views.file_request, name="file_request")
     setup_ui(app)  # /ui/ (and / redirects there)

@@ -47,6 +47,12 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings, ProxySettings
     login_per_minute: int = Field(10, ge=1, le=10_000)
     # The Vault auth mount the console's userpass login goes to.
     vault_userpass_mount: str = Field("userpass", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]{0,63}$")
+    # Single sign-on through Vault's OIDC method: the console offers it when a role is set.
+    vault_oidc_mount: str = Field("oidc", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]{0,63}$")
+    vault_oidc_role: str = Field("", pattern=r"^([A-Za-z0-9_.-]{1,128})?$")
+    # The console's address as responders' browsers see it (ending /ui/); it must be among
+    # the role's allowed_redirect_uris.
+    oidc_redirect_uri: str = Field("", pattern=r"^(https?://[^\s?#]+/ui/)?$")
 
     @model_validator(mode="after")
     def _check_tar_shares(self) -> DownloadSettings:

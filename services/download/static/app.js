@@ -97,5 +97,38 @@ document.getElementById("logout").addEventListener("click", async () => {
   go("#/carves", true);
 });
 
-window.addEventListener("hashchange", route);
-route();
+// Back from the identity provider (single sign-on): /ui/?code=...&state=... Take the code out
+// of the address at once (history, screenshots), then let Vault exchange it for a token.
+async function finishSingleSignOn() {
+  const query = new URLSearchParams(location.search);
+  const code = query.get("code");
+  const state = query.get("state");
+  if (!code || !state) return null;
+  history.replaceState(null, "", location.pathname + "#/carves");
+  try {
+    const answer = await api("/api/v1/login/oidc/callback", {
+      method: "POST",
+      auth: false,
+      body: { code, state },
+    });
+    session.set(answer.token);
+    return null;
+  } catch (error) {
+    return `Single sign-on failed: ${explain(error).title}`;
+  }
+}
+
+async function start() {
+  const problem = await finishSingleSignOn();
+  if (problem) {
+    const view = h("div", {});
+    main.replaceChildren(view);
+    showHeader();
+    renderLogin(view, { onLogin: () => go("#/carves", true), message: problem });
+  } else {
+    route();
+  }
+  window.addEventListener("hashchange", route);
+}
+
+start();

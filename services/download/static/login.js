@@ -61,9 +61,29 @@ export function renderLogin(view, { onLogin, message }) {
     replace(out);
     await finish(token);
   });
+  const sso = h("section", { id: "sso", hidden: true });
+  const ssoButton = h("button", { type: "button", class: "primary", id: "sso-button" },
+    "Sign in with single sign-on");
+  ssoButton.addEventListener("click", async () => {
+    replace(out);
+    try {
+      const answer = await api("/api/v1/login/oidc", { method: "POST", auth: false });
+      const target = new URL(answer.auth_url);
+      if (target.protocol !== "https:" && target.protocol !== "http:") throw new Error("bad auth_url");
+      window.location.assign(target.href);
+    } catch (error) {
+      replace(out, errorBox(error));
+    }
+  });
+  sso.append(h("h2", {}, "Single sign-on"), h("p", { class: "muted" },
+    "Your organisation's identity provider, through Vault's OIDC method."), ssoButton);
+  api("/api/v1/login/oidc", { auth: false }).then((answer) => {
+    sso.hidden = !answer.enabled;
+  }, () => {});
   replace(
     view,
     h("h1", {}, "Sign in"),
+    sso,
     h(
       "div",
       { class: "login" },
@@ -72,7 +92,7 @@ export function renderLogin(view, { onLogin, message }) {
         "section",
         {},
         h("h2", {}, "Vault token"),
-        h("p", { class: "muted" }, "For SSO: log in with `bao login -method=oidc` (or vault), then paste the token."),
+        h("p", { class: "muted" }, "A token from `bao login` (any method) works too."),
         tokenForm,
       ),
     ),

@@ -1,0 +1,110 @@
+"""Single sign-on for the console: Vault's OIDC method, forwarded so the browser sees one origin.
+
+The authorization-code flow, with Vault as the OIDC client (it holds the client secret and
+checks the provider's ID token):
+
+1. ``POST /api/v1/login/oidc``: this service asks Vault for an ``auth_url`` (role
+   ``CARVE_VAULT_OIDC_ROLE``, redirect ``CARVE_OIDC_REDIRECT_URI``); the console sends the
+   browser there.
+2. The provider signs the responder in and sends the browser back to the console
+   (``/ui/?code=...&state=...``).
+3. ``POST /api/v1/login/oidc/callback`` with that code and state: this service hands them
+   to Vault's callback, which exchanges the code, validates the ID token (issuer, audience,
+   signature, the nonce Vault chose in step 1) and returns a Vault token with the role's
+   policies. The answer is the same as a userpass login's.
+
+``GET /api/v1/login/oidc`` says whether SSO is configured. Attempts share the userpass
+login's limiter (per client address); everything is audited like the other logins.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+from aiohttp import web
+
+from services.download import keys
+from services.download.audit import AUDIT
+from services.download.login import LIMITER, whoami_view
+from shared.errors import InvalidRequest, LimitExceeded, NotFound, Unauthorized
+from shared.vault import LoginRefused
+
+# What Vault's state and a provider's code look like: opaque, URL-safe, bounded.
+_OPAQUE = re.compile(r"[A-Za-z0-9._~+/=-]{1,2048}")
+
+
+def _configured(request: web.Request) -> bool:
+    settings = request.app[keys.SETTINGS]
+    return bool(settings.vault_oidc_role and settings.oidc_redirect_uri)
+
+
+def _limit(request: web.Request) -> None:
+    wait = request.app[LIMITER].allow("client:" + request[AUDIT].client)
+    if wait:
+        raise LimitExceeded(
+            "too many login attempts: wait a minute", "login_rate", retry_after=round(wait)
+        )
+
+
+async def sso_status(request: web.Request) -> web.Response:
+    return web.json_response({"enabled": _configured(request)})
+
+
+async def sso_start(request: web.Request) -> web.Response:
+    if not _configured(request):
+        raise NotFound("single sign-on is not configured (CARVE_VAULT_OIDC_ROLE)")
+    _limit(request)
+    settings = request.app[keys.SETTINGS]
+    url = await request.app[keys.VAULT].oidc_auth_url(
+        settings.vault_oidc_mount, settings.vault_oidc_role, settings.oidc_redirect_uri
+    )
+    return web.json_response({"auth_url": url}, headers={"Cache-Control": "no-store"})
+
+
+def _code_and_state(body: bytes) -> tuple[str, str]:
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest('body must be JSON: {"code": ..., "state": ...}') from exc
+    code = fields.get("code") if isinstance(fields, dict) else None
+    state = fields.get("state") if isinstance(fields, dict) else None
+    if not (isinstance(code, str) and _OPAQUE.fullmatch(code)):
+        raise InvalidRequest("code is missing or malformed")
+    if not (isinstance(state, str) and _OPAQUE.fullmatch(state)):
+        raise InvalidRequest("state is missing or malformed")
+    return code, state
+
+
+async def sso_callback(request: web.Request) -> web.Response:
+    if not _configured(request):
+        raise NotFound("single sign-on is not configured (CARVE_VAULT_OIDC_ROLE)")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise InvalidRequest("body too large") from exc
+    code, state = _code_and_state(body)
+    _limit(request)
+    settings = request.app[keys.SETTINGS]
+    try:
+        auth = await request.app[keys.VAULT].oidc_callback(settings.vault_oidc_mount, state, code)
+    except LoginRefused as exc:
+        request.app[keys.METRICS].auth_failures.labels("login").inc()
+        raise Unauthorized("the single sign-on was refused; start again") from exc
+    token = str(auth["client_token"])
+    identity = await request.app[keys.AUTHORIZER].authenticate(token)
+    request[AUDIT].identify(identity)
+    return web.json_response(
+        {
+            "token": token,
+            "lease_duration": auth.get("lease_duration"),
+            **whoami_view(request, identity),
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def setup_oidc(app: web.Application) -> None:
+    app.router.add_get("/api/v1/login/oidc", sso_status, name="login_sso_status")
+    app.router.add_post("/api/v1/login/oidc", sso_start, name="login_sso")
+    app.router.add_post("/api/v1/login/oidc/callback", sso_callback, name="login_sso_callback")
