@@ -58,7 +58,7 @@ class Outcome(StrEnum):
     FINALIZED = "finalized"
     NOT_READY = "not_ready"  # chunks still missing
     BUSY = "busy"  # another finalizer holds the lease
-    ALREADY = "already"  # not receiving any more (complete, failed, expired) or unknown
+    NOT_RECEIVING = "not_receiving"  # complete, failed, expired, deleted, or unknown
     CORRUPT = "corrupt"  # stored chunks do not match the carve's geometry: marked failed
 
 
@@ -116,7 +116,7 @@ class Finalizer:
         with transient_on_outage("finalize"):
             doc = await self._carves.find_one({"_id": carve_id})
             if doc is None or doc["status"] != Status.RECEIVING:
-                return Result(Outcome.ALREADY)
+                return Result(Outcome.NOT_RECEIVING)
             count = await self._chunks.count_documents({"files_id": carve_id})
             if count < doc["block_count"]:
                 # The assemblers' counter can fall short after a crash: keep the exact count

@@ -34,12 +34,21 @@ class ProgressStore(Protocol):
 
 @dataclass
 class _Entry:
-    pending: int = 0
+    pending: int = 0  # chunks written since the last progress write
     last_write: float = 0.0
-    dirty: bool = False
+    dirty: bool = False  # a chunk came since the finalizer last looked
 
 
 class CarveTracker:
+    """Per carve this process wrote to: buffered progress, and a finalizer look once idle.
+
+    ``note`` is called for every stored block; a background task (``start``/``stop``)
+    writes progress every ``interval`` and, for carves quiet for ``idle`` seconds, asks the
+    finalizer. Carves untouched for ``forget_after`` seconds are dropped. Nothing here is
+    needed for correctness: the durable completion trigger and the janitor finish carves a
+    dead process knew about; the tracker only makes completion and progress prompt.
+    """
+
     def __init__(
         self,
         progress: ProgressStore,
@@ -109,7 +118,7 @@ class CarveTracker:
                 # Cleared only now: a note() that came during the call keeps it due.
                 if entry.last_write <= now:
                     entry.dirty = False
-                if result.outcome in (Outcome.FINALIZED, Outcome.ALREADY, Outcome.CORRUPT):
+                if result.outcome in (Outcome.FINALIZED, Outcome.NOT_RECEIVING, Outcome.CORRUPT):
                     self._carves.pop(carve_id, None)
             elif idle_for >= self._forget_after:
                 self._carves.pop(carve_id, None)

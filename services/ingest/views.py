@@ -122,7 +122,7 @@ class _Peeked:
     prefix: bytes
     session: Session | None
     seen: bool
-    hint: int | None
+    block_id: int | None  # read from the first bytes (the full parse confirms it)
     limit: int
 
 
@@ -131,11 +131,11 @@ async def _peek(request: web.Request) -> _Peeked:
     global_limit = max_block_body(settings.max_block_size)
     check_declared_length(request, global_limit)
     prefix = await read_prefix(request, PEEK_BYTES)
-    hint = peek_block_id(prefix)
+    block_id = peek_block_id(prefix)
     if (peeked := peek_session_id(prefix)) is None:
-        return _Peeked(prefix, None, False, hint, global_limit)
-    session, seen = await request.app[keys.SESSIONS].get(peeked, hint)
-    return _Peeked(prefix, session, seen, hint, max_block_body(session.block_size))
+        return _Peeked(prefix, None, False, block_id, global_limit)
+    session, seen = await request.app[keys.SESSIONS].get(peeked, block_id)
+    return _Peeked(prefix, session, seen, block_id, max_block_body(session.block_size))
 
 
 @dataclass
@@ -168,7 +168,7 @@ async def _read_block_request(request: web.Request, peeked: _Peeked) -> _Receive
     session, seen = peeked.session, peeked.seen
     if session is None or session.session_id != block.session_id:
         session, seen = await sessions.get(block.session_id, block.block_id)
-    elif peeked.hint != block.block_id:
+    elif peeked.block_id != block.block_id:
         seen = await sessions.seen(session.session_id, block.block_id)
     return _Received(block, decoded, session, seen)
 

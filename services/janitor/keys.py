@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
 
 from services.janitor.metrics import JanitorMetrics
@@ -11,5 +13,13 @@ from services.janitor.sweep import Janitor
 SETTINGS = web.AppKey("settings", JanitorSettings)
 METRICS = web.AppKey("metrics", JanitorMetrics)
 JANITOR = web.AppKey("janitor", Janitor)
-# Monotonic time of the last successful sweep (a one-item list: updated in place).
-LAST_SUCCESS: web.AppKey[list[float]] = web.AppKey("last_success")
+
+
+@dataclass
+class SweepHealth:
+    """When the last sweep succeeded (monotonic seconds): what /readyz judges."""
+
+    last_success: float
+
+
+HEALTH = web.AppKey("sweep_health", SweepHealth)

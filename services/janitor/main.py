@@ -39,7 +39,7 @@ async def run_sweep(app: web.Application, *, dry_run: bool = False) -> Report:
     if report.skipped:
         metrics.sweeps.labels("skipped").inc()
     elif not dry_run:
-        app[keys.LAST_SUCCESS][0] = time.monotonic()
+        app[keys.HEALTH].last_success = time.monotonic()
         metrics.sweeps.labels("done").inc()
         metrics.duration.observe(report.seconds)
         metrics.last_success.set(time.time())
@@ -68,7 +68,7 @@ async def _loop(app: web.Application) -> None:
 async def check_sweeping(app: web.Application) -> None:
     """Not ready when no sweep has succeeded for three intervals (plus one lease)."""
     settings = app[keys.SETTINGS]
-    last = app[keys.LAST_SUCCESS][0]
+    last = app[keys.HEALTH].last_success
     allowed = 3 * settings.janitor_interval + settings.janitor_lease
     if time.monotonic() - last > allowed:
         raise RuntimeError(f"no successful sweep for {time.monotonic() - last:.0f} s")
@@ -104,7 +104,7 @@ def create_app(
     app = service_app("carve-janitor")
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = JanitorMetrics.create(app[shared_keys.REGISTRY])
-    app[keys.LAST_SUCCESS] = [time.monotonic()]
+    app[keys.HEALTH] = keys.SweepHealth(time.monotonic())
     app.cleanup_ctx.extend(
         [redis_ctx(settings), mongo_ctx(settings), _janitor_ctx(clock, loop=loop)]
     )

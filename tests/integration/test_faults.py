@@ -72,12 +72,12 @@ async def race(finalizers: list[Finalizer], up: Upload, caplog: pytest.LogCaptur
         results = await asyncio.gather(*(f.maybe_finalize(up.carve_id) for f in finalizers))
     outcomes = [r.outcome for r in results]
     assert outcomes.count(Outcome.FINALIZED) == 1, outcomes
-    assert set(outcomes) <= {Outcome.FINALIZED, Outcome.BUSY, Outcome.ALREADY}
+    assert set(outcomes) <= {Outcome.FINALIZED, Outcome.BUSY, Outcome.NOT_RECEIVING}
     # Only the winner read the archive back and wrote the files document.
     assert not [r for r in caplog.records if "already written" in r.message]
     assert await stack_files(up) == 1
     await assert_complete(up.stack, up)
-    assert (await finalizers[0].maybe_finalize(up.carve_id)).outcome is Outcome.ALREADY
+    assert (await finalizers[0].maybe_finalize(up.carve_id)).outcome is Outcome.NOT_RECEIVING
 
 
 async def stack_files(up: Upload) -> int:
