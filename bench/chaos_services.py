@@ -31,16 +31,7 @@ VHOST = "chaos"
 class DurableRedis(RedisServer):
     """Redis that survives its own restart: an append-only file, fsynced on every write."""
 
-    def command(self) -> list[str]:
-        return [
-            "redis-server",
-            "--bind", HOST,
-            "--port", str(self.port),
-            "--save", "",
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--dir", str(self.workdir),
-        ]  # fmt: skip
+    durable = True
 
 
 class DurableSecantus(SecantusServer):

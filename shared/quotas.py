@@ -75,19 +75,12 @@ def _totals(prefix: str) -> str:
     return f"{prefix}q:gt"
 
 
-# KEYS: host set, host hash, global set, global hash, global totals, rate key.
-# ARGV: carve id, declared bytes, bitmap bytes, now ms, deadline ms, the six limits, then 1 to
-# count this start against the host's rate (0 for a second try after giving back stale shares).
-# Returns "ok", "again" (already admitted: a retried start) or a Refusal value.
-_ADMIT = """
-local hz, hh, gz, gh, gt, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local id, bytes, bits, now, deadline = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
-  tonumber(ARGV[4]), ARGV[5]
-local host_active, host_rate, host_bytes = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local g_active, g_bytes, g_bits = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-
+# One reservation out of a set and its hash (and out of the totals, when given); true when
+# the set held it. Shared by both scripts below.
+_DROP = """
 local function drop(z, h, member, totals)
-  if redis.call('ZREM', z, member) == 1 and totals then
+  local held = redis.call('ZREM', z, member) == 1
+  if held and totals then
     local v = redis.call('HGET', h, member)
     if v then
       local b, m = string.match(v, '(%d+):(%d+)')
@@ -96,7 +89,23 @@ local function drop(z, h, member, totals)
     end
   end
   redis.call('HDEL', h, member)
+  return held
 end
+"""
+
+# KEYS: host set, host hash, global set, global hash, global totals, rate key.
+# ARGV: carve id, declared bytes, bitmap bytes, now ms, deadline ms, the six limits, then 1 to
+# count this start against the host's rate (0 for a second try after giving back stale shares).
+# Returns "ok", "again" (already admitted: a retried start) or a Refusal value.
+_ADMIT = (
+    _DROP
+    + """
+local hz, hh, gz, gh, gt, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, bytes, bits, now, deadline = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), ARGV[5]
+local host_active, host_rate, host_bytes = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local g_active, g_bytes, g_bits = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+
 -- Lapsed reservations, a bounded number per call.
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', hz, '-inf', now, 'LIMIT', 0, 64)) do
   drop(hz, hh, m, nil)
@@ -135,28 +144,23 @@ if redis.call('ZADD', gz, deadline, id) == 1 then
 end
 return 'ok'
 """
+)
 
 # KEYS: host set, host hash, global set, global hash, global totals. ARGV: carve ids.
-# Returns how many reservations were given back.
-_RELEASE = """
+# Returns how many of them were held (by the host, or in the totals).
+_RELEASE = (
+    _DROP
+    + """
 local hz, hh, gz, gh, gt = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local freed = 0
 for _, id in ipairs(ARGV) do
-  redis.call('ZREM', hz, id)
-  redis.call('HDEL', hh, id)
-  if redis.call('ZREM', gz, id) == 1 then
-    freed = freed + 1
-    local v = redis.call('HGET', gh, id)
-    if v then
-      local b, m = string.match(v, '(%d+):(%d+)')
-      redis.call('HINCRBY', gt, 'bytes', -tonumber(b))
-      redis.call('HINCRBY', gt, 'bits', -tonumber(m))
-    end
-    redis.call('HDEL', gh, id)
-  end
+  local by_host = drop(hz, hh, id, nil)
+  local in_total = drop(gz, gh, id, gt)
+  if by_host or in_total then freed = freed + 1 end
 end
 return freed
 """
+)
 
 
 class Quotas:

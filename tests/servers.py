@@ -118,14 +118,18 @@ class Server:
 
 class RedisServer(Server):
     name = "redis"
+    # True: an append-only file fsynced on every write, so the data survives a restart.
+    durable = False
 
     def command(self) -> list[str]:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
+            "--appendonly", "no"]  # fmt: skip
         return [
             "redis-server",
             "--bind", HOST,
             "--port", str(self.port),
             "--save", "",
-            "--appendonly", "no",
+            *persistence,
             "--dir", str(self.workdir),
         ]  # fmt: skip
 
