@@ -39,7 +39,7 @@ from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
 from shared.carves import COLLECTION, ENDED, Compression, Status, archive_filename
 from shared.manifest import COLLECTION as MANIFESTS
@@ -160,7 +160,7 @@ class Finalizer:
             await asyncio.sleep(self._lease.total_seconds() / 3)
             try:
                 await self._renew(carve_id, token)
-            except PyMongoError as exc:
+            except Exception as exc:  # never let the keeper's failure replace the result
                 log.warning("carve %s: lease not renewed: %s", carve_id, exc.__class__.__name__)
 
     async def _finish(self, doc: Document, token: str) -> Result:
@@ -232,6 +232,7 @@ class Finalizer:
             current = await self._carves.find_one({"_id": carve_id}, {"status": 1})
             if current is None or current["status"] in ENDED:
                 await self._files.delete_one({"_id": carve_id})
+                await self._manifest_rows.delete_one({"_id": carve_id})
             return Result(Outcome.BUSY)
         log.info(
             "carve %s finalized: %d bytes in %d chunks, sha256 %s, %.3f s",
@@ -288,9 +289,11 @@ class Finalizer:
                 expected_n += 1
             if expected_n != count:
                 raise _Corrupt(f"{expected_n} chunks streamed, {count} expected")
+            # Inside the try: cancelled while handing over the end, the walker is abandoned
+            # instead of waiting forever for it (a thread held until the process exits).
+            built = await manifest.finish() if manifest is not None else None
         except BaseException:
             if manifest is not None:
                 manifest.abandon()
             raise
-        built = await manifest.finish() if manifest is not None else None
         return digest.hexdigest(), compression, built

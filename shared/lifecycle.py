@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
 from shared.carves import COLLECTION, Status
+from shared.manifest import COLLECTION as MANIFESTS
 from shared.mongo import Document, transient_on_outage
 from shared.protocol import expected_block_length
 from shared.quotas import Quotas
@@ -94,7 +95,7 @@ async def purge_archive(
             if carve is not None:
                 freed += sum(_chunk_length(carve, n) for _, n in found)
         await db[f"{bucket}.files"].delete_one({"_id": carve_id})
-        await db["manifests"].delete_one({"_id": carve_id})  # its names went with the bytes
+        await db[MANIFESTS].delete_one({"_id": carve_id})  # its names went with the bytes
     return deleted, freed
 
 

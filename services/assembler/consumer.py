@@ -133,7 +133,11 @@ class BlockConsumer:
 
     async def _open_retry_channel(self) -> None:
         # Confirms: a trigger put off for later is acked only once the broker holds it again.
-        self._retry_channel = await self._connection.channel(publisher_confirms=True)
+        # on_return_raises: a trigger the broker cannot route (no .retry queue) is an error,
+        # not a confirmed publish that went nowhere.
+        self._retry_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
 
     async def _subscribe(self, prefetch: int) -> None:
         channel = await self._connection.channel()
