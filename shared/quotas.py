@@ -45,6 +45,7 @@ class Refusal(StrEnum):
     GLOBAL_ACTIVE = "global_active_carves"
     GLOBAL_BYTES = "global_inflight_bytes"
     GLOBAL_SESSIONS = "global_session_memory"
+    TAKEN = "carve_id_taken"  # another host holds a share for this carve id
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', gz, '-inf', now, 'LIMIT', 0, 64))
 end
 
 if redis.call('ZSCORE', hz, id) then return 'again' end
+-- Held by another host: the start will be a conflict; never count one carve twice.
+if redis.call('ZSCORE', gz, id) then return 'carve_id_taken' end
 local starts = tonumber(redis.call('GET', rate) or '0')
 if ARGV[12] == '1' then
   starts = redis.call('INCR', rate)
@@ -146,17 +149,22 @@ return 'ok'
 """
 )
 
-# KEYS: host set, host hash, global set, global hash, global totals. ARGV: carve ids.
+# KEYS: host set, host hash, global set, global hash, global totals. ARGV: the "host not
+# known" flag, then carve ids.
 # Returns how many of them were held (by the host, or in the totals).
 _RELEASE = (
     _DROP
     + """
 local hz, hh, gz, gh, gt = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local freed = 0
-for _, id in ipairs(ARGV) do
-  local by_host = drop(hz, hh, id, nil)
-  local in_total = drop(gz, gh, id, gt)
-  if by_host or in_total then freed = freed + 1 end
+-- ARGV[1] = '1': the host is not known (older carve documents): drop from the totals anyway.
+local anyone = ARGV[1] == '1'
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  -- Only the host that holds a share gives it back, so nobody frees another host's.
+  if drop(hz, hh, id, nil) or anyone then
+    if drop(gz, gh, id, gt) or not anyone then freed = freed + 1 end
+  end
 end
 return freed
 """
@@ -216,7 +224,7 @@ class Quotas:
         if not ids:
             return 0
         keys = [*_keys(self._prefix, host), _totals(self._prefix)]
-        return int(await self._release(keys=keys, args=ids))
+        return int(await self._release(keys=keys, args=["0" if host else "1", *ids]))
 
     async def held_by(self, host: str) -> list[tuple[str, float]]:
         """The carve ids ``host`` holds a share for, with when each was admitted (epoch s)."""

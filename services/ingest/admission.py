@@ -18,7 +18,7 @@ from collections import defaultdict
 from pymongo.asynchronous.collection import AsyncCollection
 
 from shared.carves import Status
-from shared.errors import LimitExceeded
+from shared.errors import Conflict, LimitExceeded
 from shared.mongo import Document
 from shared.quotas import Quotas, Refusal
 
@@ -35,6 +35,7 @@ _MESSAGES = {
     Refusal.GLOBAL_ACTIVE: "the server has as many carves receiving as it takes",
     Refusal.GLOBAL_BYTES: "the server's receiving carves declare as many bytes as it takes",
     Refusal.GLOBAL_SESSIONS: "the server holds as much upload session state as it may",
+    Refusal.TAKEN: "carve_id is already used by another host",
 }
 
 
@@ -61,6 +62,8 @@ class Admission:
             refusal = await self._quotas.admit(host, carve_id, carve_size, block_count, again=True)
         if refusal in _GLOBAL and await self._reconcile_global():
             refusal = await self._quotas.admit(host, carve_id, carve_size, block_count, again=True)
+        if refusal is Refusal.TAKEN:
+            raise Conflict(_MESSAGES[refusal])
         if refusal is not None:
             raise LimitExceeded(_MESSAGES[refusal], refusal.value)
 

@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Redis bitmaps hold 2^32 bits; GETBIT/SETBIT refuse offsets past them.
+MAX_BIT = 2**32
+
 
 def redact(session_id: str) -> str:
     """Enough of a session id to follow it in logs, not enough to use it."""
@@ -271,6 +274,8 @@ class SessionStore:
         if (cached := self._cache.get(session_id)) is not None:
             return cached, False
         meta, bits = self._keys(session_id)
+        if block_hint is not None and not 0 <= block_hint < MAX_BIT:
+            block_hint = None  # no bitmap reaches there (GETBIT would refuse the offset)
         async with _backend("redis"), self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(meta)
             pipe.getbit(bits, block_hint if block_hint is not None else 0)
@@ -341,6 +346,8 @@ class SessionStore:
             if complete:
                 return Marked.DUPLICATE
             old = await self._marks.submit((session_id, block_id))
+            if old == -1:  # ended again meanwhile (the janitor): never answer "stored"
+                raise UnknownSession("the carve has ended")
         return Marked(old) if old in (0, 1, 2) else Marked.DUPLICATE
 
     async def received(self, session_id: str) -> None:

@@ -168,7 +168,9 @@ async def _read_block_request(request: web.Request, peeked: _Peeked) -> _Receive
     session, seen = peeked.session, peeked.seen
     if session is None or session.session_id != block.session_id:
         session, seen = await sessions.get(block.session_id, block.block_id)
-    elif peeked.block_id != block.block_id:
+        seen = seen and block.block_id < session.block_count
+    elif peeked.block_id != block.block_id and block.block_id < session.block_count:
+        # (Out of range: refused by _check_block; Redis would refuse the bit offset.)
         seen = await sessions.seen(session.session_id, block.block_id)
     return _Received(block, decoded, session, seen)
 

@@ -26,9 +26,10 @@ from clients.osquery_sim import (
     judge_reply,
     start_body,
 )
+from services.ingest.settings import IngestSettings
 from services.janitor.main import run_sweep
-from shared.quotas import session_bytes
-from tests.stack import Stack, scrape
+from shared.quotas import Quotas, Refusal, session_bytes
+from tests.stack import Stack, fields, scrape
 
 KiB, MiB, GiB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 
@@ -238,3 +239,42 @@ async def test_an_ended_carve_frees_its_share_at_once(stack: Stack, tmp_path: Pa
     assert report.actions["failed"] == 1
     got, _, reply = await post(ingest.url + "/start_uploads", start("nk-seq"))
     assert got == 200 and reply["session_id"]
+
+
+async def test_a_carve_id_taken_by_another_host_is_a_conflict_and_frees_nothing(
+    stack: Stack,
+) -> None:
+    """Two starts of one carve id from two hosts racing past the document check: the second
+    host gets no share, and giving its (non-)share back leaves the first host's counted."""
+    ingest = await stack.start_ingest(max_active_carves=2)
+    body = start("nk-a")
+    assert (await post(ingest.url + "/start_uploads", body))[0] == 200
+    carve_id = json.loads(body)["carve_id"]
+    redis = Redis.from_url(stack.env["CARVE_REDIS_URL"])
+    try:
+        limits = IngestSettings(**fields(stack.env)).quota_limits()
+        quotas = Quotas(redis, stack.env["CARVE_REDIS_KEY_PREFIX"], limits)
+        assert await quotas.admit("nk:other-host", carve_id, 10 * KiB, 2) is Refusal.TAKEN
+        assert await quotas.release("nk:other-host", [carve_id]) == 0
+    finally:
+        await redis.aclose()
+    # Still one of two fleet-wide slots taken by A's carve: one more fits, then none.
+    assert (await post(ingest.url + "/start_uploads", start("nk-c")))[0] == 200
+    await refused_start(ingest.url, start("nk-d"), 429, "global_active_carves")
+
+
+async def test_a_block_id_past_any_bitmap_gets_a_refusal_not_an_error(stack: Stack) -> None:
+    """Redis refuses bit offsets from 2^32 on: the host still gets a clear text refusal."""
+    body = start("nk-far")
+    _, _, reply = await post(stack.ingest_url + "/start_uploads", body)
+    fields = json.loads(body)
+    for block_id in (2**32, 2**40):
+        data = block_body(block_id, reply["session_id"], fields["request_id"], b"x" * 10)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(stack.ingest_url + "/upload_blocks", data=data) as resp,
+        ):
+            raw = await resp.read()
+            assert (resp.status, resp.content_type) == (400, "text/plain"), raw
+            assert b"out of range" in raw
+            assert not judge_reply(resp.status, raw).ok  # osquery 5.22+ fails the carve
