@@ -835,11 +835,13 @@ class _Extraction:
                 if target.is_symlink() or (target.exists() and not target.is_dir()):
                     target.unlink()  # a later member replaces an earlier one, as tar does
                 self._write(member, info, target)
-        except OSError as exc:
-            return one_line(f"cannot write it: {exc.strerror or exc}")
+        except (OSError, OverflowError, ValueError) as exc:  # a host can write any mtime
+            return one_line(f"cannot write it: {getattr(exc, 'strerror', None) or exc}")
         self.report.extracted.append(_key(rel))
         if member.kind == "file":
             self.files.add(_key(rel))
+        else:
+            self.files.discard(_key(rel))  # a later hard link to this path is no file of ours
         return None
 
     def _write(self, member: tarsafe.Member, info: tarfile.TarInfo, target: Path) -> None:
@@ -847,7 +849,10 @@ class _Extraction:
             os.symlink(info.linkname, target)
             return
         if member.kind == "hardlink":
-            os.link(self.dest / info.linkname, target)
+            # Never through a symlink: link the entry itself, and touch nothing it points at.
+            os.link(self.dest / info.linkname, target, follow_symlinks=False)
+            if target.is_symlink():
+                return
         else:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_EXCL
             with os.fdopen(os.open(target, flags, 0o600), "wb") as out:
@@ -855,7 +860,7 @@ class _Extraction:
                     out.write(piece)
         if info.mode is not None:
             os.chmod(target, info.mode)
-        os.utime(target, (member.mtime, member.mtime))
+        os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
 
 
 def _key(rel: str) -> str:
@@ -887,6 +892,9 @@ def extract_archive(
             for _ in tar:
                 pass
         fh.seek(0)
+        # The check pass has met the time budget: writing must not be cut short by it halfway
+        # ("nothing written" holds only for the check); the byte budget still applies.
+        budget.lift_deadline()
         with tarsafe.open_tar(fh, zstd=zstd, budget=budget) as tar:
             extraction = _Extraction(tar, dest, selectors)
             for member in tar:

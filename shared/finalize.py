@@ -39,7 +39,7 @@ from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DocumentTooLarge, DuplicateKeyError
 
 from shared.carves import COLLECTION, ENDED, Compression, Status, archive_filename
 from shared.manifest import COLLECTION as MANIFESTS
@@ -251,9 +251,18 @@ class Finalizer:
         if manifest is None:
             return {}
         row = {k: v for k, v in manifest.items() if k != "count"}  # members, truncated, error...
-        await self._manifest_rows.replace_one(
-            {"_id": carve_id}, {**row, "built_at": datetime.now(UTC)}, upsert=True
-        )
+        try:
+            await self._manifest_rows.replace_one(
+                {"_id": carve_id}, {**row, "built_at": datetime.now(UTC)}, upsert=True
+            )
+        except DocumentTooLarge:
+            # Never let a manifest keep its carve from completing: keep that it is missing.
+            manifest = {**manifest, "members": [], "truncated": True, "reason": "too_large",
+                        "error": "too_large: the manifest does not fit one document"}  # fmt: skip
+            row = {k: v for k, v in manifest.items() if k != "count"}
+            await self._manifest_rows.replace_one(
+                {"_id": carve_id}, {**row, "built_at": datetime.now(UTC)}, upsert=True
+            )
         if manifest["error"]:
             log.warning("carve %s: archive not fully readable: %s", carve_id, manifest["error"])
         return {"manifest": manifest_summary(manifest)}

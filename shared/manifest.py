@@ -49,6 +49,19 @@ def _mtime(member: Member) -> str | None:
         return None
 
 
+def text_bytes(view: dict[str, Any]) -> int:
+    """What an entry holds of the host's text, as stored (escaped bytes grow): its names and
+    its link. Budgets count this, so they bound the document, not just the tar headers."""
+    return sum(len(str(view.get(key) or "").encode()) for key in ("path", "name", "link"))
+
+
+def mark_superseded(views: list[dict[str, Any]]) -> None:
+    """Of entries with the same path, all but the last (the one extraction leaves)."""
+    last = {view["path"]: index for index, view in enumerate(views)}
+    for index, view in enumerate(views):
+        view["superseded"] = last[view["path"]] != index
+
+
 def entry(member: Member, sha256: str | None) -> dict[str, Any]:
     """One member as the manifest (and the download API's listing) shows it."""
     name = tarsafe.display_name(member.name)
@@ -116,26 +129,24 @@ def build(
         ) as tar:
             for member in tar:
                 seen += 1
-                names += len(member.name)
+                view = entry(member, None)
+                names += text_bytes(view)
                 if len(members) >= max_entries or names > max_name_bytes:
                     truncated = True
                     break
-                digest = None
                 if member.kind == "file":
                     hasher = hashlib.sha256()
                     for piece in tar.data():
                         hasher.update(piece)
-                    digest = hasher.hexdigest()
-                members.append(entry(member, digest))
+                    view["sha256"] = hasher.hexdigest()
+                members.append(view)
     except Refused as exc:
         reason, error = exc.reason, f"{exc.reason}: {exc.message}"
     except Malformed as exc:
         reason, error = "malformed", f"malformed: {exc}"
     except Stopped:
         reason, error = "stopped", "stopped: the finalizer gave up this pass"
-    last = {view["path"]: index for index, view in enumerate(members)}
-    for index, view in enumerate(members):
-        view["superseded"] = last[view["path"]] != index
+    mark_superseded(members)
     return {
         "members": members,
         "truncated": truncated,

@@ -116,6 +116,8 @@ class VaultClient:
                 answer = client.write(
                     f"auth/{mount}/oidc/auth_url", role=role, redirect_uri=redirect_uri
                 )
+        except hvac.exceptions.InvalidRequest as exc:  # unknown role, redirect not allowed
+            raise LoginRefused(f"Vault refused the OIDC login: {exc}") from exc
         finally:
             client.adapter.close()
         url = str(((answer or {}).get("data") or {}).get("auth_url") or "")

@@ -53,7 +53,9 @@ async def manifest_listing(request: web.Request, doc: Document, limit: int) -> w
 async def member_sha256(request: web.Request, doc: Document, path: str) -> str | None:
     """The SHA-256 the manifest holds for the file a download of ``path`` serves."""
     manifest = await stored(request, doc["_id"])
-    for member in (manifest or {}).get("members", []):
+    if not manifest or manifest.get("truncated") or manifest.get("error"):
+        return None  # a later member past the cut may be the one served: no hash to promise
+    for member in manifest.get("members", []):
         if member["path"] == path and not member["superseded"] and member["type"] == "file":
             return str(member["sha256"])
     return None

@@ -176,16 +176,13 @@ def list_members(source: TarSource, limit: int) -> tuple[list[dict[str, Any]], b
     truncated = False
     with source.open() as tar:
         for member in tar:
-            name_bytes += len(member.name)
+            view = member_view(member)
+            name_bytes += manifest.text_bytes(view)
             if len(members) == limit or name_bytes > MAX_LISTING_NAME_BYTES:
                 truncated = True
                 break
-            members.append(member_view(member))
-    last: dict[str, int] = {}
-    for index, view in enumerate(members):
-        last[view["path"]] = index
-    for index, view in enumerate(members):
-        view["superseded"] = last[view["path"]] != index
+            members.append(view)
+    manifest.mark_superseded(members)
     return members, truncated
 
 

@@ -56,9 +56,12 @@ async def sso_start(request: web.Request) -> web.Response:
         raise NotFound("single sign-on is not configured (CARVE_VAULT_OIDC_ROLE)")
     _limit(request)
     settings = request.app[keys.SETTINGS]
-    url = await request.app[keys.VAULT].oidc_auth_url(
-        settings.vault_oidc_mount, settings.vault_oidc_role, settings.oidc_redirect_uri
-    )
+    try:
+        url = await request.app[keys.VAULT].oidc_auth_url(
+            settings.vault_oidc_mount, settings.vault_oidc_role, settings.oidc_redirect_uri
+        )
+    except LoginRefused as exc:  # the role or redirect URI is not what Vault has: say so
+        raise Unauthorized("single sign-on is refused by Vault (check its OIDC role)") from exc
     return web.json_response({"auth_url": url}, headers={"Cache-Control": "no-store"})
 
 

@@ -79,13 +79,14 @@ function fileRow(entry, carve, report) {
   const m = entry.member;
   const name = h("td", { class: entry.dir || (m && m.type === "dir") ? "tree-dir" : "" }, entry.name);
   name.style.paddingLeft = `${0.55 + entry.depth * 1.2}rem`;
-  if (m && m.unsafe) name.append(h("span", { class: "flag", title: String(m.unsafe) }, `⚠ ${m.unsafe}`));
+  if (m && m.unsafe) name.append(h("span", { class: "flag", title: String(m.reason) }, `⚠ ${m.reason}`));
   const cells = [name, h("td", {}, m ? m.type : "dir"), h("td", { class: "num" }, m && m.type === "file" ? size(m.size) : ""),
     h("td", { class: "mono" }, m ? mode(m.mode) : ""), h("td", {}, m ? when(m.mtime) : "")];
   const sha = m && m.sha256;
   cells.push(h("td", {}, sha ? h("span", {}, h("code", { class: "sha256" }, sha), " ", copyButton(sha)) : ""));
   const get = h("td", {});
-  if (m && m.type === "file" && carve.status === "complete") {
+  // Superseded and unsafe members are not what a download of that path serves.
+  if (m && m.type === "file" && !m.superseded && !m.unsafe && carve.status === "complete") {
     const button = h("button", { type: "button", class: "small download-member" }, "Download");
     button.addEventListener("click", () => download(carve.carve_id, m.path).catch(report));
     get.append(button);
