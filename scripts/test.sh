@@ -8,7 +8,7 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"; ruff check . && ruff format --check .
 echo "== mypy"; mypy
-echo "== pytest"; pytest "$@"
+echo "== pytest (with coverage: pyproject [tool.coverage])"; pytest --cov --cov-report=term:skip-covered "$@"
 # The images and the compose stack for real (root, docker.io, debootstrap; README
 # "Containers"). CARVE_CONTAINERS=0 leaves it out, and says so.
 if [ "${CARVE_CONTAINERS:-1}" = 0 ]; then
