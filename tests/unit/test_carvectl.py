@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import hvac
 import pytest
 import requests
 import urllib3
@@ -1008,7 +1009,7 @@ class _FakeVault:
 def test_login_userpass_saves_the_token_and_never_prints_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(carvectl.hvac, "Client", _FakeVault)
+    monkeypatch.setattr(hvac, "Client", _FakeVault)
     env = {"XDG_CONFIG_HOME": str(tmp_path), "CARVECTL_PASSWORD": "hunter2"}
     code = carvectl.run(["login", "--username", "alice", "--vault-addr", "https://v:8200"], env=env)
     assert code == EXIT_OK
@@ -1025,7 +1026,7 @@ def test_login_userpass_saves_the_token_and_never_prints_it(
 def test_login_without_a_terminal_or_password_is_a_usage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(carvectl.hvac, "Client", _FakeVault)
+    monkeypatch.setattr(hvac, "Client", _FakeVault)
     monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
     code = carvectl.run(["login", "-u", "alice"], env={"XDG_CONFIG_HOME": str(tmp_path)})
     assert code == EXIT_USAGE
@@ -1036,7 +1037,7 @@ def test_login_without_a_terminal_or_password_is_a_usage_error(
 def test_login_with_a_token_on_stdin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(carvectl.hvac, "Client", _FakeVault)
+    monkeypatch.setattr(hvac, "Client", _FakeVault)
     monkeypatch.setattr("sys.stdin", io.StringIO(TOKEN + "\n"))
     env = {"XDG_CONFIG_HOME": str(tmp_path)}
     assert carvectl.run(["--json", "login", "--method", "token"], env=env) == EXIT_OK
