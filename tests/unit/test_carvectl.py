@@ -1,5 +1,6 @@
 """Unit tests for carvectl: pure helpers, safe extraction of hand-built tars, the token file,
-and the commands run through main()/run() against an in-memory requests.Session (no servers)."""
+and the commands run through main()/run() over a requests.Session whose transport adapter
+is a fake download service (no servers)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import re
 import stat
 import tarfile
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,6 +57,7 @@ from tests import hostile as hostile_tars
 GUID = "3f1c0a52-9a4e-4c61-8d1b-2f7e0c9b1a11"
 PREFIX = f"/tmp/osquery_carve_{GUID}"
 TOKEN = "s.unit-test-token-do-not-print"
+REDIRECT_TARGET = "http://elsewhere.invalid/collect"
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,7 +437,7 @@ def test_extract_prints_hostile_names_escaped(
 
 
 # --------------------------------------------------------------------------------------------
-# Commands against an in-memory session
+# Commands over a fake transport (a requests adapter mounted on a real Session)
 # --------------------------------------------------------------------------------------------
 
 
@@ -503,7 +505,9 @@ class FakeService:
         path = urllib.parse.urlsplit(request.url or "").path
         for suffix, (status, body) in self.errors.items():
             if path.endswith(suffix):
-                return _response(status, body)
+                # A redirect points at another host: following it would be a request there.
+                elsewhere = {"Location": REDIRECT_TARGET} if 300 <= status < 400 else {}
+                return _response(status, body, elsewhere)
         if path == "/api/v1/carves":
             return _response(200, self._page(request))
         if path == f"/api/v1/carves/{self.carve_id}":
@@ -545,15 +549,42 @@ class FakeService:
         return response
 
 
-class FakeSession(requests.Session):
+class FakeTransport(requests.adapters.BaseAdapter):
+    """The wire, as a transport adapter mounted on a real requests.Session: every request
+    carvectl sends is answered by ``service``, with the options requests hands down kept."""
+
     def __init__(self, service: Callable[[requests.PreparedRequest], requests.Response]):
         super().__init__()
         self.service = service
         self.options: list[dict[str, Any]] = []
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        self.options.append(kwargs)
-        return self.service(request)
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        self.options.append({"stream": stream, "timeout": timeout, "verify": verify})
+        response = self.service(request)
+        response.request, response.url = request, request.url or ""
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def fake_session(
+    service: Callable[[requests.PreparedRequest], requests.Response],
+) -> tuple[requests.Session, FakeTransport]:
+    """A requests.Session whose every request goes to ``service`` (the seam run() takes)."""
+    session = requests.Session()
+    transport = FakeTransport(service)
+    session.mount("http://", transport)
+    session.mount("https://", transport)
+    return session, transport
 
 
 @pytest.fixture
@@ -561,10 +592,10 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {"VAULT_TOKEN": TOKEN, "XDG_CONFIG_HOME": str(tmp_path / "config")}
 
 
-def _run(argv: list[str], service: FakeService, env: dict[str, str]) -> tuple[int, FakeSession]:
-    session = FakeSession(service)
+def _run(argv: list[str], service: FakeService, env: dict[str, str]) -> tuple[int, FakeTransport]:
+    session, transport = fake_session(service)
     code = carvectl.run(["--server", "http://127.0.0.1:8082", *argv], session=session, env=env)
-    return code, session
+    return code, transport
 
 
 @pytest.mark.parametrize(
@@ -657,13 +688,14 @@ def test_http_errors_map_to_exit_codes(
     assert message in err
     assert len(err.strip().splitlines()) == 1
     assert TOKEN not in err
+    assert all(urllib.parse.urlsplit(r.url or "").hostname == "127.0.0.1" for r in service.seen)
 
 
 def test_connection_errors_exit_1(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     def refuse(request: requests.PreparedRequest) -> requests.Response:
         raise requests.ConnectionError("[Errno 111] Connection refused")
 
-    code = carvectl.run(["list"], session=FakeSession(refuse), env=env)
+    code = carvectl.run(["list"], session=fake_session(refuse)[0], env=env)
     assert code == EXIT_ERROR
     assert "cannot reach http://127.0.0.1:8082" in capsys.readouterr().err
 
@@ -677,7 +709,7 @@ def test_get_downloads_verifies_and_names_the_file(
     monkeypatch.chdir(tmp_path)
     archive = os.urandom(3 * 1024 * 1024 + 17)
     service = FakeService(archive)
-    code, session = _run(["get", GUID], service, env)
+    code, transport = _run(["get", GUID], service, env)
     assert code == EXIT_OK
     path = tmp_path / f"carve_{GUID}.tar"
     assert path.read_bytes() == archive
@@ -689,12 +721,13 @@ def test_get_downloads_verifies_and_names_the_file(
     request = service.seen[-1]
     assert request.headers["X-Vault-Token"] == TOKEN
     assert "Range" not in request.headers
-    # True, or REQUESTS_CA_BUNDLE when the environment sets it: never False.
-    assert all(o["verify"] and o["allow_redirects"] is False for o in session.options)
+    # True, or REQUESTS_CA_BUNDLE when the environment sets it: never False. (That redirects
+    # are never followed, the 302 case of test_http_errors_map_to_exit_codes shows.)
+    assert all(o["verify"] for o in transport.options)
     assert all(
         o["stream"]
-        for o, r in zip(session.options, service.seen, strict=True)
-        if "archive" in r.url
+        for o, r in zip(transport.options, service.seen, strict=True)
+        if "archive" in (r.url or "")
     )
 
 
@@ -702,11 +735,11 @@ def test_cacert_is_used_for_every_request(tmp_path: Path, env: dict[str, str]) -
     cacert = tmp_path / "ca.pem"
     cacert.write_text("-----BEGIN CERTIFICATE-----\n")
     service = FakeService(b"archive")
-    code, session = _run(
+    code, transport = _run(
         ["--cacert", str(cacert), "get", GUID, "-o", str(tmp_path / "a")], service, env
     )
     assert code == EXIT_OK
-    assert [o["verify"] for o in session.options] == [str(cacert), str(cacert)]
+    assert [o["verify"] for o in transport.options] == [str(cacert), str(cacert)]
     missing = ["--cacert", str(tmp_path / "nope.pem"), "list"]
     assert _run(missing, service, env)[0] == EXIT_USAGE
 
