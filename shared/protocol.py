@@ -23,6 +23,12 @@ RequestId = Annotated[str, StringConstraints(pattern=r"^[\x20-\x7e]{1,256}$")]
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
+# What an osquery host writes in its carves table's status column (docs/osquery-protocol.md,
+# "How the host judges a reply"): DATA POST FAILED is the only failure an upload can leave.
+STATUS_SUCCESS = "SUCCESS"
+STATUS_DATA_POST_FAILED = "DATA POST FAILED"
+STATUS_PENDING = "PENDING"
+
 # Room for the JSON keys, ids and a few spaces around the base64 payload.
 _BODY_OVERHEAD = 1024
 

@@ -1,4 +1,4 @@
-"""carvectl helpers for what the console added to the API: devices, request ids, manifests."""
+"""What the console added to the API, for carvectl: devices, request ids, manifests."""
 
 from __future__ import annotations
 

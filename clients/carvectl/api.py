@@ -1,0 +1,205 @@
+"""The download service's responder API (docs/api.md) over a caller-supplied requests.Session.
+
+The session is the transport seam: ``run`` builds one, tests pass their own with a transport
+adapter mounted on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from clients.carvectl.errors import (
+    EXIT_ERROR,
+    EXIT_FORBIDDEN,
+    EXIT_INTEGRITY,
+    EXIT_NOT_COMPLETE,
+    EXIT_NOT_FOUND,
+    EXIT_UNAUTHORIZED,
+    EXIT_USAGE,
+    CliError,
+)
+from clients.carvectl.render import one_line
+
+DEFAULT_SERVER = "http://127.0.0.1:8082"
+# The download service's default CARVE_VAULT_POLICY; a deployment may name it differently.
+DEFAULT_POLICY = "osquery-file-carve-file-requests"
+TOKEN_HEADER = "X-Vault-Token"
+# Connect, then per-read: a stalled stream fails instead of hanging a responder's terminal.
+TIMEOUT = (10.0, 120.0)
+
+Carve = dict[str, Any]
+
+
+def _response_body(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _conflict_message(body: Mapping[str, Any]) -> str:
+    return (
+        f"carve not complete yet: {body.get('status', '?')}, "
+        f"{body.get('blocks_received', '?')}/{body.get('block_count', '?')} blocks"
+    )
+
+
+_SIMPLE_ERRORS = {
+    400: ("the server rejected the request", EXIT_USAGE),
+    404: ("not found", EXIT_NOT_FOUND),
+    416: ("range not satisfiable", EXIT_ERROR),
+    429: ("the server is busy with this carve or with you, retry shortly", EXIT_ERROR),
+    503: ("service unavailable (MongoDB or Vault unreachable)", EXIT_ERROR),
+}
+
+
+def error_from_response(response: requests.Response) -> CliError:
+    """The one-line message and exit code for an HTTP error answer."""
+    status = response.status_code
+    body = _response_body(response)
+    detail = one_line(str(body.get("error") or response.reason or f"HTTP {status}"))
+    if status == 401:
+        return CliError(
+            "not logged in or token expired/revoked: run carvectl login", EXIT_UNAUTHORIZED
+        )
+    if status == 403:
+        return CliError(
+            "your Vault token lacks the policy the download service requires "
+            f"(its CARVE_VAULT_POLICY, by default {DEFAULT_POLICY}): {detail}",
+            EXIT_FORBIDDEN,
+        )
+    if status == 409:
+        return CliError(_conflict_message(body), EXIT_NOT_COMPLETE)
+    if status == 422:
+        code = one_line(str(body.get("code") or "refused"))
+        return CliError(f"the server refused the archive ({code}): {detail}", EXIT_INTEGRITY)
+    if status in _SIMPLE_ERRORS:
+        prefix, exit_code = _SIMPLE_ERRORS[status]
+        return CliError(f"{prefix}: {detail}", exit_code)
+    if 300 <= status < 400:
+        # Following it would hand the token to wherever it points.
+        where = one_line(response.headers.get("Location", "?"))
+        return CliError(f"the server redirects to {where}; not following (check --server)")
+    return CliError(f"server error (HTTP {status}): {detail}")
+
+
+def network_reason(exc: BaseException) -> str:
+    # requests wraps urllib3's errors, which wrap the socket's: the innermost message is the
+    # readable one ("Connection refused", "IncompleteRead(...)").
+    inner: Any = exc
+    for _ in range(4):
+        nested = getattr(inner, "reason", None) or (inner.args[0] if inner.args else None)
+        if isinstance(nested, str):
+            return one_line(nested, 200)
+        if not isinstance(nested, BaseException):
+            break
+        inner = nested
+    return one_line(str(inner), 200)
+
+
+class Api:
+    """The download service's responder API over a caller-supplied ``requests.Session``.
+
+    Every request carries the token in ``X-Vault-Token``, verifies TLS (``verify`` is True or a
+    CA bundle, never False) and refuses redirects: requests keeps custom headers on a redirect
+    to another host, so following one could leak the token.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        server: str,
+        token: str | None,
+        *,
+        verify: str | bool = True,
+        timeout: tuple[float, float] = TIMEOUT,
+    ) -> None:
+        self._session = session
+        self.server = server.rstrip("/")
+        self._token = token
+        # Passed on every request: a session-level verify loses to REQUESTS_CA_BUNDLE.
+        self._verify: str | bool = verify if verify else True
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"Api(server={self.server!r})"
+
+    def _url(self, *parts: str) -> str:
+        quoted = "".join("/" + urllib.parse.quote(part, safe="") for part in parts)
+        return f"{self.server}/api/v1/carves{quoted}"
+
+    def request(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        if not self._token:
+            raise CliError(
+                "not logged in: run carvectl login (or set VAULT_TOKEN)", EXIT_UNAUTHORIZED
+            )
+        sent = {TOKEN_HEADER: self._token, "Accept": "application/json", **(headers or {})}
+        try:
+            return self._session.get(
+                url,
+                params=params,
+                headers=sent,
+                stream=stream,
+                verify=self._verify,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.exceptions.SSLError as exc:
+            raise CliError(
+                f"TLS verification of {self.server} failed: {network_reason(exc)} "
+                "(point --cacert or CARVECTL_CACERT at the server's CA)"
+            ) from exc
+        except requests.Timeout as exc:
+            raise CliError(f"{self.server} did not answer in time") from exc
+        except requests.RequestException as exc:
+            raise CliError(f"cannot reach {self.server}: {network_reason(exc)}") from exc
+
+    def _json(self, url: str, params: Mapping[str, str | int] | None = None) -> dict[str, Any]:
+        response = self.request(url, params=params)
+        with contextlib.closing(response):
+            if response.status_code != 200:
+                raise error_from_response(response)
+            body = _response_body(response)
+        if not body:
+            raise CliError(f"unexpected answer from {self.server}: not a JSON object")
+        return body
+
+    def list_carves(
+        self,
+        *,
+        status: str | None = None,
+        since: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        device: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        query = {"status": status, "since": since, "limit": limit, "cursor": cursor}
+        query |= {"device": device, "request_id": request_id}
+        return self._json(self._url(), {k: v for k, v in query.items() if v is not None})
+
+    def carve(self, carve_id: str) -> Carve:
+        return self._json(self._url(carve_id))
+
+    def files(self, carve_id: str, limit: int | None = None) -> dict[str, Any]:
+        return self._json(self._url(carve_id, "files"), {"limit": limit} if limit else None)
+
+    def archive(self, carve_id: str, headers: Mapping[str, str]) -> requests.Response:
+        """The streaming archive answer, whatever its status: the caller handles 206 and 416."""
+        # identity: a Content-Encoding would make Range offsets and Content-Length mean the
+        # encoded bytes, not the archive's.
+        sent = {"Accept-Encoding": "identity", **headers}
+        return self.request(self._url(carve_id, "archive"), headers=sent, stream=True)

@@ -1,0 +1,208 @@
+"""carvectl's command line: the parser, the dispatch to a command, errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from clients.carvectl.api import DEFAULT_SERVER, Api
+from clients.carvectl.commands import cmd_extract, cmd_files, cmd_get, cmd_list, cmd_show
+from clients.carvectl.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CliError,
+)
+from clients.carvectl.fetch import NOT_HASHED, SHA256_RE
+from clients.carvectl.login import DEFAULT_VAULT_ADDR, cmd_login
+from clients.carvectl.render import printable, warn
+from clients.carvectl.tokens import load_token
+from shared import tarsafe
+from shared.carves import Status
+from shared.vault import is_loopback
+
+STATUSES = tuple(status.value for status in Status)
+
+
+def _bounded_int(maximum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between 1 and {maximum}")
+        return value
+
+    return parse
+
+
+def _sha256_arg(text: str) -> str:
+    value = text.strip().lower()
+    if value == NOT_HASHED or SHA256_RE.fullmatch(value):
+        return value
+    raise argparse.ArgumentTypeError("expected 64 hex digits (or -1, osquery's 'not hashed')")
+
+
+def _since_arg(text: str) -> str:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    # Sent with an explicit offset so the server never has to guess what a naive time means.
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def _add_common(parser: argparse.ArgumentParser, env: Mapping[str, str], *, top: bool) -> None:
+    # The sub-parsers repeat the options with SUPPRESS defaults, so `carvectl list --json`
+    # works as well as `carvectl --json list` without one resetting the other.
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    server = env.get("CARVECTL_SERVER") or DEFAULT_SERVER
+    parser.add_argument(
+        "--server",
+        default=default(server),
+        help=f"download service URL (env CARVECTL_SERVER, now {server})",
+    )
+    parser.add_argument(
+        "--cacert",
+        default=default(env.get("CARVECTL_CACERT") or None),
+        help="CA bundle to verify the server with (env CARVECTL_CACERT)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", default=default(False), help="no progress or notes"
+    )
+
+
+def _add_commands(sub: Any, env: Mapping[str, str]) -> None:
+    def command(name: str, handler: object, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        _add_common(parser, env, top=False)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    login = command("login", cmd_login, "log in to Vault and save the token")
+    login.add_argument("--method", choices=("userpass", "token"), default="userpass")
+    login.add_argument("--username", "-u")
+    login.add_argument(
+        "--vault-addr", help=f"Vault URL (env VAULT_ADDR, default {DEFAULT_VAULT_ADDR})"
+    )
+
+    listing = command("list", cmd_list, "list carves, newest first")
+    listing.add_argument("--status", choices=STATUSES)
+    listing.add_argument("--since", type=_since_arg, help="ISO 8601; naive times are UTC")
+    listing.add_argument("--limit", type=_bounded_int(1000), help="page size (1-1000)")
+    listing.add_argument("--all", action="store_true", help="follow next_cursor to the end")
+    listing.add_argument("--device", help="device certificate CN, or its SHA-256 fingerprint")
+    listing.add_argument("--request-id", help="the request id osquery's query printed")
+
+    show = command("show", cmd_show, "show one carve")
+    show.add_argument("carve_id", metavar="ID")
+
+    files = command("files", cmd_files, "list the members of a carve's archive")
+    files.add_argument("carve_id", metavar="ID")
+    files.add_argument("--limit", type=_bounded_int(100000))
+
+    get = command("get", cmd_get, "download a carve's archive (resumable, verified)")
+    get.add_argument("carve_id", metavar="ID")
+    get.add_argument("-o", "--output", metavar="FILE", help="default: the server's file name")
+    get.add_argument("--expect-sha256", type=_sha256_arg, metavar="HEX")
+
+    extract = command("extract", cmd_extract, "download a carve and extract it safely")
+    extract.add_argument("carve_id", metavar="ID")
+    extract.add_argument("paths", nargs="*", metavar="PATH", help="only these paths or dirs")
+    extract.add_argument("-d", "--directory", required=True, metavar="DIR")
+    extract.add_argument("--expect-sha256", type=_sha256_arg, metavar="HEX")
+    defaults = tarsafe.Limits()
+    extract.add_argument(
+        "--max-bytes",
+        type=_bounded_int(1 << 62),
+        default=defaults.max_bytes,
+        help=f"decompressed bytes allowed per pass (default {defaults.max_bytes}, 16 GiB)",
+    )
+    extract.add_argument(
+        "--max-seconds",
+        type=float,
+        default=defaults.max_seconds,
+        help=f"seconds the extraction may take (default {defaults.max_seconds})",
+    )
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="carvectl",
+        description="Client of the osquery carve download service.",
+        epilog="exit codes: 0 ok, 1 server/network, 2 usage, 3 HTTP 401, 4 HTTP 403, "
+        "5 HTTP 404, 6 not complete (409), 7 integrity",
+    )
+    _add_common(parser, env, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_commands(sub, env)
+    return parser
+
+
+def _make_api(args: argparse.Namespace, session: requests.Session, env: Mapping[str, str]) -> Api:
+    parsed = urllib.parse.urlsplit(args.server)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise CliError(f"--server must be an http(s) URL, got {args.server!r}", EXIT_USAGE)
+    if args.cacert and not Path(args.cacert).is_file():
+        raise CliError(f"--cacert: no such file {args.cacert!r}", EXIT_USAGE)
+    token = load_token(env)
+    if token and parsed.scheme == "http" and not is_loopback(parsed.hostname):
+        warn(f"sending your Vault token to {parsed.hostname} over plain HTTP")
+    return Api(session, args.server, token, verify=args.cacert or True)
+
+
+def _dispatch(
+    args: argparse.Namespace, session: requests.Session | None, env: Mapping[str, str]
+) -> int:
+    if args.command == "login":
+        return cmd_login(args, env)
+    with contextlib.ExitStack() as stack:
+        if session is None:
+            session = stack.enter_context(requests.Session())
+        handler: Callable[[argparse.Namespace, Api], int] = args.handler
+        return handler(args, _make_api(args, session, env))
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    session: requests.Session | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """``main`` with the seams tests need: the HTTP session and the environment."""
+    env = os.environ if env is None else env
+    try:
+        args = build_parser(env).parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return _dispatch(args, session, env)
+    except CliError as exc:
+        print(f"carvectl: {exc.message}", file=sys.stderr)
+        return exc.code
+    except OSError as exc:
+        where = f": {printable(str(exc.filename))}" if exc.filename else ""
+        print(f"carvectl: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("carvectl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv)
