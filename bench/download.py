@@ -1,7 +1,7 @@
 """Download benchmark: how fast and how lean the download service streams a large carve.
 
 Everything runs on this machine: a private SecantusDB (MongoDB wire protocol, pure Python) and
-an OpenBao dev server (the ``tests.servers`` classes, in a temporary directory). One carve is
+an OpenBao dev server (the ``devstack`` servers, in a temporary directory). One carve is
 seeded straight into MongoDB the way the assembler leaves it (a pax tar with one member of
 pseudo-random bytes, stored as 1 MiB GridFS chunks, the ``archives.files`` document and a
 ``complete`` carve document). Then, for every scenario, a fresh ``carve-download`` process
@@ -79,9 +79,9 @@ from bench.upload import (
     MiB,
     RssSampler,
     add_service_env_option,
+    backend_cpu,
     columns_table,
     cpu_seconds,
-    group_cpu_seconds,
     human,
     interruptible,
     log,
@@ -94,13 +94,16 @@ from bench.upload import (
     write_json,
 )
 from clients.osquery_sim import build_synthetic_archive, carve_member_name, parse_size
+from devstack import ROOT
+from devstack.backends import Backends
+from devstack.backends import running_backends as running_roles
+from devstack.servers import SecantusServer, Server
+from devstack.services import ServiceProcess
+from devstack.vault import POLICY, VaultAdmin
 from shared.carves import COLLECTION, Compression, Status, archive_filename, new_carve_doc
 from shared.finalize import files_doc
 from shared.mongo import ensure_indexes
 from shared.protocol import StartRequest
-from tests.servers import BaoServer, SecantusServer, Server, running
-from tests.stack import ROOT, ServiceProcess
-from tests.vault import POLICY, VaultAdmin
 
 Document = dict[str, Any]
 
@@ -121,7 +124,7 @@ SOCK_READ_TIMEOUT = 600.0
 DEFAULT_MIN_AVAILABLE_MIB = 3072
 DEFAULT_SECANTUS_MALLOC = "jemalloc"
 SECANTUS_MALLOC: dict[str, dict[str, str]] = {
-    "glibc": {},  # SecantusDB as tests.servers starts it
+    "glibc": {},  # SecantusDB as devstack.servers starts it
     "mmap": {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},
     "jemalloc": {
         "LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
@@ -157,25 +160,11 @@ class BenchSecantusServer(SecantusServer):
         return {**super().env(), **self.malloc_env}
 
 
-@dataclass
-class Backends:
-    mongo: SecantusServer
-    vault: BaoServer
-
-    @property
-    def servers(self) -> list[Server]:
-        return [self.mongo, self.vault]
-
-    def cpu_seconds(self) -> dict[str, float]:
-        return {s.name: group_cpu_seconds(s.proc.pid) for s in self.servers if s.proc is not None}
-
-
 @contextlib.contextmanager
 def running_backends(root: Path, malloc: str = "glibc") -> Iterator[Backends]:
     """SecantusDB and OpenBao, started at once; always stopped (their data is thrown away)."""
     mongo = BenchSecantusServer(root / "mongo", malloc)
-    backends = Backends(mongo=mongo, vault=BaoServer(root / "openbao"))
-    with running(backends.servers):
+    with running_roles(root, ("mongo", "vault"), mongo=mongo) as backends:
         yield backends
 
 
@@ -269,7 +258,7 @@ async def seed(
     member_size, member_sha = await asyncio.to_thread(member_digest, archive, member_name)
     hashed = time.perf_counter()
     await ensure_indexes(db, BUCKET)
-    cpu_before = backends.cpu_seconds()
+    cpu_before = backend_cpu(backends)
     archive_size, count, sha = await insert_chunks(db, carve_id, archive, BLOCK_SIZE)
     carve = Carve(
         carve_id, BLOCK_SIZE, count, archive_size, sha, MEMBER_PATH, member_size, member_sha
@@ -278,7 +267,7 @@ async def seed(
     await db[f"{BUCKET}.files"].insert_one(files_doc)
     await db[COLLECTION].insert_one(carve_doc)
     inserted = time.perf_counter()
-    cpu_after = backends.cpu_seconds()
+    cpu_after = backend_cpu(backends)
     archive.unlink()
     stats = {
         "build_archive_s": round(built - started, 2),
@@ -499,7 +488,7 @@ async def measure(scenario: Scenario, ctx: Context, service: ServiceProcess) -> 
     pid = service.proc.pid
     cpu_ready = cpu_seconds(pid)
     rss_ready = proc_kb(f"/proc/{pid}/status", "VmRSS") / KiB
-    backend_cpu, bench_cpu = ctx.backends.cpu_seconds(), time.process_time()
+    backends_before, bench_cpu = backend_cpu(ctx.backends), time.process_time()
     expected = Expected.of(scenario.target, ctx.carve)
     mongo = ctx.backends.mongo
     pids = {"download": pid, "secantus": mongo.proc.pid if mongo.proc else 0}
@@ -510,7 +499,7 @@ async def measure(scenario: Scenario, ctx: Context, service: ServiceProcess) -> 
         started = time.perf_counter()
         downloads = await download_all(service.url, ctx.token, expected, scenario.clients)
         wall = time.perf_counter() - started
-    backend_after = ctx.backends.cpu_seconds()
+    backend_after = backend_cpu(ctx.backends)
     return Measured(
         downloads=downloads,
         wall_s=wall,
@@ -519,7 +508,9 @@ async def measure(scenario: Scenario, ctx: Context, service: ServiceProcess) -> 
         secantus_max_rss_mib=round(sampler.max_kb["secantus"] / KiB, 1),
         min_available_mib=round(guard.min_kb / KiB, 1),
         guard_tripped=guard.tripped,
-        backend_cpu={k: round(v - backend_cpu.get(k, 0.0), 2) for k, v in backend_after.items()},
+        backend_cpu={
+            k: round(v - backends_before.get(k, 0.0), 2) for k, v in backend_after.items()
+        },
         bench_cpu=round(time.process_time() - bench_cpu, 2),
         rss_samples=sampler.samples,
         rss_series=sampler.series_mib(),

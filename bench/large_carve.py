@@ -36,9 +36,10 @@ import aiohttp
 
 from bench.upload import log, proc_kb, stop_service
 from clients.osquery_sim import build_synthetic_archive, carve, parse_size
-from tests.servers import BaoServer, RabbitServer, RedisServer, SecantusServer, running
-from tests.stack import ROOT, ServiceProcess
-from tests.vault import POLICY, VaultAdmin
+from devstack import ROOT
+from devstack.backends import running_backends
+from devstack.services import ServiceProcess
+from devstack.vault import POLICY, VaultAdmin
 
 MiB = 1024 * 1024
 SERVICES = ("ingest", "assembler", "download")
@@ -149,23 +150,18 @@ async def one_carve(
 
 
 async def run(sizes: Sequence[int], block: int, workdir: Path) -> list[dict[str, Any]]:
-    redis, rabbit = RedisServer(workdir / "redis"), RabbitServer(workdir / "rabbitmq")
-    mongo, vault = SecantusServer(workdir / "mongo"), BaoServer(workdir / "openbao")
     rows = []
-    with running([redis, rabbit, mongo, vault]):
-        admin = VaultAdmin(vault.url, vault.root_token)
+    with running_backends(workdir) as backends:
+        admin = VaultAdmin(backends.vault.url, backends.vault.root_token)
         admin.provision()
         token = admin.token(POLICY, ttl="8h").token
         for size in sizes:
             tag = uuid.uuid4().hex[:8]
             env = {
-                "CARVE_REDIS_URL": redis.url,
-                "CARVE_AMQP_URL": rabbit.url,
-                "CARVE_MONGO_URL": mongo.url,
+                **backends.env(),
                 "CARVE_MONGO_DB": f"large_{tag}",
                 "CARVE_AMQP_QUEUE": f"large.blocks.{tag}",
                 "CARVE_REDIS_KEY_PREFIX": f"large{tag}:",
-                "CARVE_VAULT_ADDR": vault.url,
                 "CARVE_LOG_LEVEL": "WARNING",
             }
             logdir = workdir / f"logs-{tag}"

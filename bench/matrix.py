@@ -1,6 +1,6 @@
 """Benchmark matrix: uploads and downloads swept along every axis, with a JSON + Markdown report.
 
-One command starts private Redis, RabbitMQ, SecantusDB and OpenBao servers (``tests.servers``),
+One command starts private Redis, RabbitMQ, SecantusDB and OpenBao servers (``devstack``),
 measures their raw ceilings, then runs every point of the matrix with fresh service processes
 (``python -m services.<name>``) and the project's osquery simulator in this process, and
 writes ``matrix-latest.json``, ``matrix-latest.md`` and the PNG plots. Everything runs on this
@@ -60,15 +60,8 @@ from bench import download, upload, wrk_blocks
 from bench.report import size, write_report
 from bench.targets import evaluate
 from bench.upload import GB, MB, KiB, MiB, Scenario, log
-from tests.servers import (
-    BaoServer,
-    RabbitServer,
-    RedisServer,
-    SecantusServer,
-    Server,
-    running,
-)
-from tests.stack import ROOT
+from devstack import ROOT
+from devstack.backends import Backends, running_backends
 
 GiB = 1024 * MiB
 DEFAULT_OUT_DIR = ROOT / "docs" / "benchmarks"
@@ -197,24 +190,17 @@ class Options:
 
 @dataclass
 class Servers:
-    """All four backends; uploads and downloads see them through their own Backends views."""
+    """All four backends; uploads and downloads see them through their own roles."""
 
-    uploads: upload.Backends
-    downloads: download.Backends
-
-    @property
-    def all(self) -> list[Server]:
-        return [*self.uploads.servers, self.downloads.vault]
+    uploads: Backends
+    downloads: Backends
 
 
 @contextlib.contextmanager
 def running_servers(root: Path) -> Iterator[Servers]:
     """Redis, RabbitMQ, SecantusDB and OpenBao started at once; always stopped."""
-    mongo = SecantusServer(root / "mongo")
-    uploads = upload.Backends(RedisServer(root / "redis"), RabbitServer(root / "rabbitmq"), mongo)
-    servers = Servers(uploads, download.Backends(mongo=mongo, vault=BaoServer(root / "openbao")))
-    with running(servers.all):
-        yield servers
+    with running_backends(root) as backends:
+        yield Servers(backends.only(*upload.UPLOAD_ROLES), backends.only("mongo", "vault"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +265,7 @@ async def run_downloads(
         extra_env=options.service_env,
         quick=options.quick,
         min_available_mib=download.DEFAULT_MIN_AVAILABLE_MIB,
-        secantus_malloc="glibc",  # the SecantusDB the uploads used, as tests.servers starts it
+        secantus_malloc="glibc",  # the SecantusDB the uploads used, as devstack.servers starts it
         scenarios=points,
     )
     (workdir / "download").mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Upload benchmark: how fast carves go from simulated osquery hosts into MongoDB GridFS.
 
 Everything runs on this machine: private Redis, RabbitMQ and SecantusDB servers (the
-``tests.servers`` classes, in a temporary directory), then for every scenario a fresh ingest
+``devstack`` servers, in a temporary directory), then for every scenario a fresh ingest
 and a fresh assembler process (``python -m services.<name>``, own database and queue), with the
 osquery simulator (``clients.osquery_sim.carve_many``) driving the ingest from this process.
 SecantusDB is pure Python and the simulator, both services and all three backends share the
@@ -80,8 +80,10 @@ from clients.osquery_sim import (
     carve_many,
     percentile,
 )
-from tests.servers import RabbitServer, RedisServer, SecantusServer, Server, running
-from tests.stack import ROOT, ServiceProcess
+from devstack import ROOT
+from devstack.backends import Backends
+from devstack.backends import running_backends as running_roles
+from devstack.services import ServiceProcess
 
 Document = dict[str, Any]
 
@@ -202,29 +204,18 @@ def machine_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Backends:
-    redis: RedisServer
-    rabbit: RabbitServer
-    mongo: SecantusServer
+UPLOAD_ROLES = ("redis", "rabbit", "mongo")
 
-    @property
-    def servers(self) -> list[Server]:
-        return [self.redis, self.rabbit, self.mongo]
 
-    def cpu_seconds(self) -> dict[str, float]:
-        return {s.name: group_cpu_seconds(s.proc.pid) for s in self.servers if s.proc is not None}
+def backend_cpu(backends: Backends) -> dict[str, float]:
+    """CPU seconds of each backend server (with its child processes), by server name."""
+    return {s.name: group_cpu_seconds(s.proc.pid) for s in backends.servers if s.proc is not None}
 
 
 @contextlib.contextmanager
 def running_backends(root: Path) -> Iterator[Backends]:
     """Start the three servers at once; always stop them (their data is thrown away)."""
-    backends = Backends(
-        redis=RedisServer(root / "redis"),
-        rabbit=RabbitServer(root / "rabbitmq"),
-        mongo=SecantusServer(root / "mongo"),
-    )
-    with running(backends.servers):
+    with running_roles(root, UPLOAD_ROLES) as backends:
         yield backends
 
 
@@ -567,7 +558,7 @@ class CpuSnapshot:
 
 async def cpu_snapshot(pids: dict[str, int], backends: Backends, redis: Redis) -> CpuSnapshot:
     stats = await redis.info("stats")
-    cpu = {label: cpu_seconds(pid) for label, pid in pids.items()} | backends.cpu_seconds()
+    cpu = {label: cpu_seconds(pid) for label, pid in pids.items()} | backend_cpu(backends)
     cpu["bench"] = time.process_time()
     return CpuSnapshot(cpu, int(stats["total_commands_processed"]))
 

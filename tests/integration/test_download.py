@@ -20,11 +20,13 @@ import yarl
 from multidict import CIMultiDict
 
 from clients.osquery_sim import build_archive, carve, carve_member_name
-from tests.conftest import Backends
-from tests.servers import BaoServer
-from tests.stack import ROOT, Stack, scrape
+from devstack import ROOT
+from devstack.backends import Backends
+from devstack.servers import BaoServer
+from devstack.services import scrape
+from devstack.vault import POLICY, Token, VaultAdmin
+from tests.stack import Stack
 from tests.uploads import Upload, random_bytes
-from tests.vault import POLICY, Token, VaultAdmin
 
 AUTH_LOG = random_bytes(40_000, seed=7)
 MEMBERS = {

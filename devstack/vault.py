@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import hvac
 
-ROOT = Path(__file__).resolve().parents[1]
+from devstack import ROOT
+
 POLICY = "osquery-file-carve-file-requests"
 POLICY_FILE = ROOT / "deploy" / "vault" / f"{POLICY}.hcl"
 
