@@ -34,7 +34,9 @@ from typing import Any
 
 import aiohttp
 
-from bench.upload import log, proc_kb, stop_service
+from bench.cli import log
+from bench.procstats import proc_kb
+from bench.services import stop_service
 from clients.osquery_sim import build_synthetic_archive, carve, parse_size
 from devstack import ROOT
 from devstack.backends import running_backends
@@ -110,7 +112,7 @@ def janitor_until_gone(env: dict[str, str], logdir: Path) -> dict[str, Any]:
 _JANITOR_ONCE = """
 import sys
 from services.janitor.__main__ import main
-from bench.upload import proc_kb
+from bench.procstats import proc_kb
 if code := main(["--once"]):
     sys.exit(code)
 print(round(proc_kb("/proc/self/status", "VmHWM") / 1024, 1))

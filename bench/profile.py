@@ -33,15 +33,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.upload import (
-    SERVICES,
-    backend_cpu,
-    cpu_seconds,
-    log,
-    running_backends,
-    service_env,
-    stop_service,
-)
+from bench.cli import log
+from bench.procstats import backend_cpu, cpu_seconds
+from bench.services import SERVICES, running_backends, service_env, stop_service
 from clients.osquery_sim import parse_size
 from devstack import ROOT
 from devstack.services import ServiceProcess

@@ -42,14 +42,9 @@ import aiohttp
 import pybase64
 from pymongo import AsyncMongoClient
 
-from bench.upload import (
-    backend_cpu,
-    cpu_seconds,
-    log,
-    running_backends,
-    running_services,
-    service_env,
-)
+from bench.cli import log
+from bench.procstats import backend_cpu, cpu_seconds
+from bench.services import running_backends, running_services, service_env
 from clients.osquery_sim import start_body
 from devstack.backends import Backends
 from devstack.services import scrape
