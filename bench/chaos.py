@@ -225,8 +225,7 @@ async def chaos(args: argparse.Namespace, root: Path) -> int:
     hosts = plan_hosts(rng, args.hosts or rng.randint(30, 50), args.minutes * 60)
     redis, mongo = DurableRedis(root / "redis"), DurableSecantus(root / "mongo")
     with running_backends(root, redis=redis, mongo=mongo) as backends:
-        vault = VaultAdmin(backends.vault.url, backends.vault.root_token)
-        vault.provision()
+        vault = VaultAdmin.provisioned(backends.vault)
         env = {
             **backends.env(),
             "CARVE_AMQP_URL": add_vhost(backends.rabbit),

@@ -49,34 +49,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
 import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import uvloop
 from pymongo import AsyncMongoClient
 
 from bench.cli import (
     add_service_env_option,
-    interruptible,
     log,
     names,
     size_arg,
     source_state,
-    write_json,
 )
 from bench.download_report import render, rss_verdict, scenario_row, skipped_row
 from bench.download_run import SCENARIOS, Context, Scenario, measure
 from bench.download_seed import BLOCK_SIZE, BUCKET, read_ceiling, seed
-from bench.procstats import machine_info
 from bench.render import MB, GiB, KiB, MiB, human
+from bench.runs import record_run, report_main
 from bench.services import log_summary, stop_service
 from devstack import ROOT
 from devstack.backends import Backends
@@ -171,9 +164,7 @@ def service_env(backends: Backends, db_name: str, extra: dict[str, str]) -> dict
 
 
 def vault_token(backends: Backends) -> str:
-    admin = VaultAdmin(backends.vault.url, backends.vault.root_token)
-    admin.provision()
-    return admin.token(POLICY, ttl="4h").token
+    return VaultAdmin.provisioned(backends.vault).token(POLICY, ttl="4h").token
 
 
 @dataclass(frozen=True)
@@ -279,35 +270,19 @@ def options_of(args: argparse.Namespace) -> Options:
 
 def run(options: Options) -> dict[str, Any]:
     """Backends up, seed and scenarios, backends down (also on errors and Ctrl-C)."""
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="carve-bench-download-"))
-    try:
-        log(f"starting SecantusDB and OpenBao under {workdir}")
-        with running_backends(workdir / "backends", options.secantus_malloc) as backends:
-            backend_start_s = round(time.perf_counter() - started, 1)
-            report = uvloop.run(run_all(backends, workdir, options))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return {
-        "started_at": started_at,
-        "machine": machine_info(),
-        "source": source_state(),
-        **report,
-        "backend_start_s": backend_start_s,
-        "total_seconds": round(time.perf_counter() - started, 1),
-    }
+    return record_run(
+        "carve-bench-download-",
+        "SecantusDB and OpenBao",
+        lambda root: running_backends(root, options.secantus_malloc),
+        lambda backends, workdir: run_all(backends, workdir, options),
+        lambda: {"source": source_state()},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     options = options_of(args)
-    report = interruptible(lambda: run(options))
-    if report is None:
-        return 130
-    print(render(report))
-    write_json(report, Path(args.json_out))
-    return 0 if report["ok"] else 1
+    return report_main(lambda: run(options), render, args.json_out)
 
 
 if __name__ == "__main__":

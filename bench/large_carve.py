@@ -154,9 +154,7 @@ async def one_carve(
 async def run(sizes: Sequence[int], block: int, workdir: Path) -> list[dict[str, Any]]:
     rows = []
     with running_backends(workdir) as backends:
-        admin = VaultAdmin(backends.vault.url, backends.vault.root_token)
-        admin.provision()
-        token = admin.token(POLICY, ttl="8h").token
+        token = VaultAdmin.provisioned(backends.vault).token(POLICY, ttl="8h").token
         for size in sizes:
             tag = uuid.uuid4().hex[:8]
             env = {

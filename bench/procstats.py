@@ -10,8 +10,7 @@ import signal
 import time
 from importlib import metadata
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from bench.cli import log
 from bench.render import KiB, MiB
@@ -92,7 +91,31 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-class RssSampler:
+class Periodic:
+    """Calls ``tick()`` every SAMPLE_INTERVAL s while inside ``async with`` (first on entry)."""
+
+    _task: asyncio.Task[None] | None = None
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    async def _loop(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class RssSampler(Periodic):
     """VmRSS of each process every SAMPLE_INTERVAL while inside the block: the largest, and
     the series of (seconds since ``origin``, MiB)."""
 
@@ -102,7 +125,6 @@ class RssSampler:
         self.max_kb = dict.fromkeys(pids, 0)
         self.series: dict[str, list[tuple[float, float]]] = {name: [] for name in pids}
         self.samples = 0
-        self._task: asyncio.Task[None] | None = None
 
     def sample(self) -> None:
         self.samples += 1
@@ -116,29 +138,15 @@ class RssSampler:
     def series_mib(self) -> dict[str, list[list[float]]]:
         return {name: [list(point) for point in points] for name, points in self.series.items()}
 
-    async def _loop(self) -> None:
-        while True:
-            self.sample()
-            await asyncio.sleep(SAMPLE_INTERVAL)
+    def tick(self) -> None:
+        self.sample()
 
-    async def __aenter__(self) -> RssSampler:
-        self._task = asyncio.create_task(self._loop())
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def __aexit__(self, *exc: object) -> None:
+        await super().__aexit__(*exc)
         self.sample()
 
 
-class MemoryGuard:
+class MemoryGuard(Periodic):
     """Lowest MemAvailable while inside the block; kills SecantusDB below ``floor_kb``.
 
     SecantusDB holds a cursor's whole result in memory (a 1 GiB archive per concurrent
@@ -152,7 +160,6 @@ class MemoryGuard:
         self.floor_kb = floor_kb
         self.min_kb = proc_kb("/proc/meminfo", "MemAvailable")
         self.tripped: str | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def check(self) -> None:
         available = proc_kb("/proc/meminfo", "MemAvailable")
@@ -164,17 +171,5 @@ class MemoryGuard:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.server.proc.pid, signal.SIGKILL)
 
-    async def _loop(self) -> None:
-        while True:
-            self.check()
-            await asyncio.sleep(SAMPLE_INTERVAL)
-
-    async def __aenter__(self) -> MemoryGuard:
-        self._task = asyncio.create_task(self._loop())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    def tick(self) -> None:
+        self.check()

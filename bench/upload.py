@@ -45,21 +45,17 @@ import argparse
 import asyncio
 import shutil
 import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import uvloop
 from pymongo import AsyncMongoClient
 
 from bench.ceilings import measure_ceilings
-from bench.cli import add_service_env_option, interruptible, log, names, write_json
-from bench.procstats import machine_info
+from bench.cli import add_service_env_option, log, names
 from bench.render import GB, MB, KiB, MiB, human
+from bench.runs import record_run, report_main
 from bench.services import (
     EXTRA_ENV,
     log_summary,
@@ -170,34 +166,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(quick: bool, only: set[str] | None = None) -> dict[str, Any]:
     """Backends up, ceilings and scenarios, backends down (also on errors and Ctrl-C)."""
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="carve-bench-"))
-    try:
-        log(f"starting Redis, RabbitMQ and SecantusDB under {workdir}")
-        with running_backends(workdir / "backends") as backends:
-            backend_start_s = round(time.perf_counter() - started, 1)
-            report = uvloop.run(run_all(backends, workdir, quick, only))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return {
-        "started_at": started_at,
-        "machine": machine_info(),
-        **report,
-        "backend_start_s": backend_start_s,
-        "total_seconds": round(time.perf_counter() - started, 1),
-    }
+    return record_run(
+        "carve-bench-",
+        "Redis, RabbitMQ and SecantusDB",
+        running_backends,
+        lambda backends, workdir: run_all(backends, workdir, quick, only),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     EXTRA_ENV.update(item.split("=", 1) for item in args.service_env)
-    report = interruptible(lambda: run(bool(args.quick), names(args.only)))
-    if report is None:
-        return 130
-    print(render(report))
-    write_json(report, Path(args.json_out))
-    return 0 if report["ok"] else 1
+    return report_main(lambda: run(bool(args.quick), names(args.only)), render, args.json_out)
 
 
 if __name__ == "__main__":

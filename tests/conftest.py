@@ -63,9 +63,7 @@ async def ingest_only(settings_env: dict[str, str], tmp_path: Path) -> AsyncIter
 @pytest.fixture(scope="session")
 def vault(backends: Backends) -> VaultAdmin:
     """Root access to the session's OpenBao, with the download policy and userpass set up."""
-    admin = VaultAdmin(backends.vault.url, backends.vault.root_token)
-    admin.provision()
-    return admin
+    return VaultAdmin.provisioned(backends.vault)
 
 
 def pytest_configure(config: pytest.Config) -> None:

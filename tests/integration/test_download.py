@@ -196,9 +196,7 @@ async def test_vault_down_is_503_and_not_ready(stack: Stack, tmp_path: Path) -> 
     bao = BaoServer(tmp_path / "own-openbao")
     bao.start()
     try:
-        admin = VaultAdmin(bao.url, bao.root_token)
-        admin.provision()
-        token = admin.token(POLICY)
+        token = VaultAdmin.provisioned(bao).token(POLICY)
         download = await stack.start_download(vault_addr=bao.url, vault_cache_ttl=0)
         async with aiohttp.ClientSession(headers={"X-Vault-Token": token.token}) as http:
             async with http.get(download.url + "/api/v1/carves") as resp:
