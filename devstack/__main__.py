@@ -96,7 +96,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "up":
-        return up([role.strip() for role in args.only.split(",") if role.strip()], args.env_file)
+        roles = [role.strip() for role in args.only.split(",") if role.strip()]
+        unknown = sorted(set(roles) - set(ROLES))
+        if unknown:
+            print(f"devstack: no such role: {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        return up(roles, args.env_file)
     if args.command == "free-port":
         print(" ".join(str(free_port()) for _ in range(args.count)))
         return 0
