@@ -64,9 +64,9 @@ from clients.osquery_sim import (
     build_synthetic_archive,
     carve,
 )
+from devstack.backends import running_backends
+from devstack.vault import POLICY, VaultAdmin
 from shared.protocol import max_block_body
-from tests.servers import BaoServer, RabbitServer, running
-from tests.vault import POLICY, VaultAdmin
 
 KiB, MiB = 1024, 1024 * 1024
 # Block size: most blocks a host sends at it (so an 8 KiB host sends hundreds of requests
@@ -223,17 +223,13 @@ class Run:
 async def chaos(args: argparse.Namespace, root: Path) -> int:
     rng = random.Random(f"{args.seed}:hosts")
     hosts = plan_hosts(rng, args.hosts or rng.randint(30, 50), args.minutes * 60)
-    redis, rabbit = DurableRedis(root / "redis"), RabbitServer(root / "rabbitmq")
-    mongo, bao = DurableSecantus(root / "mongo"), BaoServer(root / "openbao")
-    with running([redis, rabbit, mongo, bao]):
-        vault = VaultAdmin(bao.url, bao.root_token)
-        vault.provision()
+    redis, mongo = DurableRedis(root / "redis"), DurableSecantus(root / "mongo")
+    with running_backends(root, redis=redis, mongo=mongo) as backends:
+        vault = VaultAdmin.provisioned(backends.vault)
         env = {
-            "CARVE_REDIS_URL": redis.url,
-            "CARVE_AMQP_URL": add_vhost(rabbit),
-            "CARVE_MONGO_URL": mongo.url,
+            **backends.env(),
+            "CARVE_AMQP_URL": add_vhost(backends.rabbit),
             "CARVE_MONGO_DB": "chaos",
-            "CARVE_VAULT_ADDR": bao.url,
             "CARVE_LOG_LEVEL": "WARNING",
             **SHORT,
         }
@@ -248,7 +244,7 @@ async def chaos(args: argparse.Namespace, root: Path) -> int:
             service.start()
         try:
             await asyncio.gather(*(s.wait_ready() for s in services))
-            targets = Targets(ingests, assemblers, redis, rabbit, mongo)
+            targets = Targets(ingests, assemblers, backends.redis, backends.rabbit, backends.mongo)
             token = vault.token(POLICY).token
             return await drive(Run(args, root, hosts, targets, download, env, token))
         finally:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bench.chaos_services import VHOST, Service
-from tests.servers import RabbitServer, Server
+from devstack.servers import RabbitServer, Server
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """What ``bench.chaos`` runs and breaks: backends that keep their data, services on fixed ports,
 and a round-robin front that spreads every host's requests over both ingests.
 
-The backends are the test servers (``tests.servers``) set up as production would run them
+The backends are the test servers (``devstack.servers``) set up as production would run them
 where it matters for a fault run: Redis with an append-only file synced on every write,
 SecantusDB on disk with ``--sync-on-commit`` (without it a SIGKILL loses acknowledged
 writes), RabbitMQ with a vhost of its own whose connections a fault can close.
@@ -22,8 +22,9 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from tests.servers import HOST, RabbitServer, RedisServer, SecantusServer, free_port
-from tests.stack import ROOT
+from devstack import ROOT
+from devstack.ports import HOST, free_port
+from devstack.servers import RabbitServer, RedisServer, SecantusServer
 
 VHOST = "chaos"
 

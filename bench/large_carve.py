@@ -34,11 +34,14 @@ from typing import Any
 
 import aiohttp
 
-from bench.upload import log, proc_kb, stop_service
+from bench.cli import log
+from bench.procstats import proc_kb
+from bench.services import stop_service
 from clients.osquery_sim import build_synthetic_archive, carve, parse_size
-from tests.servers import BaoServer, RabbitServer, RedisServer, SecantusServer, running
-from tests.stack import ROOT, ServiceProcess
-from tests.vault import POLICY, VaultAdmin
+from devstack import ROOT
+from devstack.backends import running_backends
+from devstack.services import ServiceProcess
+from devstack.vault import POLICY, VaultAdmin
 
 MiB = 1024 * 1024
 SERVICES = ("ingest", "assembler", "download")
@@ -109,7 +112,7 @@ def janitor_until_gone(env: dict[str, str], logdir: Path) -> dict[str, Any]:
 _JANITOR_ONCE = """
 import sys
 from services.janitor.__main__ import main
-from bench.upload import proc_kb
+from bench.procstats import proc_kb
 if code := main(["--once"]):
     sys.exit(code)
 print(round(proc_kb("/proc/self/status", "VmHWM") / 1024, 1))
@@ -149,23 +152,16 @@ async def one_carve(
 
 
 async def run(sizes: Sequence[int], block: int, workdir: Path) -> list[dict[str, Any]]:
-    redis, rabbit = RedisServer(workdir / "redis"), RabbitServer(workdir / "rabbitmq")
-    mongo, vault = SecantusServer(workdir / "mongo"), BaoServer(workdir / "openbao")
     rows = []
-    with running([redis, rabbit, mongo, vault]):
-        admin = VaultAdmin(vault.url, vault.root_token)
-        admin.provision()
-        token = admin.token(POLICY, ttl="8h").token
+    with running_backends(workdir) as backends:
+        token = VaultAdmin.provisioned(backends.vault).token(POLICY, ttl="8h").token
         for size in sizes:
             tag = uuid.uuid4().hex[:8]
             env = {
-                "CARVE_REDIS_URL": redis.url,
-                "CARVE_AMQP_URL": rabbit.url,
-                "CARVE_MONGO_URL": mongo.url,
+                **backends.env(),
                 "CARVE_MONGO_DB": f"large_{tag}",
                 "CARVE_AMQP_QUEUE": f"large.blocks.{tag}",
                 "CARVE_REDIS_KEY_PREFIX": f"large{tag}:",
-                "CARVE_VAULT_ADDR": vault.url,
                 "CARVE_LOG_LEVEL": "WARNING",
             }
             logdir = workdir / f"logs-{tag}"

@@ -1,6 +1,6 @@
 """Benchmark matrix: uploads and downloads swept along every axis, with a JSON + Markdown report.
 
-One command starts private Redis, RabbitMQ, SecantusDB and OpenBao servers (``tests.servers``),
+One command starts private Redis, RabbitMQ, SecantusDB and OpenBao servers (``devstack``),
 measures their raw ceilings, then runs every point of the matrix with fresh service processes
 (``python -m services.<name>``) and the project's osquery simulator in this process, and
 writes ``matrix-latest.json``, ``matrix-latest.md`` and the PNG plots. Everything runs on this
@@ -57,111 +57,40 @@ import uvloop
 from pymongo import AsyncMongoClient
 
 from bench import download, upload, wrk_blocks
-from bench.report import size, write_report
-from bench.targets import evaluate
-from bench.upload import GB, MB, KiB, MiB, Scenario, log
-from tests.servers import (
-    BaoServer,
-    RabbitServer,
-    RedisServer,
-    SecantusServer,
-    Server,
-    running,
+from bench.ceilings import measure_ceilings
+from bench.cli import (
+    add_service_env_option,
+    interruptible,
+    log,
+    names,
+    size_arg,
+    source_state,
+    write_json,
 )
-from tests.stack import ROOT
+from bench.download_run import Scenario as DownloadScenario
+from bench.matrix_points import (
+    CEILING_SIZES,
+    DEFAULT_DOWNLOAD_SIZE,
+    FULL_DOWNLOADS,
+    FULL_UPLOADS,
+    QUICK_DOWNLOAD_SIZE,
+    QUICK_DOWNLOADS,
+    QUICK_UPLOADS,
+    SWEEPS,
+)
+from bench.procstats import machine_info, proc_kb
+from bench.render import MiB
+from bench.report import size, write_report
+from bench.services import EXTRA_ENV, UPLOAD_ROLES
+from bench.targets import evaluate
+from bench.upload_run import Context, Scenario
+from devstack import ROOT
+from devstack.backends import Backends, running_backends
+from shared.mongo import Document
 
-GiB = 1024 * MiB
 DEFAULT_OUT_DIR = ROOT / "docs" / "benchmarks"
 REPORT_STEM = "matrix-latest"
-CEILING_SIZES = (8 * KiB, 256 * KiB, MiB, 8 * MiB)
 SOURCE_PATHS = ("services", "shared", "clients", "bench")
-
-# Which sweeps (plots and report sections) each point belongs to.
-SWEEPS: dict[str, tuple[str, ...]] = {
-    "B8K": ("block-size", "hosts-8k", "compression"),
-    "B256K": ("block-size",),
-    "B1M": ("block-size", "hosts-1m", "compression"),
-    "B8M": ("block-size",),
-    "Z8K": ("compression",),
-    "Z1M": ("compression",),
-    "H1-8K": ("hosts-8k",),
-    "H50-8K": ("hosts-8k",),
-    "H200-8K": ("hosts-8k",),
-    "H50-1M": ("hosts-1m",),
-    "H200-1M": ("hosts-1m",),
-    **{f"R8K-{grid}": ("replicas-8k",) for grid in ("1x1", "2x1", "1x2", "2x2")},
-    **{f"R1M-{grid}": ("replicas-1m",) for grid in ("1x1", "2x1", "1x2", "2x2")},
-    "D10M": ("carve-size",),
-    "D100M": ("carve-size", "hosts-1m"),
-    "D1G": ("carve-size",),
-    **{name: ("downloads",) for name in ("DA1", "DA20", "DM1", "DM20")},
-}
-
-
-def replica_grid(
-    prefix: str, hosts: int, carve: int, block: int, what: str, grids: Sequence[str]
-) -> list[Scenario]:
-    """Staged points for each "IxA" grid: I ingests, A assemblers."""
-    points = []
-    for grid in grids:
-        ingests, assemblers = (int(n) for n in grid.split("x"))
-        purpose = f"{what}, {ingests} ingest(s) x {assemblers} assembler(s), staged"
-        points.append(
-            Scenario(
-                f"{prefix}-{grid}",
-                hosts,
-                carve,
-                block,
-                purpose,
-                staged=True,
-                ingests=ingests,
-                assemblers=assemblers,
-            )
-        )
-    return points
-
-
-GRIDS = ("1x1", "2x1", "1x2", "2x2")
-FULL_UPLOADS = (
-    Scenario("B8K", 10, 2 * MB, 8 * KiB, "block size 8 KiB (osquery's default), 10 hosts"),
-    Scenario("B256K", 10, 20 * MB, 256 * KiB, "block size 256 KiB, 10 hosts"),
-    Scenario("B1M", 10, 20 * MB, MiB, "block size 1 MiB, 10 hosts (baseline)"),
-    Scenario("B8M", 10, 32 * MB, 8 * MiB, "block size 8 MiB (the ingest's maximum), 10 hosts"),
-    Scenario("Z8K", 10, 2 * MB, 8 * KiB, "B8K with zstd-compressed archives", compress=True),
-    Scenario("Z1M", 10, 20 * MB, MiB, "B1M with zstd-compressed archives", compress=True),
-    Scenario("H1-8K", 1, 4 * MB, 8 * KiB, "1 host, 8 KiB blocks"),
-    Scenario("H50-8K", 50, 500 * 1000, 8 * KiB, "50 hosts, 8 KiB blocks"),
-    Scenario("H200-8K", 200, 160 * 1000, 8 * KiB, "200 hosts, 8 KiB blocks"),
-    Scenario("H50-1M", 50, 8 * MB, MiB, "50 hosts, 1 MiB blocks (the RSS target)"),
-    Scenario("H200-1M", 200, 2 * MB, MiB, "200 hosts, 1 MiB blocks"),
-    *replica_grid("R8K", 50, 1 * MB, 8 * KiB, "50 hosts, 8 KiB blocks", GRIDS),
-    *replica_grid("R1M", 20, 16 * MB, MiB, "20 hosts, 1 MiB blocks", GRIDS),
-    Scenario("D10M", 1, 10 * MB, MiB, "RSS vs carve size: 10 MB"),
-    Scenario("D100M", 1, 100 * MB, MiB, "RSS vs carve size: 100 MB"),
-    Scenario("D1G", 1, 1 * GB, MiB, "RSS vs carve size: 1 GB (the slowest upload point)"),
-)
-QUICK_UPLOADS = (
-    Scenario("B8K", 2, 200 * 1000, 8 * KiB, "8 KiB blocks, 2 hosts"),
-    Scenario("Z1M", 2, 3 * MB, MiB, "1 MiB blocks, zstd-compressed archives", compress=True),
-    *replica_grid("R1M", 2, 3 * MB, MiB, "2 hosts, 1 MiB blocks", ("2x2",)),
-)
-
-
-def download_points(clients: int) -> tuple[download.Scenario, ...]:
-    """DA1, DM1, DA20 and DM20 (named for the full run's 20 clients even when quick has fewer)."""
-    many = f"{clients} concurrent downloads"
-    return (
-        download.Scenario("DA1", 1, "archive", "1 download of the whole archive"),
-        download.Scenario("DM1", 1, "member", "1 download of the tar member"),
-        download.Scenario("DA20", clients, "archive", f"{many} of the whole archive"),
-        download.Scenario("DM20", clients, "member", f"{many} of the tar member"),
-    )
-
-
-FULL_DOWNLOADS = download_points(20)
-QUICK_DOWNLOADS = download_points(3)
-DEFAULT_DOWNLOAD_SIZE = 1 * GiB
-QUICK_DOWNLOAD_SIZE = 8 * MiB
 
 
 @dataclass(frozen=True)
@@ -185,7 +114,7 @@ class Options:
         points = wrk_blocks.QUICK if self.quick else wrk_blocks.FULL
         return [p for p in points if self.only is None or p.name in self.only]
 
-    def downloads(self) -> tuple[download.Scenario, ...]:
+    def downloads(self) -> tuple[DownloadScenario, ...]:
         points = QUICK_DOWNLOADS if self.quick else FULL_DOWNLOADS
         return tuple(p for p in points if self.only is None or p.name in self.only)
 
@@ -197,24 +126,17 @@ class Options:
 
 @dataclass
 class Servers:
-    """All four backends; uploads and downloads see them through their own Backends views."""
+    """All four backends; uploads and downloads see them through their own roles."""
 
-    uploads: upload.Backends
-    downloads: download.Backends
-
-    @property
-    def all(self) -> list[Server]:
-        return [*self.uploads.servers, self.downloads.vault]
+    uploads: Backends
+    downloads: Backends
 
 
 @contextlib.contextmanager
 def running_servers(root: Path) -> Iterator[Servers]:
     """Redis, RabbitMQ, SecantusDB and OpenBao started at once; always stopped."""
-    mongo = SecantusServer(root / "mongo")
-    uploads = upload.Backends(RedisServer(root / "redis"), RabbitServer(root / "rabbitmq"), mongo)
-    servers = Servers(uploads, download.Backends(mongo=mongo, vault=BaoServer(root / "openbao")))
-    with running(servers.all):
-        yield servers
+    with running_backends(root) as backends:
+        yield Servers(backends.only(*UPLOAD_ROLES), backends.only("mongo", "vault"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,7 +157,7 @@ def failed_row(name: str, kind: str, exc: BaseException) -> dict[str, Any]:
     }
 
 
-async def upload_point(scenario: Scenario, ctx: upload.Context) -> dict[str, Any]:
+async def upload_point(scenario: Scenario, ctx: Context) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         row = await upload.run_scenario(scenario, ctx)
@@ -248,9 +170,9 @@ async def upload_point(scenario: Scenario, ctx: upload.Context) -> dict[str, Any
 async def run_uploads(
     servers: Servers, workdir: Path, options: Options, ceilings: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    client: AsyncMongoClient[upload.Document] = AsyncMongoClient(servers.uploads.mongo.url)
+    client: AsyncMongoClient[Document] = AsyncMongoClient(servers.uploads.mongo.url)
     try:
-        ctx = upload.Context(servers.uploads, client, workdir, ceilings)
+        ctx = Context(servers.uploads, client, workdir, ceilings)
         return [await upload_point(scenario, ctx) for scenario in options.uploads()]
     finally:
         await client.close()
@@ -279,7 +201,7 @@ async def run_downloads(
         extra_env=options.service_env,
         quick=options.quick,
         min_available_mib=download.DEFAULT_MIN_AVAILABLE_MIB,
-        secantus_malloc="glibc",  # the SecantusDB the uploads used, as tests.servers starts it
+        secantus_malloc="glibc",  # the SecantusDB the uploads used, as devstack.servers starts it
         scenarios=points,
     )
     (workdir / "download").mkdir(parents=True, exist_ok=True)
@@ -305,9 +227,7 @@ async def run_wrk(servers: Servers, workdir: Path, options: Options) -> list[dic
 
 
 async def run_all(servers: Servers, workdir: Path, options: Options) -> dict[str, Any]:
-    ceilings = await upload.measure_ceilings(
-        servers.uploads, options.ceiling_seconds, CEILING_SIZES
-    )
+    ceilings = await measure_ceilings(servers.uploads, options.ceiling_seconds, CEILING_SIZES)
     rows = await run_uploads(servers, workdir, options, ceilings)
     wrk_rows = await run_wrk(servers, workdir, options)
     downloads, download_rows = await run_downloads(servers, workdir, options)
@@ -326,11 +246,9 @@ async def run_all(servers: Servers, workdir: Path, options: Options) -> dict[str
 
 def machine() -> dict[str, Any]:
     return {
-        **upload.machine_info(),
+        **machine_info(),
         "load_average_at_start": [round(load, 2) for load in os.getloadavg()],
-        "mem_available_gib_at_start": round(
-            upload.proc_kb("/proc/meminfo", "MemAvailable") / MiB, 1
-        ),
+        "mem_available_gib_at_start": round(proc_kb("/proc/meminfo", "MemAvailable") / MiB, 1),
     }
 
 
@@ -351,7 +269,7 @@ def header(options: Options, started_at: str) -> dict[str, Any]:
         "not_run": [name for name in defined_points(options) if name not in ran],
         "started_at": started_at,
         "machine": machine(),
-        "source": download.source_state(SOURCE_PATHS),
+        "source": source_state(SOURCE_PATHS),
         "options": {
             "download_size": options.download_size,
             "ceiling_seconds": options.ceiling_seconds,
@@ -394,7 +312,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help="comma-separated point names (e.g. B8K,DA20)")
     parser.add_argument(
         "--download-size",
-        type=download.size_arg,
+        type=size_arg,
         default=None,
         help=f"seeded carve's member size (default {size(DEFAULT_DOWNLOAD_SIZE)}; "
         f"--quick {size(QUICK_DOWNLOAD_SIZE)})",
@@ -409,7 +327,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json-out", type=Path, default=None, help=f"default OUT_DIR/{REPORT_STEM}.json"
     )
-    upload.add_service_env_option(parser, "every service under test")
+    add_service_env_option(parser, "every service under test")
     return parser.parse_args(argv)
 
 
@@ -424,7 +342,7 @@ def options_of(args: argparse.Namespace) -> Options:
         size = QUICK_DOWNLOAD_SIZE if quick else DEFAULT_DOWNLOAD_SIZE
     return Options(
         quick=quick,
-        only=upload.names(args.only),
+        only=names(args.only),
         download_size=size,
         out_dir=out_dir,
         json_out=args.json_out or out_dir / f"{REPORT_STEM}.json",
@@ -438,11 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         log(f"unknown point(s): {', '.join(sorted(unknown))}; known: {', '.join(SWEEPS)}")
         return 2
-    upload.EXTRA_ENV.update(options.service_env)
-    record = upload.interruptible(lambda: run(options))
+    EXTRA_ENV.update(options.service_env)
+    record = interruptible(lambda: run(options))
     if record is None:
         return 130
-    upload.write_json(record, options.json_out)
+    write_json(record, options.json_out)
     write_report(record, options.out_dir, options.json_out.stem)
     log(f"{'OK' if record['ok'] else 'ERRORS'}: {record['error_count']} error(s)")
     return 0 if record["ok"] else 1

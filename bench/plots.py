@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from bench.render import size_text
+
 Row = dict[str, Any]
 
 # Points whose RSS over time is plotted, when they ran.
@@ -35,13 +37,6 @@ def _empty(ax: Axes, what: str) -> None:
     ax.text(0.5, 0.5, f"{what}: not run", ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks([])
     ax.set_yticks([])
-
-
-def _size_label(size: int) -> str:
-    for unit, name in ((1 << 20, "MiB"), (1 << 10, "KiB")):
-        if size >= unit and size % unit == 0:
-            return f"{size // unit} {name}"
-    return f"{size} B"
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -86,7 +81,7 @@ def block_size_plot(record: Row, path: Path) -> None:
     for ax, unit in ((mb, "MB/s"), (blocks, "blocks/s")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xticks([r["block_size"] for r in rows], [_size_label(r["block_size"]) for r in rows])
+        ax.set_xticks([r["block_size"] for r in rows], [size_text(r["block_size"]) for r in rows])
         ax.set_xlabel("block size")
         ax.set_ylabel(unit)
         ax.grid(True, which="both", alpha=0.3)

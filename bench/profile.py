@@ -33,16 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.upload import (
-    SERVICES,
-    cpu_seconds,
-    log,
-    running_backends,
-    service_env,
-    stop_service,
-)
+from bench.cli import log
+from bench.procstats import backend_cpu, cpu_seconds
+from bench.services import SERVICES, running_backends, service_env, stop_service
 from clients.osquery_sim import parse_size
-from tests.stack import ROOT, ServiceProcess
+from devstack import ROOT
+from devstack.services import ServiceProcess
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
 PROFILED = ("ingest", "assembler", "secantus")  # the Python processes py-spy can sample
@@ -124,7 +120,7 @@ def profile(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             for proc in procs.values():
                 asyncio.run(proc.wait_ready(60.0))
             pids = {n: p.proc.pid for n, p in procs.items()}
-            cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()} | backends.cpu_seconds()
+            cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()} | backend_cpu(backends)
             assert backends.mongo.proc is not None
             targets = pids | {"secantus": backends.mongo.proc.pid}
             spies = [
@@ -134,7 +130,7 @@ def profile(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             started = time.perf_counter()
             summary, sim_cpu = run_sim(procs["ingest"].url, args, out)
             wall = time.perf_counter() - started
-            cpu1 = {n: cpu_seconds(pid) for n, pid in pids.items()} | backends.cpu_seconds()
+            cpu1 = {n: cpu_seconds(pid) for n, pid in pids.items()} | backend_cpu(backends)
             for process in spies:
                 process.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 process.wait(30)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plots import draw_all
+from bench.render import size_text
 from bench.targets import dig
 
 Row = dict[str, Any]
@@ -38,14 +39,7 @@ def fmt(value: Any) -> str:
 
 
 def size(value: int | None) -> str:
-    if value is None:
-        return MISSING
-    units = ((10**9, "GB"), (10**6, "MB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"),
-             (10**3, "kB"))  # fmt: skip
-    for unit, name in units:
-        if value >= unit and value % unit == 0:
-            return f"{value // unit} {name}"
-    return f"{value:,} B"
+    return MISSING if value is None else size_text(value)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

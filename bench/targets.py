@@ -15,12 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.upload import MB, KiB, MiB
+from bench.render import GB, MB, KiB, MiB
 
 Row = dict[str, Any]
 Points = dict[str, Row]
 
-GB = 1000 * MB
 OSQUERY_REQUEST_LIMIT_S = 16.0
 # "Far below osquery's 16 s": taken here as a quarter of it.
 P99_LIMIT_MS = OSQUERY_REQUEST_LIMIT_S / 4 * 1000

@@ -42,16 +42,12 @@ import aiohttp
 import pybase64
 from pymongo import AsyncMongoClient
 
-from bench.upload import (
-    Backends,
-    cpu_seconds,
-    log,
-    running_backends,
-    running_services,
-    service_env,
-)
+from bench.cli import log
+from bench.procstats import backend_cpu, cpu_seconds
+from bench.services import running_backends, running_services, service_env
 from clients.osquery_sim import start_body
-from tests.stack import scrape
+from devstack.backends import Backends
+from devstack.services import scrape
 
 KiB, MiB = 1024, 1024 * 1024
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
@@ -203,12 +199,12 @@ async def run_point(backends: Backends, workdir: Path, point: Point) -> dict[str
         block = bytes(range(256)) * (point.block_size // 256)
         script.write_text(lua_script(carves, block, "/upload_blocks"))
         pids = {"ingest": ingest.proc.pid, "assembler": assembler.proc.pid}
-        cpu0 = {n: cpu_seconds(p) for n, p in pids.items()} | backends.cpu_seconds()
+        cpu0 = {n: cpu_seconds(p) for n, p in pids.items()} | backend_cpu(backends)
         figures, wrk_cpu = await asyncio.to_thread(run_wrk, ingest.url, script, point)
         accepted = await settled_count(ingest.url)
         ingest_cpu = cpu_seconds(pids["ingest"]) - cpu0["ingest"]
         stored = await drained(env["CARVE_MONGO_URL"], env["CARVE_MONGO_DB"], accepted)
-        cpu1 = {n: cpu_seconds(p) for n, p in pids.items()} | backends.cpu_seconds()
+        cpu1 = {n: cpu_seconds(p) for n, p in pids.items()} | backend_cpu(backends)
     cpu = {n: cpu1[n] - cpu0.get(n, 0.0) for n in cpu1} | {"ingest": ingest_cpu}
     errors = {
         "bad_replies": figures["bad_replies"],

@@ -14,10 +14,9 @@ export PATH="$PWD/.venv/bin:$PATH"
 RUN="$PWD/.run"; mkdir -p "$RUN/logs"
 started=()
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { python -m devstack port-open "$1"; }
 wait_port() {  # port seconds name
-  for _ in $(seq 1 $(($2 * 10))); do port_open "$1" && return 0; sleep 0.1; done
-  echo "run: $3 did not open port $1; see $RUN/logs/$3.log" >&2; exit 1
+  python -m devstack wait-port "$1" --timeout "$2" --name "run: $3" --log "$RUN/logs/$3.log" || exit 1
 }
 background() {  # name command...
   local name=$1; shift

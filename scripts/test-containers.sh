@@ -111,8 +111,7 @@ make_pki "$work/other-pki"  # another CA: its device must be refused
 bash deploy/pki/make-dev-pki.sh device lost-laptop "$work/pki" >/dev/null
 bash deploy/pki/make-dev-pki.sh revoke lost-laptop "$work/pki" >/dev/null
 
-read -r osquery_port responder_port < <(.venv/bin/python -c \
-    'from tests.servers import free_port; print(free_port(), free_port())')
+read -r osquery_port responder_port < <(.venv/bin/python -m devstack free-port 2)
 secret() { openssl rand -hex 32; }
 responder_password=$(secret)
 cat >"$work/.env" <<ENV

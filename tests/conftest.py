@@ -5,43 +5,20 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.servers import (
-    BaoServer,
-    RabbitServer,
-    RedisServer,
-    SecantusServer,
-    Server,
-    running,
-)
+from devstack.backends import Backends, running_backends
+from devstack.vault import VaultAdmin
 from tests.stack import Stack
-from tests.vault import VaultAdmin
-
-
-@dataclass
-class Backends:
-    redis: RedisServer
-    rabbit: RabbitServer
-    mongo: SecantusServer
-    vault: BaoServer
 
 
 @pytest.fixture(scope="session")
 def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     root = tmp_path_factory.mktemp("backends")
-    found = Backends(
-        redis=RedisServer(root / "redis"),
-        rabbit=RabbitServer(root / "rabbitmq"),
-        mongo=SecantusServer(root / "mongo"),
-        vault=BaoServer(root / "openbao"),
-    )
-    servers: list[Server] = [found.redis, found.rabbit, found.mongo, found.vault]
     try:
-        with running(servers):
+        with running_backends(root) as found:
             yield found
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -62,13 +39,10 @@ def names() -> dict[str, str]:
 def settings_env(backends: Backends, names: dict[str, str]) -> dict[str, str]:
     """The CARVE_* environment a service process of this test would get."""
     return {
-        "CARVE_REDIS_URL": backends.redis.url,
-        "CARVE_AMQP_URL": backends.rabbit.url,
-        "CARVE_MONGO_URL": backends.mongo.url,
+        **backends.env(),
         "CARVE_MONGO_DB": names["mongo_db"],
         "CARVE_AMQP_QUEUE": names["amqp_queue"],
         "CARVE_REDIS_KEY_PREFIX": names["redis_key_prefix"],
-        "CARVE_VAULT_ADDR": backends.vault.url,
         "CARVE_LOG_LEVEL": "INFO",
     }
 
@@ -89,9 +63,7 @@ async def ingest_only(settings_env: dict[str, str], tmp_path: Path) -> AsyncIter
 @pytest.fixture(scope="session")
 def vault(backends: Backends) -> VaultAdmin:
     """Root access to the session's OpenBao, with the download policy and userpass set up."""
-    admin = VaultAdmin(backends.vault.url, backends.vault.root_token)
-    admin.provision()
-    return admin
+    return VaultAdmin.provisioned(backends.vault)
 
 
 def pytest_configure(config: pytest.Config) -> None:

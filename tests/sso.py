@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from devstack.ports import HOST, free_port
+from devstack.vault import VaultAdmin
 from tests.oidc_provider import OidcProvider
-from tests.servers import HOST, free_port
-from tests.vault import VaultAdmin
 
 ROLE = "responder-sso"
 

@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
+from devstack.vault import POLICY, VaultAdmin
 from tests.console import DEVICE, Upload, archive_bytes, console_stack
 from tests.stack import Stack
 from tests.uploads import random_bytes
-from tests.vault import POLICY, VaultAdmin
 
 ADMIN = "osquery-file-carve-admin"
 HOSTILE = "<img src=x onerror=alert(1)>"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from playwright.async_api import Browser, expect
 
+from devstack.vault import POLICY, VaultAdmin
 from tests.sso import ROLE, sso
 from tests.stack import Stack
-from tests.vault import POLICY, VaultAdmin
 
 
 async def test_a_responder_signs_in_with_sso_and_sees_the_carves(

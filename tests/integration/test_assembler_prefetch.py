@@ -17,11 +17,11 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
+from devstack.backends import Backends
 from services.assembler.consumer import BlockConsumer
 from services.assembler.handler import Handled
 from services.assembler.metrics import AssemblerMetrics
 from shared.queue import Block, declare_topology, encode
-from tests.conftest import Backends
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.stack import ROOT
+from devstack import ROOT
 
 Row = dict[str, Any]
 

@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 
 from clients import carvectl
+from devstack.vault import POLICY, VaultAdmin
 from tests.integration.test_download import MEMBERS, Carved, Responder
 from tests.stack import Stack
 from tests.uploads import Upload, random_bytes
-from tests.vault import POLICY, VaultAdmin
 
 
 @dataclass

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.stack import ROOT
+from devstack import ROOT
 
 
 # Its own servers (RabbitMQ takes seconds to start), 30 s of faults, then the checks.

@@ -20,12 +20,12 @@ import pytest
 import zstandard
 
 from clients import carvectl
+from devstack.vault import POLICY, VaultAdmin
 from shared.manifest import MAX_ENTRIES
 from tests.console import DEVICE, Upload, archive_bytes, console_stack
 from tests.integration.test_device_binding import make_cert
 from tests.stack import Stack
 from tests.uploads import random_bytes
-from tests.vault import POLICY, VaultAdmin
 
 ADMIN = "osquery-file-carve-admin"
 MEMBERS = {"/var/log/syslog": random_bytes(20_000, seed=3), "/etc/passwd": b"root:x:0:0\n"}

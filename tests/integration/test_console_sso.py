@@ -11,9 +11,9 @@ from urllib.parse import parse_qs, urlparse
 
 import aiohttp
 
+from devstack.vault import POLICY, VaultAdmin
 from tests.sso import ROLE, sso
 from tests.stack import Stack
-from tests.vault import POLICY, VaultAdmin
 
 
 async def call(

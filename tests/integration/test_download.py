@@ -20,11 +20,13 @@ import yarl
 from multidict import CIMultiDict
 
 from clients.osquery_sim import build_archive, carve, carve_member_name
-from tests.conftest import Backends
-from tests.servers import BaoServer
-from tests.stack import ROOT, Stack, scrape
+from devstack import ROOT
+from devstack.backends import Backends
+from devstack.servers import BaoServer
+from devstack.services import scrape
+from devstack.vault import POLICY, Token, VaultAdmin
+from tests.stack import Stack
 from tests.uploads import Upload, random_bytes
-from tests.vault import POLICY, Token, VaultAdmin
 
 AUTH_LOG = random_bytes(40_000, seed=7)
 MEMBERS = {
@@ -194,9 +196,7 @@ async def test_vault_down_is_503_and_not_ready(stack: Stack, tmp_path: Path) -> 
     bao = BaoServer(tmp_path / "own-openbao")
     bao.start()
     try:
-        admin = VaultAdmin(bao.url, bao.root_token)
-        admin.provision()
-        token = admin.token(POLICY)
+        token = VaultAdmin.provisioned(bao).token(POLICY)
         download = await stack.start_download(vault_addr=bao.url, vault_cache_ttl=0)
         async with aiohttp.ClientSession(headers={"X-Vault-Token": token.token}) as http:
             async with http.get(download.url + "/api/v1/carves") as resp:

@@ -16,11 +16,12 @@ import aiohttp
 import pytest
 
 from clients.osquery_sim import build_synthetic_archive, carve
+from devstack.backends import Backends
+from devstack.services import scrape
 from services.assembler.store import GridChunkStore
 from shared.finalize import Finalizer, Outcome
 from shared.queue import Block, encode
-from tests.conftest import Backends
-from tests.stack import Stack, scrape
+from tests.stack import Stack
 from tests.uploads import Upload, random_bytes
 
 KiB = 1024

@@ -22,10 +22,12 @@ import orjson
 import pytest
 
 from clients.osquery_sim import carve
+from devstack import ROOT
+from devstack.services import scrape
+from devstack.vault import POLICY, VaultAdmin
 from tests import hostile
 from tests.hostile import PREFIX
-from tests.stack import ROOT, Stack, scrape
-from tests.vault import POLICY, VaultAdmin
+from tests.stack import Stack
 
 GiB = 1 << 30
 # Entries of the sparse map: CPython's tarfile holds ~110 bytes per entry (measured: +220 MB

@@ -26,10 +26,11 @@ from clients.osquery_sim import (
     judge_reply,
     start_body,
 )
+from devstack.services import scrape
 from services.ingest.settings import IngestSettings
 from services.janitor.main import run_sweep
 from shared.quotas import Quotas, Refusal, session_bytes
-from tests.stack import Stack, fields, scrape
+from tests.stack import Stack, fields
 
 KiB, MiB, GiB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.servers import HOST, free_port
-from tests.stack import ROOT, Stack, scrape
+from devstack import ROOT
+from devstack.ports import HOST, free_port
+from devstack.services import scrape
+from tests.stack import Stack
 from tests.uploads import Upload, random_bytes
 
 KiB = 1024

@@ -18,10 +18,12 @@ import pytest
 from redis.asyncio import Redis
 
 from clients.osquery_sim import STATUS_DATA_POST_FAILED, build_synthetic_archive, carve
+from devstack import ROOT
+from devstack.backends import Backends
+from devstack.services import scrape
 from services.janitor.main import run_sweep
 from services.janitor.sweep import Report
-from tests.conftest import Backends
-from tests.stack import ROOT, RunningApp, Stack, scrape
+from tests.stack import RunningApp, Stack
 from tests.uploads import Upload, random_bytes
 
 KiB = 1024

@@ -42,11 +42,13 @@ from clients.osquery_sim import (
     judge_reply,
     start_body,
 )
+from devstack import ROOT
+from devstack.backends import Backends
+from devstack.ports import HOST, free_port
+from devstack.servers import Server
+from devstack.vault import POLICY, VaultAdmin
 from shared.protocol import max_block_body
-from tests.conftest import Backends
-from tests.servers import HOST, Server, free_port
-from tests.stack import ROOT, Stack
-from tests.vault import POLICY, VaultAdmin
+from tests.stack import Stack
 
 COMPOSE = ROOT / "deploy" / "compose"
 TEMPLATE = COMPOSE / "nginx" / "carve.conf.template"

@@ -43,6 +43,8 @@ from clients.osquery_sim import (
     judge_reply,
     start_body,
 )
+from devstack.ports import HOST
+from devstack.vault import VaultAdmin
 from services.ingest.routes import BLOCK_PATHS, START_PATHS
 from tests.integration.test_nginx import (
     FAST_RETRIES,
@@ -60,9 +62,7 @@ from tests.integration.test_nginx import (
     serve_app,
     simulator_log,
 )
-from tests.servers import HOST
 from tests.stack import Stack
-from tests.vault import VaultAdmin
 
 pytestmark = pytest.mark.timeout(90)
 

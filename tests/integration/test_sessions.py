@@ -11,12 +11,12 @@ import pytest
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from devstack.backends import Backends
 from services.ingest.sessions import Marked, SessionStore
 from shared.errors import InvalidRequest, UnknownSession
 from shared.lifecycle import session_keys
 from shared.mongo import Document
 from shared.protocol import StartRequest
-from tests.conftest import Backends
 
 
 class CountingRedis(Redis):

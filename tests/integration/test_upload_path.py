@@ -18,8 +18,9 @@ from clients.osquery_sim import (
     request_headers,
     start_body,
 )
+from devstack.services import scrape
 from shared.protocol import ZSTD_MAGIC
-from tests.stack import Stack, scrape
+from tests.stack import Stack
 from tests.uploads import Upload, random_bytes
 
 KiB = 1024

@@ -1,8 +1,8 @@
-"""Real backend servers for the tests, each a child process on a free loopback port.
+"""Real backend servers, each a child process on a free loopback port.
 
-Redis, RabbitMQ and SecantusDB (MongoDB wire protocol) are started fresh for
-the test session, so the suite needs nothing running beforehand and fault
-tests may stop and restart them without touching anything else on the machine.
+Redis, RabbitMQ, SecantusDB (MongoDB wire protocol) and OpenBao are started fresh (for a
+test session, a benchmark, ``python -m devstack up``), so nothing needs to run beforehand
+and fault drills may stop and restart them without touching anything else on the machine.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,42 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-HOST = "127.0.0.1"
-
-
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nobody listens on, and never the same one twice in this process.
-
-    (The kernel may offer a just-closed port again; two services given the same
-    one would make a readiness probe answer for the wrong process.)
-    """
-    while True:
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            port = int(s.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-
-
-def port_open(port: int, host: str = HOST) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
-def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(port):
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
-        time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not open within {timeout} s")
+from devstack.ports import HOST, free_port, port_open, wait_port
 
 
 class Server:
@@ -73,6 +37,11 @@ class Server:
         self.log_path = workdir / f"{self.name}.log"
 
     def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        """Where clients reach it."""
         raise NotImplementedError
 
     def env(self) -> dict[str, str]:

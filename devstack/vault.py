@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import hvac
 
-ROOT = Path(__file__).resolve().parents[1]
+from devstack import ROOT
+from devstack.servers import BaoServer
+
 POLICY = "osquery-file-carve-file-requests"
 POLICY_FILE = ROOT / "deploy" / "vault" / f"{POLICY}.hcl"
 
@@ -25,6 +26,13 @@ class VaultAdmin:
     def __init__(self, url: str, root_token: str) -> None:
         self.url = url
         self.client = hvac.Client(url=url, token=root_token)
+
+    @classmethod
+    def provisioned(cls, server: BaoServer) -> VaultAdmin:
+        """Root access to ``server``, with the download policy and userpass set up."""
+        admin = cls(server.url, server.root_token)
+        admin.provision()
+        return admin
 
     def provision(self) -> None:
         """The repository's own policy file, and userpass enabled (idempotent)."""

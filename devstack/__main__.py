@@ -1,0 +1,114 @@
+"""``python -m devstack``: the backends on loopback, and the port helpers the scripts use.
+
+python -m devstack up [--only redis,mongo] [--env-file PATH]
+    start private backends on free loopback ports, print their URLs and the services'
+    CARVE_* settings, and stop them (their data thrown away) on Ctrl-C or SIGTERM
+python -m devstack free-port [COUNT]
+    COUNT loopback ports nobody listens on, on one line
+python -m devstack port-open PORT
+    exit 0 if something listens on PORT, 1 if not
+python -m devstack wait-port PORT... [--timeout S] [--name NAME] [--log PATH]
+    wait until every PORT accepts connections; exit 1 (saying which) when time is up
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from devstack.backends import ROLES, running_backends
+from devstack.ports import HOST, free_port, port_open, wait_port
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def up(roles: Sequence[str], env_file: Path | None) -> int:
+    root = Path(tempfile.mkdtemp(prefix="carve-devstack-"))
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        print(f"devstack: starting {', '.join(roles)} under {root}", file=sys.stderr, flush=True)
+        with running_backends(root, roles) as backends:
+            env = backends.env()
+            for role, server in backends.by_role.items():
+                print(f"devstack: {role:<6} {server.name:<9} {server.url}", file=sys.stderr)
+            lines = [f"export {key}={value}" for key, value in env.items()]
+            if env_file is not None:
+                env_file.write_text("\n".join(lines) + "\n")
+            print("\n".join(lines), flush=True)
+            print("devstack: up; stop with Ctrl-C", file=sys.stderr, flush=True)
+            threading.Event().wait()  # until a signal raises KeyboardInterrupt
+    except KeyboardInterrupt:
+        print("devstack: stopped", file=sys.stderr)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if env_file is not None:
+            env_file.unlink(missing_ok=True)
+    return 0
+
+
+def wait_ports(ports: Sequence[int], timeout: float, name: str, log: str) -> int:
+    for port in ports:
+        try:
+            wait_port(port, timeout)
+        except TimeoutError:
+            where = f"; see {log}" if log else ""
+            print(
+                f"{name}: nothing listens on {HOST}:{port} after {timeout:g} s{where}",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack", description=(__doc__ or "").split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("up", help="start the backends until Ctrl-C")
+    start.add_argument(
+        "--only", default=",".join(ROLES), help=f"comma-separated roles (default {','.join(ROLES)})"
+    )
+    start.add_argument(
+        "--env-file", type=Path, help="also write the settings there (removed on exit)"
+    )
+    free = commands.add_parser("free-port", help="free loopback ports")
+    free.add_argument("count", nargs="?", type=int, default=1)
+    check = commands.add_parser("port-open", help="exit 0 if something listens on PORT")
+    check.add_argument("port", type=int)
+    wait = commands.add_parser("wait-port", help="wait until each PORT accepts connections")
+    wait.add_argument("ports", nargs="+", type=int)
+    wait.add_argument("--timeout", type=float, default=30.0, help="seconds per port (default 30)")
+    wait.add_argument("--name", default="devstack", help="who is waiting, for the message")
+    wait.add_argument("--log", default="", help="the log to point at when time is up")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "up":
+        roles = [role.strip() for role in args.only.split(",") if role.strip()]
+        unknown = sorted(set(roles) - set(ROLES))
+        if unknown:
+            print(f"devstack: no such role: {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        return up(roles, args.env_file)
+    if args.command == "free-port":
+        print(" ".join(str(free_port()) for _ in range(args.count)))
+        return 0
+    if args.command == "port-open":
+        return 0 if port_open(args.port) else 1
+    return wait_ports(args.ports, args.timeout, args.name, args.log)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
