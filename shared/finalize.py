@@ -42,6 +42,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DocumentTooLarge, DuplicateKeyError
 
 from shared.carves import COLLECTION, ENDED, Compression, Status, archive_filename
+from shared.errors import CorruptArchive
 from shared.manifest import COLLECTION as MANIFESTS
 from shared.manifest import ManifestPass
 from shared.manifest import summary as manifest_summary
@@ -60,10 +61,6 @@ class Outcome(StrEnum):
     BUSY = "busy"  # another finalizer holds the lease
     NOT_RECEIVING = "not_receiving"  # complete, failed, expired, deleted, or unknown
     CORRUPT = "corrupt"  # stored chunks do not match the carve's geometry: marked failed
-
-
-class _Corrupt(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -178,7 +175,7 @@ class Finalizer:
         carve_id: str = doc["_id"]
         try:
             sha256, compression, manifest = await self._hash_chunks(doc)
-        except _Corrupt as exc:
+        except CorruptArchive as exc:
             log.error("carve %s cannot be finalized: %s", carve_id, exc)
             await self._carves.update_one(
                 {
@@ -284,7 +281,7 @@ class Finalizer:
                 n, data = chunk["n"], bytes(chunk["data"])
                 want = expected_block_length(n, count, size, length) if 0 <= n < count else -1
                 if n != expected_n or len(data) != want:
-                    raise _Corrupt(
+                    raise CorruptArchive(
                         f"chunk {n} (len {len(data)}) where chunk {expected_n} "
                         f"of {want} bytes was expected"
                     )
@@ -297,7 +294,7 @@ class Finalizer:
                     await manifest.feed(data)
                 expected_n += 1
             if expected_n != count:
-                raise _Corrupt(f"{expected_n} chunks streamed, {count} expected")
+                raise CorruptArchive(f"{expected_n} chunks streamed, {count} expected")
             # Inside the try: cancelled while handing over the end, the walker is abandoned
             # instead of waiting forever for it (a thread held until the process exits).
             built = await manifest.finish() if manifest is not None else None

@@ -9,7 +9,7 @@ from pymongo.errors import BulkWriteError
 
 from shared.batching import Coalescer
 from shared.carves import COLLECTION, Status
-from shared.errors import PoisonMessage, TransientError
+from shared.errors import PoisonMessage, Unavailable
 from shared.mongo import Document, is_document_error, transient_on_outage
 
 _DUPLICATE_KEY = 11000
@@ -69,4 +69,4 @@ def classify_write_error(error: Document) -> bool | BaseException:
         return False
     if is_document_error(code):
         return PoisonMessage(f"chunk write refused: {error.get('errmsg')}")
-    return TransientError(f"chunk write failed: {code} {error.get('errmsg')}")
+    return Unavailable("MongoDB", f"chunk write failed: {code} {error.get('errmsg')}")

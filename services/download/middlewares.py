@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from services.download import keys
-from services.download.archive import CorruptArchive, RangeNotSatisfiable
+from services.download.archive import RangeNotSatisfiable
 from services.download.audit import (
     AUDIT,
     COLLECTION,
@@ -18,7 +18,7 @@ from services.download.audit import (
     record,
 )
 from shared import keys as shared_keys
-from shared.errors import ClientError, TransientError, Unavailable
+from shared.errors import ClientError, CorruptArchive, Unavailable
 from shared.protocol import CARVE_ID
 from shared.proxies import client_address
 
@@ -79,16 +79,17 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _error_answer(request: web.Request, exc: BaseException) -> web.StreamResponse:
-    """The JSON answer for an error raised before any byte of the response was sent."""
+    """The JSON answer for an error raised before any byte of the response was sent: one
+    rule per branch of the tree in shared.errors."""
     try:
         raise exc
-    except RangeNotSatisfiable as exc:
-        response = _error(exc.status, exc.code, exc.message)
-        response.headers["Content-Range"] = f"bytes */{exc.details.get('size', 0)}"
-        return response
     except ClientError as exc:
+        if isinstance(exc, RangeNotSatisfiable):  # the size goes in Content-Range, not the body
+            response = _error(exc.status, exc.code, exc.message)
+            response.headers["Content-Range"] = f"bytes */{exc.details.get('size', 0)}"
+            return response
         return _error(exc.status, exc.code, exc.message, **exc.details)
-    except (Unavailable, TransientError) as exc:
+    except Unavailable as exc:
         log.warning("%s: answering 503: %s", request.path, exc)
         return _error(503, "unavailable", "a backend is unavailable, retry shortly")
     except CorruptArchive as exc:

@@ -38,7 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.janitor.settings import JanitorSettings
 from shared.carves import COLLECTION, ENDED, Status
-from shared.errors import TransientError
+from shared.errors import Unavailable
 from shared.finalize import Outcome, Result
 from shared.lifecycle import (
     end_session,
@@ -357,7 +357,7 @@ def transient_on_redis_outage(what: str) -> Iterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise TransientError(f"Redis unavailable during {what}: {exc.__class__.__name__}") from exc
+        raise Unavailable("Redis", f"unavailable during {what}: {exc.__class__.__name__}") from exc
 
 
 def _s(seconds: float) -> timedelta:
