@@ -1,4 +1,10 @@
-"""Errors to JSON replies, and the audit record of every request that names a carve."""
+"""Errors to JSON replies: one rule per branch of the tree in ``shared.errors``.
+
+An error raised before any byte of the response went out gets its JSON answer; one raised
+mid-stream (the headers are out) cuts the response short instead; a client that went away
+gets nothing (there is nobody to read it). The audit middleware (``audit.audited``) sits
+outside this one and records what was answered.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +14,11 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from services.download import keys
 from services.download.archive import RangeNotSatisfiable
-from services.download.audit import (
-    AUDIT,
-    COLLECTION,
-    AuditEntry,
-    outcome_of,
-    record,
-)
-from shared import keys as shared_keys
+from services.download.audit import AUDIT, AuditEntry, client_gone
 from shared.errors import ClientError, CorruptArchive, Unavailable
-from shared.protocol import CARVE_ID
-from shared.proxies import client_address
 
 log = logging.getLogger(__name__)
-
-# Route names whose requests are audited: every responder request (a listing shows carves too).
-AUDITED = frozenset({"list", "carve", "archive", "files", "file", "file_request", "delete"})
-# The console's additions (services/download/console_api.py, audit_api.py, login.py).
-AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"}
 
 
 def _error(http_status: int, code: str, message: str, /, **details: object) -> web.Response:
@@ -38,11 +29,6 @@ def _error(http_status: int, code: str, message: str, /, **details: object) -> w
     if http_status == 408:
         response.force_close()  # Connection: close; the middleware closes it once answered
     return response
-
-
-def client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 def _client_left(
@@ -58,7 +44,9 @@ def _client_left(
     return entry.response or web.Response(status=499, reason="Client Closed Request")
 
 
-async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+@web.middleware
+async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer, or the one its error calls for (see the module's docstring)."""
     try:
         return await handler(request)
     except (Exception, asyncio.CancelledError) as exc:
@@ -104,42 +92,3 @@ def _error_answer(request: web.Request, exc: BaseException) -> web.StreamRespons
     except Exception:
         log.exception("%s: unexpected error", request.path)
         return _error(500, "internal_error", "internal error")
-
-
-@web.middleware
-async def responder_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    route = request.match_info.route.name
-    if route not in AUDITED:
-        return await _answer(request, handler)
-    settings = request.app[keys.SETTINGS]
-    raw_id = request.match_info.get("carve_id")
-    entry = AuditEntry(
-        action=route,
-        client=client_address(request, settings.proxy_networks),
-        # An id that cannot be a carve's is refused with 400; keep only a short prefix of it.
-        carve_id=raw_id if raw_id is None or CARVE_ID.fullmatch(raw_id) else raw_id[:64],
-    )
-    request[AUDIT] = entry
-    metrics = request.app[keys.METRICS]
-    metrics.active.inc()
-    try:
-        response = await _answer(request, handler)
-        entry.status = response.status
-        if entry.outcome != "aborted":
-            entry.outcome = outcome_of(response.status)
-        if not response.prepared and not client_gone(request):
-            # Send it now, so the audit write below does not delay the answer.
-            await response.prepare(request)
-            await response.write_eof()
-        if response.status == 408 and request.transport is not None:
-            request.transport.close()  # the body never came: nothing more to read from it
-        return response
-    except (OSError, asyncio.CancelledError):
-        entry.outcome = "aborted"  # the client went away, or the server is shutting down
-        raise
-    finally:
-        metrics.active.dec()
-        metrics.requests.labels(route, entry.outcome).inc()
-        metrics.bytes_sent.labels(route).inc(entry.bytes_sent)
-        # Shielded: a shutdown that cancels this request still gets its audit row written.
-        await asyncio.shield(record(request.app[shared_keys.MONGO_DB][COLLECTION], entry))
