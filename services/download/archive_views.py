@@ -22,18 +22,18 @@ from services.download.auth import (
     load_carve,
 )
 from shared import keys as shared_keys
-from shared.carves import Compression
+from shared.carves import CarveDoc, Compression
 from shared.errors import ClientError, Forbidden, InvalidRequest
-from shared.mongo import Document
 
 
-def _archive_headers(doc: Document) -> dict[str, str]:
+def _archive_headers(doc: CarveDoc) -> dict[str, str]:
     zstd = doc.get("compression") == Compression.ZSTD
+    sha256 = doc["sha256"] or ""  # set on every complete carve
     return {
         "Content-Type": "application/zstd" if zstd else "application/x-tar",
         "Content-Disposition": f'attachment; filename="{doc["filename"]}"',
-        "ETag": f'"{doc["sha256"]}"',
-        "X-Carve-SHA256": doc["sha256"],
+        "ETag": f'"{sha256}"',
+        "X-Carve-SHA256": sha256,
         "Accept-Ranges": "bytes",
     }
 
@@ -46,7 +46,7 @@ def _matches(header: str | None, etag: str) -> bool:
 
 
 def _chunks(
-    request: web.Request, doc: Document, byte_range: ByteRange
+    request: web.Request, doc: CarveDoc, byte_range: ByteRange
 ) -> AsyncGenerator[memoryview, None]:
     settings = request.app[keys.SETTINGS]
     return stream_chunks(
@@ -59,7 +59,7 @@ def _chunks(
     )
 
 
-async def send_archive(request: web.Request, doc: Document) -> web.StreamResponse:
+async def send_archive(request: web.Request, doc: CarveDoc) -> web.StreamResponse:
     """The archive of a complete carve, whole or one range, streamed chunk by chunk."""
     complete(doc)
     size: int = doc["carve_size"]

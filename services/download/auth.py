@@ -15,9 +15,9 @@ from services.download.audit import AUDIT
 from services.download.members import clean_member_path
 from services.download.tokens import Identity
 from shared import keys as shared_keys
-from shared.carves import COLLECTION, ENDED, Status, blocks_received
+from shared.carves import ENDED, CarveDoc, Status, blocks_received, carves_of
 from shared.errors import Gone, InvalidRequest, NotComplete, NotFound
-from shared.mongo import Document, transient_on_outage
+from shared.mongo import transient_on_outage
 from shared.protocol import CARVE_ID
 
 # Routes that take a download ticket (services/download/tickets.py) instead of a token.
@@ -51,15 +51,15 @@ def checked_carve_id(raw: str) -> str:
     return raw
 
 
-async def load_carve(request: web.Request, carve_id: str) -> Document:
+async def load_carve(request: web.Request, carve_id: str) -> CarveDoc:
     with transient_on_outage("carve lookup"):
-        doc = await request.app[shared_keys.MONGO_DB][COLLECTION].find_one({"_id": carve_id})
+        doc = await carves_of(request.app[shared_keys.MONGO_DB]).find_one({"_id": carve_id})
     if doc is None:
         raise NotFound(f"no carve {carve_id}")
     return doc
 
 
-async def authorized_carve(request: web.Request) -> Document:
+async def authorized_carve(request: web.Request) -> CarveDoc:
     """The carve the route names, once the request's token (or ticket) allows it."""
     if "ticket" in request.query and request.match_info.route.name in TICKET_ROUTES:
         # A browser download: the ticket minted by an authorized POST stands for the token.
@@ -72,7 +72,7 @@ async def authorized_carve(request: web.Request) -> Document:
     return await load_carve(request, checked_carve_id(request.match_info["carve_id"]))
 
 
-def complete(doc: Document) -> Document:
+def complete(doc: CarveDoc) -> CarveDoc:
     """``doc`` if its carve is complete; Gone when its bytes are deleted, NotComplete before."""
     if doc["status"] in ENDED:
         when = doc.get("expired_at") or doc.get("deleted_at")

@@ -20,7 +20,7 @@ from services.download.auth import (
 )
 from services.download.lookups import int_param, lookup_filters, time_param
 from shared import keys as shared_keys
-from shared.carves import COLLECTION, ENDED, CarveRecord, Status
+from shared.carves import ENDED, CarveDoc, CarveRecord, Status, carves_of
 from shared.errors import Conflict, Gone, InvalidRequest
 from shared.lifecycle import purge_archive, transition
 from shared.mongo import Document, transient_on_outage
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MAX_PAGE = 1000
 
 
-def carve_view(doc: Document) -> dict[str, Any]:
+def carve_view(doc: CarveDoc) -> dict[str, Any]:
     """The public description of a carve (CarveRecord has no node_key or session_id)."""
     record = CarveRecord.from_doc(doc)
     view = record.model_dump(mode="json")
@@ -71,7 +71,7 @@ async def delete_carve(request: web.Request) -> web.Response:
 # --- listing -------------------------------------------------------------------------------
 
 
-def _cursor_encode(doc: Document) -> str:
+def _cursor_encode(doc: CarveDoc) -> str:
     raw = orjson.dumps([doc["created_at"].isoformat(), doc["_id"]])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -103,7 +103,7 @@ async def list_carves(request: web.Request) -> web.Response:
     await authorize(request, header_token(request))
     limit = int_param(request.query, "limit", 100, MAX_PAGE)
     query = _list_filter(request)
-    carves = request.app[shared_keys.MONGO_DB][COLLECTION]
+    carves = carves_of(request.app[shared_keys.MONGO_DB])
     with transient_on_outage("carve listing"):
         cursor = carves.find(query).sort([("created_at", -1), ("_id", -1)]).limit(limit + 1)
         docs = await cursor.to_list()

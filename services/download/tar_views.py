@@ -34,9 +34,8 @@ from services.download.members import (
 )
 from services.download.slots import TarBusy
 from shared import keys as shared_keys
-from shared.carves import Compression
+from shared.carves import CarveDoc, Compression
 from shared.errors import NotFound
-from shared.mongo import Document
 from shared.tarsafe import Budget, Limits
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ MAX_HEADER_BYTES = 1024 * 1024
 _WATCH_INTERVAL = 0.1
 
 
-def _tar_source(request: web.Request, doc: Document) -> TarSource:
+def _tar_source(request: web.Request, doc: CarveDoc) -> TarSource:
     settings = request.app[keys.SETTINGS]
     file = ChunkFile(
         asyncio.get_running_loop(),
@@ -79,7 +78,7 @@ async def _watch_client(request: web.Request, stop: threading.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _tar_job(request: web.Request, doc: Document) -> AsyncIterator[TarSource]:
+async def _tar_job(request: web.Request, doc: CarveDoc) -> AsyncIterator[TarSource]:
     """A tar worker's share for this request, its budget, and a watch on its client."""
     identity = request[keys.IDENTITY]
     metrics = request.app[keys.METRICS]
@@ -107,7 +106,7 @@ async def _tar_job(request: web.Request, doc: Document) -> AsyncIterator[TarSour
         watcher.cancel()
 
 
-async def _tar_carve(request: web.Request) -> Document:
+async def _tar_carve(request: web.Request) -> CarveDoc:
     doc = await authorized_carve(request)  # a token, or a download ticket (member downloads)
     return complete(doc)
 
