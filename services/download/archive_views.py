@@ -18,8 +18,8 @@ from services.download.auth import (
     authorize,
     authorized_carve,
     checked_carve_id,
-    complete,
     load_carve,
+    require_complete,
 )
 from shared import keys as shared_keys
 from shared.carves import CarveDoc, Compression
@@ -61,7 +61,7 @@ def _chunks(
 
 async def send_archive(request: web.Request, doc: CarveDoc) -> web.StreamResponse:
     """The archive of a complete carve, whole or one range, streamed chunk by chunk."""
-    complete(doc)
+    require_complete(doc)
     size: int = doc["carve_size"]
     headers = _archive_headers(doc)
     conditional = request.method in ("GET", "HEAD")  # If-None-Match means 412 on a POST

@@ -72,7 +72,7 @@ async def authorized_carve(request: web.Request) -> CarveDoc:
     return await load_carve(request, checked_carve_id(request.match_info["carve_id"]))
 
 
-def complete(doc: CarveDoc) -> CarveDoc:
+def require_complete(doc: CarveDoc) -> CarveDoc:
     """``doc`` if its carve is complete; Gone when its bytes are deleted, NotComplete before."""
     if doc["status"] in ENDED:
         when = doc.get("expired_at") or doc.get("deleted_at")

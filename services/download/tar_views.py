@@ -21,7 +21,7 @@ from aiohttp import web
 from services.download import keys, manifests
 from services.download.archive_views import start_stream, write_piece
 from services.download.audit import AUDIT
-from services.download.auth import authorized_carve, complete
+from services.download.auth import authorized_carve, require_complete
 from services.download.lookups import int_param
 from services.download.members import (
     Abandoned,
@@ -108,7 +108,7 @@ async def _tar_job(request: web.Request, doc: CarveDoc) -> AsyncIterator[TarSour
 
 async def _tar_carve(request: web.Request) -> CarveDoc:
     doc = await authorized_carve(request)  # a token, or a download ticket (member downloads)
-    return complete(doc)
+    return require_complete(doc)
 
 
 async def list_files(request: web.Request) -> web.Response:
