@@ -23,7 +23,7 @@ from clients.osquery_sim import (
     carve_member_name,
 )
 from devstack.backends import Backends
-from shared.carves import COLLECTION, Compression, Status, archive_filename, new_carve_doc
+from shared.carves import CarveDoc, Compression, Status, archive_filename, carves_of, new_carve_doc
 from shared.finalize import files_doc
 from shared.mongo import Document, ensure_indexes
 from shared.protocol import StartRequest
@@ -80,7 +80,7 @@ async def insert_chunks(
             await chunks.insert_many(docs)
 
 
-def carve_documents(carve: Carve, now: datetime) -> tuple[Document, Document]:
+def carve_documents(carve: Carve, now: datetime) -> tuple[CarveDoc, Document]:
     """The ``carves`` document and the GridFS files document of a finalized carve."""
     filename = archive_filename(carve.carve_id, Compression.NONE)
     start = StartRequest(
@@ -93,12 +93,14 @@ def carve_documents(carve: Carve, now: datetime) -> tuple[Document, Document]:
     )
     carve_doc = new_carve_doc(start, uuid.uuid4().hex, now)
     carve_doc.update(
-        blocks_received=carve.block_count,
-        status=Status.COMPLETE.value,
-        compression=Compression.NONE.value,
-        sha256=carve.archive_sha256,
-        filename=filename,
-        completed_at=now,
+        {
+            "blocks_received": carve.block_count,
+            "status": Status.COMPLETE.value,
+            "compression": Compression.NONE.value,
+            "sha256": carve.archive_sha256,
+            "filename": filename,
+            "completed_at": now,
+        }
     )
     sha = carve.archive_sha256
     files = files_doc(
@@ -128,7 +130,7 @@ async def seed(
     )
     carve_doc, files_doc = carve_documents(carve, datetime.now(UTC))
     await db[f"{BUCKET}.files"].insert_one(files_doc)
-    await db[COLLECTION].insert_one(carve_doc)
+    await carves_of(db).insert_one(carve_doc)
     inserted = time.perf_counter()
     cpu_after = backend_cpu(backends)
     archive.unlink()

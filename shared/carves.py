@@ -14,11 +14,12 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 from pydantic import BaseModel, ConfigDict
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.mongo import Document
 from shared.protocol import StartRequest
 
 COLLECTION = "carves"
@@ -41,6 +42,59 @@ ENDED = frozenset({Status.EXPIRED, Status.DELETED})
 class Compression(StrEnum):
     NONE = "none"
     ZSTD = "zstd"
+
+
+class LeaseDoc(TypedDict):
+    """A finalizer's hold on a carve (``shared.finalize``): who, and until when."""
+
+    owner: str
+    until: datetime
+
+
+class CarveDoc(TypedDict):
+    """A document of the ``carves`` collection, as stored (``new_carve_doc`` writes one).
+
+    Read through ``carves_of(db)``, so that mypy checks every ``doc["..."]``. A read with
+    a projection holds only the fields it names: read only those. ``NotRequired`` fields
+    come later in a carve's life, or are missing from documents older than they are.
+    """
+
+    _id: str  # the carve_id osquery chose; GridFS's files_id of its chunks
+    carve_id: str
+    request_id: str
+    session_id: NotRequired[str]  # in clear only while receiving
+    session_sha256: str
+    node_key_sha256: NotRequired[str]  # older documents: node_key, in clear
+    node_key: NotRequired[str]
+    node_key_in_header: NotRequired[bool]
+    device: NotRequired[dict[str, str] | None]  # DeviceRecord's fields
+    host: NotRequired[str]  # the identity its share is counted under
+    block_count: int
+    block_size: int
+    carve_size: int
+    blocks_received: int  # the assemblers' running count
+    chunks_counted: NotRequired[int]  # the finalizer's or the janitor's exact count
+    status: str  # a Status value
+    compression: str | None  # a Compression value, once complete
+    sha256: str | None
+    filename: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    finalize_lease: NotRequired[LeaseDoc]
+    manifest: NotRequired[dict[str, Any]]  # ManifestSummary's fields
+    failure_reason: NotRequired[str]
+    failed_at: NotRequired[datetime]
+    expired_at: NotRequired[datetime]
+    expired_from: NotRequired[str]
+    deleted_at: NotRequired[datetime]
+    deleted_by: NotRequired[str]
+    deleted_from: NotRequired[str]
+
+
+def carves_of(db: AsyncDatabase[Any]) -> AsyncCollection[CarveDoc]:
+    """The ``carves`` collection of ``db``, its documents typed as CarveDoc."""
+    return cast("AsyncCollection[CarveDoc]", db[COLLECTION])
 
 
 class DeviceRecord(BaseModel):
@@ -91,11 +145,11 @@ class CarveRecord(BaseModel):
     manifest: ManifestSummary | None = None
 
     @classmethod
-    def from_doc(cls, doc: Document) -> CarveRecord:
+    def from_doc(cls, doc: CarveDoc) -> CarveRecord:
         return cls.model_validate({**doc, "blocks_received": blocks_received(doc)})
 
 
-def blocks_received(doc: Document) -> int:
+def blocks_received(doc: CarveDoc) -> int:
     """Blocks stored so far: the assemblers' running count, or the finalizer's exact count.
 
     The running count is written once a second by each assembler and can fall
@@ -129,7 +183,7 @@ class Origin:
 
 def new_carve_doc(
     start: StartRequest, session_id: str, now: datetime, origin: Origin | None = None
-) -> Document:
+) -> CarveDoc:
     """The document written when osquery starts a carve."""
     origin = origin or Origin(node_key_sha256=digest(start.node_key))
     return {
@@ -159,7 +213,7 @@ def new_carve_doc(
 _GEOMETRY = ("carve_id", "request_id", "block_count", "block_size", "carve_size")
 
 
-def same_start(doc: Document, start: StartRequest, origin: Origin | None = None) -> bool:
+def same_start(doc: CarveDoc, start: StartRequest, origin: Origin | None = None) -> bool:
     """True when ``start`` repeats the request that created ``doc`` (a retried start):
     the same fields, the same node key and the same device certificate."""
     origin = origin or Origin(node_key_sha256=digest(start.node_key))
@@ -170,7 +224,7 @@ def same_start(doc: Document, start: StartRequest, origin: Origin | None = None)
     return stored_node_key(doc) == origin.node_key_sha256 and stored_device == origin.device_sha256
 
 
-def stored_node_key(doc: Document) -> str:
+def stored_node_key(doc: CarveDoc) -> str:
     """The SHA-256 of the node key that started a carve (older documents kept it in clear)."""
     return str(doc.get("node_key_sha256") or digest(doc.get("node_key") or ""))
 

@@ -1,24 +1,32 @@
-"""Domain errors shared by every service.
+"""Domain errors shared by every service, grouped by what the error is.
 
-The tree decides what the caller sees (HTTP services) or what happens to a
-queued message (workers)::
+The branch decides what the caller sees (HTTP services) or what happens to a
+queued message (workers); each middleware has one rule per branch::
 
     CarveError
-    ├── ClientError            bad input: a JSON error body, osquery gives up on the request
+    ├── ClientError            the request is wrong: a 4xx, retrying the same request cannot help
     │   ├── InvalidRequest        400  malformed JSON, wrong types, inconsistent sizes, bad block
     │   ├── Unauthorized          401  no or bad credentials
+    │   │   ├── InvalidToken          Vault does not know the token (shared.vault)
+    │   │   └── LoginRefused          Vault refused a login (shared.vault)
     │   ├── Forbidden             403  credentials lack the policy, node key mismatch
     │   ├── NotFound              404  unknown carve
     │   ├── UnknownSession        404  session id never issued, or ended
+    │   ├── RequestTimeout        408  the request body did not arrive in time (services.download)
     │   ├── Conflict              409  carve_id already used
     │   │   └── NotComplete           409  the archive is asked for before the carve is complete
     │   ├── Gone                  410  the carve's bytes were deleted (expired or deleted)
     │   ├── PayloadTooLarge       413  body larger than the session's block size needs
-    │   └── LimitExceeded         429  a host's (or the fleet's) share is used up; code says which
-    ├── Unavailable            a backend is down or slow: fast non-JSON 503, osquery 5.22+ retries
-    └── MessageError           raised while handling a queued message
-        ├── TransientError        the message is fine, a backend is not: keep it, retry later
-        └── PoisonMessage         the message can never succeed: dead-letter it
+    │   ├── RangeNotSatisfiable   416  a byte range past the archive's end (services.download)
+    │   ├── ArchiveRefused        422  a hostile or unreadable tar; code: why (services.download)
+    │   └── LimitExceeded         429  a share is used up; code says which
+    │       └── TarBusy               429  too many tar jobs wait (services.download)
+    ├── Unavailable            a backend is down or slow, or full: retry later. HTTP: a fast 503
+    │                          with Retry-After (non-JSON to osquery, which 5.22+ retries); a
+    │                          worker keeps its message queued and retries it
+    ├── CorruptArchive         data is corrupt: stored chunks do not fit the carve's geometry.
+    │                          Never served (500), never finalized (the carve is marked failed)
+    └── PoisonMessage          a queued message can never be processed: dead-letter it
 
 Handlers raise these; one middleware (HTTP) or the consumer adapter (AMQP)
 turns them into replies, acks or rejects.
@@ -88,7 +96,8 @@ class PayloadTooLarge(ClientError):
 
 
 class LimitExceeded(ClientError):
-    """A start that would take its host, or all hosts, past a configured share."""
+    """A share is used up (a host's or the fleet's carves, logins, tar jobs): the code says
+    which; retrying later may succeed."""
 
     status = 429
     code = "limit_exceeded"
@@ -99,7 +108,11 @@ class LimitExceeded(ClientError):
 
 
 class Unavailable(CarveError):
-    """A backend (Redis, RabbitMQ, MongoDB, Vault) cannot serve us right now."""
+    """A backend (Redis, RabbitMQ, MongoDB, Vault) cannot serve us right now, or a capacity
+    of our own is full: the work itself is fine, retry it later.
+
+    ``backend`` names what failed (a metric label in the ingest), ``reason`` says how.
+    """
 
     def __init__(self, backend: str, reason: str = "unavailable") -> None:
         super().__init__(f"{backend} {reason}")
@@ -107,13 +120,9 @@ class Unavailable(CarveError):
         self.reason = reason
 
 
-class MessageError(CarveError):
-    """Raised while handling a queued message."""
+class CorruptArchive(CarveError):
+    """A stored chunk is missing or has the wrong length: the archive is damaged."""
 
 
-class TransientError(MessageError):
-    """The message is valid but a backend failed: keep it queued and retry."""
-
-
-class PoisonMessage(MessageError):
+class PoisonMessage(CarveError):
     """The message can never be processed: send it to the dead-letter queue."""

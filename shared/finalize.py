@@ -41,7 +41,8 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DocumentTooLarge, DuplicateKeyError
 
-from shared.carves import COLLECTION, ENDED, Compression, Status, archive_filename
+from shared.carves import ENDED, CarveDoc, Compression, Status, archive_filename, carves_of
+from shared.errors import CorruptArchive
 from shared.manifest import COLLECTION as MANIFESTS
 from shared.manifest import ManifestPass
 from shared.manifest import summary as manifest_summary
@@ -62,10 +63,6 @@ class Outcome(StrEnum):
     CORRUPT = "corrupt"  # stored chunks do not match the carve's geometry: marked failed
 
 
-class _Corrupt(Exception):
-    pass
-
-
 @dataclass(frozen=True)
 class Result:
     outcome: Outcome
@@ -74,7 +71,7 @@ class Result:
 
 
 def files_doc(
-    carve: Document, *, filename: str, sha256: str, compression: Compression, now: datetime
+    carve: CarveDoc, *, filename: str, sha256: str, compression: Compression, now: datetime
 ) -> Document:
     """The GridFS files document of a finalized carve (its chunks are already stored)."""
     return {
@@ -100,7 +97,7 @@ class Finalizer:
         concurrency: int = 2,
         manifests: bool = True,
     ) -> None:
-        self._carves = db[COLLECTION]
+        self._carves = carves_of(db)
         self._files = db[f"{bucket}.files"]
         self._chunks = db[f"{bucket}.chunks"]
         self._manifests = manifests
@@ -163,7 +160,7 @@ class Finalizer:
             except Exception as exc:  # never let the keeper's failure replace the result
                 log.warning("carve %s: lease not renewed: %s", carve_id, exc.__class__.__name__)
 
-    async def _finish(self, doc: Document, token: str) -> Result:
+    async def _finish(self, doc: CarveDoc, token: str) -> Result:
         started = time.monotonic()
         carve_id: str = doc["_id"]
         keeper = asyncio.create_task(self._keep_lease(carve_id, token), name="finalize-lease")
@@ -174,11 +171,11 @@ class Finalizer:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
 
-    async def _finish_holding(self, doc: Document, token: str, started: float) -> Result:
+    async def _finish_holding(self, doc: CarveDoc, token: str, started: float) -> Result:
         carve_id: str = doc["_id"]
         try:
             sha256, compression, manifest = await self._hash_chunks(doc)
-        except _Corrupt as exc:
+        except CorruptArchive as exc:
             log.error("carve %s cannot be finalized: %s", carve_id, exc)
             await self._carves.update_one(
                 {
@@ -267,7 +264,7 @@ class Finalizer:
             log.warning("carve %s: archive not fully readable: %s", carve_id, manifest["error"])
         return {"manifest": manifest_summary(manifest)}
 
-    async def _hash_chunks(self, doc: Document) -> tuple[str, Compression, dict[str, Any] | None]:
+    async def _hash_chunks(self, doc: CarveDoc) -> tuple[str, Compression, dict[str, Any] | None]:
         carve_id = doc["_id"]
         count, size, length = doc["block_count"], doc["block_size"], doc["carve_size"]
         digest = hashlib.sha256()
@@ -284,7 +281,7 @@ class Finalizer:
                 n, data = chunk["n"], bytes(chunk["data"])
                 want = expected_block_length(n, count, size, length) if 0 <= n < count else -1
                 if n != expected_n or len(data) != want:
-                    raise _Corrupt(
+                    raise CorruptArchive(
                         f"chunk {n} (len {len(data)}) where chunk {expected_n} "
                         f"of {want} bytes was expected"
                     )
@@ -297,7 +294,7 @@ class Finalizer:
                     await manifest.feed(data)
                 expected_n += 1
             if expected_n != count:
-                raise _Corrupt(f"{expected_n} chunks streamed, {count} expected")
+                raise CorruptArchive(f"{expected_n} chunks streamed, {count} expected")
             # Inside the try: cancelled while handing over the end, the walker is abandoned
             # instead of waiting forever for it (a thread held until the process exits).
             built = await manifest.finish() if manifest is not None else None

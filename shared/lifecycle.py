@@ -9,13 +9,14 @@ status, and deletions of what is already gone delete nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
-from shared.carves import COLLECTION, Status
+from shared.carves import CarveDoc, Status, carves_of
 from shared.manifest import COLLECTION as MANIFESTS
 from shared.mongo import Document, transient_on_outage
 from shared.protocol import expected_block_length
@@ -48,7 +49,7 @@ async def transition(
     now: datetime,
     *,
     unless_finalizing: bool = False,
-) -> Document | None:
+) -> CarveDoc | None:
     """Move a carve from one status to another, or do nothing if it is not in ``from_status``.
 
     ``unless_finalizing``: also do nothing while a finalizer holds a live lease on
@@ -62,7 +63,7 @@ async def transition(
             {"finalize_lease.until": {"$lt": datetime.now(UTC)}},
         ]
     with transient_on_outage("carve transition"):
-        return await db[COLLECTION].find_one_and_update(
+        return await carves_of(db).find_one_and_update(
             query,
             {
                 "$set": {"status": to_status.value, "updated_at": now, **fields},
@@ -72,7 +73,7 @@ async def transition(
 
 
 async def purge_archive(
-    db: AsyncDatabase[Document], bucket: str, carve_id: str, *, batch: int, carve: Document | None
+    db: AsyncDatabase[Document], bucket: str, carve_id: str, *, batch: int, carve: CarveDoc | None
 ) -> tuple[int, int]:
     """Delete a carve's chunks, ``batch`` at a time, then its files document.
 
@@ -99,16 +100,18 @@ async def purge_archive(
     return deleted, freed
 
 
-def _chunk_length(carve: Document, n: int) -> int:
+def _chunk_length(carve: CarveDoc, n: int) -> int:
     count, size, length = carve["block_count"], carve["block_size"], carve["carve_size"]
     if 0 <= n < count:
         return expected_block_length(n, count, size, length)
     return 0
 
 
-async def end_session(redis: Redis, prefix: str, carve: Document) -> int:
+async def end_session(redis: Redis, prefix: str, carve: Mapping[str, Any]) -> int:
     """Remove an ended carve's upload session from Redis, so no replica takes its blocks,
-    and give back the share of the service its host held for it (``shared.quotas``)."""
+    and give back the share of the service its host held for it (``shared.quotas``).
+
+    ``carve``: its CarveDoc, or the part of it read here (``_id``, ``host``, ``session_id``)."""
     await Quotas(redis, prefix).release(carve.get("host") or "", [carve["_id"]])
     if not (session_id := carve.get("session_id")):
         return 0

@@ -10,7 +10,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
-from shared.errors import TransientError
+from shared.errors import Unavailable
 from shared.settings import MongoSettings
 
 Document = dict[str, Any]
@@ -61,7 +61,7 @@ def is_document_error(code: int | None) -> bool:
 
 @contextlib.contextmanager
 def transient_on_outage(what: str) -> Iterator[None]:
-    """Turn MongoDB failures into TransientError, so the work is kept and retried.
+    """Turn MongoDB failures into Unavailable, so the work is kept and retried.
 
     Unreachable, timed out, or an error on the server's side ("internal
     server error", a failover): the block is valid, the store is not, and the
@@ -71,10 +71,9 @@ def transient_on_outage(what: str) -> Iterator[None]:
     try:
         yield
     except ConnectionFailure as exc:
-        raise TransientError(
-            f"MongoDB unavailable during {what}: {exc.__class__.__name__}"
-        ) from exc
+        reason = f"unavailable during {what}: {exc.__class__.__name__}"
+        raise Unavailable("MongoDB", reason) from exc
     except OperationFailure as exc:
         if isinstance(exc, BulkWriteError) or is_document_error(exc.code):
             raise
-        raise TransientError(f"MongoDB failed during {what}: {exc.code} {exc}") from exc
+        raise Unavailable("MongoDB", f"failed during {what}: {exc.code} {exc}") from exc

@@ -22,18 +22,18 @@ import hvac
 import hvac.exceptions
 import requests
 
-from shared.errors import Unavailable
+from shared.errors import Unauthorized, Unavailable
 from shared.settings import VaultSettings
 
 log = logging.getLogger(__name__)
 
 
-class InvalidToken(Exception):
+class InvalidToken(Unauthorized):
     """Vault does not know the token (never issued, expired or revoked)."""
 
 
-class LoginRefused(Exception):
-    """Vault refused a userpass login (unknown user or wrong password)."""
+class LoginRefused(Unauthorized):
+    """Vault refused a login (unknown user or wrong password, a refused OIDC role or answer)."""
 
 
 def is_loopback(host: str | None) -> bool:

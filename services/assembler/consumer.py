@@ -28,7 +28,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from services.assembler.handler import Handled
 from services.assembler.metrics import AssemblerMetrics
-from shared.errors import PoisonMessage, TransientError
+from shared.errors import PoisonMessage, Unavailable
 from shared.queue import (
     RETRY_SUFFIX,
     Block,
@@ -243,7 +243,7 @@ class BlockConsumer:
             except PoisonMessage as exc:
                 await self._dead_letter(message, str(exc))
                 return
-            except TransientError as exc:
+            except Unavailable as exc:
                 self._metrics.retries.inc()
                 if _channel_closed(message):
                     # Handed over to a new consumer, or the connection dropped: the broker
@@ -279,7 +279,7 @@ class BlockConsumer:
             try:
                 done = await self._on_received(carve_id)
                 break
-            except TransientError as exc:
+            except Unavailable as exc:
                 self._metrics.retries.inc()
                 if _channel_closed(message):
                     return
@@ -327,7 +327,7 @@ class BlockConsumer:
         simply handled again.
         """
         results = await asyncio.gather(*(self._handler(b) for b in blocks), return_exceptions=True)
-        for error_type in (PoisonMessage, TransientError, BaseException):
+        for error_type in (PoisonMessage, Unavailable, BaseException):
             for result in results:
                 if isinstance(result, error_type):
                     raise result

@@ -40,7 +40,7 @@ async def handle_block(
 ) -> Handled:
     """Store ``block``; finalize its carve when it is the last one and all are there.
 
-    Raises TransientError when MongoDB is unreachable (the message is kept)
+    Raises Unavailable when MongoDB is unreachable (the message is kept)
     and PoisonMessage when the block can never be stored.
     """
     block.validate()
@@ -58,6 +58,6 @@ async def handle_block(
 async def handle_received(carve_id: str, finalizer: CarveFinalizer) -> bool:
     """A "carve fully received" trigger: True when the carve needs nothing more (finalized
     now or before, or failed as corrupt); False to look again later (chunks still in
-    flight, or another finalizer at work). TransientError when MongoDB is away."""
+    flight, or another finalizer at work). Unavailable when MongoDB is away."""
     result = await finalizer.maybe_finalize(carve_id)
     return result.outcome not in (Outcome.NOT_READY, Outcome.BUSY)

@@ -8,8 +8,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from shared.batching import Coalescer
-from shared.carves import COLLECTION, Status
-from shared.errors import PoisonMessage, TransientError
+from shared.carves import Status, carves_of
+from shared.errors import PoisonMessage, Unavailable
 from shared.mongo import Document, is_document_error, transient_on_outage
 
 _DUPLICATE_KEY = 11000
@@ -32,7 +32,7 @@ class GridChunkStore:
         batch_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self._chunks = db[f"{bucket}.chunks"]
-        self._carves = db[COLLECTION]
+        self._carves = carves_of(db)
         self._inserts: Coalescer[Document, bool] = Coalescer(
             self._insert_many, batch, weight=lambda doc: len(doc["data"]), max_weight=batch_bytes
         )
@@ -69,4 +69,4 @@ def classify_write_error(error: Document) -> bool | BaseException:
         return False
     if is_document_error(code):
         return PoisonMessage(f"chunk write refused: {error.get('errmsg')}")
-    return TransientError(f"chunk write failed: {code} {error.get('errmsg')}")
+    return Unavailable("MongoDB", f"chunk write failed: {code} {error.get('errmsg')}")

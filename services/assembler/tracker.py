@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from services.assembler.handler import CarveFinalizer
-from shared.errors import TransientError
+from shared.errors import Unavailable
 from shared.finalize import Outcome
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class CarveTracker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(TransientError):
+        with contextlib.suppress(Unavailable):
             await self._flush()  # last progress, best effort
 
     async def _run(self) -> None:
@@ -88,7 +88,7 @@ class CarveTracker:
             await asyncio.sleep(self._interval)
             try:
                 await self.sweep()
-            except TransientError as exc:
+            except Unavailable as exc:
                 log.warning("tracker sweep postponed: %s", exc)
             except Exception:
                 # A bug must not end the re-checks for the life of the process: log it, go on
@@ -101,10 +101,10 @@ class CarveTracker:
         A carve whose re-check fails (MongoDB away) stays due: it is checked again
         next round, and the other carves of this round are still checked now.
         """
-        postponed: TransientError | None = None
+        postponed: Unavailable | None = None
         try:
             await self._flush()
-        except TransientError as exc:
+        except Unavailable as exc:
             postponed = exc
         now = time.monotonic()
         for carve_id, entry in list(self._carves.items()):
@@ -112,7 +112,7 @@ class CarveTracker:
             if entry.dirty and idle_for >= self._idle:
                 try:
                     result = await self._finalizer.maybe_finalize(carve_id)
-                except TransientError as exc:
+                except Unavailable as exc:
                     postponed = exc
                     continue
                 # Cleared only now: a note() that came during the call keeps it due.
@@ -133,7 +133,7 @@ class CarveTracker:
             entry.pending = 0
         try:
             await self._progress.add_received(counts)
-        except TransientError:
+        except Unavailable:
             for carve_id, k in counts.items():  # keep them for the next try
                 self._carves.setdefault(carve_id, _Entry()).pending += k
             raise

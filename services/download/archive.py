@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from shared.errors import ClientError
+from shared.errors import ClientError, CorruptArchive
 from shared.mongo import Document, transient_on_outage
 from shared.protocol import expected_block_length
 
@@ -26,10 +26,6 @@ PIECE_BYTES = 256 * 1024
 class RangeNotSatisfiable(ClientError):
     status = 416
     code = "range_not_satisfiable"
-
-
-class CorruptArchive(Exception):
-    """A chunk is missing or has the wrong length: the stored archive is damaged."""
 
 
 @dataclass(frozen=True)

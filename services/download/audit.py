@@ -1,26 +1,38 @@
 """Who touched which carve: one ``audit`` document and one log line per request.
 
-Allowed and denied requests alike. Recording never fails the request: when
-MongoDB cannot take the row, the log line still carries it (with
-``stored: false``) for the log pipeline to keep.
+Allowed and denied requests alike, by the ``audited`` middleware (outside the errors
+middleware, ``services.download.errors``: it records the answer that one chose).
+Recording never fails the request: when MongoDB cannot take the row, the log line still
+carries it (with ``stored: false``) for the log pipeline to keep.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
-from services.download.auth import Identity
+from services.download import keys
+from services.download.tokens import Identity
+from shared import keys as shared_keys
 from shared.mongo import Document
+from shared.protocol import CARVE_ID
+from shared.proxies import client_address
 
 COLLECTION = "audit"
 log = logging.getLogger("carve.audit")
+
+# Route names whose requests are audited: every responder request (a listing shows carves too).
+AUDITED = frozenset({"list", "carve", "archive", "files", "file", "file_request", "delete"})
+# The console's additions (services/download/console_api.py, audit_api.py, login.py).
+AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"}
 
 
 @dataclass
@@ -75,3 +87,49 @@ async def record(entries: AsyncCollection[Document], entry: AuditEntry) -> None:
     row["time"] = entry.time.isoformat()
     row["stored"] = stored
     log.info("%s", orjson.dumps(row).decode())
+
+
+def client_gone(request: web.Request) -> bool:
+    """True once the client's connection is closed or closing."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+@web.middleware
+async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The audit row of a request to an AUDITED route, written once its answer is sent."""
+    route = request.match_info.route.name
+    if route not in AUDITED:
+        return await handler(request)
+    settings = request.app[keys.SETTINGS]
+    raw_id = request.match_info.get("carve_id")
+    entry = AuditEntry(
+        action=route,
+        client=client_address(request, settings.proxy_networks),
+        # An id that cannot be a carve's is refused with 400; keep only a short prefix of it.
+        carve_id=raw_id if raw_id is None or CARVE_ID.fullmatch(raw_id) else raw_id[:64],
+    )
+    request[AUDIT] = entry
+    metrics = request.app[keys.METRICS]
+    metrics.active.inc()
+    try:
+        response = await handler(request)
+        entry.status = response.status
+        if entry.outcome != "aborted":
+            entry.outcome = outcome_of(response.status)
+        if not response.prepared and not client_gone(request):
+            # Send it now, so the audit write below does not delay the answer.
+            await response.prepare(request)
+            await response.write_eof()
+        if response.status == 408 and request.transport is not None:
+            request.transport.close()  # the body never came: nothing more to read from it
+        return response
+    except (OSError, asyncio.CancelledError):
+        entry.outcome = "aborted"  # the client went away, or the server is shutting down
+        raise
+    finally:
+        metrics.active.dec()
+        metrics.requests.labels(route, entry.outcome).inc()
+        metrics.bytes_sent.labels(route).inc(entry.bytes_sent)
+        # Shielded: a shutdown that cancels this request still gets its audit row written.
+        await asyncio.shield(record(request.app[shared_keys.MONGO_DB][COLLECTION], entry))

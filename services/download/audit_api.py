@@ -18,27 +18,14 @@ from bson.errors import InvalidId
 
 from services.download import keys
 from services.download.audit import COLLECTION
-from services.download.lookups import MAX_VALUE
-from services.download.views import _header_token, _int_param, authorize
+from services.download.auth import authorize, header_token
+from services.download.lookups import MAX_VALUE, int_param, time_param
 from shared import keys as shared_keys
 from shared.errors import InvalidRequest
 from shared.mongo import Document, transient_on_outage
 
 OUTCOMES = ("allowed", "denied", "refused", "error", "aborted")
 MAX_PAGE = 1000
-
-
-def _time(request: web.Request, name: str) -> datetime | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidRequest(f"{name} must be an ISO 8601 time") from exc
-    if when.tzinfo is None:
-        raise InvalidRequest(f"{name} must carry a time zone (e.g. 2026-11-27T00:00:00Z)")
-    return when
 
 
 def _text(request: web.Request, name: str) -> str | None:
@@ -75,9 +62,9 @@ def audit_filter(request: web.Request) -> Document:
             raise InvalidRequest(f"outcome must be one of {', '.join(OUTCOMES)}")
         parts.append({"outcome": outcome})
     span: Document = {}
-    if (since := _time(request, "since")) is not None:
+    if (since := time_param(request.query, "since")) is not None:
         span["$gte"] = since
-    if (until := _time(request, "until")) is not None:
+    if (until := time_param(request.query, "until")) is not None:
         span["$lt"] = until
     if span:
         parts.append({"time": span})
@@ -94,11 +81,11 @@ def row_view(row: Document) -> dict[str, Any]:
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    identity = await authorize(request, _header_token(request))
+    identity = await authorize(request, header_token(request))
     request.app[keys.AUTHORIZER].require_policy(
         identity, request.app[keys.SETTINGS].vault_admin_policy
     )
-    limit = _int_param(request, "limit", 100, MAX_PAGE)
+    limit = int_param(request.query, "limit", 100, MAX_PAGE)
     rows = request.app[shared_keys.MONGO_DB][COLLECTION]
     with transient_on_outage("audit listing"):
         found = rows.find(audit_filter(request)).sort([("time", -1), ("_id", -1)])

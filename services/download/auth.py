@@ -1,128 +1,91 @@
-"""Who is asking: a Vault token, checked for the download policy, cached briefly.
+"""Who is asking, and for which carve: the authorization every responder endpoint starts with.
 
-The cache is keyed by a SHA-256 of the token (never by its accessor, which is
-not secret) and holds both answers, "this identity" and "unknown token", for
-``CARVE_VAULT_CACHE_TTL`` seconds. Concurrent requests with the same token
-share one lookup. Vault being unreachable is never cached.
+A request carries a Vault token (``X-Vault-Token`` or ``Authorization: Bearer``), checked
+by the Authorizer (``services.download.tokens``) for the download policy; a browser
+download carries a ticket instead (``services.download.tickets``). Either way the identity
+goes into the request (``keys.IDENTITY``) and its audit entry.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import hashlib
-import re
-import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from aiohttp import web
 
-from cachetools import TTLCache
+from services.download import keys, tickets
+from services.download.audit import AUDIT
+from services.download.members import clean_member_path
+from services.download.tokens import Identity
+from shared import keys as shared_keys
+from shared.carves import ENDED, CarveDoc, Status, blocks_received, carves_of
+from shared.errors import Gone, InvalidRequest, NotComplete, NotFound
+from shared.mongo import transient_on_outage
+from shared.protocol import CARVE_ID
 
-from services.download.metrics import DownloadMetrics
-from shared.errors import Forbidden, Unauthorized
-from shared.vault import InvalidToken
+# Routes that take a download ticket (services/download/tickets.py) instead of a token.
+TICKET_ROUTES = frozenset({"archive", "file"})
 
 
-@dataclass(frozen=True)
-class Identity:
-    """The responder behind a token, as Vault describes it (all of it fit for the audit log)."""
+def header_token(request: web.Request) -> str | None:
+    if token := request.headers.get("X-Vault-Token"):
+        return token.strip()
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
 
-    display_name: str
-    entity_id: str
-    accessor: str
-    policies: frozenset[str]
 
-    @classmethod
-    def from_lookup(cls, data: dict[str, Any]) -> Identity:
-        policies = [*(data.get("policies") or []), *(data.get("identity_policies") or [])]
-        return cls(
-            display_name=str(data.get("display_name") or ""),
-            entity_id=str(data.get("entity_id") or ""),
-            accessor=str(data.get("accessor") or ""),
-            policies=frozenset(str(p) for p in policies),
+def _identify(request: web.Request, identity: Identity) -> None:
+    if (entry := request.get(AUDIT)) is not None:
+        entry.identify(identity)
+    request[keys.IDENTITY] = identity
+
+
+async def authorize(request: web.Request, token: str | None) -> Identity:
+    authorizer = request.app[keys.AUTHORIZER]
+    identity = await authorizer.authenticate(token)
+    _identify(request, identity)
+    authorizer.require_policy(identity)
+    return identity
+
+
+def checked_carve_id(raw: str) -> str:
+    if not CARVE_ID.fullmatch(raw):
+        raise InvalidRequest("carve_id must match [A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+    return raw
+
+
+async def load_carve(request: web.Request, carve_id: str) -> CarveDoc:
+    with transient_on_outage("carve lookup"):
+        doc = await carves_of(request.app[shared_keys.MONGO_DB]).find_one({"_id": carve_id})
+    if doc is None:
+        raise NotFound(f"no carve {carve_id}")
+    return doc
+
+
+async def authorized_carve(request: web.Request) -> CarveDoc:
+    """The carve the route names, once the request's token (or ticket) allows it."""
+    if "ticket" in request.query and request.match_info.route.name in TICKET_ROUTES:
+        # A browser download: the ticket minted by an authorized POST stands for the token.
+        carve_id = checked_carve_id(request.match_info["carve_id"])
+        path = request.match_info.get("path")
+        identity = await tickets.redeem(request, carve_id, path and clean_member_path(path))
+        _identify(request, identity)
+        return await load_carve(request, carve_id)
+    await authorize(request, header_token(request))
+    return await load_carve(request, checked_carve_id(request.match_info["carve_id"]))
+
+
+def require_complete(doc: CarveDoc) -> CarveDoc:
+    """``doc`` if its carve is complete; Gone when its bytes are deleted, NotComplete before."""
+    if doc["status"] in ENDED:
+        when = doc.get("expired_at") or doc.get("deleted_at")
+        raise Gone(
+            f"carve {doc['_id']} was {doc['status']}: its bytes are deleted",
+            status=doc["status"],
+            at=when.isoformat() if when else None,
         )
-
-
-class TokenLookup(Protocol):
-    async def lookup_self(self, token: str) -> dict[str, Any]: ...
-
-
-_UNKNOWN = "unknown-token"
-# Vault tokens are printable ASCII without spaces (hvs./s./b. prefixes, base62, dots).
-_TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
-_Answer = Identity | str
-
-
-class Authorizer:
-    """Turns a token into an Identity holding ``policy``, or raises Unauthorized/Forbidden."""
-
-    def __init__(
-        self,
-        lookup: TokenLookup,
-        policy: str,
-        *,
-        cache_ttl: float,
-        metrics: DownloadMetrics,
-        max_entries: int = 10_000,
-    ) -> None:
-        self._lookup = lookup
-        self.policy = policy
-        self._metrics = metrics
-        self._cache: TTLCache[bytes, _Answer] | None = (
-            TTLCache(max_entries, cache_ttl) if cache_ttl > 0 else None
+    if doc["status"] != Status.COMPLETE:
+        raise NotComplete(
+            f"carve {doc['_id']} is not complete",
+            status=doc["status"],
+            blocks_received=blocks_received(doc),
+            block_count=doc["block_count"],
         )
-        self._inflight: dict[bytes, asyncio.Task[_Answer]] = {}
-
-    async def authenticate(self, token: str | None) -> Identity:
-        """The token's identity; Unauthorized when there is none or Vault does not know it."""
-        if not token:
-            self._metrics.auth_failures.labels("missing").inc()
-            raise Unauthorized("a Vault token is required (X-Vault-Token or Authorization: Bearer)")
-        if not _TOKEN.fullmatch(token):
-            # Not something Vault issues: refused without asking it (and never echoed).
-            self._metrics.auth_failures.labels("invalid").inc()
-            raise Unauthorized("the Vault token is malformed")
-        answer = await self._answer(hashlib.sha256(token.encode()).digest(), token)
-        if isinstance(answer, Identity):
-            return answer
-        self._metrics.auth_failures.labels("invalid").inc()
-        raise Unauthorized("the Vault token is unknown, expired or revoked")
-
-    def forget(self, token: str) -> None:
-        """Drop a token's cached answer (it was just revoked: it must stop working here now)."""
-        if self._cache is not None:
-            self._cache.pop(hashlib.sha256(token.encode()).digest(), None)
-
-    def require_policy(self, identity: Identity, policy: str | None = None) -> None:
-        wanted = policy or self.policy
-        if wanted not in identity.policies:
-            self._metrics.auth_failures.labels("policy").inc()
-            raise Forbidden(f"the Vault token does not carry the policy {wanted!r}")
-
-    async def _answer(self, key: bytes, token: str) -> _Answer:
-        if self._cache is not None and (hit := self._cache.get(key)) is not None:
-            return hit
-        task = self._inflight.get(key)
-        if task is None:
-            # Its own task: a cancelled request does not cancel the others waiting on it.
-            task = asyncio.create_task(self._ask_vault(token))
-            self._inflight[key] = task
-            task.add_done_callback(functools.partial(self._settle, key))
-        return await asyncio.shield(task)
-
-    def _settle(self, key: bytes, task: asyncio.Task[_Answer]) -> None:
-        del self._inflight[key]
-        if task.cancelled() or task.exception() is not None:
-            return  # outages are not cached (the exception reaches every waiter)
-        if self._cache is not None:
-            self._cache[key] = task.result()
-
-    async def _ask_vault(self, token: str) -> _Answer:
-        started = time.monotonic()
-        try:
-            data = await self._lookup.lookup_self(token)
-        except InvalidToken:
-            return _UNKNOWN
-        finally:
-            self._metrics.vault_latency.observe(time.monotonic() - started)
-        return Identity.from_lookup(data)
+    return doc

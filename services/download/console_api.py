@@ -9,8 +9,8 @@ import orjson
 from aiohttp import web
 
 from services.download import keys, tickets
+from services.download.auth import authorized_carve, require_complete
 from services.download.members import clean_member_path
-from services.download.views import _authorized_carve, _complete
 from shared.errors import InvalidRequest
 
 _MAX_PATH = 4096
@@ -41,7 +41,7 @@ async def _member_path(request: web.Request) -> str | None:
 
 async def download_ticket(request: web.Request) -> web.Response:
     """``POST /api/v1/carves/{id}/download-ticket`` (body ``{"path": member}``, optional)."""
-    doc = _complete(await _authorized_carve(request))
+    doc = require_complete(await authorized_carve(request))
     path = await _member_path(request)
     settings = request.app[keys.SETTINGS]
     ticket, expires = tickets.mint(

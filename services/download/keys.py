@@ -6,10 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from services.download.auth import Authorizer, Identity
 from services.download.metrics import DownloadMetrics
 from services.download.settings import DownloadSettings
 from services.download.slots import StreamSlots, TarJobs
+from services.download.tokens import Authorizer, Identity
 from shared.vault import VaultClient
 
 SETTINGS = web.AppKey("settings", DownloadSettings)
@@ -19,5 +19,5 @@ AUTHORIZER = web.AppKey("authorizer", Authorizer)
 TAR_POOL = web.AppKey("tar_pool", ThreadPoolExecutor)
 STREAMS = web.AppKey("streams", StreamSlots)
 TAR_JOBS = web.AppKey("tar_jobs", TarJobs)
-# The identity a request was authorized as (set by views.authorize).
+# The identity a request was authorized as (set by auth.authorize, or by a download ticket).
 IDENTITY = web.RequestKey("identity", Identity)

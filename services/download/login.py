@@ -20,8 +20,8 @@ from cachetools import TTLCache
 
 from services.download import keys
 from services.download.audit import AUDIT
-from services.download.auth import Identity
-from services.download.views import _header_token
+from services.download.auth import header_token
+from services.download.tokens import Identity
 from shared.errors import InvalidRequest, LimitExceeded, Unauthorized
 from shared.vault import InvalidToken, LoginRefused
 
@@ -115,7 +115,7 @@ def whoami_view(request: web.Request, identity: Identity) -> dict[str, object]:
 
 
 async def logout(request: web.Request) -> web.Response:
-    token = _header_token(request)
+    token = header_token(request)
     authorizer = request.app[keys.AUTHORIZER]
     identity = await authorizer.authenticate(token)
     request[AUDIT].identify(identity)
@@ -130,7 +130,7 @@ async def logout(request: web.Request) -> web.Response:
 
 async def whoami(request: web.Request) -> web.Response:
     """Who the token is and what the console may offer it (no policy needed to ask)."""
-    identity = await request.app[keys.AUTHORIZER].authenticate(_header_token(request))
+    identity = await request.app[keys.AUTHORIZER].authenticate(header_token(request))
     return web.json_response(whoami_view(request, identity), headers={"Cache-Control": "no-store"})
 
 

@@ -1,4 +1,8 @@
-"""Finding carves by what a responder knows: the request id, the device, a carve id prefix.
+"""The query parameters of the listings, and finding carves by what a responder knows.
+
+``int_param`` and ``time_param`` read a bounded integer and a zoned ISO 8601 time (the
+carve listing and the audit trail). The carve filters: the request id, the device, a carve
+id prefix.
 
 ``?request_id=`` is the id osquery's live query printed (exact match), ``?device=`` the
 device certificate's subject CN (exact) or its SHA-256 fingerprint (64 hex digits), ``?q=``
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime
 
 from shared.errors import InvalidRequest
 from shared.mongo import Document
@@ -17,6 +22,30 @@ from shared.mongo import Document
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _FINGERPRINT = re.compile(r"(?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2}")
 MAX_VALUE = 256
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+def int_param(query: Mapping[str, str], name: str, default: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= high:
+        raise InvalidRequest(f"{name} must be an integer from 1 to {high}")
+    return int(raw)
+
+
+def time_param(query: Mapping[str, str], name: str) -> datetime | None:
+    """An ISO 8601 time with its zone (``Z`` or an offset), or None when not given."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be an ISO 8601 time") from exc
+    if when.tzinfo is None:
+        raise InvalidRequest(f"{name} must carry a time zone (e.g. 2026-11-27T00:00:00Z)")
+    return when
 
 
 def _text(query: Mapping[str, str], name: str) -> str | None:

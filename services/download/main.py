@@ -8,12 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from services.download import keys, login, tickets
-from services.download.auth import Authorizer
+from services.download.audit import audited
+from services.download.errors import answer_errors
 from services.download.metrics import DownloadMetrics
-from services.download.middlewares import responder_errors
 from services.download.routes import setup_routes
 from services.download.settings import DownloadSettings
 from services.download.slots import StreamSlots, TarJobs
+from services.download.tokens import Authorizer
 from shared import keys as shared_keys
 from shared.health import add_health_routes, check_mongo, service_app
 from shared.resources import mongo_ctx
@@ -47,7 +48,9 @@ async def check_vault(app: web.Application) -> None:
 
 
 def create_app(settings: DownloadSettings) -> web.Application:
-    app = service_app("carve-download", middlewares=[responder_errors], client_max_size=64 * 1024)
+    # The audit middleware outside: it records the answer the errors middleware chose.
+    middlewares = [audited, answer_errors]
+    app = service_app("carve-download", middlewares=middlewares, client_max_size=64 * 1024)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = DownloadMetrics.create(app[shared_keys.REGISTRY])
     app[keys.STREAMS] = StreamSlots(settings.max_streams)

@@ -18,6 +18,7 @@ from aiohttp import web
 from services.download import keys
 from services.download.members import ArchiveRefused
 from shared import keys as shared_keys
+from shared.carves import CarveDoc
 from shared.manifest import COLLECTION
 from shared.mongo import Document, transient_on_outage
 
@@ -30,7 +31,7 @@ async def stored(request: web.Request, carve_id: str) -> Document | None:
         return await request.app[shared_keys.MONGO_DB][COLLECTION].find_one({"_id": carve_id})
 
 
-async def manifest_listing(request: web.Request, doc: Document, limit: int) -> web.Response | None:
+async def manifest_listing(request: web.Request, doc: CarveDoc, limit: int) -> web.Response | None:
     """The listing from the stored manifest, or None when the carve has none."""
     manifest = await stored(request, doc["_id"])
     if manifest is None or manifest.get("reason") in LIVE_LISTING:
@@ -50,7 +51,7 @@ async def manifest_listing(request: web.Request, doc: Document, limit: int) -> w
     return web.json_response(body, dumps=lambda obj: orjson.dumps(obj).decode())
 
 
-async def member_sha256(request: web.Request, doc: Document, path: str) -> str | None:
+async def member_sha256(request: web.Request, doc: CarveDoc, path: str) -> str | None:
     """The SHA-256 the manifest holds for the file a download of ``path`` serves."""
     manifest = await stored(request, doc["_id"])
     if not manifest or manifest.get("truncated") or manifest.get("error"):

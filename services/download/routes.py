@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.download import audit_api, console_api, openapi, tar_views, views
+from services.download import (
+    archive_views,
+    audit_api,
+    carve_views,
+    console_api,
+    openapi,
+    tar_views,
+)
 from services.download.login import setup_login
 from services.download.oidc import setup_oidc
 from services.download.ui import setup_ui
@@ -13,10 +20,10 @@ CARVE = "/api/v1/carves/{carve_id}"
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/api/v1/carves", views.list_carves, name="list")
-    app.router.add_get(CARVE, views.get_carve, name="carve")
-    app.router.add_delete(CARVE, views.delete_carve, name="delete")
-    app.router.add_get(CARVE + "/archive", views.get_archive, name="archive")  # and HEAD
+    app.router.add_get("/api/v1/carves", carve_views.list_carves, name="list")
+    app.router.add_get(CARVE, carve_views.get_carve, name="carve")
+    app.router.add_delete(CARVE, carve_views.delete_carve, name="delete")
+    app.router.add_get(CARVE + "/archive", archive_views.get_archive, name="archive")  # and HEAD
     app.router.add_get(CARVE + "/files", tar_views.list_files, name="files")
     app.router.add_get(CARVE + "/files/{path:.+}", tar_views.get_file, name="file")
     app.router.add_post(CARVE + "/download-ticket", console_api.download_ticket, name="ticket")
@@ -25,5 +32,5 @@ def setup_routes(app: web.Application) -> None:
     setup_login(app)  # login, logout, whoami
     setup_oidc(app)  # single sign-on through Vault's OIDC method
     # The original server's endpoint (and curl command).
-    app.router.add_post("/file_request", views.file_request, name="file_request")
+    app.router.add_post("/file_request", archive_views.file_request, name="file_request")
     setup_ui(app)  # /ui/ (and / redirects there)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from prometheus_client import Gauge
 
-from shared.errors import ClientError, Unavailable
+from shared.errors import LimitExceeded, Unavailable
 
 
 class StreamSlots:
@@ -28,11 +28,11 @@ class StreamSlots:
             self.used -= 1
 
 
-class TarBusy(ClientError):
+class TarBusy(LimitExceeded):
     """Too many tar jobs already wait for this carve's, or this responder's, share."""
 
-    status = 429
-    code = "tar_busy"
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message, "tar_busy", **details)
 
 
 class _Share:

@@ -19,8 +19,10 @@ import orjson
 from aiohttp import web
 
 from services.download import keys, manifests
+from services.download.archive_views import start_stream, write_piece
 from services.download.audit import AUDIT
-from services.download.auth import Identity
+from services.download.auth import authorized_carve, require_complete
+from services.download.lookups import int_param
 from services.download.members import (
     Abandoned,
     ArchiveRefused,
@@ -31,21 +33,12 @@ from services.download.members import (
     stream_member,
 )
 from services.download.slots import TarBusy
-from services.download.views import (
-    _authorized_carve,
-    _complete,
-    _int_param,
-    _start,
-    _write,
-)
 from shared import keys as shared_keys
-from shared.carves import Compression
+from shared.carves import CarveDoc, Compression
 from shared.errors import NotFound
-from shared.mongo import Document
 from shared.tarsafe import Budget, Limits
 
 log = logging.getLogger(__name__)
-RESPONDER = web.RequestKey("responder", Identity)
 MAX_MEMBERS = 100_000
 # A pax header or GNU long name is read into memory whole: refuse absurd ones.
 MAX_HEADER_BYTES = 1024 * 1024
@@ -53,7 +46,7 @@ MAX_HEADER_BYTES = 1024 * 1024
 _WATCH_INTERVAL = 0.1
 
 
-def _tar_source(request: web.Request, doc: Document) -> TarSource:
+def _tar_source(request: web.Request, doc: CarveDoc) -> TarSource:
     settings = request.app[keys.SETTINGS]
     file = ChunkFile(
         asyncio.get_running_loop(),
@@ -85,9 +78,9 @@ async def _watch_client(request: web.Request, stop: threading.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _tar_job(request: web.Request, doc: Document) -> AsyncIterator[TarSource]:
+async def _tar_job(request: web.Request, doc: CarveDoc) -> AsyncIterator[TarSource]:
     """A tar worker's share for this request, its budget, and a watch on its client."""
-    identity = request[RESPONDER]
+    identity = request[keys.IDENTITY]
     metrics = request.app[keys.METRICS]
     source = _tar_source(request, doc)  # the time budget covers any wait for a worker
     watcher = asyncio.create_task(_watch_client(request, source.file.abandoned))
@@ -113,15 +106,14 @@ async def _tar_job(request: web.Request, doc: Document) -> AsyncIterator[TarSour
         watcher.cancel()
 
 
-async def _tar_carve(request: web.Request) -> Document:
-    doc = await _authorized_carve(request)  # a token, or a download ticket (member downloads)
-    request[RESPONDER] = request[keys.IDENTITY]
-    return _complete(doc)
+async def _tar_carve(request: web.Request) -> CarveDoc:
+    doc = await authorized_carve(request)  # a token, or a download ticket (member downloads)
+    return require_complete(doc)
 
 
 async def list_files(request: web.Request) -> web.Response:
     doc = await _tar_carve(request)
-    limit = _int_param(request, "limit", 10_000, MAX_MEMBERS)
+    limit = int_param(request.query, "limit", 10_000, MAX_MEMBERS)
     if (from_manifest := await manifests.manifest_listing(request, doc, limit)) is not None:
         return from_manifest
     loop = asyncio.get_running_loop()
@@ -152,7 +144,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     def on_found(member: dict[str, Any]) -> bool:
         response.headers["Content-Disposition"] = _disposition(member["path"])
         response.content_length = member["size"]
-        asyncio.run_coroutine_threadsafe(_start(request, response), loop).result(timeout)
+        asyncio.run_coroutine_threadsafe(start_stream(request, response), loop).result(timeout)
         return request.method != "HEAD"  # HEAD: headers only, or the connection desyncs
 
     async with _tar_job(request, doc) as source:
@@ -160,7 +152,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
         def write(piece: bytes) -> None:
             if source.file.abandoned.is_set():
                 raise Abandoned("the request has ended")
-            sent = _write(response, piece, timeout)
+            sent = write_piece(response, piece, timeout)
             asyncio.run_coroutine_threadsafe(sent, loop).result(timeout + 5)
             entry.bytes_sent += len(piece)
 

@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 from pymongo.errors import DuplicateKeyError
 
-from services.download.auth import Identity
+from services.download.tokens import Identity
 from shared import keys as shared_keys
 from shared.errors import Forbidden
 from shared.mongo import transient_on_outage

@@ -17,9 +17,8 @@ from collections import defaultdict
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from shared.carves import Status
+from shared.carves import CarveDoc, Status
 from shared.errors import Conflict, LimitExceeded
-from shared.mongo import Document
 from shared.quotas import Quotas, Refusal
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ class Admission:
     def __init__(
         self,
         quotas: Quotas,
-        carves: AsyncCollection[Document],
+        carves: AsyncCollection[CarveDoc],
         *,
         global_scan: int = 1000,
         global_every: float = 5.0,
@@ -105,7 +104,7 @@ class Admission:
         return freed
 
 
-def _ended(doc: Document | None, host: str, *, pending: bool) -> bool:
+def _ended(doc: CarveDoc | None, host: str, *, pending: bool) -> bool:
     """Whether a share of ``host`` is held for nothing: its carve stopped receiving, belongs
     to another host (a start refused as a conflict), or never got written."""
     if doc is None:

@@ -16,7 +16,7 @@ from services.ingest.routes import setup_routes
 from services.ingest.sessions import SessionStore
 from services.ingest.settings import IngestSettings
 from shared import keys as shared_keys
-from shared.carves import COLLECTION
+from shared.carves import carves_of
 from shared.health import add_health_routes, check_amqp, check_mongo, check_redis, service_app
 from shared.protocol import max_block_body
 from shared.quotas import Quotas
@@ -25,7 +25,7 @@ from shared.resources import amqp_ctx, mongo_ctx, redis_ctx
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    redis, carves = app[shared_keys.REDIS], app[shared_keys.MONGO_DB][COLLECTION]
+    redis, carves = app[shared_keys.REDIS], carves_of(app[shared_keys.MONGO_DB])
     quotas = Quotas(redis, settings.redis_key_prefix, settings.quota_limits())
     app[keys.SESSIONS] = SessionStore(
         redis,

@@ -37,10 +37,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.batching import Coalescer
-from shared.carves import Origin, Status, digest, new_carve_doc, same_start, stored_node_key
+from shared.carves import (
+    CarveDoc,
+    Origin,
+    Status,
+    digest,
+    new_carve_doc,
+    same_start,
+    stored_node_key,
+)
 from shared.errors import Conflict, InvalidRequest, Unavailable, UnknownSession
 from shared.lifecycle import session_keys
-from shared.mongo import Document
 from shared.protocol import StartRequest
 
 if TYPE_CHECKING:
@@ -85,7 +92,7 @@ class Session:
         return not self.device_sha256 or hmac.compare_digest(self.device_sha256, fingerprint)
 
     @classmethod
-    def from_carve(cls, doc: Document) -> Session:
+    def from_carve(cls, doc: CarveDoc) -> Session:
         return cls(
             session_id=doc["session_id"],
             carve_id=doc["_id"],
@@ -175,7 +182,7 @@ class SessionStore:
     def __init__(
         self,
         redis: Redis,
-        carves: AsyncCollection[Document],
+        carves: AsyncCollection[CarveDoc],
         *,
         prefix: str,
         ttl: int,
@@ -218,7 +225,7 @@ class SessionStore:
             await self._save(Session.from_carve(doc))
         return doc["session_id"], resumed
 
-    async def _create(self, start: StartRequest, origin: Origin) -> tuple[Document, bool]:
+    async def _create(self, start: StartRequest, origin: Origin) -> tuple[CarveDoc, bool]:
         """Insert a new carve: (its document, resumed), resumed when a concurrent start won."""
         if self._admission is not None:
             async with _backend("redis"):

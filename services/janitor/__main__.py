@@ -17,7 +17,7 @@ from aiohttp import web
 
 from services.janitor.main import create_app, run_sweep
 from services.janitor.settings import JanitorSettings
-from shared.errors import TransientError
+from shared.errors import Unavailable
 from shared.runner import configure_logging, serve
 
 
@@ -27,7 +27,7 @@ async def sweep_once(settings: JanitorSettings, *, dry_run: bool) -> int:
     await runner.setup()  # runs the cleanup contexts' setup: connections, no listening socket
     try:
         report = await run_sweep(app, dry_run=dry_run)
-    except TransientError:
+    except Unavailable:
         return 1
     finally:
         await runner.cleanup()

@@ -18,7 +18,7 @@ from services.janitor.metrics import JanitorMetrics
 from services.janitor.settings import JanitorSettings
 from services.janitor.sweep import Clock, Janitor, Report, utc_now
 from shared import keys as shared_keys
-from shared.errors import TransientError
+from shared.errors import Unavailable
 from shared.finalize import Finalizer
 from shared.health import Check, add_health_routes, check_mongo, check_redis, service_app
 from shared.resources import CleanupCtx, mongo_ctx, redis_ctx
@@ -31,7 +31,7 @@ async def run_sweep(app: web.Application, *, dry_run: bool = False) -> Report:
     metrics = app[keys.METRICS]
     try:
         report = await app[keys.JANITOR].sweep(dry_run=dry_run)
-    except TransientError as exc:
+    except Unavailable as exc:
         metrics.sweeps.labels("error").inc()
         log.warning("janitor sweep interrupted, the next one resumes: %s", exc)
         raise
@@ -55,7 +55,7 @@ async def _loop(app: web.Application) -> None:
     while True:
         try:
             await run_sweep(app)
-        except TransientError:
+        except Unavailable:
             pass  # logged by run_sweep; the next sweep resumes
         except Exception:
             # Never let one bad sweep end the loop: /readyz reports a janitor that stops

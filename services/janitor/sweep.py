@@ -37,8 +37,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.janitor.settings import JanitorSettings
-from shared.carves import COLLECTION, ENDED, Status
-from shared.errors import TransientError
+from shared.carves import ENDED, CarveDoc, Status, carves_of
+from shared.errors import Unavailable
 from shared.finalize import Outcome, Result
 from shared.lifecycle import (
     end_session,
@@ -96,7 +96,7 @@ class Janitor:
         clock: Clock = utc_now,
     ) -> None:
         self._db = db
-        self._carves = db[COLLECTION]
+        self._carves = carves_of(db)
         self._chunks = db[f"{settings.mongo_bucket}.chunks"]
         self._redis = redis
         self._settings = settings
@@ -164,7 +164,7 @@ class Janitor:
             async for doc in cursor.batch_size(settings.janitor_batch):
                 await self._check_receiving(doc, now, report)
 
-    async def _check_receiving(self, doc: Document, now: datetime, report: Report) -> None:
+    async def _check_receiving(self, doc: CarveDoc, now: datetime, report: Report) -> None:
         carve_id, count = doc["_id"], doc["block_count"]
         if report.dry_run:
             chunks = await self._chunks.count_documents({"files_id": carve_id})
@@ -204,7 +204,7 @@ class Janitor:
             await end_session(self._redis, self._settings.redis_key_prefix, doc)
             log.info("carve %s failed: %s", carve_id, reason)
 
-    async def _session_state(self, doc: Document) -> tuple[datetime | None, int | None]:
+    async def _session_state(self, doc: CarveDoc) -> tuple[datetime | None, int | None]:
         """From the ingest's Redis session, in one round trip: when its last block came, and
         how many blocks the ingest confirmed (None for both when there is no session)."""
         meta, bits = session_keys(self._settings.redis_key_prefix, doc["session_id"])
@@ -246,7 +246,7 @@ class Janitor:
                 await self._expire_one(doc, from_status, action, report)
 
     async def _expire_one(
-        self, doc: Document, from_status: Status, action: str, report: Report
+        self, doc: CarveDoc, from_status: Status, action: str, report: Report
     ) -> None:
         now = self._clock()
         fields = {"expired_at": now, "expired_from": from_status.value}
@@ -357,7 +357,7 @@ def transient_on_redis_outage(what: str) -> Iterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise TransientError(f"Redis unavailable during {what}: {exc.__class__.__name__}") from exc
+        raise Unavailable("Redis", f"unavailable during {what}: {exc.__class__.__name__}") from exc
 
 
 def _s(seconds: float) -> timedelta:

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from devstack.backends import Backends
 from services.ingest.sessions import Marked, SessionStore
+from shared.carves import carves_of
 from shared.errors import InvalidRequest, UnknownSession
 from shared.lifecycle import session_keys
 from shared.mongo import Document
@@ -38,7 +39,7 @@ async def store(
     mongo: AsyncMongoClient[Document] = AsyncMongoClient(backends.mongo.url)
     db = mongo[names["mongo_db"]]
     try:
-        yield SessionStore(redis, db["carves"], prefix=names["redis_key_prefix"], ttl=60), redis
+        yield SessionStore(redis, carves_of(db), prefix=names["redis_key_prefix"], ttl=60), redis
     finally:
         await mongo.drop_database(db.name)
         await mongo.close()

@@ -10,12 +10,12 @@ import time
 import pytest
 
 from services.download import tickets
-from services.download.auth import Identity
 from services.download.login import LoginLimiter
 from services.download.lookups import device_filter, lookup_filters
 from services.download.main import create_app
 from services.download.openapi import DOCUMENT
 from services.download.settings import DownloadSettings
+from services.download.tokens import Identity
 from shared.errors import Forbidden, InvalidRequest
 from shared.manifest import build, manifest_limits
 

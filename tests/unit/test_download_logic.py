@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from services.download.archive import ByteRange, RangeNotSatisfiable, parse_range
 from services.download.audit import outcome_of
-from services.download.auth import Authorizer, Identity
 from services.download.members import clean_member_path, original_path
 from services.download.metrics import DownloadMetrics
 from services.download.slots import StreamSlots, TarBusy, TarJobs
+from services.download.tokens import Authorizer, Identity
 from shared.errors import Forbidden, InvalidRequest, Unauthorized, Unavailable
 from shared.proxies import client_address
 from shared.vault import InvalidToken

@@ -21,7 +21,7 @@ from services.ingest.body import peek_block_id, peek_session_id
 from services.ingest.budget import ByteBudget
 from shared.batching import Coalescer
 from shared.carves import CarveRecord, new_carve_doc, same_start
-from shared.errors import PoisonMessage, TransientError
+from shared.errors import PoisonMessage, Unavailable
 from shared.finalize import Outcome, Result
 from shared.mongo import transient_on_outage
 from shared.protocol import (
@@ -186,11 +186,11 @@ async def test_tracker_waits_for_idle_and_keeps_progress_on_outage() -> None:
     assert store.progress == {"c": 1}
 
     async def down(counts: dict[str, int]) -> None:
-        raise TransientError("mongo down")
+        raise Unavailable("MongoDB", "down")
 
     tracker.note("c", new_chunk=True)
     store.add_received = down  # type: ignore[method-assign]
-    with pytest.raises(TransientError):
+    with pytest.raises(Unavailable):
         await tracker.sweep()
     del store.add_received
     await tracker.sweep()
@@ -335,10 +335,10 @@ async def test_amqp_setup_is_retried_until_the_broker_is_ready() -> None:
 
 
 def test_mongodb_errors_keep_valid_blocks_queued() -> None:
-    with pytest.raises(TransientError):
+    with pytest.raises(Unavailable):
         with transient_on_outage("chunk write"):
             raise OperationFailure("internal server error", code=1)
-    with pytest.raises(TransientError):
+    with pytest.raises(Unavailable):
         with transient_on_outage("chunk write"):
             raise AutoReconnect("primary stepped down")
     with pytest.raises(OperationFailure):  # about the document: the caller decides
@@ -346,7 +346,7 @@ def test_mongodb_errors_keep_valid_blocks_queued() -> None:
             raise OperationFailure("object too large", code=10334)
     assert classify_write_error({"code": 11000}) is False
     assert isinstance(classify_write_error({"code": 10334, "errmsg": "too big"}), PoisonMessage)
-    assert isinstance(classify_write_error({"code": 1, "errmsg": "internal"}), TransientError)
+    assert isinstance(classify_write_error({"code": 1, "errmsg": "internal"}), Unavailable)
 
 
 def test_public_carve_record_never_carries_private_fields() -> None:

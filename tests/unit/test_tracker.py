@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from services.assembler.tracker import CarveTracker
-from shared.errors import TransientError
+from shared.errors import Unavailable
 from shared.finalize import Outcome, Result
 
 
@@ -32,11 +32,11 @@ class Finalizer:
 
 
 async def test_a_transient_error_keeps_the_carve_due_and_the_others_are_still_checked() -> None:
-    finalizer = Finalizer({"a": [TransientError("MongoDB away")]})
+    finalizer = Finalizer({"a": [Unavailable("MongoDB", "away")]})
     tracker = CarveTracker(Progress(), finalizer, idle=0)
     tracker.note("a", new_chunk=True)
     tracker.note("b", new_chunk=True)
-    with pytest.raises(TransientError):
+    with pytest.raises(Unavailable):
         await tracker.sweep()
     assert finalizer.calls == ["a", "b"]  # b was not made to wait a round
     assert tracker.tracked() == 1
