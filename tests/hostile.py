@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import zstandard
 
@@ -140,3 +140,9 @@ def zero_bomb_zstd(member_size: int, name: str = f"{PREFIX}/var/zeros.bin") -> b
     if not rest:
         frame[-4:] = block(1, block_max, b"\x00", last=True)
     return bytes(frame)
+
+
+def raw_reader(data: bytes) -> io.RawIOBase:
+    """``data`` as the raw stream shared.manifest.build wraps in a BufferedReader (which
+    reads through readinto, as BytesIO has; typeshed asks for a RawIOBase)."""
+    return cast(io.RawIOBase, io.BytesIO(data))

@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aio_pika
 import pytest
@@ -38,7 +39,7 @@ class Rig:
             block = Block("c" * 8, n, 1000, size, 1000 * size, bytes(size))
             await self.channel.default_exchange.publish(encode([block]), routing_key=self.queue)
 
-    def consumer(self, blocks_at: Callable[[int], bool], **options: int) -> BlockConsumer:
+    def consumer(self, blocks_at: Callable[[int], bool], **options: Any) -> BlockConsumer:
         async def handler(block: Block) -> Handled:
             self.entered.append(block.block_id)
             if blocks_at(block.block_id):

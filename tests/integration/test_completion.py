@@ -18,6 +18,8 @@ import pytest
 from aiohttp import web
 
 from services.assembler import main as assembler_main
+from services.assembler.consumer import BlockConsumer
+from services.assembler.settings import AssemblerSettings
 from services.assembler.store import GridChunkStore
 from shared.finalize import Finalizer
 from shared.queue import RETRY_SUFFIX, encode_received
@@ -105,8 +107,8 @@ async def test_the_tracker_does_not_outlive_a_consumer_that_failed_to_start(
         return {t for t in asyncio.all_tasks() if t.get_name() == "carve-tracker"}
 
     before = trackers()  # the stack's own assembler
-    monkeypatch.setattr(assembler_main.BlockConsumer, "start", refuse)
-    settings = stack._settings(assembler_main.AssemblerSettings, {})
+    monkeypatch.setattr(BlockConsumer, "start", refuse)
+    settings = stack._settings(AssemblerSettings, {})
     runner = web.AppRunner(assembler_main.create_app(settings))
     with pytest.raises(Refused):
         await runner.setup()

@@ -261,16 +261,16 @@ async def test_poison_messages_are_dead_lettered(
         dead = await channel.declare_queue(
             queue + ".dead", durable=True, arguments={"x-queue-type": "quorum"}
         )
-        bodies = []
+        bodies: list[bytes] = []
         for _ in range(50):
-            message = await dead.get(fail=False)
-            if message is None:
+            dead_letter = await dead.get(fail=False)
+            if dead_letter is None:
                 if len(bodies) == len(bad):
                     break
                 await asyncio.sleep(0.1)
                 continue
-            bodies.append(message.body)
-            await message.ack()
+            bodies.append(dead_letter.body)
+            await dead_letter.ack()
         assert bodies == [body for body, _ in bad]
     finally:
         await connection.close()

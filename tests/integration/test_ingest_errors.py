@@ -76,7 +76,7 @@ async def assert_json_error(
 ) -> dict[str, Any]:
     got, ctype, raw = await post(stack.ingest_url + path, body)
     assert (got, ctype) == (status, "application/json"), raw
-    reply = json.loads(raw)
+    reply: dict[str, Any] = json.loads(raw)
     assert reply["success"] is False
     assert reply["code"] == code
     assert reply["error"]

@@ -52,7 +52,7 @@ def redis_of(stack: Stack) -> Redis:
     return Redis.from_url(stack.env["CARVE_REDIS_URL"])
 
 
-async def session_keys(stack: Stack) -> set[bytes]:
+async def session_keys(stack: Stack) -> set[bytes | str]:
     """The Redis keys of upload sessions (hash and bitmap), not the hosts' shares."""
     prefix = stack.env["CARVE_REDIS_KEY_PREFIX"]
     async with redis_of(stack) as redis:

@@ -18,6 +18,7 @@ from services.download.settings import DownloadSettings
 from services.download.tokens import Identity
 from shared.errors import Forbidden, InvalidRequest
 from shared.manifest import build, manifest_limits
+from tests.hostile import raw_reader
 
 WHO = Identity("userpass-ann", "ent-1", "acc-1", frozenset({"p"}))
 
@@ -91,7 +92,7 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
 
 def test_manifest_bounds_duplicates_and_unsafe_names() -> None:
     data = _tar([("a", b"1"), ("../evil", b"2"), ("a", b"3"), ("b/c", b"4")])
-    got = build(io.BytesIO(data), zstd=False, limits=manifest_limits(len(data)))
+    got = build(raw_reader(data), zstd=False, limits=manifest_limits(len(data)))
     paths = [(m["path"], m["unsafe"], m["superseded"]) for m in got["members"]]
     # The first "a" is superseded by the second (the one extraction leaves); ".." is flagged.
     assert paths == [
@@ -102,7 +103,7 @@ def test_manifest_bounds_duplicates_and_unsafe_names() -> None:
     ]
     assert got["members"][2]["sha256"] == hashlib.sha256(b"3").hexdigest()
     assert got["error"] is None and not got["truncated"]
-    few = build(io.BytesIO(data), zstd=False, limits=manifest_limits(len(data)), max_entries=2)
+    few = build(raw_reader(data), zstd=False, limits=manifest_limits(len(data)), max_entries=2)
     assert (few["count"], few["truncated"]) == (2, True)
-    cut = build(io.BytesIO(data[:700]), zstd=False, limits=manifest_limits(700))
+    cut = build(raw_reader(data[:700]), zstd=False, limits=manifest_limits(700))
     assert cut["error"].startswith("malformed") and cut["count"] == 1

@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from pydantic_settings import BaseSettings
 
 from services.assembler.settings import AssemblerSettings
 from services.download.settings import DownloadSettings
@@ -36,7 +37,7 @@ from services.janitor.settings import JanitorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
-SERVICES = {
+SERVICES: dict[str, type[BaseSettings]] = {
     "carve-ingest": IngestSettings,
     "carve-assembler": AssemblerSettings,
     "carve-download": DownloadSettings,

@@ -104,7 +104,7 @@ TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/3
 def test_client_address(peer: str, xff: str | None, expected: str) -> None:
     headers = {"X-Forwarded-For": xff} if xff else {}
     request = make_mocked_request("GET", "/", headers=headers)
-    request._transport_peername = (peer, 1234)  # type: ignore[attr-defined]
+    request._transport_peername = (peer, 1234)
     assert request.remote == peer
     assert client_address(request, TRUSTED) == expected
 

@@ -265,7 +265,8 @@ class Rendering:
 
 def labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     only(selector, {"matchLabels"}, "label selector")
-    return selector.get("matchLabels", {}).items() <= labels.items()
+    wanted: dict[str, str] = selector.get("matchLabels", {})
+    return wanted.items() <= labels.items()
 
 
 def pod_labels(resource: Resource) -> dict[str, str]:
@@ -300,7 +301,7 @@ def test_renderer_applies_json_and_merge_patches() -> None:
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}}
     ]
     resources[0]["spec"] = {"replicas": 2, "template": {"spec": {"containers": [{"name": "c"}]}}}
-    operations = [
+    operations: list[dict[str, Any]] = [
         {"op": "remove", "path": "/spec/replicas"},
         {"op": "add", "path": "/spec/template/spec/containers/-", "value": {"name": "e"}},
         {"op": "replace", "path": "/spec/template/spec/containers/0/name", "value": "f"},
@@ -427,7 +428,7 @@ def test_keda_passes_a_valid_hpa_to_kubernetes(renders: dict[str, list[Resource]
     (scaled,) = Rendering("example", renders["example"]).of_kind("ScaledObject")
     config = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]
     assert set(config) <= {"behavior", "name"}
-    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler"}
+    hpa: dict[str, Any] = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler"}
     hpa["metadata"] = {"name": scaled["metadata"]["name"]}
     hpa["spec"] = {"scaleTargetRef": scaled["spec"]["scaleTargetRef"], "maxReplicas": 2}
     hpa["spec"]["behavior"] = config["behavior"]

@@ -8,6 +8,7 @@ import tarfile
 
 from shared import manifest
 from shared.tarsafe import Limits
+from tests.hostile import raw_reader
 
 
 def symlinks(count: int, target_size: int) -> bytes:
@@ -22,7 +23,7 @@ def symlinks(count: int, target_size: int) -> bytes:
 
 
 def test_link_targets_count_against_the_name_budget() -> None:
-    raw = io.BytesIO(symlinks(40, 100_000))
+    raw = raw_reader(symlinks(40, 100_000))
     built = manifest.build(raw, zstd=False, limits=Limits(), max_name_bytes=1_000_000)
     kept = built["members"]
     assert built["truncated"] is True

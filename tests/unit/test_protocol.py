@@ -285,7 +285,7 @@ async def test_coalescer_goes_on_after_a_flush_raises_cancelled_error() -> None:
 
 
 def test_start_refuses_more_blocks_than_a_redis_bitmap_holds() -> None:
-    fields = {"block_size": 1, "carve_id": "c1", "request_id": "r"}
+    fields: dict[str, Any] = {"block_size": 1, "carve_id": "c1", "request_id": "r"}
     assert StartRequest(block_count=2**32, carve_size=2**32, **fields).block_count == 2**32
     with pytest.raises(ValidationError):
         StartRequest(block_count=2**32 + 1, carve_size=2**32 + 1, **fields)

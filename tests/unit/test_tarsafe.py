@@ -123,7 +123,11 @@ def test_data_on_a_non_file_is_refused() -> None:
 
 
 def test_member_count_limit() -> None:
-    data = hostile.pax_tar(lambda t: [hostile.add(t, f"{PREFIX}/{i}") for i in range(11)])
+    def fill(tar: tarfile.TarFile) -> None:
+        for i in range(11):
+            hostile.add(tar, f"{PREFIX}/{i}")
+
+    data = hostile.pax_tar(fill)
     assert len(walk(data, limits=Limits(max_members=11))) == 11
     assert refusal(data, limits=Limits(max_members=10)) == "too_many_members"
 
