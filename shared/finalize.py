@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
@@ -82,6 +82,13 @@ def files_doc(
         "filename": filename,
         "metadata": {"sha256": sha256, "compression": compression.value},
     }
+
+
+class CarveFinalizer(Protocol):
+    """What the assembler and the janitor need of a finalizer (Finalizer, or the
+    assembler's TimedFinalizer around it; fakes in unit tests)."""
+
+    async def maybe_finalize(self, carve_id: str) -> Result: ...
 
 
 class Finalizer:

@@ -9,6 +9,8 @@ from typing import Any, cast
 
 import zstandard
 
+from shared.protocol import ZSTD_MAGIC
+
 PREFIX = "/tmp/osquery_carve_0f4c2a1e-aaaa-bbbb-cccc-000000000001"
 BLOCK = 512
 
@@ -126,7 +128,7 @@ def zero_bomb_zstd(member_size: int, name: str = f"{PREFIX}/var/zeros.bin") -> b
     info.size = member_size
     header = info.tobuf(tarfile.PAX_FORMAT)
     block_max = 128 * 1024
-    frame = bytearray(b"\x28\xb5\x2f\xfd" + bytes([0x00, 7 << 3]))  # no size, 128 KiB window
+    frame = bytearray(ZSTD_MAGIC + bytes([0x00, 7 << 3]))  # no size, 128 KiB window
 
     def block(kind: int, size: int, content: bytes, last: bool = False) -> bytes:
         value = int(last) | (kind << 1) | (size << 3)

@@ -13,16 +13,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Protocol
 
-from shared.finalize import Outcome, Result
+from shared.finalize import CarveFinalizer, Outcome
 from shared.queue import Block
 
 
 class ChunkStore(Protocol):
     async def put_chunk(self, carve_id: str, n: int, data: bytes) -> bool: ...
-
-
-class CarveFinalizer(Protocol):
-    async def maybe_finalize(self, carve_id: str) -> Result: ...
 
 
 class WriteLog(Protocol):

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.assembler.handler import CarveFinalizer
-from shared.finalize import Outcome, Result
+from shared.finalize import CarveFinalizer, Outcome, Result
 
 
 @dataclass(frozen=True)

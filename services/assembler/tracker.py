@@ -19,9 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.assembler.handler import CarveFinalizer
 from shared.errors import Unavailable
-from shared.finalize import Outcome
+from shared.finalize import CarveFinalizer, Outcome
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -39,7 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.janitor.settings import JanitorSettings
 from shared.carves import ENDED, CarveDoc, Status, carves_of
 from shared.errors import Unavailable
-from shared.finalize import Outcome, Result
+from shared.finalize import CarveFinalizer, Outcome
 from shared.lifecycle import (
     end_session,
     purge_archive,
@@ -61,10 +61,6 @@ ORPHAN_STATE = "janitor-orphan-scan"
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class CarveFinalizer(Protocol):
-    async def maybe_finalize(self, carve_id: str) -> Result: ...
 
 
 @dataclass
