@@ -8,7 +8,6 @@ import contextlib
 import hmac
 from collections.abc import AsyncGenerator, AsyncIterator
 
-import orjson
 from aiohttp import web
 
 from services.download import keys
@@ -21,9 +20,10 @@ from services.download.auth import (
     load_carve,
     require_complete,
 )
+from services.download.bodies import read_json
 from shared import keys as shared_keys
 from shared.carves import CarveDoc, Compression
-from shared.errors import ClientError, Forbidden, InvalidRequest
+from shared.errors import Forbidden, InvalidRequest
 
 
 def _archive_headers(doc: CarveDoc) -> dict[str, str]:
@@ -119,25 +119,9 @@ async def get_archive(request: web.Request) -> web.StreamResponse:
         return await send_archive(request, doc)
 
 
-class RequestTimeout(ClientError):
-    status = 408
-    code = "request_timeout"
-
-
 async def file_request(request: web.Request) -> web.StreamResponse:
     """The original server's endpoint: token and carve id in a JSON body."""
-    timeout = request.app[keys.SETTINGS].file_request_timeout
-    try:
-        async with asyncio.timeout(timeout):
-            body = await request.read()  # the whole body, however it was split (client_max_size)
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise InvalidRequest("body too large") from exc
-    except TimeoutError as exc:
-        raise RequestTimeout(f"the request body did not arrive within {timeout} s") from exc
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest("body must be JSON") from exc
+    fields = await read_json(request)
     if not isinstance(fields, dict) or not isinstance(fields.get("file_carve_guid"), str):
         raise InvalidRequest("file_carve_guid (string) is required")
     request[AUDIT].carve_id = fields["file_carve_guid"][:256]

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-import orjson
 from aiohttp import web
 
 from services.download import keys, tickets
 from services.download.auth import authorized_carve, require_complete
+from services.download.bodies import parse_json, read_body
 from services.download.members import clean_member_path
 from shared.errors import InvalidRequest
 
@@ -19,16 +19,10 @@ _MAX_PATH = 4096
 async def _member_path(request: web.Request) -> str | None:
     if not request.can_read_body:
         return None
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise InvalidRequest("body too large") from exc
+    body = await read_body(request)
     if not body.strip():
         return None
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest("body must be JSON") from exc
+    fields = parse_json(body)
     if not isinstance(fields, dict):
         raise InvalidRequest("body must be a JSON object")
     path = fields.get("path")

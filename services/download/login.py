@@ -14,13 +14,13 @@ from __future__ import annotations
 import re
 import time
 
-import orjson
 from aiohttp import web
 from cachetools import TTLCache
 
 from services.download import keys
 from services.download.audit import AUDIT
 from services.download.auth import header_token
+from services.download.bodies import parse_json, read_body
 from services.download.tokens import Identity
 from shared.errors import InvalidRequest, LimitExceeded, Unauthorized
 from shared.vault import InvalidToken, LoginRefused
@@ -54,10 +54,7 @@ LIMITER = web.AppKey("login_limiter", LoginLimiter)
 
 
 def _credentials(body: bytes) -> tuple[str, str]:
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest('body must be JSON: {"username": ..., "password": ...}') from exc
+    fields = parse_json(body, '{"username": ..., "password": ...}')
     if not isinstance(fields, dict):
         raise InvalidRequest("body must be a JSON object")
     username, password = fields.get("username"), fields.get("password")
@@ -69,11 +66,7 @@ def _credentials(body: bytes) -> tuple[str, str]:
 
 
 async def login(request: web.Request) -> web.Response:
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise InvalidRequest("body too large") from exc
-    username, password = _credentials(body)
+    username, password = _credentials(await read_body(request))
     entry = request[AUDIT]
     entry.display_name = f"userpass-{username}"  # who tried, even when refused
     wait = request.app[LIMITER].allow("client:" + entry.client, "user:" + username.lower())

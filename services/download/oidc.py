@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import re
 
-import orjson
 from aiohttp import web
 
 from services.download import keys
 from services.download.audit import AUDIT
+from services.download.bodies import parse_json, read_body
 from services.download.login import LIMITER, whoami_view
 from shared.errors import InvalidRequest, LimitExceeded, NotFound, Unauthorized
 from shared.vault import LoginRefused
@@ -66,10 +66,7 @@ async def sso_start(request: web.Request) -> web.Response:
 
 
 def _code_and_state(body: bytes) -> tuple[str, str]:
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest('body must be JSON: {"code": ..., "state": ...}') from exc
+    fields = parse_json(body, '{"code": ..., "state": ...}')
     code = fields.get("code") if isinstance(fields, dict) else None
     state = fields.get("state") if isinstance(fields, dict) else None
     if not (isinstance(code, str) and _OPAQUE.fullmatch(code)):
@@ -82,11 +79,7 @@ def _code_and_state(body: bytes) -> tuple[str, str]:
 async def sso_callback(request: web.Request) -> web.Response:
     if not _configured(request):
         raise NotFound("single sign-on is not configured (CARVE_VAULT_OIDC_ROLE)")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise InvalidRequest("body too large") from exc
-    code, state = _code_and_state(body)
+    code, state = _code_and_state(await read_body(request))
     _limit(request)
     settings = request.app[keys.SETTINGS]
     try:

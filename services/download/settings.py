@@ -35,8 +35,9 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings, ProxySettings
     tar_max_members: int = Field(1_000_000, ge=1)
     # Largest zstd window accepted (osquery's level 1 uses 512 KiB; level 19 8 MiB).
     zstd_max_window: int = Field(8 * MiB, ge=1 * MiB)
-    # Seconds a /file_request body may take to arrive; slower: 408 and the connection closed.
-    file_request_timeout: float = Field(10.0, gt=0)
+    # Seconds a JSON request body (/file_request, login, single sign-on, tickets) may take to
+    # arrive; slower: 408 and the connection closed.
+    request_body_timeout: float = Field(10.0, gt=0)
     # --- the console (services/download/tickets.py, login.py) ---
     # Signs browser download tickets. Empty: a random secret per process (one replica only;
     # with several, give them all the same secret, at least 32 bytes).

@@ -340,10 +340,12 @@ async def test_carvectl_extract_of_a_sparse_bomb_is_refused_in_bounded_memory(
 # --- /file_request -------------------------------------------------------------------------
 
 
-async def _raw_post(port: int, body_part: bytes, declared: int) -> tuple[Any, Any]:
+async def _raw_post(
+    port: int, body_part: bytes, declared: int, path: str = "/file_request"
+) -> tuple[Any, Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = (
-        f"POST /file_request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {declared}\r\n\r\n"
     )
     writer.write(head.encode() + body_part)
@@ -351,10 +353,18 @@ async def _raw_post(port: int, body_part: bytes, declared: int) -> tuple[Any, An
     return reader, writer
 
 
-async def test_file_request_slow_body_times_out(stack: Stack) -> None:
-    download = await stack.start_download(file_request_timeout=1.0)
+@pytest.mark.parametrize(
+    ("path", "start"),
+    [
+        ("/file_request", b'{"file_carve_guid": '),
+        # Unauthenticated: anyone who reaches the service could hold connections with it.
+        ("/api/v1/login", b'{"username": "someone", '),
+    ],
+)
+async def test_slow_json_body_times_out(stack: Stack, path: str, start: bytes) -> None:
+    download = await stack.start_download(request_body_timeout=1.0)
     port = int(download.url.rsplit(":", 1)[1])
-    reader, writer = await _raw_post(port, b'{"file_carve_guid": ', 200)
+    reader, writer = await _raw_post(port, start, 200, path)
     started = time.monotonic()
     try:
         async with asyncio.timeout(10):
