@@ -109,12 +109,15 @@ class VaultClient:
         auth: dict[str, Any] = answer["auth"]
         return auth
 
-    def _oidc_auth_url(self, mount: str, role: str, redirect_uri: str) -> str:
+    def _oidc_auth_url(self, mount: str, role: str, redirect_uri: str, client_nonce: str) -> str:
         client = hvac.Client(url=self._addr, verify=self._verify, timeout=self._timeout)
         try:
             with self._vault_errors():
                 answer = client.write(
-                    f"auth/{mount}/oidc/auth_url", role=role, redirect_uri=redirect_uri
+                    f"auth/{mount}/oidc/auth_url",
+                    role=role,
+                    redirect_uri=redirect_uri,
+                    client_nonce=client_nonce,
                 )
         except hvac.exceptions.InvalidRequest as exc:  # unknown role, redirect not allowed
             raise LoginRefused(f"Vault refused the OIDC login: {exc}") from exc
@@ -125,13 +128,14 @@ class VaultClient:
             raise LoginRefused("Vault gave no OIDC authorization URL (check the role)")
         return url
 
-    def _oidc_callback(self, mount: str, state: str, code: str) -> dict[str, Any]:
+    def _oidc_callback(
+        self, mount: str, state: str, code: str, client_nonce: str
+    ) -> dict[str, Any]:
         client = hvac.Client(url=self._addr, verify=self._verify, timeout=self._timeout)
+        params = {"state": state, "code": code, "client_nonce": client_nonce}
         try:
             with self._vault_errors():
-                answer = client.adapter.get(
-                    f"/v1/auth/{mount}/oidc/callback", params={"state": state, "code": code}
-                )
+                answer = client.adapter.get(f"/v1/auth/{mount}/oidc/callback", params=params)
         except (hvac.exceptions.InvalidRequest, InvalidToken) as exc:
             raise LoginRefused("the single sign-on was refused") from exc
         finally:
@@ -175,14 +179,22 @@ class VaultClient:
         result: dict[str, Any] = await self._run(self._userpass_login, mount, username, password)
         return result
 
-    async def oidc_auth_url(self, mount: str, role: str, redirect_uri: str) -> str:
-        """Where to send the browser to sign in with Vault's OIDC method (``auth_url``)."""
-        result: str = await self._run(self._oidc_auth_url, mount, role, redirect_uri)
+    async def oidc_auth_url(
+        self, mount: str, role: str, redirect_uri: str, client_nonce: str
+    ) -> str:
+        """Where to send the browser to sign in with Vault's OIDC method (``auth_url``).
+        Vault keeps ``client_nonce`` with the state and wants it again at the callback."""
+        result: str = await self._run(self._oidc_auth_url, mount, role, redirect_uri, client_nonce)
         return result
 
-    async def oidc_callback(self, mount: str, state: str, code: str) -> dict[str, Any]:
-        """The ``auth`` block for the provider's answer; LoginRefused if Vault refuses it."""
-        result: dict[str, Any] = await self._run(self._oidc_callback, mount, state, code)
+    async def oidc_callback(
+        self, mount: str, state: str, code: str, client_nonce: str
+    ) -> dict[str, Any]:
+        """The ``auth`` block for the provider's answer; LoginRefused if Vault refuses it
+        (also when ``client_nonce`` is not the one the sign-in started with)."""
+        result: dict[str, Any] = await self._run(
+            self._oidc_callback, mount, state, code, client_nonce
+        )
         return result
 
     async def revoke_self(self, token: str) -> None:

@@ -13,6 +13,12 @@ checks the provider's ID token):
    signature, the nonce Vault chose in step 1) and returns a Vault token with the role's
    policies. The answer is the same as a userpass login's.
 
+Login CSRF: step 1 also sets a random nonce in an HttpOnly, SameSite=Strict cookie scoped to
+these endpoints and gives it to Vault as ``client_nonce``; step 3 hands the cookie's nonce
+back, and Vault refuses a callback whose nonce differs. So a code and state obtained by
+someone else (an attacker's own sign-in, sent to a responder as a link) sign nobody in: the
+responder's browser holds no such nonce. Secure when the redirect URI is https.
+
 ``GET /api/v1/login/oidc`` says whether SSO is configured. Attempts share the userpass
 login's limiter (per client address); everything is audited like the other logins.
 """
@@ -20,6 +26,7 @@ login's limiter (per client address); everything is audited like the other login
 from __future__ import annotations
 
 import re
+import secrets
 
 from aiohttp import web
 
@@ -32,6 +39,10 @@ from shared.vault import LoginRefused
 
 # What Vault's state and a provider's code look like: opaque, URL-safe, bounded.
 _OPAQUE = re.compile(r"[A-Za-z0-9._~+/=-]{1,2048}")
+NONCE_COOKIE = "carve_sso_nonce"
+_NONCE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+_COOKIE_PATH = "/api/v1/login/oidc"
+_COOKIE_AGE = 600  # seconds: as long as a sign-in at the provider may take
 
 
 def _configured(request: web.Request) -> bool:
@@ -56,13 +67,27 @@ async def sso_start(request: web.Request) -> web.Response:
         raise NotFound("single sign-on is not configured (CARVE_VAULT_OIDC_ROLE)")
     _limit(request)
     settings = request.app[keys.SETTINGS]
+    nonce = secrets.token_urlsafe(32)
     try:
         url = await request.app[keys.VAULT].oidc_auth_url(
-            settings.vault_oidc_mount, settings.vault_oidc_role, settings.oidc_redirect_uri
+            settings.vault_oidc_mount,
+            settings.vault_oidc_role,
+            settings.oidc_redirect_uri,
+            nonce,
         )
     except LoginRefused as exc:  # the role or redirect URI is not what Vault has: say so
         raise Unauthorized("single sign-on is refused by Vault (check its OIDC role)") from exc
-    return web.json_response({"auth_url": url}, headers={"Cache-Control": "no-store"})
+    response = web.json_response({"auth_url": url}, headers={"Cache-Control": "no-store"})
+    response.set_cookie(
+        NONCE_COOKIE,
+        nonce,
+        max_age=_COOKIE_AGE,
+        path=_COOKIE_PATH,
+        httponly=True,
+        samesite="Strict",
+        secure=settings.oidc_redirect_uri.startswith("https://"),
+    )
+    return response
 
 
 def _code_and_state(body: bytes) -> tuple[str, str]:
@@ -81,16 +106,22 @@ async def sso_callback(request: web.Request) -> web.Response:
         raise NotFound("single sign-on is not configured (CARVE_VAULT_OIDC_ROLE)")
     code, state = _code_and_state(await read_body(request))
     _limit(request)
+    nonce = request.cookies.get(NONCE_COOKIE, "")
+    if not _NONCE.fullmatch(nonce):
+        request.app[keys.METRICS].auth_failures.labels("login").inc()
+        raise Unauthorized("this sign-in was not started in this browser; start again")
     settings = request.app[keys.SETTINGS]
     try:
-        auth = await request.app[keys.VAULT].oidc_callback(settings.vault_oidc_mount, state, code)
+        auth = await request.app[keys.VAULT].oidc_callback(
+            settings.vault_oidc_mount, state, code, nonce
+        )
     except LoginRefused as exc:
         request.app[keys.METRICS].auth_failures.labels("login").inc()
         raise Unauthorized("the single sign-on was refused; start again") from exc
     token = str(auth["client_token"])
     identity = await request.app[keys.AUTHORIZER].authenticate(token)
     request[AUDIT].identify(identity)
-    return web.json_response(
+    response = web.json_response(
         {
             "token": token,
             "lease_duration": auth.get("lease_duration"),
@@ -98,6 +129,8 @@ async def sso_callback(request: web.Request) -> web.Response:
         },
         headers={"Cache-Control": "no-store"},
     )
+    response.del_cookie(NONCE_COOKIE, path=_COOKIE_PATH)
+    return response
 
 
 def setup_oidc(app: web.Application) -> None:

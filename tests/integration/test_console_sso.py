@@ -10,10 +10,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import aiohttp
+from yarl import URL
 
 from devstack.vault import POLICY, VaultAdmin
 from tests.sso import ROLE, sso
 from tests.stack import Stack
+
+
+def browser_session() -> aiohttp.ClientSession:
+    """A client that keeps cookies as a browser does (also for 127.0.0.1)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
 async def call(
@@ -39,7 +45,7 @@ async def test_sso_signs_a_responder_in_with_the_roles_policies(
         download = await stack.start_download(
             port=idp.port, vault_oidc_role=ROLE, oidc_redirect_uri=idp.redirect_uri
         )
-        async with aiohttp.ClientSession() as http:
+        async with browser_session() as http:
             assert await call(http, "GET", download.url + "/api/v1/login/oidc") == (
                 200,
                 {"enabled": True},
@@ -88,7 +94,7 @@ async def test_a_forged_state_or_code_gets_no_token(stack: Stack, vault: VaultAd
             port=idp.port, vault_oidc_role=ROLE, oidc_redirect_uri=idp.redirect_uri
         )
         callback = download.url + "/api/v1/login/oidc/callback"
-        async with aiohttp.ClientSession() as http:
+        async with browser_session() as http:
             status, started = await call(http, "POST", download.url + "/api/v1/login/oidc")
             back = await provider_redirect(http, started["auth_url"])
             for body in ({"code": back["code"], "state": "forged-state"},
@@ -100,9 +106,38 @@ async def test_a_forged_state_or_code_gets_no_token(stack: Stack, vault: VaultAd
             assert (status, reply["code"]) == (400, "invalid_request")
 
 
+async def test_a_code_from_someone_elses_sign_in_signs_nobody_in(
+    stack: Stack, vault: VaultAdmin
+) -> None:
+    """Login CSRF: the attacker signs in at the provider with their own account, stops
+    before the callback, and sends the responder the console link with that code and
+    state. The responder's browser lacks the nonce cookie of that sign-in: no token."""
+    async with sso(vault, "mallory@example.org", POLICY) as idp:
+        download = await stack.start_download(
+            port=idp.port, vault_oidc_role=ROLE, oidc_redirect_uri=idp.redirect_uri
+        )
+        callback = download.url + "/api/v1/login/oidc/callback"
+        async with browser_session() as attacker, browser_session() as responder:
+            status, started = await call(attacker, "POST", download.url + "/api/v1/login/oidc")
+            assert status == 200
+            nonce = attacker.cookie_jar.filter_cookies(URL(download.url + "/api/v1/login/oidc"))
+            assert len(nonce["carve_sso_nonce"].value) == 43
+            back = await provider_redirect(attacker, started["auth_url"])
+            body = {"code": back["code"], "state": back["state"]}
+            # The responder's browser: no cookie at all, then a sign-in of its own started.
+            status, reply = await call(responder, "POST", callback, body)
+            assert (status, reply["code"]) == (401, "unauthorized") and "token" not in reply
+            assert (await call(responder, "POST", download.url + "/api/v1/login/oidc"))[0] == 200
+            status, reply = await call(responder, "POST", callback, body)
+            assert (status, reply["code"]) == (401, "unauthorized") and "token" not in reply
+    audit = stack.db["audit"]
+    refused = [d async for d in audit.find({"action": "login_sso_callback"})]
+    assert [d["outcome"] for d in refused] == ["denied", "denied"], refused
+
+
 async def test_without_a_role_sso_is_off(stack: Stack) -> None:
     download = await stack.start_download()
-    async with aiohttp.ClientSession() as http:
+    async with browser_session() as http:
         assert await call(http, "GET", download.url + "/api/v1/login/oidc") == (
             200,
             {"enabled": False},

@@ -1,6 +1,8 @@
 // The one origin the console talks to: the download service's API, token in a header.
 // The token lives in sessionStorage (gone with the tab), never in a URL, cookie or
 // localStorage. Downloads go through single-use tickets, so no URL ever carries the token.
+// Requests carry no cookies, except the two single sign-on calls (cookies: true): they
+// carry the sign-in's nonce cookie, which ties the provider's answer to this browser.
 
 const KEY = "carve-console-token";
 
@@ -19,7 +21,7 @@ export class ApiError extends Error {
   }
 }
 
-export async function api(path, { method = "GET", body, auth = true } = {}) {
+export async function api(path, { method = "GET", body, auth = true, cookies = false } = {}) {
   const headers = { Accept: "application/json" };
   if (auth && session.token) headers["X-Vault-Token"] = session.token;
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -29,7 +31,7 @@ export async function api(path, { method = "GET", body, auth = true } = {}) {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "omit",
+      credentials: cookies ? "same-origin" : "omit",
       cache: "no-store",
     });
   } catch {

@@ -109,6 +109,7 @@ async function finishSingleSignOn() {
     const answer = await api("/api/v1/login/oidc/callback", {
       method: "POST",
       auth: false,
+      cookies: true,
       body: { code, state },
     });
     session.set(answer.token);

@@ -67,7 +67,7 @@ export function renderLogin(view, { onLogin, message }) {
   ssoButton.addEventListener("click", async () => {
     replace(out);
     try {
-      const answer = await api("/api/v1/login/oidc", { method: "POST", auth: false });
+      const answer = await api("/api/v1/login/oidc", { method: "POST", auth: false, cookies: true });
       const target = new URL(answer.auth_url);
       if (target.protocol !== "https:" && target.protocol !== "http:") throw new Error("bad auth_url");
       window.location.assign(target.href);
