@@ -17,7 +17,7 @@ from pymongo.errors import AutoReconnect, OperationFailure
 from services.assembler.handler import Handled, handle_block
 from services.assembler.store import classify_write_error
 from services.assembler.tracker import CarveTracker
-from services.ingest.body import peek_block_id, peek_session_id
+from services.ingest.accept import peek_block_id, peek_session_id
 from services.ingest.budget import ByteBudget
 from shared.batching import Coalescer
 from shared.carves import CarveRecord, new_carve_doc, same_start
