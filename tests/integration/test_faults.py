@@ -147,6 +147,20 @@ async def test_redis_restart_gives_fast_503_then_recovers(stack: Stack, backends
     await assert_complete(stack, up)
 
 
+async def send_until_taken(http: aiohttp.ClientSession, up: Upload, first: int) -> int:
+    """Send blocks ``first``... in order, each again until it gets a 200 (as osquery 5.22+
+    retries), for up to 60 s; the index of the first block not taken (``up.count``: all)."""
+    deadline = time.monotonic() + 60
+    i = first
+    while i < up.count and time.monotonic() < deadline:
+        status, _, _, _ = await up.send(http, i)
+        if status == 200:
+            i += 1
+        else:
+            await asyncio.sleep(0.5)
+    return i
+
+
 async def test_rabbitmq_stopped_gives_fast_503_then_recovers(
     stack: Stack, backends: Backends
 ) -> None:
@@ -160,15 +174,7 @@ async def test_rabbitmq_stopped_gives_fast_503_then_recovers(
         finally:
             backends.rabbit.start()
         # Like osquery 5.22+, retry until the robust connection is back.
-        deadline = time.monotonic() + 60
-        i = 10
-        while i < up.count and time.monotonic() < deadline:
-            status, _, _, _ = await up.send(http, i)
-            if status == 200:
-                i += 1
-            else:
-                await asyncio.sleep(0.5)
-        assert i == up.count
+        assert await send_until_taken(http, up, 10) == up.count
     await assert_complete(stack, up)
 
 
@@ -306,15 +312,7 @@ async def test_broker_lost_while_a_batch_lingers_fails_exactly_that_batch(
         metrics = await scrape(lingering.url)
         assert metrics['carve_blocks_total{outcome="accepted"}'] == 4
         # The failed blocks were not recorded: sent again, each is stored, none a duplicate.
-        deadline = time.monotonic() + 60
-        i = 4
-        while i < up.count and time.monotonic() < deadline:
-            status, _, _, _ = await up.send(http, i)
-            if status == 200:
-                i += 1
-            else:
-                await asyncio.sleep(0.5)
-        assert i == up.count
+        assert await send_until_taken(http, up, 4) == up.count
         ingest = await scrape(stack.ingest_url)
         assert ingest['carve_blocks_total{outcome="accepted"}'] == up.count - 4
         assert ingest.get('carve_blocks_total{outcome="duplicate"}', 0) == 0
