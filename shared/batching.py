@@ -9,6 +9,11 @@ the batches grow by themselves, up to ``max_items`` items and ``max_weight``
 ``concurrency`` flushes may be in flight at once (default one). For a backend
 whose answer takes a fixed wait (RabbitMQ's confirm waits for an fsync), a
 second flush in flight overlaps that wait instead of queueing behind it.
+
+``linger`` (seconds, default none) lets a flush wait that long for company
+before it goes, unless its batch fills first (``max_items`` or ``max_weight``):
+concurrent callers then share one write instead of a few. While one runner
+lingers, new items join its batch rather than start another runner.
 """
 
 from __future__ import annotations
@@ -29,6 +34,23 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _settle(
+    batch: Sequence[tuple[T, asyncio.Future[R]]], results: Sequence[R | BaseException]
+) -> None:
+    for (_, future), result in zip(batch, results, strict=True):
+        if future.done():  # its caller was cancelled
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
 class Coalescer(Generic[T, R]):
     def __init__(
         self,
@@ -38,8 +60,13 @@ class Coalescer(Generic[T, R]):
         weight: Callable[[T], int] | None = None,
         max_weight: int = 0,
         concurrency: int = 1,
+        linger: float = 0.0,
     ) -> None:
         self._flush = flush
+        self._linger = linger
+        # Set while a runner lingers: resolved early once its batch is full.
+        self._waiter: asyncio.Future[None] | None = None
+        self._pending_weight = 0
         self._concurrency = concurrency
         self._max_items = max_items
         self._weight = weight
@@ -50,11 +77,38 @@ class Coalescer(Generic[T, R]):
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
+        if self._weight is not None:
+            self._pending_weight += self._weight(item)
+        if (waiter := self._waiter) is not None:
+            if self._full() and not waiter.done():
+                waiter.set_result(None)  # the lingering runner's batch is complete
+            return await future
+        self._spawn()
+        return await future
+
+    def _spawn(self) -> None:
         # A finished runner may still wait for its done-callbacks: prune by done(), not by them.
         self._runners = {runner for runner in self._runners if not runner.done()}
         if len(self._runners) < self._concurrency:
             self._runners.add(asyncio.create_task(self._drain()))
-        return await future
+
+    def _full(self) -> bool:
+        if len(self._pending) >= self._max_items:
+            return True
+        return self._weight is not None and self._pending_weight >= self._max_weight
+
+    async def _gather(self) -> None:
+        """Wait up to ``linger`` for the batch to fill (another runner may be doing it)."""
+        if self._waiter is not None or self._full():
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(self._linger, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     def _batch_size(self) -> int:
         if self._weight is None:
@@ -66,11 +120,23 @@ class Coalescer(Generic[T, R]):
                 return size
         return self._max_items
 
+    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        size = self._batch_size()
+        batch = self._pending[:size]
+        del self._pending[:size]
+        if self._weight is not None:
+            self._pending_weight -= sum(self._weight(item) for item, _ in batch)
+        if self._linger and self._pending:
+            self._spawn()  # what the full batch left: to a free runner, not after this flush
+        return batch
+
     async def _drain(self) -> None:
         while self._pending:
-            size = self._batch_size()
-            batch = self._pending[:size]
-            del self._pending[:size]
+            if self._linger:
+                if self._waiter is not None:
+                    return  # another runner is gathering these items
+                await self._gather()
+            batch = self._take()
             try:
                 results = await self._flush([item for item, _ in batch])
             except BaseException as exc:  # every caller of the batch sees the failure
@@ -83,10 +149,4 @@ class Coalescer(Generic[T, R]):
                 # (aiormq cancels pending confirms when its channel closes): go on with the
                 # items queued meanwhile, or they would wait for some later submit.
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():  # its caller was cancelled
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            _settle(batch, results)

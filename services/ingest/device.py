@@ -88,6 +88,12 @@ def device_of(request: web.Request, trusted: tuple[Network, ...]) -> Device | No
         raise InvalidRequest(f"{CERT_HEADER} header is not a PEM certificate") from exc
 
 
+def node_key_header(request: web.Request) -> str:
+    """The node key osquery 5.23+ sends as ``Authorization: NodeKey ...`` ("" for none)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme == "NodeKey" else ""
+
+
 def host_identity(device: Device | None, node_key_sha256: str, address: str) -> str:
     """The key a host's share is counted under: certificate, else node key, else address."""
     if device is not None:

@@ -19,6 +19,7 @@ from clients.osquery_sim import build_synthetic_archive, carve
 from devstack.backends import Backends
 from devstack.services import scrape
 from services.assembler.store import GridChunkStore
+from services.ingest import publisher
 from shared.finalize import Finalizer, Outcome
 from shared.queue import Block, encode
 from tests.stack import Stack
@@ -147,6 +148,20 @@ async def test_redis_restart_gives_fast_503_then_recovers(stack: Stack, backends
     await assert_complete(stack, up)
 
 
+async def send_until_taken(http: aiohttp.ClientSession, up: Upload, first: int) -> int:
+    """Send blocks ``first``... in order, each again until it gets a 200 (as osquery 5.22+
+    retries), for up to 60 s; the index of the first block not taken (``up.count``: all)."""
+    deadline = time.monotonic() + 60
+    i = first
+    while i < up.count and time.monotonic() < deadline:
+        status, _, _, _ = await up.send(http, i)
+        if status == 200:
+            i += 1
+        else:
+            await asyncio.sleep(0.5)
+    return i
+
+
 async def test_rabbitmq_stopped_gives_fast_503_then_recovers(
     stack: Stack, backends: Backends
 ) -> None:
@@ -160,15 +175,7 @@ async def test_rabbitmq_stopped_gives_fast_503_then_recovers(
         finally:
             backends.rabbit.start()
         # Like osquery 5.22+, retry until the robust connection is back.
-        deadline = time.monotonic() + 60
-        i = 10
-        while i < up.count and time.monotonic() < deadline:
-            status, _, _, _ = await up.send(http, i)
-            if status == 200:
-                i += 1
-            else:
-                await asyncio.sleep(0.5)
-        assert i == up.count
+        assert await send_until_taken(http, up, 10) == up.count
     await assert_complete(stack, up)
 
 
@@ -274,3 +281,41 @@ async def test_poison_messages_are_dead_lettered(
         assert bodies == [body for body, _ in bad]
     finally:
         await connection.close()
+
+
+async def test_broker_lost_while_a_batch_lingers_fails_exactly_that_batch(
+    ingest_only: Stack, backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of concurrent requests wait together for one publish: a broker lost while
+    they wait fails every one of them (none is recorded, a re-send is stored), and the
+    blocks of the batch confirmed before keep their 200 and reach the assembler."""
+    stack = ingest_only
+    monkeypatch.setattr(publisher, "LINGER", 2.0)  # long enough to stop the broker meanwhile
+    lingering = await stack.start_ingest()
+    up = Upload(stack, random_bytes(12 * 4 * KiB, 8), 4 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+        confirmed = await asyncio.gather(*(up.send(http, i, lingering.url) for i in range(4)))
+        assert [status for status, *_ in confirmed] == [200] * 4
+        metrics = await scrape(lingering.url)
+        assert metrics["carve_publish_batch_blocks_count"] == 1  # the four shared one message
+        waiting = [asyncio.create_task(up.send(http, i, lingering.url)) for i in range(4, 8)]
+        await asyncio.sleep(0.5)
+        assert not any(task.done() for task in waiting)  # still lingering
+        backends.rabbit.stop(signal.SIGKILL)
+        try:
+            for status, ctype, raw, took in await asyncio.gather(*waiting):
+                assert (status, ctype) == (503, "text/plain"), raw
+                assert raw.startswith(b"service unavailable: rabbitmq"), raw
+                assert took < 4.0
+        finally:
+            backends.rabbit.start()
+        metrics = await scrape(lingering.url)
+        assert metrics['carve_blocks_total{outcome="accepted"}'] == 4
+        # The failed blocks were not recorded: sent again, each is stored, none a duplicate.
+        assert await send_until_taken(http, up, 4) == up.count
+        ingest = await scrape(stack.ingest_url)
+        assert ingest['carve_blocks_total{outcome="accepted"}'] == up.count - 4
+        assert ingest.get('carve_blocks_total{outcome="duplicate"}', 0) == 0
+    await stack.start_assembler()
+    await assert_complete(stack, up)

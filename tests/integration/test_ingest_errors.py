@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from clients.osquery_sim import judge_reply
-from services.ingest import views
+from services.ingest import accept
 from shared.errors import Forbidden
 from tests.stack import Stack
 
@@ -250,7 +250,7 @@ async def test_any_refusal_raised_in_the_block_view_is_text(
     def refuse(request: object, received: object) -> bytes:
         raise OtherCertificate("block sent with another device certificate")
 
-    monkeypatch.setattr(views, "_check_block", refuse)
+    monkeypatch.setattr(accept, "_check_block", refuse)
     body, sid = await start(stack)
     payload = block(sid, body["request_id"], 0, b"x" * B)
     for path in ("/upload_blocks", "/api/v1/osquery/carve/block", "/api/osquery/carve/block"):

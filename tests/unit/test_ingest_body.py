@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.body import split_block_body
+from services.ingest.accept import split_block_body
 from shared.errors import InvalidRequest
 from shared.protocol import decode_block_data
 

@@ -17,7 +17,7 @@ from pymongo.errors import AutoReconnect, OperationFailure
 from services.assembler.handler import Handled, handle_block
 from services.assembler.store import classify_write_error
 from services.assembler.tracker import CarveTracker
-from services.ingest.body import peek_block_id, peek_session_id
+from services.ingest.accept import peek_block_id, peek_session_id
 from services.ingest.budget import ByteBudget
 from shared.batching import Coalescer
 from shared.carves import CarveRecord, new_carve_doc, same_start
@@ -260,6 +260,41 @@ async def test_coalescer_keeps_at_most_concurrency_flushes_in_flight(concurrency
     for i in range(5):
         assert await coalescer.submit(100 + i) == 100 + i
         await asyncio.sleep(0)
+
+
+async def test_coalescer_linger_shares_one_flush_bounded_by_time_count_and_weight() -> None:
+    batches: list[list[bytes]] = []
+
+    async def flush(items: Sequence[bytes]) -> list[int | BaseException]:
+        batches.append(list(items))
+        await asyncio.sleep(0.001)
+        return [len(item) for item in items]
+
+    coalescer: Coalescer[bytes, int] = Coalescer(
+        flush, 4, weight=len, max_weight=10, concurrency=2, linger=0.05
+    )
+
+    async def later(delay: float, item: bytes) -> int:
+        await asyncio.sleep(delay)
+        return await coalescer.submit(item)
+
+    # Items arriving within the linger share one flush.
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.gather(later(0, b"a"), later(0.01, b"b"), later(0.02, b"c")) == [1] * 3
+    assert batches == [[b"a", b"b", b"c"]]
+    assert loop.time() - started < 1.0  # bounded by the linger, not by a fourth item
+    # A batch that fills (by count, then by weight) goes at once, without lingering.
+    batches.clear()
+    started = loop.time()
+    assert await asyncio.gather(*(coalescer.submit(b"x") for _ in range(4))) == [1] * 4
+    assert await coalescer.submit(b"y" * 10) == 10
+    assert loop.time() - started < 0.04
+    assert batches == [[b"x"] * 4, [b"y" * 10]]
+    # What a full batch left goes on without waiting for that batch's flush.
+    batches.clear()
+    assert await asyncio.gather(*(coalescer.submit(b"w") for _ in range(6))) == [1] * 6
+    assert sorted(len(b) for b in batches) == [2, 4]
 
 
 async def test_coalescer_goes_on_after_a_flush_raises_cancelled_error() -> None:
