@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian machine: system packages
-# (Redis, RabbitMQ, OpenSSL, NGINX, Docker's engine and debootstrap) where missing, and the
+# (Redis, RabbitMQ, OpenSSL, NGINX, Docker's engine, debootstrap, Chromium, wrk) where missing, and the
 # project with its dev tools in .venv, exactly as requirements-dev.lock pins them (versions
 # and hashes; scripts/lock.sh rewrites it). Safe to run again: it skips what is already there,
 # and reinstalls only when pyproject.toml or the lock changed.
@@ -17,6 +17,7 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 [ -x /usr/bin/chromium ] || need+=(chromium)  # tests/browser drive the console with Playwright
+command -v wrk >/dev/null 2>&1 || need+=(wrk)  # bench.wrk_blocks (its quick run is in the suite)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -281,7 +281,9 @@ async def test_coalescer_linger_shares_one_flush_bounded_by_time_count_and_weigh
     # Items arriving within the linger share one flush.
     loop = asyncio.get_running_loop()
     started = loop.time()
-    assert await asyncio.gather(later(0, b"a"), later(0.01, b"b"), later(0.02, b"c")) == [1] * 3
+    assert (
+        list(await asyncio.gather(later(0, b"a"), later(0.01, b"b"), later(0.02, b"c"))) == [1] * 3
+    )
     assert batches == [[b"a", b"b", b"c"]]
     assert loop.time() - started < 1.0  # bounded by the linger, not by a fourth item
     # A batch that fills (by count, then by weight) goes at once, without lingering.
