@@ -4,7 +4,7 @@ The branch decides what the caller sees (HTTP services) or what happens to a
 queued message (workers); each middleware has one rule per branch::
 
     CarveError
-    ├── ClientError            the request is wrong: a 4xx, retrying the same request cannot help
+    ├── ClientError            refused as sent: a 4xx; only a 408 or 429 may succeed later
     │   ├── InvalidRequest        400  malformed JSON, wrong types, inconsistent sizes, bad block
     │   ├── Unauthorized          401  no or bad credentials
     │   │   ├── InvalidToken          Vault does not know the token (shared.vault)
@@ -40,7 +40,8 @@ class CarveError(Exception):
 
 
 class ClientError(CarveError):
-    """The request is wrong; retrying the same request cannot help."""
+    """The request is refused as sent (a 4xx); only RequestTimeout and LimitExceeded may
+    succeed when the same request comes again later."""
 
     status = 400
     code = "invalid_request"

@@ -119,7 +119,8 @@ class VaultClient:
                     redirect_uri=redirect_uri,
                     client_nonce=client_nonce,
                 )
-        except hvac.exceptions.InvalidRequest as exc:  # unknown role, redirect not allowed
+        # Unknown role, redirect not allowed (400), or a mount that is not OIDC (403).
+        except (hvac.exceptions.InvalidRequest, InvalidToken) as exc:
             raise LoginRefused(f"Vault refused the OIDC login: {exc}") from exc
         finally:
             client.adapter.close()

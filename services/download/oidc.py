@@ -17,7 +17,7 @@ Login CSRF: step 1 also sets a random nonce in an HttpOnly, SameSite=Strict cook
 these endpoints and gives it to Vault as ``client_nonce``; step 3 hands the cookie's nonce
 back, and Vault refuses a callback whose nonce differs. So a code and state obtained by
 someone else (an attacker's own sign-in, sent to a responder as a link) sign nobody in: the
-responder's browser holds no such nonce. Secure when the redirect URI is https.
+responder's browser holds no such nonce. Under https it is a ``__Host-`` cookie (see nonce_cookie).
 
 ``GET /api/v1/login/oidc`` says whether SSO is configured. Attempts share the userpass
 login's limiter (per client address); everything is audited like the other logins.
@@ -25,6 +25,7 @@ login's limiter (per client address); everything is audited like the other login
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 
@@ -34,15 +35,24 @@ from services.download import keys
 from services.download.audit import AUDIT
 from services.download.bodies import parse_json, read_body
 from services.download.login import LIMITER, whoami_view
+from services.download.settings import DownloadSettings
 from shared.errors import InvalidRequest, LimitExceeded, NotFound, Unauthorized
 from shared.vault import LoginRefused
 
 # What Vault's state and a provider's code look like: opaque, URL-safe, bounded.
 _OPAQUE = re.compile(r"[A-Za-z0-9._~+/=-]{1,2048}")
-NONCE_COOKIE = "carve_sso_nonce"
 _NONCE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
-_COOKIE_PATH = "/api/v1/login/oidc"
 _COOKIE_AGE = 600  # seconds: as long as a sign-in at the provider may take
+log = logging.getLogger(__name__)
+
+
+def nonce_cookie(settings: DownloadSettings) -> tuple[str, str, bool]:
+    """The nonce cookie's name, path and Secure flag. Under https it is a ``__Host-``
+    cookie (Secure, Path=/, no Domain), which a sibling subdomain cannot plant or shadow;
+    on plain http (loopback, tests) it is scoped to the two endpoints."""
+    if settings.oidc_redirect_uri.startswith("https://"):
+        return "__Host-carve_sso_nonce", "/", True
+    return "carve_sso_nonce", "/api/v1/login/oidc", False
 
 
 def _configured(request: web.Request) -> bool:
@@ -75,17 +85,13 @@ async def sso_start(request: web.Request) -> web.Response:
             settings.oidc_redirect_uri,
             nonce,
         )
-    except LoginRefused as exc:  # the role or redirect URI is not what Vault has: say so
+    except LoginRefused as exc:  # the role, redirect URI or mount is not what Vault has: say so
+        log.warning("single sign-on start refused by Vault: %s", exc)
         raise Unauthorized("single sign-on is refused by Vault (check its OIDC role)") from exc
     response = web.json_response({"auth_url": url}, headers={"Cache-Control": "no-store"})
+    name, path, secure = nonce_cookie(settings)
     response.set_cookie(
-        NONCE_COOKIE,
-        nonce,
-        max_age=_COOKIE_AGE,
-        path=_COOKIE_PATH,
-        httponly=True,
-        samesite="Strict",
-        secure=settings.oidc_redirect_uri.startswith("https://"),
+        name, nonce, max_age=_COOKIE_AGE, path=path, httponly=True, samesite="Strict", secure=secure
     )
     return response
 
@@ -106,7 +112,8 @@ async def sso_callback(request: web.Request) -> web.Response:
         raise NotFound("single sign-on is not configured (CARVE_VAULT_OIDC_ROLE)")
     code, state = _code_and_state(await read_body(request))
     _limit(request)
-    nonce = request.cookies.get(NONCE_COOKIE, "")
+    name, path, secure = nonce_cookie(request.app[keys.SETTINGS])
+    nonce = request.cookies.get(name, "")
     if not _NONCE.fullmatch(nonce):
         request.app[keys.METRICS].auth_failures.labels("login").inc()
         raise Unauthorized("this sign-in was not started in this browser; start again")
@@ -129,7 +136,7 @@ async def sso_callback(request: web.Request) -> web.Response:
         },
         headers={"Cache-Control": "no-store"},
     )
-    response.del_cookie(NONCE_COOKIE, path=_COOKIE_PATH)
+    response.del_cookie(name, path=path, secure=secure, httponly=True, samesite="Strict")
     return response
 
 

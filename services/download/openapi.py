@@ -114,11 +114,16 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/api/v1/login/oidc": {
         "get": _op("Whether single sign-on (Vault's OIDC method) is configured", security=[]),
-        "post": _op("Where to send the browser to sign in (Vault's auth_url)", security=[]),
+        "post": _op(
+            "Where to send the browser to sign in (Vault's auth_url); sets the sign-in's "
+            "nonce cookie, which the callback needs back",
+            security=[],
+        ),
     },
     "/api/v1/login/oidc/callback": {
         "post": _op(
-            "The provider's code and state, exchanged by Vault for a token (rate limited)",
+            "The provider's code and state, and the nonce cookie of the sign-in, exchanged by "
+            "Vault for a token (rate limited)",
             security=[],
             requestBody=_json_body(
                 {

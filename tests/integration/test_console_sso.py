@@ -144,3 +144,19 @@ async def test_without_a_role_sso_is_off(stack: Stack) -> None:
         )
         status, reply = await call(http, "POST", download.url + "/api/v1/login/oidc")
         assert (status, reply["code"]) == (404, "not_found")
+
+
+async def test_a_mount_that_is_not_oidc_is_a_clear_refusal(stack: Stack, vault: VaultAdmin) -> None:
+    """Vault answers 403 for a mount it does not have: a misconfiguration, said as such
+    (and logged), not "token unknown" for a request that carries no token."""
+    async with sso(vault, "ann@example.org", POLICY) as idp:
+        download = await stack.start_download(
+            port=idp.port,
+            vault_oidc_role=ROLE,
+            oidc_redirect_uri=idp.redirect_uri,
+            vault_oidc_mount="no-such-mount",
+        )
+        async with browser_session() as http:
+            status, reply = await call(http, "POST", download.url + "/api/v1/login/oidc")
+    assert (status, reply["code"]) == (401, "unauthorized")
+    assert reply["error"] == "single sign-on is refused by Vault (check its OIDC role)"

@@ -107,3 +107,12 @@ def test_manifest_bounds_duplicates_and_unsafe_names() -> None:
     assert (few["count"], few["truncated"]) == (2, True)
     cut = build(raw_reader(data[:700]), zstd=False, limits=manifest_limits(700))
     assert cut["error"].startswith("malformed") and cut["count"] == 1
+
+
+def test_the_sso_nonce_cookie_is_a_host_cookie_under_https() -> None:
+    from services.download.oidc import nonce_cookie
+
+    https = DownloadSettings(oidc_redirect_uri="https://carves.example.org/ui/")
+    assert nonce_cookie(https) == ("__Host-carve_sso_nonce", "/", True)
+    http = DownloadSettings(oidc_redirect_uri="http://127.0.0.1:8083/ui/")
+    assert nonce_cookie(http) == ("carve_sso_nonce", "/api/v1/login/oidc", False)
