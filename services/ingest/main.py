@@ -45,6 +45,7 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.publish_timeout,
         batch_bytes=settings.publish_batch_bytes,
         concurrency=settings.publish_concurrency,
+        linger=settings.publish_linger,
         on_batch=app[keys.METRICS].batch_blocks.observe,
     )
     await publisher.open()

@@ -1,8 +1,9 @@
 """Publishing blocks to RabbitMQ: persistent, confirmed, never waiting past a deadline.
 
 The one module of ingest that touches aio-pika. Blocks of concurrent requests
-travel together: a message waits up to ``LINGER`` for more blocks (unless it
-is full first: ``batch_blocks``, ``batch_bytes``), and while messages wait for
+travel together: with ``linger`` (CARVE_PUBLISH_LINGER, 2 ms by default) a message
+waits that long for more blocks (unless it is full first: ``batch_blocks``,
+``batch_bytes``), and while messages wait for
 their confirms the blocks that arrive meanwhile are packed into the next one,
 so under load the broker confirms many blocks at once. Each request still gets
 its reply only after the message holding its block is confirmed; a message
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 
 # While a message waits for its confirm, how often to look whether the broker blocked us.
 _BLOCKED_POLL = 0.05
-# How long a message waits for more blocks before it goes (unless it is full first).
-LINGER = 0.002
 
 
 class BlockPublisher:
@@ -41,7 +40,7 @@ class BlockPublisher:
         batch_blocks: int = 64,
         batch_bytes: int = 1024 * 1024,
         concurrency: int = 1,
-        linger: float | None = None,
+        linger: float = 0.0,
         on_batch: Callable[[int], None] = lambda blocks: None,
     ) -> None:
         self._on_batch = on_batch
@@ -55,7 +54,7 @@ class BlockPublisher:
             weight=lambda block: len(block.data),
             max_weight=batch_bytes,
             concurrency=concurrency,
-            linger=LINGER if linger is None else linger,
+            linger=linger,
         )
 
     async def open(self) -> None:

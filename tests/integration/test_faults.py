@@ -19,7 +19,6 @@ from clients.osquery_sim import build_synthetic_archive, carve
 from devstack.backends import Backends
 from devstack.services import scrape
 from services.assembler.store import GridChunkStore
-from services.ingest import publisher
 from shared.finalize import Finalizer, Outcome
 from shared.queue import Block, encode
 from tests.stack import Stack
@@ -290,8 +289,8 @@ async def test_broker_lost_while_a_batch_lingers_fails_exactly_that_batch(
     they wait fails every one of them (none is recorded, a re-send is stored), and the
     blocks of the batch confirmed before keep their 200 and reach the assembler."""
     stack = ingest_only
-    monkeypatch.setattr(publisher, "LINGER", 2.0)  # long enough to stop the broker meanwhile
-    lingering = await stack.start_ingest()
+    # A linger long enough to stop the broker meanwhile.
+    lingering = await stack.start_ingest(publish_linger=2.0)
     up = Upload(stack, random_bytes(12 * 4 * KiB, 8), 4 * KiB)
     async with aiohttp.ClientSession() as http:
         await up.start(http)
