@@ -69,7 +69,9 @@ async def peek(request: web.Request) -> Incoming:
     if (peeked := peek_session_id(prefix)) is None:
         return Incoming(prefix, None, False, block_id, global_limit)
     session, seen = await request.app[keys.SESSIONS].get(peeked, block_id)
-    return Incoming(prefix, session, seen, block_id, max_block_body(session.block_size))
+    limit = max_block_body(session.block_size)
+    check_declared_length(request, limit)  # before the body waits for the byte budget
+    return Incoming(prefix, session, seen, block_id, limit)
 
 
 async def read(request: web.Request, incoming: Incoming) -> Accepted:
@@ -116,9 +118,6 @@ class _Received:
 async def _read_block_request(request: web.Request, incoming: Incoming) -> _Received:
     """Parse a block body, reading no more than the session's block size allows."""
     sessions = request.app[keys.SESSIONS]
-    if incoming.session is not None:
-        # The limit narrowed to the session's (without one it is the limit checked already).
-        check_declared_length(request, incoming.limit)
     body = await read_rest(request, incoming.prefix, incoming.limit)
     fields, decoded = split_block_body(body)
     del body
