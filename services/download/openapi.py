@@ -44,6 +44,12 @@ def _json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": {"application/json": {"schema": schema}}}
 
 
+def _strings_body(*required: str, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A required JSON object body of string members: ``required`` ones, then ``optional``."""
+    properties = {name: {"type": "string"} for name in (*required, *optional)}
+    return _json_body({"type": "object", "required": list(required), "properties": properties})
+
+
 _BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}
 _LIST = (
     _query("status", "receiving, complete, failed, expired or deleted"),
@@ -103,13 +109,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": _op(
             "Vault userpass login, forwarded (rate limited)",
             security=[],
-            requestBody=_json_body(
-                {
-                    "type": "object",
-                    "required": ["username", "password"],
-                    "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
-                }
-            ),
+            requestBody=_strings_body("username", "password"),
         ),
     },
     "/api/v1/login/oidc": {
@@ -125,13 +125,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "The provider's code and state, and the nonce cookie of the sign-in, exchanged by "
             "Vault for a token (rate limited)",
             security=[],
-            requestBody=_json_body(
-                {
-                    "type": "object",
-                    "required": ["code", "state"],
-                    "properties": {"code": {"type": "string"}, "state": {"type": "string"}},
-                }
-            ),
+            requestBody=_strings_body("code", "state"),
         ),
     },
     "/api/v1/logout": {"post": _op("Revoke the caller's token")},
@@ -141,17 +135,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": _op(
             "The original server's endpoint: token and carve id in the body",
             security=[],
-            requestBody=_json_body(
-                {
-                    "type": "object",
-                    "required": ["token", "file_carve_guid"],
-                    "properties": {
-                        "token": {"type": "string"},
-                        "token_accessor": {"type": "string"},
-                        "file_carve_guid": {"type": "string"},
-                    },
-                }
-            ),
+            requestBody=_strings_body("token", "file_carve_guid", optional=("token_accessor",)),
         ),
     },
 }
