@@ -419,6 +419,27 @@ async def test_a_device_carves_through_nginx_with_its_certificate(
 # ---------------------------------------------------------------------------------------------
 
 
+async def carve_refused_at_the_edge(
+    front: Front,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    ssl_context: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+) -> str:
+    """A simulated carve that NGINX refuses; its guid, once osquery's verdict is checked."""
+    guid, archive = archive_for(tmp_path)
+    with simulator_log(caplog):
+        result = await device_carve(
+            front, http, archive, guid, ssl=ssl_context, retry_sleeps=FAST_RETRIES
+        )
+    # NGINX's refusal is an HTML page: not JSON, so osquery 5.22+ tries three times, then fails
+    # with DATA POST FAILED and no session.
+    assert result.start_failed
+    assert result.requests == 3
+    assert "HTTP 400, non-JSON" in caplog.text
+    return guid
+
+
 async def assert_refused_like_osquery_sees_it(
     front: Front,
     stack: Stack,
@@ -427,15 +448,7 @@ async def assert_refused_like_osquery_sees_it(
     ssl_context: ssl.SSLContext,
     caplog: pytest.LogCaptureFixture,
 ) -> bytes:
-    guid, archive = archive_for(tmp_path)
-    with simulator_log(caplog):
-        result = await device_carve(
-            front, http, archive, guid, ssl=ssl_context, retry_sleeps=FAST_RETRIES
-        )
-    # NGINX's refusal is an HTML page: not JSON, so osquery 5.22+ tries three times, then fails.
-    assert result.start_failed
-    assert result.requests == 3
-    assert "HTTP 400, non-JSON" in caplog.text
+    guid = await carve_refused_at_the_edge(front, http, tmp_path, ssl_context, caplog)
     status, content_type, body = await post(
         http, front.osquery_url + "/start_uploads", b"{}", ssl_context
     )

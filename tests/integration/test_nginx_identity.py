@@ -47,12 +47,12 @@ from devstack.ports import HOST
 from devstack.vault import VaultAdmin
 from services.ingest.routes import BLOCK_PATHS, START_PATHS
 from tests.integration.test_nginx import (
-    FAST_RETRIES,
     MAKE_PKI,
     Front,
     NginxServer,
     Pki,
     archive_for,
+    carve_refused_at_the_edge,
     device_carve,
     make_pki,
     nginx_env,
@@ -60,7 +60,6 @@ from tests.integration.test_nginx import (
     pki_command,
     post,
     serve_app,
-    simulator_log,
 )
 from tests.stack import Stack
 
@@ -155,17 +154,8 @@ async def test_a_revoked_device_is_refused_after_reload_and_the_others_still_car
         assert status == 200 and judge_reply(status, reply).ok
 
         await asyncio.to_thread(reload_nginx, front.nginx)
-        guid, archive = archive_for(tmp_path)
         async with aiohttp.ClientSession() as http:
-            with simulator_log(caplog):
-                result = await device_carve(
-                    front, http, archive, guid, ssl=lost, retry_sleeps=FAST_RETRIES
-                )
-        # What osquery 5.22+ concludes: three HTML (non-JSON) answers, then DATA POST FAILED
-        # with no session.
-        assert result.start_failed
-        assert result.requests == 3
-        assert "HTTP 400, non-JSON" in caplog.text
+            guid = await carve_refused_at_the_edge(front, http, tmp_path, lost, caplog)
         assert await stack.carve_doc(guid) is None
         status, content_type, body = await start_status(front, lost, "after-reload")
         assert (status, content_type.split(";")[0]) == (400, "text/html")
