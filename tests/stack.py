@@ -111,11 +111,14 @@ class Stack:
         settings = self._settings(JanitorSettings, overrides)
         return await self._serve(create_janitor(settings, loop=loop, clock=clock))
 
-    async def spawn(self, name: str, **env: str) -> ServiceProcess:
+    async def spawn(self, name: str, *, ready: bool = True, **env: str) -> ServiceProcess:
+        """A service as its own process; waited for until ready unless ``ready`` is False
+        (a process a test expects to exit early)."""
         log = self.workdir / f"{name}-{len(self.processes)}.log"
         proc = ServiceProcess(name, {**self.env, **env}, log)
         self.processes.append(proc)
-        await proc.wait_ready()
+        if ready:
+            await proc.wait_ready()
         return proc
 
     async def carve_doc(self, carve_id: str) -> dict[str, Any] | None:
