@@ -1,4 +1,5 @@
-"""Events on the wire: CloudEvents 1.0 in structured JSON mode (the ``cloudevents`` package).
+"""Events on the wire: CloudEvents 1.0 in structured JSON mode (read and validated with the
+``cloudevents`` package, the spec's own SDK).
 
 The message body is the whole event (``application/cloudevents+json``): ``specversion``,
 ``id`` (fixed in the outbox), ``source`` (``CARVE_EVENTS_SOURCE``), ``type`` (also the
@@ -9,15 +10,16 @@ routing key), ``subject`` (the carve id), ``time`` (RFC 3339, UTC, ``Z``),
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+import orjson
 from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
-from cloudevents.core.v1.event import CloudEvent
 
 from shared.errors import PoisonMessage
 from shared.events.outbox import OutboxEntry
+from shared.timefmt import rfc3339
 
 CONTENT_TYPE = "application/cloudevents+json"
 MAX_EVENT_BYTES = 64 * 1024  # an event is a summary: anything larger is not one of ours
@@ -37,22 +39,20 @@ class CarveEvent:
 
 
 def encode_event(entry: OutboxEntry, carve_id: str, source: str) -> bytes:
-    """The structured-mode JSON of an outbox entry about ``carve_id``."""
-    when = entry["time"]
-    when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
-    event = CloudEvent(
+    """The structured-mode JSON of an outbox entry about ``carve_id`` (``time`` to the
+    millisecond, as stored; ``decode_event`` reads it back through the CloudEvents SDK)."""
+    return orjson.dumps(
         {
             "specversion": "1.0",
             "id": entry["id"],
             "source": source,
             "type": entry["type"],
             "subject": carve_id,
-            "time": when.replace(microsecond=0),
+            "time": rfc3339(entry["time"]),
             "datacontenttype": "application/json",
-        },
-        entry["data"],
+            "data": entry["data"],
+        }
     )
-    return JSONFormat().write(event)
 
 
 def decode_event(body: bytes) -> CarveEvent:

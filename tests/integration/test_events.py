@@ -179,9 +179,7 @@ async def test_an_assembler_killed_right_after_completing_a_carve_loses_no_event
         upload = Upload(stack, random_bytes(5 * 4 * KiB, seed=4), 4 * KiB)
         await upload.start(http)
         await upload.send_all(http, range(upload.count))
-        assembler = await stack.spawn(
-            "assembler", ready=False, CARVE_FAILPOINTS="events.after_change"
-        )
+        assembler = stack.launch("assembler", CARVE_FAILPOINTS="events.after_change")
         # It completes the carve, then dies before it publishes: the event waits in the outbox.
         assert await asyncio.to_thread(assembler.proc.wait, 60) == EXIT_CODE
         doc = await stack.wait_complete(upload.carve_id, timeout=5)
