@@ -30,7 +30,7 @@ COLLECTION = "carves"
 
 
 class Status(StrEnum):
-    """A carve's state; see the README's "Carve lifecycle" for the transitions."""
+    """A carve's state; see docs/operations.md, "Carve lifecycle", for the transitions."""
 
     RECEIVING = "receiving"  # blocks arriving
     COMPLETE = "complete"  # every block stored, hashed: downloadable

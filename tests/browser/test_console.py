@@ -114,7 +114,7 @@ async def log_in(page: Page, username: str, password: str) -> None:
 
 
 async def screenshot(page: Page, name: str) -> None:
-    """With CONSOLE_SCREENSHOTS=DIR, the page as a PNG there (docs/ holds the README's)."""
+    """With CONSOLE_SCREENSHOTS=DIR, the page as a PNG there (docs/ keeps those it shows)."""
     if folder := os.environ.get("CONSOLE_SCREENSHOTS"):
         await page.screenshot(path=str(Path(folder) / name), full_page=True)
 
