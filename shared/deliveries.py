@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 from shared.timefmt import rfc3339
+
+if TYPE_CHECKING:
+    from pymongo.asynchronous.collection import AsyncCollection
+    from pymongo.asynchronous.database import AsyncDatabase
 
 COLLECTION = "webhook_deliveries"
 
@@ -35,6 +39,11 @@ class DeliveryDoc(TypedDict):
     last_error: NotRequired[str | None]  # why the last attempt failed, bounded
     delivered_at: NotRequired[datetime | None]
     dead_at: NotRequired[datetime | None]
+
+
+def deliveries_of(db: AsyncDatabase[Any]) -> AsyncCollection[DeliveryDoc]:
+    """The ``webhook_deliveries`` collection of ``db``, its documents typed."""
+    return cast("AsyncCollection[DeliveryDoc]", db[COLLECTION])
 
 
 def delivery_view(doc: DeliveryDoc) -> dict[str, Any]:

@@ -33,6 +33,7 @@ log = logging.getLogger("carve.audit")
 AUDITED = frozenset({"list", "carve", "archive", "files", "file", "file_request", "delete"})
 # The console's additions (services/download/console_api.py, audit_api.py, login.py).
 AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"}
+AUDITED |= {"webhooks"}  # webhooks_api.py
 
 
 @dataclass

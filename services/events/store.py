@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
-from typing import cast
 
 from pymongo import ASCENDING, ReturnDocument
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.deliveries import COLLECTION, DeliveryDoc, State
+from shared.deliveries import DeliveryDoc, State, deliveries_of
 from shared.events.envelope import CarveEvent
 from shared.mongo import Document
-
-
-def deliveries_of(db: AsyncDatabase[Document]) -> AsyncCollection[DeliveryDoc]:
-    return cast("AsyncCollection[DeliveryDoc]", db[COLLECTION])
 
 
 async def ensure_indexes(db: AsyncDatabase[Document]) -> None:

@@ -28,13 +28,16 @@ from cryptography.x509.oid import NameOID
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from clients.osquery_sim import build_archive, carve
+from devstack import ROOT
 from devstack.services import scrape
+from devstack.vault import POLICY, VaultAdmin
 from tests.integration.test_events import hostile_tar
 from tests.stack import Stack
 from tests.uploads import random_bytes
 from tests.webhook_receiver import Hit, receiving
 
 KiB = 1024
+ADMIN = "osquery-file-carve-admin"
 MEMBERS = {"/var/log/auth.log": random_bytes(30_310, seed=5)}
 
 
@@ -342,3 +345,59 @@ async def test_a_bad_endpoint_configuration_stops_the_service_with_a_clear_error
     log = proc.log_path.read_text()
     assert "webhook endpoint x: secret" in log and "whsec_" in log
     assert "not-a-whsec" not in log  # the value itself is never printed
+
+
+async def test_admins_see_deliveries_without_bodies_or_urls(
+    stack: Stack, vault: VaultAdmin, tmp_path: Path
+) -> None:
+    vault.client.sys.create_or_update_policy(
+        ADMIN, (ROOT / "deploy" / "vault" / f"{ADMIN}.hcl").read_text()
+    )
+    admin, reader = vault.token(POLICY, ADMIN).token, vault.token(POLICY).token
+    download = await stack.start_download(vault_cache_ttl=0.5)
+    secret = new_secret()
+    async with receiving() as rx, aiohttp.ClientSession() as http:
+        rx.script = {"/down": [503]}
+        config = endpoints_file(
+            tmp_path,
+            [
+                {"name": n, "url": f"{rx.url}/{n}?token=s3cr3t", "secret": secret}
+                for n in ("up", "down")
+            ],
+        )
+        await stack.start_events(webhooks_file=config, webhook_backoff=60)
+        carve_id = await carve_file(stack, tmp_path)
+        await rx.wait("/up", 2)
+        await rx.wait("/down", 2)
+
+        async def listed(query: str, token: str = admin) -> tuple[int, Any]:
+            url = f"{download.url}/api/v1/webhooks/deliveries{query}"
+            async with http.get(url, headers={"X-Vault-Token": token}) as resp:
+                return resp.status, await resp.json()
+
+        async def all_tried() -> bool:
+            _, body = await listed("?endpoint=down")
+            return all(d["attempts"] == 1 for d in body["deliveries"])
+
+        await wait_until(all_tried)
+        status, refused = await listed("", reader)
+        status_all, everything = await listed("")
+        _, up = await listed("?state=delivered")
+        _, down = await listed(f"?endpoint=down&carve_id={carve_id}&limit=1")
+        _, rest = await listed(f"?endpoint=down&carve_id={carve_id}&cursor={down['next_cursor']}")
+        bad, _ = await listed("?state=lost")
+    assert (status, refused["code"]) == (403, "forbidden") and status_all == 200
+    assert len(everything["deliveries"]) == 4 and everything["next_cursor"] is None
+    assert {(d["endpoint"], d["state"]) for d in up["deliveries"]} == {("up", "delivered")}
+    (first,) = down["deliveries"]
+    (second,) = rest["deliveries"]
+    assert {first["event_type"], second["event_type"]} == {"carve.started", "carve.completed"}
+    assert (first["state"], first["dead"], first["attempts"]) == ("pending", False, 1)
+    assert (first["last_status"], first["last_error"]) == (503, "HTTP 503")
+    assert first["next_attempt"].endswith("Z") and first["carve_id"] == carve_id
+    text = json.dumps(everything)
+    assert "s3cr3t" not in text and rx.url not in text and "specversion" not in text
+    assert bad == 400
+    rows = await stack.db["audit"].find({"action": "webhooks"}).to_list()
+    outcomes = {(r["outcome"], r["status"]) for r in rows}
+    assert outcomes == {("denied", 403), ("allowed", 200), ("refused", 400)}
