@@ -76,8 +76,9 @@ def slack_text(event: CarveEvent, console_url: str) -> str:
         parts.append(f"reason {code(data['failure_reason'])}")
     if (verdict := (data.get("triage") or {}).get("verdict")) is not None:
         parts.append(f"verdict {code(verdict, 32)}")
-    link = console_url.rstrip("/") + "/#/carves/" + event.subject
-    parts.append(f"<{link}|open in the console>")
+    if console_url:
+        link = console_url.rstrip("/") + "/#/carves/" + event.subject
+        parts.append(f"<{link}|open in the console>")
     return ", ".join(parts)
 
 

@@ -29,5 +29,6 @@ class EventsServiceSettings(HttpSettings, AmqpSettings, MongoSettings, EventsSet
     webhook_backoff_max: float = Field(3600.0, gt=0)
     # Deliveries in flight at once per endpoint (a slow endpoint holds only its own).
     webhook_concurrency: int = Field(4, ge=1, le=64)
-    # The console's address, for the links in chat messages (format: slack).
-    console_url: str = "http://127.0.0.1:8082/ui/"
+    # The console's address (https://.../ui/), for the links in chat messages (format: slack);
+    # empty: no link.
+    console_url: str = ""
