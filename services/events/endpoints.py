@@ -87,7 +87,7 @@ def load_endpoints(settings: EventsServiceSettings) -> list[Endpoint]:
         if not isinstance(loaded, list):
             raise ValueError(f"{settings.webhooks_file}: a YAML list of endpoints is expected")
         raw.extend(loaded)
-    if settings.webhook_url is not None:
+    if settings.webhook_url is not None and settings.webhook_url.get_secret_value():
         raw.append(
             {
                 "name": "default",

@@ -532,13 +532,13 @@ def _settings(
     for variable in [v for v in os.environ if v.startswith("CARVE_")]:
         monkeypatch.delenv(variable)
     for variable, value in rendering.environment(workload).items():
+        text: str | None = value if isinstance(value, str) else None
         if isinstance(value, SecretRef):
             default = workload.settings_class.model_fields[variable[6:].lower()].default
             fallback = default.get_secret_value() if default is not None else None
-            value = rendering.secret_value(value) or fallback
-            if value is None:  # an optional Secret the base only names (no default either)
-                continue
-        monkeypatch.setenv(variable, value)
+            text = rendering.secret_value(value) or fallback
+        if text is not None:  # None: an optional Secret the base only names, and no default
+            monkeypatch.setenv(variable, text)
     return workload.settings_class()
 
 
