@@ -96,6 +96,8 @@ class CarveDoc(TypedDict):
     deleted_from: NotRequired[str]
     outbox: NotRequired[list[OutboxEntry]]  # pending events (shared.events.outbox)
     outbox_claim: NotRequired[datetime]  # a relay's sweep holds them until then
+    triage: NotRequired[dict[str, Any]]  # the scan on arrival (shared.triage, carve-triage)
+    triage_history: NotRequired[list[dict[str, Any]]]  # earlier verdicts, the last few
 
 
 def carves_of(db: AsyncDatabase[Any]) -> AsyncCollection[CarveDoc]:

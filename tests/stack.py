@@ -31,6 +31,8 @@ from services.ingest.settings import IngestSettings
 from services.janitor.main import create_app as create_janitor
 from services.janitor.settings import JanitorSettings
 from services.janitor.sweep import Clock, utc_now
+from services.triage.main import create_app as create_triage
+from services.triage.settings import TriageSettings
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -109,6 +111,10 @@ class Stack:
     async def start_events(self, **overrides: Any) -> RunningApp:
         """``carve-events`` (webhook deliveries) with ``overrides`` (its endpoints, timeouts)."""
         return await self._serve(create_events(self._settings(EventsServiceSettings, overrides)))
+
+    async def start_triage(self, **overrides: Any) -> RunningApp:
+        """``carve-triage`` (its rules and hash-set directories in ``overrides``)."""
+        return await self._serve(create_triage(self._settings(TriageSettings, overrides)))
 
     async def start_janitor(
         self, clock: Clock = utc_now, *, loop: bool = False, **overrides: Any

@@ -1,0 +1,90 @@
+"""The ``carve-triage`` app factory: rules, workers, the queue consumer and the sweep inside
+the aiohttp lifecycle; the HTTP side serves /healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.triage import keys
+from services.triage.consumer import CompletedConsumer
+from services.triage.library import Library
+from services.triage.metrics import TriageMetrics
+from services.triage.pool import ScanPool, close_pool
+from services.triage.scan import Triage
+from services.triage.settings import TriageSettings
+from services.triage.store import TriageStore, ensure_indexes
+from services.triage.sweep import Sweep
+from shared import keys as shared_keys
+from shared.events.relay import RELAY, events_ctx
+from shared.health import add_health_routes, check_amqp, check_mongo, service_app
+from shared.resources import amqp_ctx, mongo_ctx
+
+log = logging.getLogger(__name__)
+
+
+async def check_rules(app: web.Application) -> None:
+    library = app[keys.LIBRARY]
+    if library.error is not None:
+        raise ValueError(library.error)
+    if library.current is None:
+        raise ValueError("rules not loaded yet")
+
+
+async def _triage_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    db = app[shared_keys.MONGO_DB]
+    library = app[keys.LIBRARY]
+    await library.reload()  # a bad rules file: logged, /readyz fails, scans wait for a fix
+    await ensure_indexes(db)
+    owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"
+    store = TriageStore(db, owner, settings.triage_lease)
+    pool = ScanPool(settings.triage_workers)
+    triage = Triage(db, settings, library, pool, store, app[keys.METRICS], app[RELAY])
+    sweep = Sweep(triage, store, settings.triage_workers)
+    consumer = CompletedConsumer(
+        app[shared_keys.AMQP],
+        settings.events_exchange,
+        settings.triage_queue,
+        triage,
+        prefetch=settings.triage_workers,
+    )
+    app[keys.POOL], app[keys.TRIAGE], app[keys.SWEEP] = pool, triage, sweep
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, library.kick)
+    tasks = [
+        asyncio.create_task(library.watch(settings.triage_reload_interval), name="triage-reload"),
+        asyncio.create_task(sweep.run(settings.triage_sweep_interval), name="triage-sweep"),
+    ]
+    try:
+        await consumer.start()
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(signal.SIGHUP)
+        await consumer.stop()
+        await sweep.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await close_pool(pool)
+
+
+def create_app(settings: TriageSettings) -> web.Application:
+    app = service_app("carve-triage")
+    app[keys.SETTINGS] = settings
+    app[keys.METRICS] = TriageMetrics.create(app[shared_keys.REGISTRY])
+    app[keys.LIBRARY] = Library(settings.triage_rules, settings.triage_hashsets, app[keys.METRICS])
+    app.cleanup_ctx.extend(
+        [mongo_ctx(settings), amqp_ctx(settings), events_ctx(settings, settings), _triage_ctx]
+    )
+    add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo, "rules": check_rules})
+    return app
