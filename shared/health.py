@@ -20,6 +20,10 @@ READY_CHECKS: web.AppKey[dict[str, Check]] = web.AppKey("ready_checks")
 _CHECK_TIMEOUT = 2.0
 
 
+class NotReady(Exception):
+    """A check's own reason, shown as it is in /readyz (never a secret: a file and line)."""
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "service": request.app[keys.SERVICE_NAME]})
 
@@ -41,6 +45,8 @@ async def _run(check: Check, app: web.Application) -> str:
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT):
             await check(app)
+    except NotReady as exc:
+        return f"error: {exc}"
     except Exception as exc:  # any failure means "not ready", whatever its kind
         return f"error: {exc.__class__.__name__}"
     return "ok"

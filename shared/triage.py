@@ -18,7 +18,7 @@ A verdict is ``flagged`` when anything matched (even if some bytes were not scan
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -43,7 +43,7 @@ def triage_view(triage: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return view
 
 
-def history_view(history: list[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+def history_view(history: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
     return [
         {
             **h,

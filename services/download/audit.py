@@ -34,6 +34,7 @@ AUDITED = frozenset({"list", "carve", "archive", "files", "file", "file_request"
 # The console's additions (services/download/console_api.py, audit_api.py, login.py).
 AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"}
 AUDITED |= {"webhooks"}  # webhooks_api.py
+AUDITED |= {"triage", "triage_since"}  # triage_api.py
 
 
 @dataclass

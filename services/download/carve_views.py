@@ -26,6 +26,7 @@ from shared.events import EventType
 from shared.events.relay import RELAY
 from shared.lifecycle import purge_archive, transition
 from shared.mongo import Document, transient_on_outage
+from shared.triage import VERDICTS, history_view, triage_view
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ def carve_view(doc: CarveDoc) -> dict[str, Any]:
     record = CarveRecord.from_doc(doc)
     view = record.model_dump(mode="json")
     view["progress"] = round(record.blocks_received / record.block_count, 4)
+    view["triage"] = triage_view(doc.get("triage"))
+    if doc.get("triage_history"):
+        view["triage_history"] = history_view(doc.get("triage_history"))
     return view
 
 
@@ -103,6 +107,10 @@ def _list_filter(request: web.Request) -> Document:
         query["status"] = status
     if (since := time_param(request.query, "since")) is not None:
         query["created_at"] = {"$gte": since}
+    if (verdict := request.query.get("verdict")) is not None:
+        if verdict not in VERDICTS:
+            raise InvalidRequest(f"verdict must be one of {', '.join(VERDICTS)}")
+        query["triage.verdict"] = verdict
     if (cursor := request.query.get("cursor")) is not None:
         query = {"$and": [query, _cursor_filter(cursor)]} if query else _cursor_filter(cursor)
     return query

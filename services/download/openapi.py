@@ -57,6 +57,7 @@ _LIST = (
     _query("request_id", "the request id osquery printed (exact)"),
     _query("device", "device certificate subject CN, or its SHA-256 fingerprint"),
     _query("q", "carve id prefix"),
+    _query("verdict", "triage verdict: clean, flagged or incomplete"),
     _query("limit", "page size, 1 to 1000"),
     _query("cursor", "next_cursor of the previous page"),
 )
@@ -111,6 +112,17 @@ PATHS: dict[str, dict[str, Any]] = {
                 {"type": "object", "properties": {"path": {"type": "string"}}}, required=False
             ),
         ),
+    },
+    CARVE + "/triage": {
+        "post": _op("Scan the carve again with the current rules (admin policy)", _CARVE_ID)
+        | {"responses": {"202": {"description": "pending"}, "4XX": _ERR, "5XX": _ERR}},
+    },
+    "/api/v1/triage": {
+        "post": _op(
+            "Scan again every carve completed since a time (admin policy; bounded)",
+            requestBody=_strings_body("since"),
+        )
+        | {"responses": {"202": {"description": "requested"}, "4XX": _ERR, "5XX": _ERR}},
     },
     "/api/v1/audit": {"get": _op("The audit trail (admin policy)", *_AUDIT)},
     "/api/v1/webhooks/deliveries": {

@@ -11,6 +11,7 @@ from services.download import (
     console_api,
     openapi,
     tar_views,
+    triage_api,
     webhooks_api,
 )
 from services.download.login import setup_login
@@ -28,6 +29,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(CARVE + "/files", tar_views.list_files, name="files")
     app.router.add_get(CARVE + "/files/{path:.+}", tar_views.get_file, name="file")
     app.router.add_post(CARVE + "/download-ticket", console_api.download_ticket, name="ticket")
+    app.router.add_post(CARVE + "/triage", triage_api.rescan_carve, name="triage")
+    app.router.add_post("/api/v1/triage", triage_api.rescan_since, name="triage_since")
     app.router.add_get("/api/v1/audit", audit_api.list_audit, name="audit")
     app.router.add_get("/api/v1/webhooks/deliveries", webhooks_api.list_deliveries, name="webhooks")
     app.router.add_get("/api/v1/openapi.json", openapi.openapi, name="openapi")

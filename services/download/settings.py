@@ -46,6 +46,8 @@ class DownloadSettings(
     tar_max_members: int = Field(1_000_000, ge=1)
     # Largest zstd window accepted (osquery's level 1 uses 512 KiB; level 19 8 MiB).
     zstd_max_window: int = Field(8 * MiB, ge=1 * MiB)
+    # Carves one re-scan request (POST /api/v1/triage {"since"}) may mark for carve-triage.
+    triage_rescan_max: int = Field(10_000, ge=1, le=1_000_000)
     # Seconds a JSON request body (/file_request, login, single sign-on, tickets) may take to
     # arrive; slower: 408 and the connection closed.
     request_body_timeout: float = Field(10.0, gt=0)

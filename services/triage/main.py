@@ -24,7 +24,7 @@ from services.triage.store import TriageStore, ensure_indexes
 from services.triage.sweep import Sweep
 from shared import keys as shared_keys
 from shared.events.relay import RELAY, events_ctx
-from shared.health import add_health_routes, check_amqp, check_mongo, service_app
+from shared.health import NotReady, add_health_routes, check_amqp, check_mongo, service_app
 from shared.resources import amqp_ctx, mongo_ctx
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 async def check_rules(app: web.Application) -> None:
     library = app[keys.LIBRARY]
     if library.error is not None:
-        raise ValueError(library.error)
+        raise NotReady(library.error)
     if library.current is None:
-        raise ValueError("rules not loaded yet")
+        raise NotReady("rules not loaded yet")
 
 
 async def _triage_ctx(app: web.Application) -> AsyncIterator[None]:

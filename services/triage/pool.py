@@ -64,6 +64,11 @@ class ScanPool:
             self._idle.put_nowait(None)  # a slot whose worker is not started yet
         self.started = 0  # workers started (a test sees a killed one replaced)
 
+    def pids(self) -> list[int]:
+        """The process ids of the idle workers (tests read their peak RSS)."""
+        queue = self._idle._queue  # type: ignore[attr-defined]
+        return [w.process.pid for w in queue if w is not None and w.alive]
+
     async def _start(self) -> _Worker:
         process = await asyncio.create_subprocess_exec(
             sys.executable,

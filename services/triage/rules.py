@@ -63,23 +63,39 @@ def version_of(sources: list[tuple[str, bytes]]) -> str:
 def load_rules(directory: str) -> RuleSet:
     """Compile the directory's rules (an empty directory gives an empty, valid rule set)."""
     sources = _sources(Path(directory))
+    blob, count, error = _compile(sources)
+    if error is not None:
+        raise RulesError(error)
+    return RuleSet(version_of(sources), tuple(n for n, _ in sources), count, blob)
+
+
+def _compile(sources: list[tuple[str, bytes]]) -> tuple[bytes, int, str | None]:
+    """(serialized rules, rule count, None) or (b"", 0, the error). YARA-X's compiler must
+    be dropped on the thread that made it: no exception (and so no traceback holding it)
+    leaves this function."""
     compiler = yara_x.Compiler()
     compiler.enable_includes(False)
+    error: str | None = None
     for name, data in sources:
         try:
             text = data.decode()
         except UnicodeDecodeError as exc:
-            raise RulesError(f"{name}: not UTF-8 (byte {exc.start})") from exc
+            error = f"{name}: not UTF-8 (byte {exc.start})"
+            break
         compiler.new_namespace(Path(name).stem)
         try:
             compiler.add_source(text, origin=name)
         except yara_x.CompileError as exc:
-            raise RulesError(_first_lines(str(exc))) from exc
+            error = _first_lines(str(exc))
+            break
+    if error is not None:
+        del compiler
+        return b"", 0, error
     rules = compiler.build()
+    del compiler
     blob = io.BytesIO()
     rules.serialize_into(blob)
-    count = sum(1 for _ in rules)
-    return RuleSet(version_of(sources), tuple(n for n, _ in sources), count, blob.getvalue())
+    return blob.getvalue(), sum(1 for _ in rules), None
 
 
 def _first_lines(message: str) -> str:

@@ -28,6 +28,7 @@ from shared.carve_chunks import plaintext_chunks
 from shared.carves import CarveDoc, Compression
 from shared.errors import CorruptArchive
 from shared.events.outbox import Notifier, announce
+from shared.failpoints import failpoint
 from shared.manifest import COLLECTION as MANIFESTS
 from shared.mongo import Document, transient_on_outage
 from shared.settings import MiB
@@ -93,6 +94,7 @@ class Triage:
                 with contextlib.suppress(Exception):
                     await self._store.release(carve_id, token)
                 raise
+            failpoint("triage.before_result")  # tests: a replica dies with its scan done
             written = await self._store.write(doc, token, result, datetime.now(UTC))
             if written is None:
                 log.info("carve %s: result dropped, the claim was lost meanwhile", carve_id)

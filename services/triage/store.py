@@ -109,8 +109,13 @@ class TriageStore:
     ) -> CarveDoc | None:
         """Store ``result`` as the carve's triage, with its ``carve.triaged`` event, if the
         claim is still ours; the carve as written, or None (the claim was lost)."""
-        update: Document = {"$set": {"triage": result}}
         previous = doc.get("triage") or {}
+        # Who asked for this scan stays with its result.
+        asked: dict[str, Any] = {
+            k: previous[k] for k in ("requested", "requested_by") if k in previous
+        }
+        result = {**result, **asked}
+        update: Document = {"$set": {"triage": result}}
         if previous.get("verdict"):
             update["$push"] = {
                 "triage_history": {

@@ -3,7 +3,10 @@ carves uploaded the way osquery does; verdicts on the carve and as carve.triaged
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -11,12 +14,19 @@ import aiohttp
 import pytest
 
 from clients.osquery_sim import build_archive, carve
+from devstack import ROOT
+from devstack.vault import POLICY, VaultAdmin
+from services.triage import keys as triage_keys
+from shared.failpoints import EXIT_CODE
+from tests import hostile
 from tests.events import listening
 from tests.stack import Stack
-from tests.triage import KNOWN_BAD, MARKER, wait_triaged, write_library
+from tests.triage import KNOWN_BAD, MARKER, RULE, wait_triaged, write_library
 from tests.uploads import random_bytes
 
 KiB = 1024
+ADMIN = "osquery-file-carve-admin"
+RULE_OK = 'rule nothing_here { strings: $a = "never-in-a-test-carve-91" condition: $a }\n'
 
 
 async def upload(stack: Stack, members: dict[str, bytes], tmp_path: Path, *, compress: bool) -> str:
@@ -80,3 +90,183 @@ async def test_a_rule_hit_and_a_known_bad_hash_flag_the_carve_a_clean_one_is_cle
     assert data["triage"]["rules_version"] == rules_version
     assert {h["member"] for h in data["triage"]["hits"]} == {m for m, _ in hits}
     assert len(events.of(flagged_id)) == 1  # one result, one event
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM of a process, in bytes (its peak resident set so far)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+async def upload_raw(stack: Stack, data: bytes, tmp_path: Path) -> str:
+    guid = str(uuid.uuid4())
+    archive = tmp_path / f"{guid}.bin"
+    archive.write_bytes(data)
+    async with aiohttp.ClientSession() as http:
+        result = await carve(http, stack.ingest_url, archive, block_size=8 * KiB, carve_id=guid)
+    assert result.ok, result
+    return guid
+
+
+async def test_hostile_archives_cost_their_budgets_and_end_incomplete_while_others_are_served(
+    stack: Stack, tmp_path: Path
+) -> None:
+    library = write_library(tmp_path / "lib", bad=(KNOWN_BAD,))
+    app = (
+        await stack.start_triage(
+            **library,
+            triage_workers=2,
+            triage_max_member_bytes=1024 * KiB,
+            triage_max_carve_bytes=256 * 1024 * KiB,
+        )
+    ).app
+    started = time.monotonic()
+    # 64 GiB of zeros in 2 MB of zstd; a GNU sparse map of a million entries; a member whose
+    # marker lies past the member cap.
+    bomb = await upload_raw(stack, hostile.zero_bomb_zstd(64 << 30), tmp_path)
+    sparse = await upload_raw(stack, hostile.sparse_10_bomb(1_000_000), tmp_path)
+    big = await upload(
+        stack,
+        {"/var/big.bin": bytes(2048 * KiB) + MARKER, "/etc/hosts": b"127.0.0.1 x\n"},
+        tmp_path,
+        compress=True,
+    )
+    clean = await upload(stack, {"/etc/motd": b"hello\n"}, tmp_path, compress=False)
+    results = {
+        name: await wait_triaged(stack, carve_id, timeout=120)
+        for name, carve_id in {"bomb": bomb, "sparse": sparse, "big": big, "clean": clean}.items()
+    }
+    elapsed = time.monotonic() - started
+    assert results["clean"]["verdict"] == "clean"
+    for name in ("bomb", "sparse", "big"):
+        assert results[name]["verdict"] == "incomplete", (name, results[name])
+        assert results[name]["hits"] == []
+    reasons = {n: {s["reason"] for s in r["skipped"]} for n, r in results.items()}
+    assert reasons["bomb"] == {"bytes_budget"}
+    assert reasons["sparse"] == {"sparse"}
+    assert reasons["big"] == {"member_too_large"}
+    big_skip = results["big"]["skipped"][0]
+    assert (
+        big_skip["member"] == "/var/big.bin" and "the first 1048576 scanned" in big_skip["detail"]
+    )
+    assert results["big"]["scanned_bytes"] == 1024 * KiB + len(b"127.0.0.1 x\n")
+    # Bounded: the workers held at most a member cap and the zstd window beyond Python and
+    # the rules, however large the bomb claims to be; and it took seconds, not 64 GiB's worth.
+    peaks = [peak_rss(pid) for pid in app[triage_keys.POOL].pids()]
+    assert peaks and max(peaks) < 150 * 1024 * KiB, peaks
+    assert elapsed < 60, elapsed
+    print(f"hostile: {elapsed:.1f} s for four carves, worker peak RSS {max(peaks) / 2**20:.0f} MiB")
+
+
+def process_env(library: dict[str, str], **more: str) -> dict[str, str]:
+    env = {f"CARVE_{k.upper()}": v for k, v in library.items()}
+    return {**env, "CARVE_TRIAGE_LEASE": "2", "CARVE_TRIAGE_SWEEP_INTERVAL": "0.5", **more}
+
+
+async def test_a_replica_killed_mid_scan_leaves_the_carve_to_be_scanned_once_after_restart(
+    stack: Stack, tmp_path: Path
+) -> None:
+    library = write_library(tmp_path / "lib")
+    env = process_env(library)
+    doomed = await stack.spawn("triage", **env, CARVE_FAILPOINTS="triage.before_result")
+    exchange = stack.env["CARVE_EVENTS_EXCHANGE"]
+    async with listening(stack.env["CARVE_AMQP_URL"], exchange, "carve.triaged") as events:
+        carve_id = await upload(stack, {"/tmp/x.bin": MARKER}, tmp_path, compress=True)
+        await asyncio.to_thread(doomed.proc.wait, 60)
+        assert doomed.proc.returncode == EXIT_CODE  # died with its scan done, nothing written
+        doc = await stack.carve_doc(carve_id)
+        assert doc is not None and doc["triage"]["status"] == "running"
+        await stack.spawn("triage", **env)
+        triage = await wait_triaged(stack, carve_id)
+        await events.wait_type(carve_id, "carve.triaged")
+        await asyncio.sleep(3)  # a second result or event would show up by now
+    assert (triage["status"], triage["verdict"], triage["hit_count"]) == ("done", "flagged", 1)
+    assert len(events.of(carve_id)) == 1
+    doc = await stack.carve_doc(carve_id)
+    assert doc is not None and doc["triage"]["finished"] == triage["finished"]
+    assert "claim" not in doc["triage"] and "triage_history" not in doc
+
+
+async def test_a_rules_file_that_does_not_compile_is_named_and_the_service_is_not_ready(
+    stack: Stack, tmp_path: Path
+) -> None:
+    bad = "rule ok { condition: true }\n\nrule broken {\n  condition: no_such_thing\n}\n"
+    library = write_library(tmp_path / "lib", rules={"good.yar": RULE_OK, "broken.yar": bad})
+    running = await stack.start_triage(**library, triage_reload_interval=0.2)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{running.url}/readyz") as resp:
+            body = await resp.json()
+        assert resp.status == 503
+        assert (
+            "broken.yar:4:" in body["checks"]["rules"]
+            and "no_such_thing" in body["checks"]["rules"]
+        )
+        carve_id = await upload(stack, {"/tmp/x.bin": MARKER}, tmp_path, compress=False)
+        await asyncio.sleep(1.0)
+        doc = await stack.carve_doc(carve_id)
+        assert doc is not None and "triage" not in doc  # no scan without rules: it waits
+        Path(library["triage_rules"], "broken.yar").unlink()  # fixed: reloaded on change
+        triage = await wait_triaged(stack, carve_id)
+        async with http.get(f"{running.url}/readyz") as resp:
+            assert resp.status == 200
+    assert triage["verdict"] == "clean"  # only good.yar's rule, which matches nothing
+
+
+async def test_sighup_brings_new_rules_and_an_admin_re_scan_applies_them_to_an_old_carve(
+    stack: Stack, vault: VaultAdmin, tmp_path: Path
+) -> None:
+    download = await stack.start_download(vault_cache_ttl=0.5, triage_rescan_max=2)
+    vault.client.sys.create_or_update_policy(
+        ADMIN, (ROOT / "deploy" / "vault" / f"{ADMIN}.hcl").read_text()
+    )
+    admin = {"X-Vault-Token": vault.token(POLICY, ADMIN).token}
+    reader = {"X-Vault-Token": vault.token(POLICY).token}
+    library = write_library(tmp_path / "lib", rules={"first.yar": RULE_OK})
+    triage = await stack.spawn("triage", **process_env(library, CARVE_TRIAGE_RELOAD_INTERVAL="0"))
+    old = await upload(stack, {"/tmp/x.bin": MARKER}, tmp_path, compress=False)
+    before = await wait_triaged(stack, old)
+    assert before["verdict"] == "clean"
+    Path(library["triage_rules"], "second.yar").write_text(RULE)
+    triage.proc.send_signal(signal.SIGHUP)  # no directory polling here: only the signal
+    new = await upload(stack, {"/tmp/y.bin": MARKER}, tmp_path, compress=False)
+    after = await wait_triaged(stack, new)
+    assert after["verdict"] == "flagged" and after["rules_version"] != before["rules_version"]
+    api = f"{download.url}/api/v1"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{api}/carves?verdict=flagged", headers=reader) as resp:
+            listed = [c["carve_id"] for c in (await resp.json())["carves"]]
+        assert listed == [new]
+        async with http.post(f"{api}/carves/{old}/triage", headers=reader) as resp:
+            assert resp.status == 403  # reading carves is not enough
+        async with http.post(f"{api}/carves/{old}/triage", headers=admin) as resp:
+            assert resp.status == 202
+            assert (await resp.json())["triage"]["status"] == "pending"
+        rescanned = await stack.wait_for(
+            old, lambda d: d["triage"].get("rules_version") == after["rules_version"]
+            and d["triage"]["status"] == "done",
+        )  # fmt: skip
+        async with http.get(f"{api}/carves/{old}", headers=reader) as resp:
+            view = await resp.json()
+        async with http.post(
+            f"{api}/triage", headers=admin, json={"since": "2000-01-01T00:00:00Z"}
+        ) as resp:
+            assert resp.status == 202 and (await resp.json())["requested"] == 2
+        async with http.post(f"{api}/triage", headers=admin, json={"since": "yesterday"}) as resp:
+            assert resp.status == 400
+        stack_third = await upload(stack, {"/etc/motd": b"hi\n"}, tmp_path, compress=False)
+        await wait_triaged(stack, stack_third)
+        async with http.post(
+            f"{api}/triage", headers=admin, json={"since": "2000-01-01T00:00:00Z"}
+        ) as resp:
+            refused = await resp.json()
+            assert resp.status == 400 and "more than 2 carves" in refused["error"]
+        async with http.get(f"{api}/audit?carve_id={old}", headers=admin) as resp:
+            actions = [(e["action"], e["outcome"]) for e in (await resp.json())["entries"]]
+    assert rescanned["triage"]["verdict"] == "flagged"
+    assert view["triage"]["verdict"] == "flagged" and "claim" not in view["triage"]
+    assert view["triage"]["requested_by"]
+    assert [h["verdict"] for h in view["triage_history"]] == ["clean"]
+    assert view["triage_history"][0]["rules_version"] == before["rules_version"]
+    assert ("triage", "allowed") in actions and ("triage", "denied") in actions

@@ -15,6 +15,7 @@ from services.download.settings import DownloadSettings
 from services.events.settings import EventsServiceSettings
 from services.ingest.settings import IngestSettings
 from services.janitor.settings import JanitorSettings
+from services.triage.settings import TriageSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -32,6 +33,7 @@ SERVICES = (
     DownloadSettings,
     JanitorSettings,
     EventsServiceSettings,
+    TriageSettings,
 )
 
 
