@@ -2,6 +2,7 @@ import { api, download, explain } from "./api.js";
 import {
   copyButton, h, mode, progressBar, replace, size, statusBadge, when,
 } from "./dom.js";
+import { triageSection } from "./triage.js";
 
 const POLL_MS = 1000;
 
@@ -157,6 +158,7 @@ export function renderCarve(view, carveId, { go, fail, later, report, me }) {
     }
     replace(view, h("p", {}, h("a", { href: "#/carves" }, "← All carves")), h("h1", {}, "Carve ", h("span", { class: "mono" }, carve.carve_id)),
       meta(carve), whyNot(carve), actions);
+    if (carve.status === "complete") view.append(triageSection(carve, { me, report, reload: load }));
     if (carve.status === "complete") view.append(await files(carve, report));
     if (carve.status === "receiving") later(load, POLL_MS);
   };

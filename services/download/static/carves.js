@@ -2,9 +2,10 @@ import { api, query } from "./api.js";
 import {
   carveLink, deviceName, h, progressBar, replace, size, statusBadge, when,
 } from "./dom.js";
+import { VERDICTS, verdictBadge } from "./triage.js";
 
 const STATUSES = ["", "receiving", "complete", "failed", "expired", "deleted"];
-const FILTERS = ["status", "since", "device", "request_id", "q"];
+const FILTERS = ["status", "verdict", "since", "device", "request_id", "q"];
 const PAGE = 50;
 const POLL_MS = 1000;
 const IDLE_POLL_MS = 3000;
@@ -22,18 +23,21 @@ function row(carve) {
     h("td", { class: "mono" }, carve.request_id),
     h("td", {}, when(carve.created_at)),
     h("td", {}, when(carve.completed_at)),
+    h("td", { class: "verdict-cell" }, verdictBadge(carve)),
   );
 }
 
 function filterForm(params, go) {
   const inputs = {
     status: h("select", { name: "status" }, STATUSES.map((s) => h("option", { value: s }, s || "any"))),
+    verdict: h("select", { name: "verdict" }, VERDICTS.map((v) => h("option", { value: v }, v || "any"))),
     since: h("input", { name: "since", type: "datetime-local", step: "1" }),
     device: h("input", { name: "device", placeholder: "device CN or fingerprint" }),
     request_id: h("input", { name: "request_id", placeholder: "request id" }),
     q: h("input", { name: "q", placeholder: "carve id prefix" }),
   };
   inputs.status.value = params.get("status") || "";
+  inputs.verdict.value = params.get("verdict") || "";
   const since = params.get("since");
   inputs.since.value = since ? since.replace(/Z$/, "").slice(0, 19) : "";
   for (const name of ["device", "request_id", "q"]) inputs[name].value = params.get(name) || "";
@@ -41,6 +45,7 @@ function filterForm(params, go) {
     "form",
     { class: "filters", id: "filters" },
     h("label", {}, "Status", inputs.status),
+    h("label", {}, "Verdict", inputs.verdict),
     h("label", {}, "Created since (UTC)", inputs.since),
     h("label", {}, "Device", inputs.device),
     h("label", {}, "Request id", inputs.request_id),
@@ -76,7 +81,7 @@ export function renderCarves(view, params, { go, fail, later }) {
       h(
         "tr",
         {},
-        ["Carve", "Status", "Progress", "Size", "Compression", "Device", "Request id", "Created", "Completed"].map(
+        ["Carve", "Status", "Progress", "Size", "Compression", "Device", "Request id", "Created", "Completed", "Verdict"].map(
           (t) => h("th", {}, t),
         ),
       ),
@@ -100,7 +105,7 @@ export function renderCarves(view, params, { go, fail, later }) {
       fail(error);
       return;
     }
-    replace(body, page.carves.length ? page.carves.map(row) : h("tr", {}, h("td", { colspan: "9", class: "muted" }, "No carves match.")));
+    replace(body, page.carves.length ? page.carves.map(row) : h("tr", {}, h("td", { colspan: "10", class: "muted" }, "No carves match.")));
     nextCursor = page.next_cursor;
     next.disabled = !nextCursor;
     prev.disabled = cursors.length === 0;
