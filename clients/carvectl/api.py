@@ -186,9 +186,10 @@ class Api:
         cursor: str | None = None,
         device: str | None = None,
         request_id: str | None = None,
+        verdict: str | None = None,
     ) -> dict[str, Any]:
         query = {"status": status, "since": since, "limit": limit, "cursor": cursor}
-        query |= {"device": device, "request_id": request_id}
+        query |= {"device": device, "request_id": request_id, "verdict": verdict}
         return self._json(self._url(), {k: v for k, v in query.items() if v is not None})
 
     def carve(self, carve_id: str) -> Carve:

@@ -31,6 +31,7 @@ from shared.carves import Status
 from shared.vault import is_loopback
 
 STATUSES = tuple(status.value for status in Status)
+VERDICTS = ("clean", "flagged", "incomplete")
 
 
 def _bounded_int(maximum: int) -> Callable[[str], int]:
@@ -103,6 +104,7 @@ def _add_commands(sub: Any, env: Mapping[str, str]) -> None:
 
     listing = command("list", cmd_list, "list carves, newest first")
     listing.add_argument("--status", choices=STATUSES)
+    listing.add_argument("--verdict", choices=VERDICTS, help="triage verdict (carve-triage)")
     listing.add_argument("--since", type=_since_arg, help="ISO 8601; naive times are UTC")
     listing.add_argument("--limit", type=_bounded_int(1000), help="page size (1-1000)")
     listing.add_argument("--all", action="store_true", help="follow next_cursor to the end")

@@ -34,6 +34,7 @@ from clients.carvectl.render import (
     printable,
     warn,
 )
+from clients.carvectl.triage import format_triage
 from shared import tarsafe
 
 
@@ -59,6 +60,7 @@ def cmd_list(args: argparse.Namespace, api: Api) -> int:
             cursor=cursor,
             device=args.device,
             request_id=args.request_id,
+            verdict=args.verdict,
         )
         carves.extend(_dicts(page.get("carves"), "carves"))
         cursor = page.get("next_cursor") or None
@@ -103,6 +105,7 @@ def cmd_show(args: argparse.Namespace, api: Api) -> int:
         print_json(carve)
     else:
         print(format_carve(carve))
+        print("\n".join(format_triage(carve)))
     return EXIT_OK
 
 

@@ -85,8 +85,14 @@ def print_json(value: object) -> None:
     print(json.dumps(value, indent=2))
 
 
-CARVE_HEADERS = ("ID", "STATUS", "PROGRESS", "SIZE", "COMPRESSION", "DEVICE", "CREATED")
+CARVE_HEADERS = ("ID", "STATUS", "PROGRESS", "SIZE", "COMPRESSION", "DEVICE", "CREATED", "VERDICT")
 FILE_HEADERS = ("PATH", "TYPE", "SIZE", "MODE", "MTIME", "SHA256")
+
+
+def verdict_of(carve: Mapping[str, Any]) -> str:
+    from clients.carvectl.triage import verdict_cell  # triage imports this module
+
+    return verdict_cell(carve)
 
 
 def carve_row(carve: Mapping[str, Any]) -> list[str]:
@@ -98,6 +104,7 @@ def carve_row(carve: Mapping[str, Any]) -> list[str]:
         str(carve.get("compression") or "-"),
         printable(lookup.device_cell(carve)),
         str(carve.get("created_at") or "-"),
+        verdict_of(carve),
     ]
 
 
@@ -121,6 +128,8 @@ def format_carve(carve: Mapping[str, Any]) -> str:
     width = max((len(key) for key in carve), default=0) + 1
     lines = []
     for key, value in carve.items():
+        if key in ("triage", "triage_history"):
+            continue  # printed by clients.carvectl.triage
         if value is None:
             shown = "-"
         elif key == "device" and isinstance(value, dict):

@@ -505,6 +505,7 @@ def test_list_table_and_json_with_all_pages(
         "COMPRESSION",
         "DEVICE",
         "CREATED",
+        "VERDICT",
     ]
     assert lines[1].split() == [
         GUID,
@@ -516,6 +517,7 @@ def test_list_table_and_json_with_all_pages(
         "none",
         "-",  # no device certificate recorded
         "2026-11-27T10:00:00+00:00",
+        "-",  # never scanned
     ]
     assert lines[2].split()[:6] == ["bbbbbbbb", "receiving", "1/3", "33%", "11.4", "MiB"]
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(service.seen[0].url or "").query)
