@@ -186,7 +186,7 @@ say "memory and CPU of the stack after the checks (docker stats)"
 docker stats --no-stream --format 'table {{.Name}}\t{{.MemUsage}}\t{{.CPUPerc}}' \
     $("${compose[@]}" ps -q) | sed "s/^$project-//" || true
 say "compose stop, one service at a time (each must stop by itself within its grace period)"
-for service in nginx ingest download janitor events assembler webhook-sink vault redis rabbitmq mongo; do
+for service in nginx ingest download janitor events triage assembler webhook-sink vault redis rabbitmq mongo; do
     started=$SECONDS
     "${compose[@]}" stop "$service" >/dev/null 2>&1
     codes=$(docker inspect -f '{{.State.ExitCode}}' $("${compose[@]}" ps -aq "$service") | sort -u | tr '\n' ' ')

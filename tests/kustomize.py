@@ -120,11 +120,16 @@ def _generator_data(directory: Path, generator: dict[str, Any]) -> dict[str, str
         if not sep or value[:1] in {'"', "'"}:
             raise NotImplementedError(f"generator line {line!r}: only KEY=VALUE, unquoted")
         data[key] = value
+    for entry in generator.get("files", []):
+        # kustomize's "files": the key is the file's name (or KEY=path), the value its text.
+        key, sep, path = entry.partition("=")
+        path = path if sep else key
+        data[Path(key).name if not sep else key] = (directory / path).read_text()
     return data
 
 
 def _generate(directory: Path, generator: dict[str, Any], kind: str, built: Built) -> None:
-    only(generator, {"name", "behavior", "envs", "literals", "options"}, "generator")
+    only(generator, {"name", "behavior", "envs", "files", "literals", "options"}, "generator")
     options = generator.get("options", {})
     only(options, {"disableNameSuffixHash"}, "generator options")
     data = _generator_data(directory, generator)

@@ -241,6 +241,46 @@ def test_a_completed_carve_is_announced_to_the_webhook_signed(stack: Stack) -> N
     assert completed["data"]["device"]["common_name"] == completed["data"]["host"]
 
 
+def test_a_carve_holding_the_example_rule_s_string_is_flagged(
+    stack: Stack, responder: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    """The compose example rule (deploy/compose/triage/rules) fires on a carved file; the
+    responder sees the verdict and the hit, the webhook gets carve.triaged."""
+    evidence = stack.workdir / "dropper.txt"
+    evidence.write_bytes(b"harmless test marker: EICAR-STANDARD-ANTIVIRUS-TEST-FILE\n")
+    argv = [a for a in sim_argv(stack, client=stack.device(), block_size=MiB)]
+    size_at = argv.index("--size")
+    argv[size_at : size_at + 2] = ["--file", str(evidence)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    (carve,) = sim_results(done)
+    assert done.returncode == 0 and carve["status"] == "SUCCESS", (carve, done.stderr[-2000:])
+    deadline, shown = time.monotonic() + 90, dict[str, Any]()
+    while time.monotonic() < deadline:
+        answer = responder("--json", "show", carve["carve_id"])
+        shown = json.loads(answer.stdout) if answer.returncode == 0 else {}
+        if (shown.get("triage") or {}).get("status") == "done":
+            break
+        time.sleep(0.5)
+    triage = shown["triage"]
+    assert triage["verdict"] == "flagged", triage
+    (hit,) = triage["hits"]
+    assert (hit["rule"], hit["namespace"], hit["kind"]) == ("eicar_test_file", "example", "yara")
+    assert hit["member"].endswith("/dropper.txt")
+    listed = json.loads(responder("--json", "list", "--verdict", "flagged").stdout)
+    assert carve["carve_id"] in [c["carve_id"] for c in listed]
+    printed = responder("show", carve["carve_id"]).stdout
+    assert "triage: flagged (done)" in printed and "rule example:eicar_test_file" in printed
+    deadline, triaged = time.monotonic() + 60, list[dict[str, Any]]()
+    while time.monotonic() < deadline and not triaged:
+        triaged = [
+            e for e in webhooks_received(stack)
+            if carve["carve_id"] in e["body"] and '"carve.triaged"' in e["body"]
+        ]  # fmt: skip
+        time.sleep(0.5)
+    (event,) = triaged
+    assert json.loads(event["body"])["data"]["triage"]["verdict"] == "flagged"
+
+
 # Clients NGINX must turn away on the device listener. One entry per kind of client; each gives
 # the (certificate, key) it presents, or None. The revoked device is made and revoked by
 # scripts/test-containers.sh (make-dev-pki.sh device, then revoke) before the stack starts.

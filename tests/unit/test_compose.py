@@ -10,6 +10,7 @@ rule.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from services.events.settings import EventsServiceSettings
 from services.ingest.routes import BLOCK_PATHS, START_PATHS
 from services.ingest.settings import IngestSettings
 from services.janitor.settings import JanitorSettings
+from services.triage.settings import TriageSettings
 from shared.protocol import max_block_body
 from tests import nginx_conf
 from tests.nginx_conf import Directive
@@ -51,6 +53,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "carve-download": DownloadSettings,
     "carve-janitor": JanitorSettings,
     "carve-events": EventsServiceSettings,
+    "carve-triage": TriageSettings,
 }
 # Settings whose default (a loopback address) is wrong in any container.
 BACKEND_URLS = ("redis_url", "amqp_url", "mongo_url", "vault_addr")
@@ -704,3 +707,23 @@ def test_compose_v2_runs_the_stack_with_or_without_fleet(with_fleet: bool, tmp_p
     assert {"nginx", "ingest", "assembler", "download", "janitor"} <= services
     upstream = config["services"]["nginx"]["environment"]["NGINX_FLEET_UPSTREAM"]
     assert upstream == ("fleet:8080" if with_fleet else "127.0.0.1:9")
+
+
+def test_triage_mounts_rules_that_compile_and_fire_on_the_example(compose: dict[str, Any]) -> None:
+    import yara_x
+
+    from services.triage.rules import load_rules
+
+    triage = compose["services"]["triage"]
+    env = triage["environment"]
+    mounts = {m.split(":")[1]: COMPOSE_DIR / m.split(":")[0] for m in triage["volumes"]}
+    assert all(m.endswith(":ro") for m in triage["volumes"])
+    rules_dir, sets_dir = mounts[env["CARVE_TRIAGE_RULES"]], mounts[env["CARVE_TRIAGE_HASHSETS"]]
+    assert sets_dir.is_dir() and any(sets_dir.iterdir())
+    loaded = load_rules(str(rules_dir))
+    rules = yara_x.Rules.deserialize_from(io.BytesIO(loaded.blob))
+    hit = rules.scan(b"...EICAR-STANDARD-ANTIVIRUS-TEST-FILE...").matching_rules
+    assert [r.identifier for r in hit] == ["eicar_test_file"]
+    assert not rules.scan(b"an ordinary file").matching_rules
+    k8s = ROOT / "deploy" / "k8s" / "base" / "rules" / "example.yar"
+    assert (rules_dir / "example.yar").read_text() == k8s.read_text()  # one example, twice

@@ -35,6 +35,7 @@ from services.download.settings import DownloadSettings
 from services.events.settings import EventsServiceSettings
 from services.ingest.settings import IngestSettings
 from services.janitor.settings import JanitorSettings
+from services.triage.settings import TriageSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -44,6 +45,7 @@ SERVICES: dict[str, type[BaseSettings]] = {
     "carve-download": DownloadSettings,
     "carve-janitor": JanitorSettings,
     "carve-events": EventsServiceSettings,
+    "carve-triage": TriageSettings,
 }
 BASE_IMAGE = re.compile(r"^python:3\.11\.\d+-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?$")
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|make|build-essential|cmake|\w+-dev)\b")

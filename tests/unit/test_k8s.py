@@ -47,6 +47,8 @@ from services.events.settings import EventsServiceSettings
 from services.ingest.routes import BLOCK_PATHS, START_PATHS
 from services.ingest.settings import IngestSettings
 from services.janitor.settings import JanitorSettings
+from services.triage.rules import load_rules
+from services.triage.settings import TriageSettings
 from shared.health import _CHECK_TIMEOUT
 from shared.protocol import max_block_body
 from tests.kustomize import (
@@ -86,6 +88,7 @@ SERVICES: dict[str, type[BaseSettings]] = {
     "carve-download": DownloadSettings,
     "carve-janitor": JanitorSettings,
     "carve-events": EventsServiceSettings,
+    "carve-triage": TriageSettings,
 }
 # Services that take traffic through the Ingress, and so get a preStop pause.
 PUBLISHED = {"carve-ingest", "carve-download"}
@@ -397,7 +400,7 @@ def test_the_example_uses_every_component(renders: dict[str, list[Resource]]) ->
 
 def test_keda_scales_the_assembler_on_the_block_queue(renders: dict[str, list[Resource]]) -> None:
     rendering = Rendering("example", renders["example"])
-    (scaled,) = rendering.of_kind("ScaledObject")
+    scaled = rendering.get("ScaledObject", "carve-assembler")
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     spec = scaled["spec"]
     assert set(spec) <= SCALED_OBJECT_FIELDS, set(spec) - SCALED_OBJECT_FIELDS
@@ -425,10 +428,44 @@ def test_keda_scales_the_assembler_on_the_block_queue(renders: dict[str, list[Re
         assert hpa["spec"]["scaleTargetRef"]["name"] != target["name"], "two autoscalers"
 
 
+def test_keda_scales_triage_on_its_own_queue(renders: dict[str, list[Resource]]) -> None:
+    rendering = Rendering("example", renders["example"])
+    scaled = rendering.get("ScaledObject", "carve-triage")
+    spec = scaled["spec"]
+    assert set(spec) <= SCALED_OBJECT_FIELDS, set(spec) - SCALED_OBJECT_FIELDS
+    triage = rendering.workload("carve-triage")
+    assert spec["scaleTargetRef"]["name"] == triage.resource["metadata"]["name"]
+    assert "replicas" not in triage.resource["spec"], "KEDA's HPA owns the count"
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    (trigger,) = spec["triggers"]
+    env = rendering.environment(triage)
+    default_queue = TriageSettings.model_fields["triage_queue"].default
+    assert trigger["metadata"]["queueName"] == env.get("CARVE_TRIAGE_QUEUE", default_queue)
+    assert trigger["metadata"]["mode"] == "QueueLength" and int(trigger["metadata"]["value"]) > 0
+    assert trigger["authenticationRef"]["name"] == "carve-rabbitmq"
+
+
+def test_triage_mounts_its_rules_from_a_config_map_that_compiles(
+    renders: dict[str, list[Resource]], tmp_path: Path
+) -> None:
+    rendering = Rendering("base", renders["base"])
+    triage = rendering.workload("carve-triage").resource["spec"]["template"]["spec"]
+    (container,) = triage["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    env = rendering.environment(rendering.workload("carve-triage"))
+    assert mounts["rules"] == env["CARVE_TRIAGE_RULES"]
+    assert mounts["hashsets"] == env["CARVE_TRIAGE_HASHSETS"]
+    (volume,) = [v for v in triage["volumes"] if v["name"] == "rules"]
+    rules = rendering.get("ConfigMap", volume["configMap"]["name"])
+    for name, text in rules["data"].items():
+        (tmp_path / name).write_text(text)
+    assert load_rules(str(tmp_path)).count >= 1  # the example compiles with YARA-X
+
+
 def test_keda_passes_a_valid_hpa_to_kubernetes(renders: dict[str, list[Resource]]) -> None:
     """KEDA copies advanced.horizontalPodAutoscalerConfig into the HPA it makes: check it
     against the HorizontalPodAutoscaler schema."""
-    (scaled,) = Rendering("example", renders["example"]).of_kind("ScaledObject")
+    scaled = Rendering("example", renders["example"]).get("ScaledObject", "carve-assembler")
     config = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]
     assert set(config) <= {"behavior", "name"}
     hpa: dict[str, Any] = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler"}
@@ -454,6 +491,7 @@ def test_service_monitor_scrapes_every_metrics_service(
         "carve-assembler",
         "carve-download",
         "carve-events",
+        "carve-triage",
     }
     assert set(monitor["spec"]) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
     (endpoint,) = monitor["spec"]["endpoints"]
