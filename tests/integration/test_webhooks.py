@@ -281,7 +281,7 @@ async def test_hostile_names_stay_inert_in_chat(stack: Stack, tmp_path: Path) ->
             [{"name": "chat", "url": rx.url + "/chat", "secret": secret, "format": "slack",
               "events": ["carve.completed"]}],
         )  # fmt: skip
-        await stack.start_events(webhooks_file=config)
+        await stack.start_events(webhooks_file=config, console_url="https://c.example/ui/")
         guid = str(uuid.uuid4())
         path = tmp_path / f"{guid}.tar"
         path.write_bytes(hostile_tar(guid))
@@ -398,6 +398,11 @@ async def test_admins_see_deliveries_without_bodies_or_urls(
     text = json.dumps(everything)
     assert "s3cr3t" not in text and rx.url not in text and "specversion" not in text
     assert bad == 400
-    rows = await stack.db["audit"].find({"action": "webhooks"}).to_list()
-    outcomes = {(r["outcome"], r["status"]) for r in rows}
+
+    async def audited() -> set[tuple[str, int]]:  # rows are written after each answer
+        rows = await stack.db["audit"].find({"action": "webhooks"}).to_list()
+        outcomes = {(r["outcome"], r["status"]) for r in rows}
+        return outcomes if ("refused", 400) in outcomes else set()  # the last one asked
+
+    outcomes = await wait_until(audited, timeout=10)
     assert outcomes == {("denied", 403), ("allowed", 200), ("refused", 400)}
