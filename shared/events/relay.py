@@ -172,6 +172,14 @@ class Relay:
 RELAY = web.AppKey("events_relay", Relay)
 
 
+async def _connect(amqp: AmqpSettings) -> AbstractRobustConnection:
+    return await aio_pika.connect_robust(
+        amqp.amqp_url.get_secret_value(),
+        timeout=amqp.amqp_connect_timeout,
+        client_properties={"connection_name": "carve-events-relay"},
+    )
+
+
 def events_ctx(settings: EventsSettings, amqp: AmqpSettings) -> CleanupCtx:
     """The relay of a service that changes carves' states, under ``RELAY`` (after the MongoDB
     context, and the AMQP one if the service has it; else the relay opens its own connection).
@@ -183,20 +191,17 @@ def events_ctx(settings: EventsSettings, amqp: AmqpSettings) -> CleanupCtx:
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         db = app[keys.MONGO_DB]
-        own: list[AbstractRobustConnection] = []
+        # The relay's own connection, when the service has none: opened in a task of its own,
+        # so that a shutdown in the middle of connecting waits for it and closes it rather
+        # than cancelling it half-open (a socket nobody closes).
+        own: list[asyncio.Task[AbstractRobustConnection]] = []
 
         async def connect() -> AbstractExchange:
             connection = app.get(keys.AMQP)
             if connection is None:
-                if not own:
-                    own.append(
-                        await aio_pika.connect_robust(
-                            amqp.amqp_url.get_secret_value(),
-                            timeout=amqp.amqp_connect_timeout,
-                            client_properties={"connection_name": "carve-events-relay"},
-                        )
-                    )
-                connection = own[0]
+                if not own or (own[0].done() and own[0].exception() is not None):
+                    own[:] = [asyncio.create_task(_connect(amqp), name="events-relay-connect")]
+                connection = await asyncio.shield(own[0])
             channel = await connection.channel(publisher_confirms=True)
             return await declare_exchange(channel, settings.events_exchange)
 
@@ -210,7 +215,8 @@ def events_ctx(settings: EventsSettings, amqp: AmqpSettings) -> CleanupCtx:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            for connection in own:
-                await connection.close()
+            for pending in own:
+                with contextlib.suppress(*AMQP_ERRORS, OSError):
+                    await (await pending).close()
 
     return ctx
