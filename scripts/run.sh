@@ -5,7 +5,9 @@
 #             OpenBao dev :8200 -- each started only if its port is closed
 #   services  carve-ingest :8080, carve-assembler :8081, carve-download :8082,
 #             carve-janitor :8083 (sweeps every 5 minutes), carve-events :8084 (webhooks:
-#             set CARVE_WEBHOOK_URL and CARVE_WEBHOOK_SECRET, or CARVE_WEBHOOKS_FILE)
+#             set CARVE_WEBHOOK_URL and CARVE_WEBHOOK_SECRET, or CARVE_WEBHOOKS_FILE),
+#             carve-triage :8085 (rules and hash sets: deploy/compose/triage, or set
+#             CARVE_TRIAGE_RULES and CARVE_TRIAGE_HASHSETS)
 #   OpenBao   the download policy, and a userpass login "responder" that holds it
 # Logs and data live under .run/. Backends this script started are stopped on exit.
 set -euo pipefail
@@ -80,7 +82,11 @@ wait_port 8080 30 ingest
 wait_port 8081 30 assembler
 wait_port 8082 30 download
 wait_port 8083 30 janitor
+background triage env CARVE_HTTP_PORT=8085 \
+  CARVE_TRIAGE_RULES="${CARVE_TRIAGE_RULES:-$PWD/deploy/compose/triage/rules}" \
+  CARVE_TRIAGE_HASHSETS="${CARVE_TRIAGE_HASHSETS:-$PWD/deploy/compose/triage/hashsets}" carve-triage
 wait_port 8084 30 events
+wait_port 8085 30 triage
 
 cat <<MSG
 
@@ -90,6 +96,7 @@ The carve server runs on loopback:
   download   http://127.0.0.1:8082  (responders: /api/v1/carves, see docs/api.md)
   janitor    http://127.0.0.1:8083  (/metrics; one sweep now: .venv/bin/carve-janitor --once)
   events     http://127.0.0.1:8084  (carve events to webhooks: docs/events.md)
+  triage     http://127.0.0.1:8085  (scans on arrival: docs/triage.md)
   OpenBao    http://127.0.0.1:8200  (dev server; responder login: responder / responder)
   logs       $RUN/logs/
 
