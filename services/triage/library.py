@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,8 @@ class Library:
         self._seen: tuple[tuple[str, int, int], ...] | None = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        # Told of each new rule set once it is in use (the pool sends it to idle workers).
+        self.listeners: list[Callable[[Loaded], Awaitable[None]]] = []
 
     def _load(self) -> Loaded:
         return Loaded(load_rules(self._rules_dir), tuple(load_hashsets(self._hashsets_dir)))
@@ -84,6 +87,8 @@ class Library:
                 != [(h.name, h.version) for h in loaded.hashsets]
             )
             if changed:
+                for listener in self.listeners:
+                    await listener(loaded)
                 log.info(
                     "triage: %d rules from %d files (version %s), hash sets %s",
                     loaded.rules.count,

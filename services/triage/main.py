@@ -15,7 +15,7 @@ from aiohttp import web
 
 from services.triage import keys
 from services.triage.consumer import CompletedConsumer
-from services.triage.library import Library
+from services.triage.library import Library, Loaded
 from services.triage.metrics import TriageMetrics
 from services.triage.pool import ScanPool, close_pool
 from services.triage.scan import Triage
@@ -57,6 +57,13 @@ async def _triage_ctx(app: web.Application) -> AsyncIterator[None]:
         prefetch=settings.triage_workers,
     )
     app[keys.POOL], app[keys.TRIAGE], app[keys.SWEEP] = pool, triage, sweep
+    if library.current is not None:
+        await pool.warm(library.current.rules)
+
+    async def warm(loaded: Loaded) -> None:
+        await pool.warm(loaded.rules)
+
+    library.listeners.append(warm)
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGHUP, library.kick)

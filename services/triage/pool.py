@@ -64,6 +64,28 @@ class ScanPool:
             self._idle.put_nowait(None)  # a slot whose worker is not started yet
         self.started = 0  # workers started (a test sees a killed one replaced)
 
+    async def warm(self, rules: RuleSet) -> None:
+        """Start the idle slots' workers now and give them ``rules`` (a worker takes about
+        a second to start: better before the first carve than during it)."""
+        ready: list[_Worker | None] = []
+        while not self._idle.empty():
+            worker = self._idle.get_nowait()
+            try:
+                if worker is None or not worker.alive:
+                    worker = await self._start()
+                stdin = worker.process.stdin
+                assert stdin is not None
+                if worker.rules_version != rules.version:
+                    stdin.write(frames.frame(frames.RULES, rules.blob))
+                    await stdin.drain()
+                    worker.rules_version = rules.version
+            except (OSError, ConnectionError) as exc:
+                log.warning("a scan worker did not start: %s", exc)
+                worker = None
+            ready.append(worker)
+        for worker in ready:
+            self._idle.put_nowait(worker)
+
     def pids(self) -> list[int]:
         """The process ids of the idle workers (tests read their peak RSS)."""
         queue = self._idle._queue  # type: ignore[attr-defined]

@@ -102,12 +102,17 @@ class Triage:
             announce(self._relay, carve_id)
             self._count(result, time.monotonic() - clock)
             log.info(
-                "carve %s triaged: %s (%d hits, %d skipped, %d bytes scanned)",
+                "carve %s triaged: %s (%d hits, %d skipped, %d bytes scanned) in %.3f s, "
+                "%.3f s after it completed",
                 carve_id,
                 result["verdict"],
                 result["hit_count"],
                 result["skipped_count"],
                 result["scanned_bytes"],
+                time.monotonic() - clock,
+                (datetime.now(UTC) - doc["completed_at"]).total_seconds()
+                if doc.get("completed_at")
+                else -1.0,
             )
             return str(result["verdict"])
 

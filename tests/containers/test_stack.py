@@ -234,7 +234,9 @@ def test_a_completed_carve_is_announced_to_the_webhook_signed(stack: Stack) -> N
         time.sleep(0.5)
     verified = [Webhook(stack.webhook_secret).verify(e["body"], e["headers"]) for e in events]
     by_type = {v["type"]: v for v in verified}
-    assert sorted(by_type) == ["carve.completed", "carve.started"], verified
+    # carve.triaged (carve-triage's verdict) may come before the loop above saw completed.
+    assert {"carve.completed", "carve.started"} <= set(by_type), verified
+    assert set(by_type) <= {"carve.completed", "carve.started", "carve.triaged"}, verified
     completed = by_type["carve.completed"]
     assert completed["subject"] == carve["carve_id"] and completed["specversion"] == "1.0"
     assert completed["data"]["sha256"] == carve["sha256"]
