@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 _BATCH_BYTES = 8 * MiB  # chunks fetched per query
 
 
+def _since(when: datetime | None) -> float:
+    return (datetime.now(UTC) - when).total_seconds() if when else -1.0
+
+
 class LostClaim(Exception):
     """The carve's claim was taken away mid-scan (a re-scan was asked for)."""
 
@@ -110,9 +114,7 @@ class Triage:
                 result["skipped_count"],
                 result["scanned_bytes"],
                 time.monotonic() - clock,
-                (datetime.now(UTC) - doc["completed_at"]).total_seconds()
-                if doc.get("completed_at")
-                else -1.0,
+                _since(doc.get("completed_at")),
             )
             return str(result["verdict"])
 
