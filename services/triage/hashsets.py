@@ -25,7 +25,7 @@ import numpy.typing as npt
 DIGEST = 32
 MAX_SETS = 256
 _HEX = frozenset(b"0123456789abcdefABCDEF")
-_BLOCK = 8 * 1024 * 1024
+_BLOCK = 2 * 1024 * 1024
 # A block of nothing but digests, one a line: parsed by one bytes.fromhex (100x a line loop).
 _PLAIN = re.compile(rb"(?:[0-9a-fA-F]{64}\r?\n)*")
 
@@ -58,10 +58,16 @@ def set_name(path: Path) -> str:
 
 
 def load_set(path: Path) -> HashSet:
-    """One set from its file (read in blocks: the text is never held whole)."""
+    """One set from its file (read in blocks: the text is never held whole).
+
+    The array is allocated once, for as many digests as the file could hold (a digest line
+    takes at least 65 bytes), so 10 million take 320 MB and no growing copy of them.
+    """
     digest = hashlib.sha256()
-    records = bytearray()
-    number = 0  # lines before the current block
+    capacity = path.stat().st_size // (2 * DIGEST + 1) + 1
+    records = np.empty(capacity, dtype="S32")
+    raw = records.view(np.uint8)
+    count = number = 0  # digests stored, lines before the current block
     with path.open("rb") as handle:
         rest = b""
         while block := handle.read(_BLOCK):
@@ -69,28 +75,35 @@ def load_set(path: Path) -> HashSet:
             block = rest + block
             cut = block.rfind(b"\n") + 1
             block, rest = block[:cut], block[cut:]
-            number = _parse(block, records, path, number)
+            parsed = _parse(block, path, number)
+            number += block.count(b"\n")
+            count = _store(raw, count, parsed)
         if rest:
-            _parse(rest + b"\n", records, path, number)
-    digests = np.frombuffer(records, dtype="S32") if records else np.empty(0, dtype="S32")
-    digests.sort()  # in place: the bytearray is writable, no second copy
+            count = _store(raw, count, _parse(rest + b"\n", path, number))
+    digests = records[:count]
+    digests.sort()  # in place
     return HashSet(set_name(path), digest.hexdigest(), digests)
+
+
+def _store(raw: npt.NDArray[np.uint8], count: int, parsed: bytes) -> int:
+    if len(parsed) > len(raw) - count * DIGEST:  # the file grew while it was read
+        raise HashSetError("a hash-set file changed while it was read: reload again")
+    raw[count * DIGEST : count * DIGEST + len(parsed)] = np.frombuffer(parsed, np.uint8)
+    return count + len(parsed) // DIGEST
 
 
 # The first word of each line that is not blank or a comment.
 _WORDS = re.compile(rb"^[ \t]*([^\s#]\S*)", re.MULTILINE)
 
 
-def _parse(block: bytes, records: bytearray, path: Path, number: int) -> int:
-    """Append ``block``'s digests (whole lines) to ``records``; the lines read so far."""
-    lines = block.count(b"\n")
+def _parse(block: bytes, path: Path, number: int) -> bytes:
+    """The digests of ``block`` (whole lines), 32 bytes each, back to back."""
     words = block
     if not _PLAIN.fullmatch(words):
         words = b"".join(word + b"\n" for word in _WORDS.findall(block))
         if not _PLAIN.fullmatch(words):
             _raise_at(block, path, number)
-    records += bytes.fromhex(words.decode("ascii"))
-    return number + lines
+    return bytes.fromhex(words.decode("ascii"))
 
 
 def _raise_at(block: bytes, path: Path, number: int) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import signal
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +18,9 @@ from clients.osquery_sim import build_archive, carve
 from devstack import ROOT
 from devstack.vault import POLICY, VaultAdmin
 from services.triage import keys as triage_keys
+from services.triage.store import TriageStore
 from shared.failpoints import EXIT_CODE
+from shared.triage import rescan_update
 from tests import hostile
 from tests.events import listening
 from tests.stack import Stack
@@ -270,3 +273,60 @@ async def test_sighup_brings_new_rules_and_an_admin_re_scan_applies_them_to_an_o
     assert [h["verdict"] for h in view["triage_history"]] == ["clean"]
     assert view["triage_history"][0]["rules_version"] == before["rules_version"]
     assert ("triage", "allowed") in actions and ("triage", "denied") in actions
+
+
+def metric_sum(lines: list[str], prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+
+
+async def test_two_replicas_share_the_carves_and_each_carve_gets_one_result(
+    stack: Stack, tmp_path: Path
+) -> None:
+    library = write_library(tmp_path / "lib")
+    replicas = [await stack.start_triage(**library, triage_workers=1) for _ in range(2)]
+    exchange = stack.env["CARVE_EVENTS_EXCHANGE"]
+    async with listening(stack.env["CARVE_AMQP_URL"], exchange, "carve.triaged") as events:
+        ids = [
+            await upload(
+                stack, {f"/tmp/{n}.bin": MARKER if n % 2 else b"x"}, tmp_path, compress=bool(n % 3)
+            )
+            for n in range(6)
+        ]
+        results = [await wait_triaged(stack, carve_id) for carve_id in ids]
+        await asyncio.sleep(2)  # a second result or event would show up by now
+    assert [r["verdict"] for r in results] == ["clean", "flagged"] * 3
+    assert all(len(events.of(carve_id)) == 1 for carve_id in ids)
+    scans = hits = 0.0
+    async with aiohttp.ClientSession() as http:
+        for running in replicas:
+            async with http.get(f"{running.url}/metrics") as resp:
+                lines = (await resp.text()).splitlines()
+            scans += metric_sum(lines, "carve_triage_scans_total{")
+            hits += metric_sum(lines, 'carve_triage_hits_total{kind="yara",name="test_marker"}')
+    assert hits == 3
+    assert scans == 6  # every carve scanned once, by one replica or the other
+
+
+async def test_a_re_scan_asked_for_mid_scan_takes_the_claim_away(stack: Stack) -> None:
+    carves = stack.db["carves"]
+    now = datetime.now(UTC)
+    geometry = {"block_count": 1, "block_size": 1024, "carve_size": 10, "blocks_received": 1}
+    await carves.insert_one(
+        {"_id": "c1", "carve_id": "c1", "request_id": "r1", "status": "complete",
+         "created_at": now, "completed_at": now, **geometry}
+    )  # fmt: skip
+    store = TriageStore(stack.db, "replica-a", lease=60)
+    claimed = await store.claim("c1", "v1", now)
+    assert claimed is not None
+    doc, token = claimed
+    assert await store.claim("c1", "v1", now) is None  # the other replica: not while held
+    await carves.update_one({"_id": "c1"}, rescan_update(now, "ann"))
+    assert not await store.renew("c1", token, now)  # the running scan learns it lost it
+    assert await store.write(doc, token, {"status": "done", "verdict": "clean"}, now) is None
+    after = await carves.find_one({"_id": "c1"})
+    assert after is not None and after["triage"]["status"] == "pending"
+    assert "outbox" not in after  # no event for a result that was not written
+    later = now + timedelta(seconds=120)  # a lapsed lease is another replica's to take
+    again = await store.claim("c1", "v2", now)
+    assert again is not None and await store.claim("c1", "v2", now) is None
+    assert await store.claim("c1", "v2", later) is not None
