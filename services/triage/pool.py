@@ -140,6 +140,8 @@ class ScanPool:
             await worker.kill()
             return _stopped("worker_timeout", f"no answer within {job.max_seconds:g} s")
         except (frames.FrameError, ConnectionError, OSError) as exc:
+            with contextlib.suppress(TimeoutError):  # its exit status, if it is ending
+                await asyncio.wait_for(worker.process.wait(), 2.0)
             code = worker.process.returncode
             log.warning("a scan worker failed (%s, exit %s): restarted", exc, code)
             await worker.kill()
