@@ -33,7 +33,7 @@ import zstandard
 
 from bench.cli import size_arg
 from bench.procstats import cpu_seconds, machine_info, proc_kb
-from services.triage.pool import ScanPool, close_pool
+from services.triage.pool import ScanPool
 from services.triage.rules import RuleSet, load_rules
 from services.triage.worker import ScanJob
 
@@ -148,7 +148,7 @@ async def run(size: int, rounds: int, root: Path, hashing: bool) -> dict[str, ob
                 peaks[label] = max(
                     peaks.get(label, 0.0), proc_kb(f"/proc/{pid}/status", "VmHWM") / 1024
                 )
-                await close_pool(pool)
+                await pool.close()
     summary = {}
     for label, runs in results.items():
         cpu = statistics.median(r["cpu_s"] for r in runs)

@@ -17,7 +17,7 @@ from services.triage import keys
 from services.triage.consumer import CompletedConsumer
 from services.triage.library import Library, Loaded
 from services.triage.metrics import TriageMetrics
-from services.triage.pool import ScanPool, close_pool
+from services.triage.pool import ScanPool
 from services.triage.scan import Triage
 from services.triage.settings import TriageSettings
 from services.triage.store import TriageStore, ensure_indexes
@@ -82,7 +82,7 @@ async def _triage_ctx(app: web.Application) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await close_pool(pool)
+        await pool.close()
 
 
 def create_app(settings: TriageSettings) -> web.Application:

@@ -86,6 +86,13 @@ class ScanPool:
         for worker in ready:
             self._idle.put_nowait(worker)
 
+    async def close(self) -> None:
+        """End every idle worker (a scan still running ends with its own task)."""
+        while not self._idle.empty():
+            worker = self._idle.get_nowait()
+            if worker is not None:
+                await worker.kill()
+
     def pids(self) -> list[int]:
         """The process ids of the idle workers (tests read their peak RSS)."""
         queue = self._idle._queue  # type: ignore[attr-defined]
@@ -171,11 +178,3 @@ async def _feed(
             break
     stdin.write(frames.frame(frames.END))
     await stdin.drain()
-
-
-async def close_pool(pool: ScanPool) -> None:
-    """End every idle worker (a scan still running ends with its own task)."""
-    while not pool._idle.empty():
-        worker = pool._idle.get_nowait()
-        if worker is not None:
-            await worker.kill()

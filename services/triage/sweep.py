@@ -5,7 +5,6 @@ it takes as many as there are free workers, oldest request first."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime
 
@@ -22,10 +21,6 @@ class Sweep:
         self._store = store
         self._workers = workers
         self._running: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
-
-    def kick(self) -> None:
-        self._wake.set()
 
     async def once(self) -> int:
         """Start the scans waiting, as many as there are free workers; how many started."""
@@ -53,10 +48,7 @@ class Sweep:
 
     async def run(self, interval: float) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._wake.wait()
-            self._wake.clear()
+            await asyncio.sleep(interval)
             try:
                 await self.once()
             except Unavailable as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.triage import pool as pool_module
-from services.triage.pool import ScanPool, close_pool
+from services.triage.pool import ScanPool
 from services.triage.rules import RuleSet, load_rules
 from services.triage.worker import ScanJob
 
@@ -66,7 +66,7 @@ async def test_a_worker_killed_mid_scan_ends_its_carve_incomplete_and_is_replace
         assert again.stopped is None and again.hit_count == 1
         assert pool.started == 2 and pool.pids() != [pid]
     finally:
-        await close_pool(pool)
+        await pool.close()
 
 
 async def test_a_worker_past_its_time_budget_is_killed(
@@ -86,4 +86,4 @@ async def test_a_worker_past_its_time_budget_is_killed(
         await asyncio.sleep(0.1)
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
     finally:
-        await close_pool(pool)
+        await pool.close()
