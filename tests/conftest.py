@@ -32,6 +32,7 @@ def names() -> dict[str, str]:
         "mongo_db": f"t_{tag}",
         "amqp_queue": f"carve.blocks.{tag}",
         "events_exchange": f"carve.events.{tag}",
+        "triage_queue": f"carve.triage.{tag}",
         "redis_key_prefix": f"t{tag}:",
     }
 
@@ -44,6 +45,7 @@ def settings_env(backends: Backends, names: dict[str, str]) -> dict[str, str]:
         "CARVE_MONGO_DB": names["mongo_db"],
         "CARVE_AMQP_QUEUE": names["amqp_queue"],
         "CARVE_EVENTS_EXCHANGE": names["events_exchange"],
+        "CARVE_TRIAGE_QUEUE": names["triage_queue"],
         "CARVE_REDIS_KEY_PREFIX": names["redis_key_prefix"],
         "CARVE_LOG_LEVEL": "INFO",
     }

@@ -4,7 +4,6 @@ the aiohttp lifecycle; the HTTP side serves /healthz, /readyz and /metrics."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
@@ -64,9 +63,6 @@ async def _triage_ctx(app: web.Application) -> AsyncIterator[None]:
         await pool.warm(loaded.rules)
 
     library.listeners.append(warm)
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGHUP, library.kick)
     tasks = [
         asyncio.create_task(library.watch(settings.triage_reload_interval), name="triage-reload"),
         asyncio.create_task(sweep.run(settings.triage_sweep_interval), name="triage-sweep"),
@@ -75,14 +71,18 @@ async def _triage_ctx(app: web.Application) -> AsyncIterator[None]:
         await consumer.start()
         yield
     finally:
-        with contextlib.suppress(Exception):
-            loop.remove_signal_handler(signal.SIGHUP)
         await consumer.stop()
         await sweep.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await pool.close()
+
+
+async def reload_on_sighup(app: web.Application) -> None:
+    """SIGHUP reloads the rules and hash sets. Installed by the process's entry point only
+    (``__main__``): an app inside another program (the tests) leaves its signals alone."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[keys.LIBRARY].kick)
 
 
 def create_app(settings: TriageSettings) -> web.Application:
