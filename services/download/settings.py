@@ -44,8 +44,14 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings, ProxySettings
     ticket_secret: SecretStr = SecretStr("")
     # A download ticket is good for this long, once.
     ticket_ttl: float = Field(60.0, gt=0, le=600)
-    # Logins forwarded to Vault's userpass method, per client address and per username.
+    # Login attempts per client address (any user name) in any 60 s (login_limits.py).
     login_per_minute: int = Field(10, ge=1, le=10_000)
+    # Failed logins of one user name (all addresses) in 60 s that put it under guard: then an
+    # address that failed for it waits a minute; addresses that did not still try.
+    login_user_failures_per_minute: int = Field(30, ge=1, le=100_000)
+    # Failed logins in all (this replica) in 60 s that put every login under guard: then any
+    # address that failed waits a minute; addresses that did not still try.
+    login_failures_per_minute: int = Field(300, ge=1, le=1_000_000)
     # The Vault auth mount the console's userpass login goes to.
     vault_userpass_mount: str = Field("userpass", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]{0,63}$")
     # Single sign-on through Vault's OIDC method: the console offers it when a role is set.

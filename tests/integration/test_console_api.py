@@ -45,6 +45,8 @@ class Api:
         self, method: str, path: str, token: str | None = None, **kw: Any
     ) -> tuple[int, dict[str, str], bytes]:
         headers = {"X-Vault-Token": token or self.token, **kw.pop("headers", {})}
+        if method == "POST":
+            headers.setdefault("Content-Type", "application/json")  # as the console sends
         if token == "":
             del headers["X-Vault-Token"]
         async with self.http.request(method, self.url + path, headers=headers, **kw) as resp:

@@ -646,6 +646,27 @@ async def test_carvectl_logs_in_and_downloads_through_the_responder_listener(
     assert hashlib.sha256(target.read_bytes()).hexdigest() == carved.sha256
 
 
+async def test_wrong_passwords_through_the_responder_listener_lock_nobody_out(
+    front: Front, backends: Backends, http: aiohttp.ClientSession
+) -> None:
+    """Vault's own user lockout (5 failures, whoever sent them, 15 minutes) would let anyone
+    who reaches the login lock a responder out; vault-init turns it off on the userpass mount
+    (guessing is bounded by NGINX per address and by the download service's limits)."""
+    admin = hvac.Client(url=backends.vault.url, token=backends.vault.root_token)
+    lockout_on = {"user_lockout_config": {"lockout_disable": False, "lockout_threshold": 5}}
+    admin.write_data("sys/auth/userpass/tune", data=lockout_on)  # as a fresh Vault has it
+    username, password = f"bea-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    vault_init(backends, username, password)
+    tls = front.server_only_ssl()
+    url = f"{front.responder_url}/v1/auth/userpass/login/{username}"
+    for _ in range(6):  # from an attacker's address: NGINX lets 10 through at once
+        async with http.post(url, json={"password": "wrong"}, ssl=tls) as resp:
+            assert resp.status == 400, await resp.text()
+    async with http.post(url, json={"password": password}, ssl=tls) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["auth"]["client_token"]
+
+
 async def test_download_api_on_the_responder_listener_needs_a_token_not_a_certificate(
     front: Front,
     stack: Stack,

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from services.download import tickets
-from services.download.login import LoginLimiter
 from services.download.lookups import device_filter, lookup_filters
 from services.download.main import create_app
 from services.download.openapi import DOCUMENT
@@ -61,14 +60,6 @@ def test_tickets_verify_only_unexpired_untampered() -> None:
     assert tickets.verify(tickets.app_secret("s" * 32), tickets.mint(shared, "c", None, WHO, 5)[0])
     with pytest.raises(ValueError, match="32 bytes"):
         tickets.app_secret("short")
-
-
-def test_login_limiter_slides_per_key() -> None:
-    limiter = LoginLimiter(3)
-    assert [limiter.allow("ip", "u1", now=t) for t in (0, 1, 2)] == [0, 0, 0]
-    assert limiter.allow("ip", "u2", now=3) > 0  # the address is used up, whoever tries
-    assert limiter.allow("other", "u1", now=30) > 0  # and so is the user, from anywhere
-    assert limiter.allow("other", "u1", now=60.5) == 0  # the first try left the window
 
 
 def test_lookup_filters_never_pass_patterns() -> None:

@@ -24,7 +24,9 @@ export class ApiError extends Error {
 export async function api(path, { method = "GET", body, auth = true, cookies = false } = {}) {
   const headers = { Accept: "application/json" };
   if (auth && session.token) headers["X-Vault-Token"] = session.token;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  // Every POST says JSON, with a body or without: the API refuses any other (a form on
+  // another site could send those).
+  if (body !== undefined || method === "POST") headers["Content-Type"] = "application/json";
   let response;
   try {
     response = await fetch(path, {
