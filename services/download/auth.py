@@ -2,7 +2,8 @@
 
 A request carries a Vault token (``X-Vault-Token`` or ``Authorization: Bearer``), checked
 by the Authorizer (``services.download.tokens``) for the download policy; a browser
-download carries a ticket instead (``services.download.tickets``). Either way the identity
+download carries a ticket instead (``services.download.tickets``), which stands for the token
+that minted it, checked the same way. Either way the identity
 goes into the request (``keys.IDENTITY``) and its audit entry.
 """
 
@@ -61,15 +62,23 @@ async def load_carve(request: web.Request, carve_id: str) -> CarveDoc:
 
 async def authorized_carve(request: web.Request) -> CarveDoc:
     """The carve the route names, once the request's token (or ticket) allows it."""
-    if "ticket" in request.query and request.match_info.route.name in TICKET_ROUTES:
-        # A browser download: the ticket minted by an authorized POST stands for the token.
+    route = request.match_info.route.name
+    if "ticket" in request.query and route in TICKET_ROUTES:
+        # A browser download: the ticket minted by an authorized POST stands for its token,
+        # which is then checked as if the request carried it (revoked: refused).
         carve_id = checked_carve_id(request.match_info["carve_id"])
-        path = request.match_info.get("path")
-        identity = await tickets.redeem(request, carve_id, path and clean_member_path(path))
-        _identify(request, identity)
+        token = await tickets.redeem(request, carve_id, ticket_target(request))
+        await authorize(request, token)
         return await load_carve(request, carve_id)
     await authorize(request, header_token(request))
     return await load_carve(request, checked_carve_id(request.match_info["carve_id"]))
+
+
+def ticket_target(request: web.Request) -> str:
+    """What a ticket for this request's route must be for (services/download/tickets.py)."""
+    route = str(request.match_info.route.name)
+    path = request.match_info.get("path")
+    return tickets.target(route, path and clean_member_path(path))
 
 
 def require_complete(doc: CarveDoc) -> CarveDoc:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from urllib.parse import quote
 
 from aiohttp import web
 
 from services.download import keys, tickets
-from services.download.auth import authorized_carve, require_complete
+from services.download.auth import authorized_carve, header_token, require_complete
 from services.download.bodies import parse_json, read_body
 from services.download.members import clean_member_path
 from shared.errors import InvalidRequest
@@ -37,9 +36,11 @@ async def download_ticket(request: web.Request) -> web.Response:
     """``POST /api/v1/carves/{id}/download-ticket`` (body ``{"path": member}``, optional)."""
     doc = require_complete(await authorized_carve(request))
     path = await _member_path(request)
-    settings = request.app[keys.SETTINGS]
-    ticket, expires = tickets.mint(
-        request.app[tickets.SECRET], doc["_id"], path, request[keys.IDENTITY], settings.ticket_ttl
+    token = header_token(request)
+    assert token is not None  # authorized_carve refused a request without one
+    what = tickets.target("file", path) if path else tickets.target("archive", None)
+    ticket, expires = await tickets.mint(
+        request, doc["_id"], what, token, request.app[keys.SETTINGS].ticket_ttl
     )
     where = "/files" + quote(path, safe="/") if path else "/archive"
     return web.json_response(
@@ -47,7 +48,7 @@ async def download_ticket(request: web.Request) -> web.Response:
             "ticket": ticket,
             "url": f"/api/v1/carves/{doc['_id']}{where}?ticket={ticket}",
             "path": path,
-            "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
+            "expires_at": expires.isoformat(),
         },
         headers={"Cache-Control": "no-store"},
     )

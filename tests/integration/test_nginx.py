@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import hvac
 import pytest
+import yarl
 from aiohttp import web
 
 from clients import carvectl
@@ -183,6 +184,7 @@ class NginxServer(Server):
             "NGINX_OSQUERY_LISTEN": f"{HOST}:{self.port}",
             "NGINX_RESPONDER_LISTEN": f"{HOST}:{self.responder_port}",
             "NGINX_HEALTH_LISTEN": f"{HOST}:{self.health_port}",
+            "NGINX_ACCESS_LOG": str(workdir / "access.log"),
         }
         site = render(TEMPLATE.read_text(), self.env_vars)
         assert "${" not in site, "a template variable was left unset"
@@ -705,6 +707,49 @@ async def test_download_api_on_the_responder_listener_needs_a_token_not_a_certif
     rows = await stack.db["audit"].find({"carve_id": carved.carve_id}).to_list()
     assert {r["action"] for r in rows} >= {"archive", "file_request"}
     assert front.fleet.seen == []
+
+
+async def test_download_tickets_stay_out_of_the_access_log(
+    front: Front,
+    stack: Stack,
+    vault: VaultAdmin,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    carved = await upload(front, stack, http, tmp_path)
+    headers = {"X-Vault-Token": vault.token(POLICY).token}
+    base = f"/api/v1/carves/{carved.carve_id}"
+    tickets = []
+    for listener, tls in (
+        (front.responder_url, front.server_only_ssl()),
+        (front.osquery_url, front.device_ssl()),
+    ):
+        async with http.post(
+            f"{listener}{base}/download-ticket", json={}, headers=headers, ssl=tls
+        ) as resp:
+            minted = await resp.json()
+        tickets.append(minted["ticket"])
+        async with http.get(listener + minted["url"], ssl=tls) as resp:
+            assert resp.status == 200
+            assert hashlib.sha256(await resp.read()).hexdigest() == carved.sha256
+        # Percent-encoded, a ticket would slip past a plain "ticket=" match: not logged either.
+        async with http.get(
+            yarl.URL(f"{listener}{base}/archive?%74icket={minted['ticket']}", encoded=True),
+            ssl=tls,
+        ) as resp:
+            assert resp.status == 403  # the service decodes it: a ticket, used already
+        async with http.get(
+            f"{listener}/api/v1/carves?status=complete&limit=5", headers=headers, ssl=tls
+        ) as resp:
+            assert resp.status == 200
+    log = (front.nginx.workdir / "access.log").read_text()
+    for ticket in tickets:
+        assert ticket not in log
+    lines = [line for line in log.splitlines() if base + "/archive" in line]
+    assert len(lines) == 4, log
+    assert all(f"{base}/archive?[not logged: may hold a download ticket]" in x for x in lines)
+    # Other query strings are logged as the image logs them.
+    assert log.count('"GET /api/v1/carves?status=complete&limit=5 HTTP/1.1" 200') == 2
 
 
 async def test_responder_listener_reaches_neither_osquery_paths_nor_fleet_nor_all_of_vault(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-import time
 
 import pytest
 
@@ -15,7 +14,7 @@ from services.download.main import create_app
 from services.download.openapi import DOCUMENT
 from services.download.settings import DownloadSettings
 from services.download.tokens import Identity
-from shared.errors import Forbidden, InvalidRequest
+from shared.errors import InvalidRequest
 from shared.manifest import build, manifest_limits
 from tests.hostile import raw_reader
 
@@ -37,27 +36,9 @@ def test_openapi_document_matches_the_routes() -> None:
     assert len(routes) == 16  # with single sign-on's status, start and callback
 
 
-def test_tickets_verify_only_unexpired_untampered() -> None:
-    secret = tickets.app_secret("")
-    ticket, expires = tickets.mint(secret, "c1", "/etc/hosts", WHO, ttl=60)
-    got = tickets.verify(secret, ticket)
-    assert (got.carve_id, got.path, got.identity.display_name) == (
-        "c1",
-        "/etc/hosts",
-        WHO.display_name,
-    )
-    assert 59 < expires - time.time() <= 60.01  # rounded to the millisecond
-    with pytest.raises(Forbidden, match="expired"):
-        tickets.verify(secret, ticket, now=expires + 1)
-    with pytest.raises(Forbidden, match="signature"):
-        tickets.verify(tickets.app_secret(""), ticket)  # another replica's random secret
-    _body, mac = ticket.split(".")
-    forged = tickets.mint(secret, "c2", None, WHO, 60)[0].split(".")[0]
-    for bad in (f"{forged}.{mac}", "x", "a.b.c", "é." * 3000):
-        with pytest.raises(Forbidden):
-            tickets.verify(secret, bad)
-    shared = tickets.app_secret("s" * 32)
-    assert tickets.verify(tickets.app_secret("s" * 32), tickets.mint(shared, "c", None, WHO, 5)[0])
+def test_ticket_secrets() -> None:
+    assert tickets.app_secret("s" * 32) == tickets.app_secret("s" * 32)  # replicas agree
+    assert tickets.app_secret("") != tickets.app_secret("")  # random per process
     with pytest.raises(ValueError, match="32 bytes"):
         tickets.app_secret("short")
 
