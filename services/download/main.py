@@ -55,7 +55,9 @@ def create_app(settings: DownloadSettings) -> web.Application:
     app = service_app("carve-download", middlewares=middlewares, client_max_size=64 * 1024)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = DownloadMetrics.create(app[shared_keys.REGISTRY])
-    app[keys.STREAMS] = StreamSlots(settings.max_streams)
+    app[keys.STREAMS] = StreamSlots(
+        settings.max_streams, settings.streams_per_responder, app[keys.METRICS].streams
+    )
     app[keys.TAR_JOBS] = TarJobs(
         settings.tar_concurrency,
         settings.tar_jobs_per_carve,

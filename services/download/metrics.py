@@ -17,6 +17,8 @@ class DownloadMetrics:
     tar_jobs: Gauge
     tar_refusals: Counter
     tar_abandoned: Counter
+    streams: Gauge
+    too_slow: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DownloadMetrics:
@@ -57,6 +59,16 @@ class DownloadMetrics:
             tar_abandoned=Counter(
                 "carve_tar_abandoned",
                 "Tar jobs stopped because their client went away",
+                registry=registry,
+            ),
+            streams=Gauge(
+                "carve_download_streams",
+                "Archive and member downloads holding a stream slot now",
+                registry=registry,
+            ),
+            too_slow=Counter(
+                "carve_download_too_slow",
+                "Downloads cut off because their client read below CARVE_DOWNLOAD_MIN_RATE",
                 registry=registry,
             ),
         )

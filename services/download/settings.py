@@ -19,8 +19,15 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings, ProxySettings
     download_batch_bytes: int = Field(1 * MiB, ge=1)
     # Archive and member downloads streaming at once (about 3 MiB each); more get a 503.
     max_streams: int = Field(64, ge=1, le=10_000)
+    # Of those, what one responder (Vault entity, or token) may stream at once; more get a
+    # 429 stream_busy. Below max_streams, so another responder's download always starts.
+    streams_per_responder: int = Field(8, ge=1, le=10_000)
     # A client that takes longer than this to accept one piece of a download is cut off.
     download_write_timeout: float = Field(60.0, gt=0)
+    # The slowest a download may go, in bytes a second, judged over each window of
+    # download_rate_window seconds; slower: the connection is cut (pace.py). 0: no floor.
+    download_min_rate: int = Field(8 * 1024, ge=0)
+    download_rate_window: float = Field(30.0, gt=0)
     # Tar listings and member downloads run in threads; at most this many at once.
     tar_concurrency: int = Field(8, ge=1, le=256)
     # Tar jobs (workers) one carve, or one responder, may hold at once; more wait (past 32
@@ -62,8 +69,12 @@ class DownloadSettings(HttpSettings, MongoSettings, VaultSettings, ProxySettings
     oidc_redirect_uri: str = Field("", pattern=r"^(https?://[^\s?#]+/ui/)?$")
 
     @model_validator(mode="after")
-    def _check_tar_shares(self) -> DownloadSettings:
+    def _check_shares(self) -> DownloadSettings:
         for name in ("tar_jobs_per_carve", "tar_jobs_per_responder"):
             if self.tar_concurrency > 1 and getattr(self, name) >= self.tar_concurrency:
                 raise ValueError(f"{name} must be below tar_concurrency ({self.tar_concurrency})")
+        if self.max_streams > 1 and self.streams_per_responder >= self.max_streams:
+            raise ValueError(
+                f"streams_per_responder must be below max_streams ({self.max_streams})"
+            )
         return self

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from services.download import keys, manifests
-from services.download.archive_views import start_stream, write_piece
+from services.download.archive_views import start_stream
 from services.download.audit import AUDIT
 from services.download.auth import authorized_carve, require_complete
 from services.download.lookups import int_param
@@ -32,6 +32,7 @@ from services.download.members import (
     list_members,
     stream_member,
 )
+from services.download.pace import paced, write_piece
 from services.download.slots import TarBusy
 from shared import keys as shared_keys
 from shared.carves import CarveDoc, Compression
@@ -85,9 +86,7 @@ async def _tar_job(request: web.Request, doc: CarveDoc) -> AsyncIterator[TarSour
     source = _tar_source(request, doc)  # the time budget covers any wait for a worker
     watcher = asyncio.create_task(_watch_client(request, source.file.abandoned))
     try:
-        async with request.app[keys.TAR_JOBS].hold(
-            doc["_id"], identity.entity_id or identity.accessor
-        ):
+        async with request.app[keys.TAR_JOBS].hold(doc["_id"], identity.share_key):
             if source.file.abandoned.is_set():
                 raise Abandoned("the client left while the job waited for a worker")
             yield source
@@ -148,18 +147,19 @@ async def get_file(request: web.Request) -> web.StreamResponse:
         return request.method != "HEAD"  # HEAD: headers only, or the connection desyncs
 
     async with _tar_job(request, doc) as source:
+        with paced(request) as pace:
 
-        def write(piece: bytes) -> None:
-            if source.file.abandoned.is_set():
-                raise Abandoned("the request has ended")
-            sent = write_piece(response, piece, timeout)
-            asyncio.run_coroutine_threadsafe(sent, loop).result(timeout + 5)
-            entry.bytes_sent += len(piece)
+            def write(piece: bytes) -> None:
+                if source.file.abandoned.is_set():
+                    raise Abandoned("the request has ended")
+                sent = write_piece(request, response, piece, pace)
+                asyncio.run_coroutine_threadsafe(sent, loop).result(timeout + 5)
+                entry.bytes_sent += len(piece)
 
-        with request.app[keys.STREAMS].hold():
-            found = await loop.run_in_executor(
-                request.app[keys.TAR_POOL], stream_member, source, wanted, on_found, write
-            )
+            with request.app[keys.STREAMS].hold(request[keys.IDENTITY].share_key):
+                found = await loop.run_in_executor(
+                    request.app[keys.TAR_POOL], stream_member, source, wanted, on_found, write
+                )
     if not found:
         raise NotFound(f"no regular file {wanted} in carve {doc['_id']}")
     await response.write_eof()
