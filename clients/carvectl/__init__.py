@@ -12,6 +12,7 @@ Find, inspect and fetch carves::
     carvectl --json list | jq -r '.[].carve_id'
     carvectl show 0f4c2a1e-...
     carvectl files 0f4c2a1e-...
+    carvectl member 0f4c2a1e-... 7 -o evidence.bin    # INDEX from files: reaches any name
     carvectl get 0f4c2a1e-... --expect-sha256 <carves.sha256 from osquery>   # resumable
     carvectl extract 0f4c2a1e-... /var/log/auth.log -d ./evidence
 

@@ -197,6 +197,11 @@ class Api:
     def files(self, carve_id: str, limit: int | None = None) -> dict[str, Any]:
         return self._json(self._url(carve_id, "files"), {"limit": limit} if limit else None)
 
+    def member(self, carve_id: str, index: int) -> requests.Response:
+        """The streaming answer for the member at position ``index`` (whatever its status)."""
+        sent = {"Accept-Encoding": "identity"}
+        return self.request(self._url(carve_id, "members", str(index)), headers=sent, stream=True)
+
     def archive(self, carve_id: str, headers: Mapping[str, str]) -> requests.Response:
         """The streaming archive answer, whatever its status: the caller handles 206 and 416."""
         # identity: a Content-Encoding would make Range offsets and Content-Length mean the

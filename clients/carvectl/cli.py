@@ -24,6 +24,7 @@ from clients.carvectl.errors import (
 )
 from clients.carvectl.fetch import NOT_HASHED, SHA256_RE
 from clients.carvectl.login import DEFAULT_VAULT_ADDR, cmd_login
+from clients.carvectl.member import cmd_member
 from clients.carvectl.render import printable, warn
 from clients.carvectl.tokens import load_token
 from shared import tarsafe
@@ -31,6 +32,12 @@ from shared.carves import Status
 from shared.vault import is_loopback
 
 STATUSES = tuple(status.value for status in Status)
+
+
+def _index_arg(text: str) -> int:
+    if not text.isdigit() or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"not a member index (0 to 999999999): {text!r}")
+    return int(text)
 
 
 def _bounded_int(maximum: int) -> Callable[[str], int]:
@@ -120,6 +127,11 @@ def _add_commands(sub: Any, env: Mapping[str, str]) -> None:
     get.add_argument("carve_id", metavar="ID")
     get.add_argument("-o", "--output", metavar="FILE", help="default: the server's file name")
     get.add_argument("--expect-sha256", type=_sha256_arg, metavar="HEX")
+
+    member = command("member", cmd_member, "download one member by its INDEX (carvectl files)")
+    member.add_argument("carve_id", metavar="ID")
+    member.add_argument("index", type=_index_arg, metavar="INDEX")
+    member.add_argument("-o", "--output", metavar="FILE", help="default: the member's name")
 
     extract = command("extract", cmd_extract, "download a carve and extract it safely")
     extract.add_argument("carve_id", metavar="ID")

@@ -86,7 +86,8 @@ def print_json(value: object) -> None:
 
 
 CARVE_HEADERS = ("ID", "STATUS", "PROGRESS", "SIZE", "COMPRESSION", "DEVICE", "CREATED")
-FILE_HEADERS = ("PATH", "TYPE", "SIZE", "MODE", "MTIME", "SHA256")
+# INDEX: the member's position in the archive, for ``carvectl member`` (any name).
+FILE_HEADERS = ("PATH", "TYPE", "SIZE", "MODE", "MTIME", "INDEX", "SHA256")
 
 
 def carve_row(carve: Mapping[str, Any]) -> list[str]:
@@ -113,6 +114,7 @@ def file_row(member: Mapping[str, Any]) -> list[str]:
         human_size(member.get("size")),
         format_mode(member.get("mode")),
         str(member.get("mtime") or "-"),
+        str(member.get("index", "-")),
         str(member.get("sha256") or "-"),
     ]
 

@@ -30,7 +30,9 @@ COLLECTION = "audit"
 log = logging.getLogger("carve.audit")
 
 # Route names whose requests are audited: every responder request (a listing shows carves too).
-AUDITED = frozenset({"list", "carve", "archive", "files", "file", "file_request", "delete"})
+AUDITED = frozenset(
+    {"list", "carve", "archive", "files", "file", "member", "file_request", "delete"}
+)
 # The console's additions (services/download/console_api.py, audit_api.py, login.py).
 AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"}
 

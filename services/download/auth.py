@@ -22,7 +22,7 @@ from shared.mongo import transient_on_outage
 from shared.protocol import CARVE_ID
 
 # Routes that take a download ticket (services/download/tickets.py) instead of a token.
-TICKET_ROUTES = frozenset({"archive", "file"})
+TICKET_ROUTES = frozenset({"archive", "file", "member"})
 
 
 def header_token(request: web.Request) -> str | None:
@@ -77,6 +77,8 @@ async def authorized_carve(request: web.Request) -> CarveDoc:
 def ticket_target(request: web.Request) -> str:
     """What a ticket for this request's route must be for (services/download/tickets.py)."""
     route = str(request.match_info.route.name)
+    if route == "member":
+        return tickets.target(route, str(int(request.match_info["index"])))
     path = request.match_info.get("path")
     return tickets.target(route, path and clean_member_path(path))
 

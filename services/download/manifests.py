@@ -42,9 +42,10 @@ async def manifest_listing(request: web.Request, doc: CarveDoc, limit: int) -> w
         request.app[keys.METRICS].tar_refusals.labels(refused.code).inc()
         raise refused
     members: list[dict[str, Any]] = manifest["members"]
+    # Every member, in archive order: its position is its index (as the tar listing says).
     body = {
         "carve_id": doc["_id"],
-        "members": members[:limit],
+        "members": [{**member, "index": i} for i, member in enumerate(members[:limit])],
         "truncated": bool(manifest["truncated"]) or len(members) > limit,
         "source": "manifest",
     }
@@ -59,4 +60,15 @@ async def member_sha256(request: web.Request, doc: CarveDoc, path: str) -> str |
     for member in manifest.get("members", []):
         if member["path"] == path and not member["superseded"] and member["type"] == "file":
             return str(member["sha256"])
+    return None
+
+
+async def member_sha256_at(request: web.Request, doc: CarveDoc, index: int) -> str | None:
+    """The SHA-256 the manifest holds for the member at position ``index``."""
+    manifest = await stored(request, doc["_id"])
+    if not manifest or manifest.get("error"):
+        return None
+    members = manifest.get("members", [])
+    if index < len(members) and members[index]["type"] == "file":
+        return str(members[index]["sha256"])
     return None

@@ -14,6 +14,13 @@ from aiohttp import web
 _ERR = {"$ref": "#/components/responses/Error"}
 _CARVE_ID = {"name": "carve_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+_INDEX = {
+    "name": "index",
+    "in": "path",
+    "required": True,
+    "description": "the member's position in the archive (the listing's index; 0: the first)",
+    "schema": {"type": "integer", "minimum": 0},
+}
 _TICKET = {
     "name": "ticket",
     "in": "query",
@@ -95,12 +102,28 @@ PATHS: dict[str, dict[str, Any]] = {
     CARVE + "/files/{path}": {
         "get": _op("One member's bytes", _CARVE_ID, _PATH, _TICKET, ok="the member"),
     },
+    CARVE + "/members/{index}": {
+        "get": _op(
+            "The member at a position, whatever its name (CR, LF)",
+            _CARVE_ID,
+            _INDEX,
+            _TICKET,
+            ok="the member",
+        ),
+    },
     CARVE + "/download-ticket": {
         "post": _op(
             "A short-lived, single-use download ticket for a browser",
             _CARVE_ID,
             requestBody=_json_body(
-                {"type": "object", "properties": {"path": {"type": "string"}}}, required=False
+                {
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string"},
+                        "index": {"type": "integer", "minimum": 0},
+                    },
+                },
+                required=False,
             ),
         ),
     },

@@ -26,6 +26,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(CARVE + "/archive", archive_views.get_archive, name="archive")  # and HEAD
     app.router.add_get(CARVE + "/files", tar_views.list_files, name="files")
     app.router.add_get(CARVE + "/files/{path:.+}", tar_views.get_file, name="file")
+    # By position: for members whose name a path cannot carry (CR, LF) or a later one hides.
+    app.router.add_get(CARVE + "/members/{index:[0-9]{1,9}}", tar_views.get_member, name="member")
     app.router.add_post(CARVE + "/download-ticket", console_api.download_ticket, name="ticket")
     app.router.add_get("/api/v1/audit", audit_api.list_audit, name="audit")
     app.router.add_get("/api/v1/openapi.json", openapi.openapi, name="openapi")

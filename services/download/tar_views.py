@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -29,6 +30,8 @@ from services.download.members import (
     ChunkFile,
     TarSource,
     clean_member_path,
+    find_member,
+    find_member_at,
     list_members,
     stream_member,
 )
@@ -37,7 +40,7 @@ from services.download.slots import TarBusy
 from shared import keys as shared_keys
 from shared.carves import CarveDoc, Compression
 from shared.errors import NotFound
-from shared.tarsafe import Budget, Limits
+from shared.tarsafe import Budget, Limits, Member
 
 log = logging.getLogger(__name__)
 MAX_MEMBERS = 100_000
@@ -131,11 +134,34 @@ def _disposition(path: str) -> str:
 
 
 async def get_file(request: web.Request) -> web.StreamResponse:
+    """``GET .../files/{path}``: the last regular file at that path (what extraction leaves)."""
     doc = await _tar_carve(request)
     wanted = clean_member_path(request.match_info["path"])
+    sha256 = await manifests.member_sha256(request, doc, wanted)
+    found = functools.partial(find_member, wanted=wanted)
+    return await _send_member(request, doc, found, sha256, f"no regular file {wanted}")
+
+
+async def get_member(request: web.Request) -> web.StreamResponse:
+    """``GET .../members/{index}``: the member at that position of the archive (the listing's
+    ``index``), if it is a regular file, whatever its name."""
+    doc = await _tar_carve(request)
+    index = int(request.match_info["index"])
+    sha256 = await manifests.member_sha256_at(request, doc, index)
+    found = functools.partial(find_member_at, index=index)
+    return await _send_member(request, doc, found, sha256, f"no regular file at index {index}")
+
+
+async def _send_member(
+    request: web.Request,
+    doc: CarveDoc,
+    find: Callable[[TarSource], Member | None],
+    sha256: str | None,
+    missing: str,
+) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    if sha256 := await manifests.member_sha256(request, doc, wanted):
+    if sha256:
         response.headers["X-Carve-Member-SHA256"] = sha256
     entry = request[AUDIT]
     timeout = request.app[keys.SETTINGS].download_write_timeout
@@ -158,9 +184,9 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 
             with request.app[keys.STREAMS].hold(request[keys.IDENTITY].share_key):
                 found = await loop.run_in_executor(
-                    request.app[keys.TAR_POOL], stream_member, source, wanted, on_found, write
+                    request.app[keys.TAR_POOL], stream_member, source, find, on_found, write
                 )
     if not found:
-        raise NotFound(f"no regular file {wanted} in carve {doc['_id']}")
+        raise NotFound(f"{missing} in carve {doc['_id']}")
     await response.write_eof()
     return response

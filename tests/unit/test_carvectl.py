@@ -545,6 +545,7 @@ def test_show_and_files(env: dict[str, str], capsys: pytest.CaptureFixture[str])
                 "size": 1234,
                 "mode": 420,
                 "mtime": "2026-11-27T10:00:00+00:00",
+                "index": 3,
             },
         ],
         "truncated": True,
@@ -559,6 +560,7 @@ def test_show_and_files(env: dict[str, str], capsys: pytest.CaptureFixture[str])
         "KiB",
         "0644",
         "2026-11-27T10:00:00+00:00",
+        "3",  # the member's position, for carvectl member
         "-",  # no SHA-256: a listing read from the tar, not a manifest
     ]
     assert "only the first 1 members" in err

@@ -81,10 +81,13 @@ export function explain(error) {
 }
 
 // Asks for a ticket, then lets the browser download through it (Content-Disposition).
-export async function download(carveId, path = null) {
+// member: null (the archive), a path, or { index } (the listing's position: for names a path
+// cannot carry, such as those holding CR or LF).
+export async function download(carveId, member = null) {
+  const body = member === null ? {} : typeof member === "string" ? { path: member } : member;
   const ticket = await api(`/api/v1/carves/${encodeURIComponent(carveId)}/download-ticket`, {
     method: "POST",
-    body: path === null ? {} : { path },
+    body,
   });
   const link = document.createElement("a");
   link.href = ticket.url;

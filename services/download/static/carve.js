@@ -88,7 +88,10 @@ function fileRow(entry, carve, report) {
   // Superseded and unsafe members are not what a download of that path serves.
   if (m && m.type === "file" && !m.superseded && !m.unsafe && carve.status === "complete") {
     const button = h("button", { type: "button", class: "small download-member" }, "Download");
-    button.addEventListener("click", () => download(carve.carve_id, m.path).catch(report));
+    // A path with a control character (CR, LF: the host chose it) cannot be asked for by
+    // path: by its position in the archive instead.
+    const which = /[\u0000-\u001f]/.test(m.path) ? { index: m.index } : m.path;
+    button.addEventListener("click", () => download(carve.carve_id, which).catch(report));
     get.append(button);
   }
   cells.push(get);
