@@ -24,11 +24,13 @@ if TYPE_CHECKING:  # carvectl imports Status from here: no pymongo at run time f
     from pymongo.asynchronous.collection import AsyncCollection
     from pymongo.asynchronous.database import AsyncDatabase
 
+    from shared.events.outbox import OutboxEntry
+
 COLLECTION = "carves"
 
 
 class Status(StrEnum):
-    """A carve's state; see the README's "Carve lifecycle" for the transitions."""
+    """A carve's state; see docs/operations.md, "Carve lifecycle", for the transitions."""
 
     RECEIVING = "receiving"  # blocks arriving
     COMPLETE = "complete"  # every block stored, hashed: downloadable
@@ -92,6 +94,8 @@ class CarveDoc(TypedDict):
     deleted_at: NotRequired[datetime]
     deleted_by: NotRequired[str]
     deleted_from: NotRequired[str]
+    outbox: NotRequired[list[OutboxEntry]]  # pending events (shared.events.outbox)
+    outbox_claim: NotRequired[datetime]  # a relay's sweep holds them until then
 
 
 def carves_of(db: AsyncDatabase[Any]) -> AsyncCollection[CarveDoc]:
@@ -118,6 +122,7 @@ class ManifestSummary(BaseModel):
     members: int
     truncated: bool
     error: str | None = None
+    paths: list[str] = []  # the first regular files' paths: what was carved (bounded)
 
 
 class CarveRecord(BaseModel):

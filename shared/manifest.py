@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared import tarsafe
+from shared.inert import inert
 from shared.settings import GiB, MiB
 from shared.tarsafe import Budget, Limits, Malformed, Member, Refused, Stopped
 
@@ -217,10 +218,27 @@ class ManifestPass:
                     pass
 
 
+MAX_PATHS = 10  # the first paths a carve's summary (and its events) name
+
+
+def first_paths(members: list[dict[str, Any]], limit: int = MAX_PATHS) -> list[str]:
+    """The first ``limit`` distinct regular-file paths of a manifest (what was carved), inert."""
+    paths: list[str] = []
+    for member in members:
+        if member.get("type") != "file" or not member.get("path"):
+            continue
+        if (text := inert(member["path"])) not in paths:
+            paths.append(text)
+            if len(paths) >= limit:
+                break
+    return paths
+
+
 def summary(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What the carve document says of its manifest."""
+    """What the carve document says of its manifest: counts, and what was carved."""
     return {
         "members": manifest["count"],
         "truncated": manifest["truncated"],
         "error": manifest["error"],
+        "paths": first_paths(manifest["members"]),
     }

@@ -35,6 +35,7 @@ AUDITED = frozenset(
 )
 # The console's additions (services/download/console_api.py, audit_api.py, login.py).
 AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"}
+AUDITED |= {"webhooks"}  # webhooks_api.py
 
 
 @dataclass

@@ -18,6 +18,7 @@ from services.download.settings import DownloadSettings
 from services.download.slots import StreamSlots, TarJobs
 from services.download.tokens import Authorizer
 from shared import keys as shared_keys
+from shared.events.relay import events_ctx
 from shared.health import add_health_routes, check_mongo, service_app
 from shared.resources import mongo_ctx
 from shared.vault import vault_client
@@ -70,7 +71,9 @@ def create_app(settings: DownloadSettings) -> web.Application:
         settings.login_user_failures_per_minute,
         settings.login_failures_per_minute,
     )
-    app.cleanup_ctx.extend([mongo_ctx(settings), _vault_ctx, _tar_pool_ctx])
+    app.cleanup_ctx.extend(
+        [mongo_ctx(settings), events_ctx(settings, settings), _vault_ctx, _tar_pool_ctx]
+    )
     setup_routes(app)
     add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})
     return app

@@ -11,6 +11,7 @@ from services.download import (
     console_api,
     openapi,
     tar_views,
+    webhooks_api,
 )
 from services.download.login import setup_login
 from services.download.oidc import setup_oidc
@@ -30,6 +31,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(CARVE + "/members/{index:[0-9]{1,9}}", tar_views.get_member, name="member")
     app.router.add_post(CARVE + "/download-ticket", console_api.download_ticket, name="ticket")
     app.router.add_get("/api/v1/audit", audit_api.list_audit, name="audit")
+    app.router.add_get("/api/v1/webhooks/deliveries", webhooks_api.list_deliveries, name="webhooks")
     app.router.add_get("/api/v1/openapi.json", openapi.openapi, name="openapi")
     setup_login(app)  # login, logout, whoami
     setup_oidc(app)  # single sign-on through Vault's OIDC method

@@ -117,7 +117,12 @@ async def test_find_by_request_id_device_and_prefix(api: Api) -> None:
     assert await ids(f"?request_id=live-q-42&device={other_device[1]}") == []
     status, page = await api.json("GET", f"/api/v1/carves/{a.carve_id}")
     assert page["device"]["common_name"] == "laptop-17.corp.example"
-    assert page["manifest"] == {"members": 2, "truncated": False, "error": None}
+    assert page["manifest"] == {
+        "members": 2,
+        "truncated": False,
+        "error": None,
+        "paths": ["/var/log/syslog", "/etc/passwd"],  # what was carved, in archive order
+    }
     for bad in ("?q=.*", "?q=a%24", "?request_id=" + "x" * 300, "?device=a%0Ab"):
         status, body = await api.json("GET", "/api/v1/carves" + bad)
         assert (status, body["code"]) == (400, "invalid_request"), bad

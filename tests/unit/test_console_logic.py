@@ -36,7 +36,7 @@ def test_openapi_document_matches_the_routes() -> None:
     }
     documented = {(m, p) for p, ops in DOCUMENT["paths"].items() for m in ops}
     assert routes == documented
-    assert len(routes) == 17  # with single sign-on's status, start and callback, members
+    assert len(routes) == 18  # with single sign-on's status, start and callback; webhooks; members
 
 
 def test_ticket_secrets() -> None:
