@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import ipaddress
 import json
 import secrets
 import signal
@@ -21,16 +20,14 @@ import aiohttp
 import pytest
 import yaml
 from cloudevents.core.formats.json import JSONFormat
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from clients.osquery_sim import build_archive, carve
 from devstack import ROOT
 from devstack.services import scrape
 from devstack.vault import POLICY, VaultAdmin
+from tests.certs import self_signed
 from tests.integration.test_events import hostile_tar
 from tests.stack import Stack
 from tests.uploads import random_bytes
@@ -201,26 +198,9 @@ async def test_a_delivery_is_dead_after_the_retry_window(stack: Stack, tmp_path:
     assert counts['carve_webhook_dead_total{endpoint="down"}'] == 1
 
 
-def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
+def receiver_tls(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
     """A TLS context for 127.0.0.1 with a fresh self-signed certificate, and its PEM's path."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webhook receiver")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = self_signed("webhook receiver", ip="127.0.0.1")
     cert_path, key_path = tmp_path / "rx.pem", tmp_path / "rx.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -239,7 +219,7 @@ async def test_tls_is_verified_redirects_not_followed_answers_read_to_a_bound(
     stack: Stack, tmp_path: Path
 ) -> None:
     secret = new_secret()
-    tls, ca = self_signed(tmp_path)
+    tls, ca = receiver_tls(tmp_path)
     async with receiving(tls) as rx:
         rx.script = {"/moved": [302], "/big": ["stream"]}
         only = ["carve.started"]
