@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from devstack.vault import POLICY, VaultAdmin
+from tests.audit_rows import settled_rows
 from tests.stack import Stack
 
 
@@ -40,7 +41,7 @@ class Login:
             return resp.status, orjson.loads(await resp.read())
 
     async def audit(self) -> list[dict[str, Any]]:
-        return await self.stack.db["audit"].find({"action": "login"}).to_list()
+        return await settled_rows(self.stack.db, {"action": "login"})
 
 
 async def _login(stack: Stack, vault: VaultAdmin, **settings: Any) -> AsyncIterator[Login]:

@@ -26,6 +26,7 @@ import zstandard
 from clients import carvectl
 from clients.osquery_sim import carve_member_name
 from devstack.vault import POLICY, VaultAdmin
+from tests.audit_rows import settled_rows
 from tests.console import DEVICE, Upload, console_stack
 from tests.stack import Stack
 
@@ -130,9 +131,7 @@ async def test_a_member_with_cr_or_lf_in_its_name_is_served_by_index(
     for bad in ("0", "6", "999999999", "-1", "1e3", "0x1", "1234567890"):
         status, _, _ = await members.get(f"{base}/members/{bad}")
         assert status == 404, bad
-    rows = (
-        await members.stack.db["audit"].find({"carve_id": carve_id, "action": "member"}).to_list()
-    )
+    rows = await settled_rows(members.stack.db, {"carve_id": carve_id, "action": "member"})
     assert {r["outcome"] for r in rows} == {"allowed", "refused"}
 
 

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from devstack.vault import POLICY, Token, VaultAdmin
+from tests.audit_rows import settled_rows
 from tests.console import DEVICE, Upload, archive_bytes
 from tests.stack import Stack
 
@@ -67,8 +68,10 @@ async def test_a_ticket_is_refused_once_its_token_is_revoked(tickets: Tickets) -
         status, body = await tickets.get(minted["url"])
         assert status == 401, body
         assert orjson.loads(body)["error"] == "the Vault token is unknown, expired or revoked"
-    rows = await tickets.stack.db["audit"].find({"carve_id": tickets.upload.carve_id}).to_list()
-    refused = [(r["action"], r["status"], r["bytes_sent"]) for r in rows if r["status"] == 401]
+    rows = await settled_rows(
+        tickets.stack.db, {"carve_id": tickets.upload.carve_id, "status": 401}
+    )
+    refused = [(r["action"], r["status"], r["bytes_sent"]) for r in rows]
     assert sorted(refused) == [("archive", 401, 0), ("file", 401, 0)]
 
 
