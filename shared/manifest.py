@@ -26,6 +26,7 @@ from typing import Any
 from shared import tarsafe
 from shared.settings import GiB, MiB
 from shared.tarsafe import Budget, Limits, Malformed, Member, Refused, Stopped
+from shared.timefmt import rfc3339
 
 COLLECTION = "manifests"
 MAX_ENTRIES = 10_000
@@ -44,7 +45,7 @@ def manifest_limits(carve_size: int) -> Limits:
 
 def _mtime(member: Member) -> str | None:
     try:
-        return datetime.fromtimestamp(member.mtime, UTC).isoformat()
+        return rfc3339(datetime.fromtimestamp(member.mtime, UTC))
     except (OverflowError, ValueError, OSError):  # a host can write any number there
         return None
 
@@ -217,10 +218,23 @@ class ManifestPass:
                     pass
 
 
+# The carved paths a carve document keeps (what was carved, at a glance): the first few
+# regular files, each cut to a length a list can show. The manifest has them all.
+SUMMARY_PATHS = 8
+SUMMARY_PATH_CHARS = 256
+
+
 def summary(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What the carve document says of its manifest."""
+    """What the carve document says of its manifest: counts, and the first carved paths."""
+    files = [
+        m["path"]
+        for m in manifest["members"]
+        if m["type"] == "file" and not m["unsafe"] and not m["superseded"]
+    ]
     return {
         "members": manifest["count"],
         "truncated": manifest["truncated"],
         "error": manifest["error"],
+        "files": len(files),
+        "paths": [path[:SUMMARY_PATH_CHARS] for path in files[:SUMMARY_PATHS]],
     }

@@ -49,6 +49,10 @@ async def ensure_indexes(db: AsyncDatabase[Document], bucket: str) -> None:
     await db["carves"].create_index([("request_id", ASCENDING)])
     await db["audit"].create_index([("time", ASCENDING)])
     await db["download_tickets"].create_index([("until", ASCENDING)], expireAfterSeconds=0)
+    # The carve list's search (trigrams of host and paths: shared.search) and its sort orders.
+    await db["carves"].create_index([("search", ASCENDING)])
+    for key in ("created_at", "carve_size", "status", "host_name"):
+        await db["carves"].create_index([(key, ASCENDING), ("_id", ASCENDING)])
 
 
 # Server errors that are about the document itself: retrying the same write cannot help.

@@ -25,12 +25,15 @@ from shared import keys as shared_keys
 from shared.mongo import Document
 from shared.protocol import CARVE_ID
 from shared.proxies import client_address
+from shared.timefmt import rfc3339
 
 COLLECTION = "audit"
 log = logging.getLogger("carve.audit")
 
 # Route names whose requests are audited: every responder request (a listing shows carves too).
-AUDITED = frozenset({"list", "carve", "archive", "files", "file", "file_request", "delete"})
+AUDITED = frozenset(
+    {"list", "summary", "carve", "archive", "files", "file", "file_request", "delete"}
+)
 # The console's additions (services/download/console_api.py, audit_api.py, login.py).
 AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"}
 
@@ -84,7 +87,7 @@ async def record(entries: AsyncCollection[Document], entry: AuditEntry) -> None:
     except (PyMongoError, ValueError, TypeError) as exc:  # also BSON encoding errors
         stored = False
         log.error("audit row not stored (%s)", exc.__class__.__name__)
-    row["time"] = entry.time.isoformat()
+    row["time"] = rfc3339(entry.time)
     row["stored"] = stored
     log.info("%s", orjson.dumps(row).decode())
 

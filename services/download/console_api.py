@@ -12,6 +12,7 @@ from services.download.auth import authorized_carve, require_complete
 from services.download.bodies import parse_json, read_body
 from services.download.members import clean_member_path
 from shared.errors import InvalidRequest
+from shared.timefmt import rfc3339
 
 _MAX_PATH = 4096
 
@@ -47,7 +48,7 @@ async def download_ticket(request: web.Request) -> web.Response:
             "ticket": ticket,
             "url": f"/api/v1/carves/{doc['_id']}{where}?ticket={ticket}",
             "path": path,
-            "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
+            "expires_at": rfc3339(datetime.fromtimestamp(expires, UTC)),
         },
         headers={"Cache-Control": "no-store"},
     )

@@ -56,7 +56,12 @@ _LIST = (
     _query("since", "created at or after (ISO 8601 with a zone)", format="date-time"),
     _query("request_id", "the request id osquery printed (exact)"),
     _query("device", "device certificate subject CN, or its SHA-256 fingerprint"),
-    _query("q", "carve id prefix"),
+    _query(
+        "q",
+        "carve id or request id prefix, or part of the host or of a carved path "
+        "(3 characters or more; case-insensitive)",
+    ),
+    _query("sort", "created, size, status or host; a leading - for descending (-created)"),
     _query("limit", "page size, 1 to 1000"),
     _query("cursor", "next_cursor of the previous page"),
 )
@@ -74,6 +79,7 @@ CARVE = "/api/v1/carves/{carve_id}"
 
 PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/carves": {"get": _op("List carves, newest first", *_LIST)},
+    "/api/v1/summary": {"get": _op("How many carves are receiving, complete, failed")},
     CARVE: {
         "get": _op("One carve's metadata", _CARVE_ID),
         "delete": _op("Delete a carve's bytes (admin policy); the document stays", _CARVE_ID),

@@ -9,6 +9,7 @@ from services.download import (
     audit_api,
     carve_views,
     console_api,
+    listing,
     openapi,
     tar_views,
 )
@@ -20,7 +21,8 @@ CARVE = "/api/v1/carves/{carve_id}"
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/api/v1/carves", carve_views.list_carves, name="list")
+    app.router.add_get("/api/v1/carves", listing.list_carves, name="list")
+    app.router.add_get("/api/v1/summary", listing.summary, name="summary")
     app.router.add_get(CARVE, carve_views.get_carve, name="carve")
     app.router.add_delete(CARVE, carve_views.delete_carve, name="delete")
     app.router.add_get(CARVE + "/archive", archive_views.get_archive, name="archive")  # and HEAD

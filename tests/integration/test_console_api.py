@@ -115,8 +115,15 @@ async def test_find_by_request_id_device_and_prefix(api: Api) -> None:
     assert await ids(f"?request_id=live-q-42&device={other_device[1]}") == []
     status, page = await api.json("GET", f"/api/v1/carves/{a.carve_id}")
     assert page["device"]["common_name"] == "laptop-17.corp.example"
-    assert page["manifest"] == {"members": 2, "truncated": False, "error": None}
-    for bad in ("?q=.*", "?q=a%24", "?request_id=" + "x" * 300, "?device=a%0Ab"):
+    assert page["manifest"] == {
+        "members": 2,
+        "truncated": False,
+        "error": None,
+        "files": 2,
+        "paths": ["/var/log/syslog", "/etc/passwd"],
+    }
+    assert await ids("?q=.*") == [] and await ids("?q=a%24") == []  # text, not patterns
+    for bad in ("?q=a%0Ab", "?request_id=" + "x" * 300, "?device=a%0Ab"):
         status, body = await api.json("GET", "/api/v1/carves" + bad)
         assert (status, body["code"]) == (400, "invalid_request"), bad
 
