@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
@@ -36,6 +38,41 @@ AUDITED = frozenset(
 )
 # The console's additions (services/download/console_api.py, audit_api.py, login.py).
 AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"}
+AUDITED |= {"campaign", "export"}  # a request id's carves, and their ZIP (campaigns.py)
+# Views that show metadata only, which a console refreshes on its own: audited the first time
+# an identity asks for one, and again once the window has passed (``Repeats``).
+REPEATABLE = frozenset({"list", "summary", "carve", "campaign"})
+REPEAT_KEYS = 4096
+
+
+class Repeats:
+    """Which views each identity saw lately: a bounded map (identity, view) -> when audited.
+
+    Per process: with several replicas behind a balancer, a poll may be audited once per
+    replica per window. Only allowed requests count; a refusal is always audited.
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+
+    def again(self, entry: AuditEntry, view: str) -> bool:
+        """True when ``entry`` repeats a view audited within the window (then skip it)."""
+        if self.window <= 0 or entry.action not in REPEATABLE or entry.outcome != "allowed":
+            return False
+        who = entry.entity_id or entry.accessor or entry.display_name or ""
+        key, now = (who, entry.action, view), time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last < self.window:
+            return True
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        while len(self._seen) > REPEAT_KEYS:
+            self._seen.popitem(last=False)
+        return False
+
+
+REPEATS = web.AppKey("audit_repeats", Repeats)
 
 
 @dataclass
@@ -134,5 +171,8 @@ async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.active.dec()
         metrics.requests.labels(route, entry.outcome).inc()
         metrics.bytes_sent.labels(route).inc(entry.bytes_sent)
-        # Shielded: a shutdown that cancels this request still gets its audit row written.
-        await asyncio.shield(record(request.app[shared_keys.MONGO_DB][COLLECTION], entry))
+        if request.app[REPEATS].again(entry, request.path_qs):
+            metrics.audit_repeats.labels(route).inc()
+        else:
+            # Shielded: a shutdown that cancels this request still gets its audit row written.
+            await asyncio.shield(record(request.app[shared_keys.MONGO_DB][COLLECTION], entry))

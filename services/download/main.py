@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from services.download import keys, login, tickets
+from services.download import audit, keys, login, tickets
 from services.download.audit import audited
 from services.download.errors import answer_errors
 from services.download.metrics import DownloadMetrics
@@ -62,6 +62,7 @@ def create_app(settings: DownloadSettings) -> web.Application:
     )
     app[tickets.SECRET] = tickets.app_secret(settings.ticket_secret.get_secret_value())
     app[login.LIMITER] = login.LoginLimiter(settings.login_per_minute)
+    app[audit.REPEATS] = audit.Repeats(settings.audit_repeat_window)
     app.cleanup_ctx.extend([mongo_ctx(settings), _vault_ctx, _tar_pool_ctx])
     setup_routes(app)
     add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})

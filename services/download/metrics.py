@@ -17,6 +17,7 @@ class DownloadMetrics:
     tar_jobs: Gauge
     tar_refusals: Counter
     tar_abandoned: Counter
+    audit_repeats: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DownloadMetrics:
@@ -57,6 +58,13 @@ class DownloadMetrics:
             tar_abandoned=Counter(
                 "carve_tar_abandoned",
                 "Tar jobs stopped because their client went away",
+                registry=registry,
+            ),
+            audit_repeats=Counter(
+                "carve_audit_repeats",
+                "Views asked for again by the same identity within CARVE_AUDIT_REPEAT_WINDOW: "
+                "not audited again (a console's auto-refresh)",
+                ["action"],
                 registry=registry,
             ),
         )

@@ -195,3 +195,43 @@ async def test_summary_counts_and_one_time_format(api: Api) -> None:
     for when in filter(None, times):
         assert RFC3339_Z.match(when), when
     assert len([t for t in times if t]) >= 12
+
+
+async def test_a_view_refreshed_is_audited_once_per_window(api: Api) -> None:
+    upload = await api.carve(archive_bytes({"/etc/hosts": b"h"}, api.tmp, compress=False))
+    other = api.vault.token(POLICY).token
+
+    async def rows(action: str) -> list[dict[str, Any]]:
+        await asyncio.sleep(0.2)  # written right after each answer
+        return await api.stack.db["audit"].find({"action": action}).to_list()
+
+    for _ in range(5):  # a console's auto-refresh
+        assert (await api.call("GET", "/api/v1/carves?limit=50"))[0] == 200
+        assert (await api.call("GET", f"/api/v1/carves/{upload.carve_id}"))[0] == 200
+        assert (await api.call("GET", "/api/v1/summary"))[0] == 200
+    assert len(await rows("list")) == 1
+    assert len(await rows("carve")) == 1
+    assert len(await rows("summary")) == 1
+    await api.call("GET", "/api/v1/carves?limit=50&q=hosts")  # a person asks something new
+    await api.call("GET", "/api/v1/carves?limit=50", other)  # someone else looks
+    await api.call("GET", "/api/v1/carves?limit=50", "bogus-token")  # refused: always audited
+    await api.call("GET", "/api/v1/carves?limit=50", "bogus-token")
+    listed = await rows("list")
+    assert [r["outcome"] for r in listed] == ["allowed"] * 3 + ["denied"] * 2
+    await api.call("GET", f"/api/v1/carves/{upload.carve_id}/archive")  # bytes: every time
+    await api.call("GET", f"/api/v1/carves/{upload.carve_id}/archive")
+    assert len(await rows("archive")) == 2
+    status, _, metrics = await api.call("GET", "/metrics")
+    assert b'carve_audit_repeats_total{action="list"} 4.0' in metrics
+
+    # Past the window, the same view is audited again; a window of 0 audits every request.
+    quick = await api.stack.start_download(audit_repeat_window=0.3)
+    every = await api.stack.start_download(audit_repeat_window=0)
+    before = len(await rows("summary"))
+    for url in (quick.url, quick.url, every.url, every.url):
+        async with api.http.get(url + "/api/v1/summary", headers={"X-Vault-Token": other}):
+            pass
+    await asyncio.sleep(0.4)
+    async with api.http.get(quick.url + "/api/v1/summary", headers={"X-Vault-Token": other}):
+        pass
+    assert len(await rows("summary")) == before + 1 + 2 + 1
