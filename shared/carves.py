@@ -83,6 +83,7 @@ class CarveDoc(TypedDict):
     status: str  # a Status value
     compression: str | None  # a Compression value, once complete
     sha256: str | None
+    crc32: NotRequired[int]  # the archive's CRC-32, once an export computed it (ZIP entries)
     filename: str | None
     created_at: datetime
     updated_at: datetime

@@ -51,7 +51,7 @@ async def ensure_indexes(db: AsyncDatabase[Document], bucket: str) -> None:
     await db["download_tickets"].create_index([("until", ASCENDING)], expireAfterSeconds=0)
     # The carve list's search (trigrams of host and paths: shared.search) and its sort orders.
     await db["carves"].create_index([("search", ASCENDING)])
-    for key in ("created_at", "carve_size", "status", "host_name"):
+    for key in ("created_at", "carve_size", "status", "host_name", "request_id"):
         await db["carves"].create_index([(key, ASCENDING), ("_id", ASCENDING)])
 
 

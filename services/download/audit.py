@@ -43,6 +43,7 @@ AUDITED |= {"campaign", "export"}  # a request id's carves, and their ZIP (campa
 # an identity asks for one, and again once the window has passed (``Repeats``).
 REPEATABLE = frozenset({"list", "summary", "carve", "campaign"})
 REPEAT_KEYS = 4096
+OPTIONAL = ("request_id", "carve_ids")  # fields a row has only when they are set
 
 
 class Repeats:
@@ -89,6 +90,9 @@ class AuditEntry:
     bytes_sent: int = 0
     # The error code of a refused request (e.g. archive_sparse, tar_busy), None otherwise.
     code: str | None = None
+    # A campaign's request id, and the carves an export held (only on those rows).
+    request_id: str | None = None
+    carve_ids: list[str] | None = None
     # Set once the response's headers went out: an error now can only cut it short.
     response: web.StreamResponse | None = field(default=None, repr=False)
 
@@ -118,6 +122,9 @@ def outcome_of(status: int) -> str:
 async def record(entries: AsyncCollection[Document], entry: AuditEntry) -> None:
     # Not asdict(): it would deep-copy the response object.
     row = {f.name: getattr(entry, f.name) for f in fields(entry) if f.name != "response"}
+    for name in OPTIONAL:
+        if row[name] is None:
+            del row[name]
     stored = True
     try:
         await entries.insert_one(dict(row))

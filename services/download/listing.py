@@ -38,9 +38,9 @@ COUNTS: dict[str, Document] = {
 }
 
 
-def _sort(request: web.Request) -> tuple[str, str, int]:
+def _sort(request: web.Request, default: str = "-created") -> tuple[str, str, int]:
     """(name, field, direction) of ``?sort=``."""
-    raw = request.query.get("sort", "-created")
+    raw = request.query.get("sort", default)
     name = raw.removeprefix("-")
     if name not in SORTS:
         choices = ", ".join(f"{n} or -{n}" for n in SORTS)
@@ -87,11 +87,13 @@ def list_filter(request: web.Request) -> Document:
     return query
 
 
-async def list_carves(request: web.Request) -> web.Response:
-    await authorize(request, header_token(request))
+async def carve_page(
+    request: web.Request, query: Document, default_sort: str = "-created"
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the carves ``query`` finds, in the order ``?sort=`` asks, and the cursor
+    of the next page (None on the last)."""
     limit = int_param(request.query, "limit", 100, MAX_PAGE)
-    name, field, direction = _sort(request)
-    query = list_filter(request)
+    name, field, direction = _sort(request, default_sort)
     if (cursor := request.query.get("cursor")) is not None:
         after = _after(cursor, name, field, direction)
         query = {"$and": [query, after]} if query else after
@@ -109,8 +111,14 @@ async def list_carves(request: web.Request) -> web.Response:
     last = page[-1] if page else None
     more = last is not None and len(docs) > limit
     next_cursor = _encode(name, last.get(field), last["_id"]) if last and more else None
+    return [carve_view(d) for d in page], next_cursor
+
+
+async def list_carves(request: web.Request) -> web.Response:
+    await authorize(request, header_token(request))
+    carves, next_cursor = await carve_page(request, list_filter(request))
     return web.json_response(
-        {"carves": [carve_view(d) for d in page], "next_cursor": next_cursor},
+        {"carves": carves, "next_cursor": next_cursor},
         dumps=lambda obj: orjson.dumps(obj).decode(),
     )
 

@@ -14,6 +14,7 @@ from aiohttp import web
 _ERR = {"$ref": "#/components/responses/Error"}
 _CARVE_ID = {"name": "carve_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+_REQUEST_ID = {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _TICKET = {
     "name": "ticket",
     "in": "query",
@@ -111,6 +112,38 @@ PATHS: dict[str, dict[str, Any]] = {
         ),
     },
     "/api/v1/audit": {"get": _op("The audit trail (admin policy)", *_AUDIT)},
+    "/api/v1/requests/{request_id}": {
+        "get": _op(
+            "A campaign: every carve of one request id (paths, hosts, counts, bytes, "
+            "progress, first and last activity) and a page of them",
+            _REQUEST_ID,
+            _query("sort", "created, size, status or host (default); - for descending"),
+            _query("limit", "page size, 1 to 1000"),
+            _query("cursor", "next_cursor of the previous page"),
+        )
+    },
+    "/api/v1/requests/{request_id}/export": {
+        "get": _op(
+            "One ZIP of the campaign's complete carves, manifest.json and manifest.csv "
+            "(streamed; ZIP64 where needed). Resume: the same as_of, offset = bytes kept, "
+            "If-Match: the first answer's ETag",
+            _REQUEST_ID,
+            _query(
+                "as_of",
+                "the set: carves complete at this time (the default: now)",
+                format="date-time",
+            ),
+            _query("offset", "start at this byte of the ZIP"),
+            responses={
+                "200": {
+                    "description": "the ZIP",
+                    "content": {"application/zip": {"schema": {"type": "string"}}},
+                },
+                "4XX": _ERR,
+                "5XX": _ERR,
+            },
+        )
+    },
     "/api/v1/login": {
         "post": _op(
             "Vault userpass login, forwarded (rate limited)",

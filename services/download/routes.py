@@ -7,6 +7,7 @@ from aiohttp import web
 from services.download import (
     archive_views,
     audit_api,
+    campaigns,
     carve_views,
     console_api,
     listing,
@@ -30,6 +31,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(CARVE + "/files/{path:.+}", tar_views.get_file, name="file")
     app.router.add_post(CARVE + "/download-ticket", console_api.download_ticket, name="ticket")
     app.router.add_get("/api/v1/audit", audit_api.list_audit, name="audit")
+    campaign = "/api/v1/requests/{request_id:[^/]+}"
+    app.router.add_get(campaign, campaigns.get_campaign, name="campaign")
+    app.router.add_get(campaign + "/export", campaigns.export_campaign, name="export")
     app.router.add_get("/api/v1/openapi.json", openapi.openapi, name="openapi")
     setup_login(app)  # login, logout, whoami
     setup_oidc(app)  # single sign-on through Vault's OIDC method

@@ -221,7 +221,7 @@ async def test_a_view_refreshed_is_audited_once_per_window(api: Api) -> None:
     await api.call("GET", f"/api/v1/carves/{upload.carve_id}/archive")  # bytes: every time
     await api.call("GET", f"/api/v1/carves/{upload.carve_id}/archive")
     assert len(await rows("archive")) == 2
-    status, _, metrics = await api.call("GET", "/metrics")
+    _, _, metrics = await api.call("GET", "/metrics")
     assert b'carve_audit_repeats_total{action="list"} 4.0' in metrics
 
     # Past the window, the same view is audited again; a window of 0 audits every request.
