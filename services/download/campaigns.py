@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
-from services.download import keys
+from services.download import keys, tickets
 from services.download.archive_views import start_stream, write_piece
 from services.download.audit import AUDIT
 from services.download.auth import authorize, header_token
@@ -106,9 +107,44 @@ def _offset(request: web.Request) -> int:
     return int(raw)
 
 
-async def export_campaign(request: web.Request) -> web.StreamResponse:
+def _ticket_subject(request_id: str) -> str:
+    """What an export ticket is for: never a carve id (those have no colon)."""
+    return "request:" + request_id
+
+
+async def export_ticket(request: web.Request) -> web.Response:
+    """``POST .../export-ticket``: a single-use ticket for a browser to fetch the export."""
     await authorize(request, header_token(request))
     request_id = checked_request_id(request.match_info["request_id"])
+    request[AUDIT].request_id = request_id
+    ticket, expires = tickets.mint(
+        request.app[tickets.SECRET],
+        _ticket_subject(request_id),
+        None,
+        request[keys.IDENTITY],
+        request.app[keys.SETTINGS].ticket_ttl,
+    )
+    url = f"/api/v1/requests/{quote(request_id, safe='')}/export?ticket={ticket}"
+    body = {
+        "ticket": ticket,
+        "url": url,
+        "expires_at": rfc3339(datetime.fromtimestamp(expires, UTC)),
+    }
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def _export_identity(request: web.Request, request_id: str) -> None:
+    if "ticket" not in request.query:
+        await authorize(request, header_token(request))
+        return
+    identity = await tickets.redeem(request, _ticket_subject(request_id), None)
+    request[AUDIT].identify(identity)
+    request[keys.IDENTITY] = identity
+
+
+async def export_campaign(request: web.Request) -> web.StreamResponse:
+    request_id = checked_request_id(request.match_info["request_id"])
+    await _export_identity(request, request_id)
     entry = request[AUDIT]
     entry.request_id = request_id
     now = datetime.now(UTC)

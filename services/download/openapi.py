@@ -122,6 +122,11 @@ PATHS: dict[str, dict[str, Any]] = {
             _query("cursor", "next_cursor of the previous page"),
         )
     },
+    "/api/v1/requests/{request_id}/export-ticket": {
+        "post": _op(
+            "A short-lived, single-use ticket for a browser to fetch the export", _REQUEST_ID
+        )
+    },
     "/api/v1/requests/{request_id}/export": {
         "get": _op(
             "One ZIP of the campaign's complete carves, manifest.json and manifest.csv "
@@ -134,6 +139,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 format="date-time",
             ),
             _query("offset", "start at this byte of the ZIP"),
+            _TICKET,
             responses={
                 "200": {
                     "description": "the ZIP",

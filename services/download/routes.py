@@ -34,6 +34,7 @@ def setup_routes(app: web.Application) -> None:
     campaign = "/api/v1/requests/{request_id:[^/]+}"
     app.router.add_get(campaign, campaigns.get_campaign, name="campaign")
     app.router.add_get(campaign + "/export", campaigns.export_campaign, name="export")
+    app.router.add_post(campaign + "/export-ticket", campaigns.export_ticket, name="export_ticket")
     app.router.add_get("/api/v1/openapi.json", openapi.openapi, name="openapi")
     setup_login(app)  # login, logout, whoami
     setup_oidc(app)  # single sign-on through Vault's OIDC method
