@@ -294,14 +294,15 @@ async def test_devices_and_request_ids(api: Api, tmp_path: Path) -> None:
     other = await api.carve(archive_bytes(MEMBERS, api.tmp, compress=False), make_cert("srv-9"))
     code, out, _ = await run(api, "list")
     assert code == 0
-    assert out.splitlines()[0].split()[5] == "DEVICE"
-    shown = {line.split()[0]: line.split()[7] for line in out.splitlines()[1:]}
+    assert out.splitlines()[0].split()[4] == "HOST"
+    shown = {line.split()[0]: line.split()[6] for line in out.splitlines()[1:]}
     assert shown == {mine.carve_id: "laptop-17.corp.example", other.carve_id: "srv-9"}
     code, out, _ = await run(api, "--json", "list", "--device", "srv-9")
     assert [c["carve_id"] for c in json.loads(out)] == [other.carve_id]
     code, out, _ = await run(api, "show", "q-7")  # a request id where a carve id goes
-    assert code == 0 and "carve_id:" in out and mine.carve_id in out
-    assert "device:          laptop-17.corp.example (subject CN=laptop-17" in out
+    assert code == 0 and f"carve:      {mine.carve_id}  (complete)" in out
+    assert "host:       laptop-17.corp.example" in out
+    assert "device:     laptop-17.corp.example (subject CN=laptop-17" in out
     assert f"sha256 {DEVICE[1]}" in out
     target = tmp_path / "by-request.tar.zst"
     code, _, err = await run(api, "get", "q-7", "-o", str(target))
@@ -313,7 +314,7 @@ async def test_devices_and_request_ids(api: Api, tmp_path: Path) -> None:
         assert row.split()[-1] == hashlib.sha256(content).hexdigest()
     await api.carve(archive_bytes(MEMBERS, api.tmp, compress=False), request_id="q-7")
     code, _, err = await run(api, "get", "q-7", "-o", str(tmp_path / "x"))
-    assert code == carvectl.EXIT_USAGE and "2 carves have request id q-7" in err
+    assert code == carvectl.EXIT_AMBIGUOUS and "q-7 is the request id of 2 carves" in err
     code, _, err = await run(api, "get", "no-such-request")
     assert code == carvectl.EXIT_NOT_FOUND
 
