@@ -63,11 +63,11 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 
 # Default ports: ingest, assembler, download, janitor (CARVE_HTTP_PORT overrides).
-EXPOSE 8080 8081 8082 8083
+EXPOSE 8080 8081 8082 8083 8084
 
 # /healthz of whichever service PID 1 is: CARVE_HTTP_PORT, or that service's default port.
 # (Kubernetes ignores HEALTHCHECK and uses the manifests' probes.)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os,re,urllib.request as u; s=re.search(rb'carve-(ingest|assembler|download|janitor)',open('/proc/1/cmdline','rb').read()); p=os.environ.get('CARVE_HTTP_PORT') or {b'ingest':8080,b'assembler':8081,b'download':8082,b'janitor':8083}[s[1]]; u.urlopen(f'http://127.0.0.1:{p}/healthz',timeout=4)"]
+    CMD ["python", "-c", "import os,re,urllib.request as u; s=re.search(rb'carve-(ingest|assembler|download|janitor|events)',open('/proc/1/cmdline','rb').read()); p=os.environ.get('CARVE_HTTP_PORT') or {b'ingest':8080,b'assembler':8081,b'download':8082,b'janitor':8083,b'events':8084}[s[1]]; u.urlopen(f'http://127.0.0.1:{p}/healthz',timeout=4)"]
 
 CMD ["carve-ingest"]

@@ -34,6 +34,7 @@ def service_env(backends: Backends, tag: str) -> dict[str, str]:
         **backends.env(),
         "CARVE_MONGO_DB": f"bench_{tag}",
         "CARVE_AMQP_QUEUE": f"bench.blocks.{tag}",
+        "CARVE_EVENTS_EXCHANGE": f"bench.events.{tag}",
         "CARVE_REDIS_KEY_PREFIX": f"bench{tag}:",
         "CARVE_LOG_LEVEL": "WARNING",
         **EXTRA_ENV,

@@ -4,7 +4,8 @@
 #   backends  Redis :6379, RabbitMQ :5672, SecantusDB (MongoDB wire) :27017,
 #             OpenBao dev :8200 -- each started only if its port is closed
 #   services  carve-ingest :8080, carve-assembler :8081, carve-download :8082,
-#             carve-janitor :8083 (sweeps every 5 minutes)
+#             carve-janitor :8083 (sweeps every 5 minutes), carve-events :8084 (webhooks:
+#             set CARVE_WEBHOOK_URL and CARVE_WEBHOOK_SECRET, or CARVE_WEBHOOKS_FILE)
 #   OpenBao   the download and admin policies, and two userpass logins (local use only):
 #             "responder" (download) and "admin" (download, delete, audit)
 # Logs and data live under .run/. Backends this script started are stopped on exit.
@@ -84,10 +85,12 @@ background ingest carve-ingest
 background assembler env CARVE_HTTP_PORT=8081 carve-assembler
 background download carve-download
 background janitor env CARVE_HTTP_PORT=8083 carve-janitor
+background events env CARVE_HTTP_PORT=8084 CARVE_CONSOLE_URL="${CARVE_CONSOLE_URL:-http://127.0.0.1:8082/ui/}" carve-events
 wait_port 8080 30 ingest
 wait_port 8081 30 assembler
 wait_port 8082 30 download
 wait_port 8083 30 janitor
+wait_port 8084 30 events
 
 list() { if [ $# -gt 0 ]; then local IFS=","; echo "$*" | sed 's/,/, /g'; else echo "none"; fi; }
 cat <<MSG
@@ -99,6 +102,7 @@ The carve server runs on loopback:
   assembler  http://127.0.0.1:8081  (/healthz, /readyz, /metrics)
   download   http://127.0.0.1:8082  (the console, and the API: /api/v1/carves, docs/api.md)
   janitor    http://127.0.0.1:8083  (/metrics; one sweep now: .venv/bin/carve-janitor --once)
+  events     http://127.0.0.1:8084  (carve events to webhooks: docs/events.md)
   OpenBao    http://127.0.0.1:8200  (dev server; its CLI: .venv/bin/bao)
   backends   started: $(list "${backends_started[@]}")
              reused (already running, left as they were): $(list "${backends_reused[@]}")

@@ -39,7 +39,7 @@ flock -w 1800 9 || die "another container test has held $state/lock for 30 minut
 work=$(mktemp -d /tmp/carve-containers.XXXXXX)
 project=carvetest$$
 compose=("$root/.venv/bin/docker-compose" -p "$project" -f "$root/deploy/compose/compose.yaml"
-         --env-file "$work/.env")
+         -f "$root/tests/containers/webhook-sink.yaml" --env-file "$work/.env")
 started_dockerd=""
 stack_up=""
 
@@ -114,6 +114,7 @@ bash deploy/pki/make-dev-pki.sh revoke lost-laptop "$work/pki" >/dev/null
 read -r osquery_port responder_port < <(.venv/bin/python -m devstack free-port 2)
 secret() { openssl rand -hex 32; }
 responder_password=$(secret)
+webhook_secret=whsec_$(openssl rand -base64 32)
 cat >"$work/.env" <<ENV
 COMPOSE_PROFILES=
 CARVE_FLEET_UPSTREAM=127.0.0.1:9
@@ -134,6 +135,8 @@ CARVE_PKI_DIR=$work/pki
 CARVE_MAX_BLOCK_SIZE=2097152
 CARVE_BACKEND_SUBNET=172.29.$((RANDOM % 200 + 20)).0/24
 CARVE_LOG_LEVEL=INFO
+CARVE_WEBHOOK_URL=http://webhook-sink:8090/hook
+CARVE_WEBHOOK_SECRET=$webhook_secret
 CARVE_IMAGE=$image
 NGINX_IMAGE=carve-dev/nginx:standin
 REDIS_IMAGE=carve-dev/redis:standin
@@ -155,7 +158,8 @@ bad=$("${compose[@]}" ps -a --format '{{.Service}}|{{.State}}|{{.Health}}|{{.Exi
 
 # What the checks need to know about the stack (tests/containers/test_stack.py reads it).
 PROJECT=$project WORK=$work OSQUERY_PORT=$osquery_port RESPONDER_PORT=$responder_port \
-RESPONDER_PASSWORD=$responder_password .venv/bin/python - "${compose[@]}" <<'PY'
+RESPONDER_PASSWORD=$responder_password WEBHOOK_SECRET=$webhook_secret \
+.venv/bin/python - "${compose[@]}" <<'PY'
 import json, os, sys
 env = os.environ
 stack = {
@@ -168,6 +172,7 @@ stack = {
     "responder_username": "responder",
     "responder_password": env["RESPONDER_PASSWORD"],
     "workdir": env["WORK"],
+    "webhook_secret": env["WEBHOOK_SECRET"],
 }
 with open(f"{env['WORK']}/stack.json", "w") as out:
     json.dump(stack, out)
@@ -181,13 +186,13 @@ say "memory and CPU of the stack after the checks (docker stats)"
 docker stats --no-stream --format 'table {{.Name}}\t{{.MemUsage}}\t{{.CPUPerc}}' \
     $("${compose[@]}" ps -q) | sed "s/^$project-//" || true
 say "compose stop, one service at a time (each must stop by itself within its grace period)"
-for service in nginx ingest download janitor assembler vault redis rabbitmq mongo; do
+for service in nginx ingest download janitor events assembler webhook-sink vault redis rabbitmq mongo; do
     started=$SECONDS
     "${compose[@]}" stop "$service" >/dev/null 2>&1
     codes=$(docker inspect -f '{{.State.ExitCode}}' $("${compose[@]}" ps -aq "$service") | sort -u | tr '\n' ' ')
     echo "   $service stopped in $((SECONDS - started)) s, exit codes: $codes"
     case "$service:$codes" in
-        nginx:* | vault:* | redis:* | rabbitmq:* | mongo:*) ;;  # stand-ins: reported only
+        nginx:* | vault:* | redis:* | rabbitmq:* | mongo:* | webhook-sink:*) ;;  # reported only
         *:"0 ") ;;
         *) die "$service did not stop cleanly (exit codes $codes; 137 is docker's SIGKILL)" ;;
     esac

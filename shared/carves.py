@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # carvectl imports Status from here: no pymongo at run time f
     from pymongo.asynchronous.collection import AsyncCollection
     from pymongo.asynchronous.database import AsyncDatabase
 
+    from shared.events.outbox import OutboxEntry
+
 COLLECTION = "carves"
 
 
@@ -97,6 +99,8 @@ class CarveDoc(TypedDict):
     deleted_at: NotRequired[datetime]
     deleted_by: NotRequired[str]
     deleted_from: NotRequired[str]
+    outbox: NotRequired[list[OutboxEntry]]  # pending events (shared.events.outbox)
+    outbox_claim: NotRequired[datetime]  # a relay's sweep holds them until then
 
 
 def carves_of(db: AsyncDatabase[Any]) -> AsyncCollection[CarveDoc]:
@@ -124,7 +128,7 @@ class ManifestSummary(BaseModel):
     truncated: bool
     error: str | None = None
     files: int | None = None  # regular files (None: finalized before this was counted)
-    paths: list[str] = []  # the first carved paths (shared.manifest.SUMMARY_PATHS)
+    paths: list[str] = []  # the first regular files' paths: what was carved (bounded)
 
 
 class CarveRecord(BaseModel):

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
@@ -43,6 +43,8 @@ from pymongo.errors import DocumentTooLarge, DuplicateKeyError
 
 from shared.carves import ENDED, CarveDoc, Compression, Status, archive_filename, carves_of
 from shared.errors import CorruptArchive
+from shared.events import EventType, carve_summary, event_entry, push_event
+from shared.events.outbox import Notifier, announce
 from shared.manifest import COLLECTION as MANIFESTS
 from shared.manifest import ManifestPass
 from shared.manifest import summary as manifest_summary
@@ -104,11 +106,13 @@ class Finalizer:
         lease_seconds: float = 6.0,
         concurrency: int = 2,
         manifests: bool = True,
+        events: Notifier | None = None,
     ) -> None:
         self._carves = carves_of(db)
         self._files = db[f"{bucket}.files"]
         self._chunks = db[f"{bucket}.chunks"]
         self._manifests = manifests
+        self._events = events
         self._manifest_rows = db[MANIFESTS]
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
@@ -185,22 +189,28 @@ class Finalizer:
             sha256, compression, manifest = await self._hash_chunks(doc)
         except CorruptArchive as exc:
             log.error("carve %s cannot be finalized: %s", carve_id, exc)
-            await self._carves.update_one(
+            now = datetime.now(UTC)
+            failed = {
+                "status": Status.FAILED.value,
+                "failure_reason": f"corrupt: {exc}",
+                "failed_at": now,
+                "updated_at": now,
+            }
+            event = event_entry(
+                EventType.FAILED, carve_summary(cast(CarveDoc, {**doc, **failed})), now
+            )
+            changed = await self._carves.update_one(
                 {
                     "_id": carve_id,
                     "status": Status.RECEIVING.value,  # never over a tombstone (deleted meanwhile)
                     "finalize_lease.owner": token,
                 },
-                {
-                    "$set": {
-                        "status": Status.FAILED.value,
-                        "failure_reason": f"corrupt: {exc}",
-                        "failed_at": datetime.now(UTC),
-                        "updated_at": datetime.now(UTC),
-                    },
-                    "$unset": {"finalize_lease": "", "session_id": ""},
-                },
+                push_event(
+                    {"$set": failed, "$unset": {"finalize_lease": "", "session_id": ""}}, event
+                ),
             )
+            if changed.modified_count:
+                announce(self._events, carve_id)
             return Result(Outcome.CORRUPT)
         filename = archive_filename(carve_id, compression)
         now = datetime.now(UTC)
@@ -211,25 +221,28 @@ class Finalizer:
         except DuplicateKeyError:
             log.info("carve %s: files document already written by an earlier attempt", carve_id)
         manifest_fields = await self._store_manifest(doc, manifest)
+        complete = {
+            "status": Status.COMPLETE.value,
+            "sha256": sha256,
+            "compression": compression.value,
+            "filename": filename,
+            "blocks_received": doc["block_count"],
+            "completed_at": now,
+            "updated_at": now,
+            **manifest_fields,
+        }
+        event = event_entry(
+            EventType.COMPLETED, carve_summary(cast(CarveDoc, {**doc, **complete})), now
+        )
         done = await self._carves.update_one(
             {
                 "_id": carve_id,
                 "status": Status.RECEIVING.value,
                 "finalize_lease.owner": token,
             },
-            {
-                "$set": {
-                    "status": Status.COMPLETE.value,
-                    "sha256": sha256,
-                    "compression": compression.value,
-                    "filename": filename,
-                    "blocks_received": doc["block_count"],
-                    "completed_at": now,
-                    "updated_at": now,
-                    **manifest_fields,
-                },
-                "$unset": {"finalize_lease": "", "session_id": ""},
-            },
+            push_event(
+                {"$set": complete, "$unset": {"finalize_lease": "", "session_id": ""}}, event
+            ),
         )
         if done.modified_count != 1:
             # Our lease expired and another finalizer took over (it writes the same result),
@@ -239,6 +252,7 @@ class Finalizer:
                 await self._files.delete_one({"_id": carve_id})
                 await self._manifest_rows.delete_one({"_id": carve_id})
             return Result(Outcome.BUSY)
+        announce(self._events, carve_id)
         log.info(
             "carve %s finalized: %d bytes in %d chunks, sha256 %s, %.3f s",
             carve_id,

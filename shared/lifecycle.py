@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
 from shared.carves import CarveDoc, Status, carves_of
+from shared.events import EventType, carve_summary, event_entry, push_event
+from shared.events.outbox import Notifier, announce
 from shared.manifest import COLLECTION as MANIFESTS
 from shared.mongo import Document, transient_on_outage
 from shared.protocol import expected_block_length
@@ -42,34 +44,39 @@ def session_of(prefix: str, hash_key: str) -> str:
 
 async def transition(
     db: AsyncDatabase[Document],
-    carve_id: str,
-    from_status: Status,
+    doc: CarveDoc,
     to_status: Status,
     fields: dict[str, Any],
     now: datetime,
     *,
+    event: EventType,
+    events: Notifier | None,
     unless_finalizing: bool = False,
 ) -> CarveDoc | None:
-    """Move a carve from one status to another, or do nothing if it is not in ``from_status``.
+    """Move the carve ``doc`` describes from its status to ``to_status``, with ``event`` written
+    in the same update (``shared.events.outbox``), or do nothing if it is no longer in that
+    status; ``events`` (the relay) is told after the change.
 
     ``unless_finalizing``: also do nothing while a finalizer holds a live lease on
     it (it may be about to mark the carve complete). Returns the document as it
     was before, when this call made the change.
     """
-    query: Document = {"_id": carve_id, "status": from_status.value}
+    carve_id = doc["_id"]
+    query: Document = {"_id": carve_id, "status": doc["status"]}
     if unless_finalizing:
         query["$or"] = [
             {"finalize_lease": None},
             {"finalize_lease.until": {"$lt": datetime.now(UTC)}},
         ]
+    change = {"status": to_status.value, "updated_at": now, **fields}
+    entry = event_entry(event, carve_summary(cast(CarveDoc, {**doc, **change})), now)
     with transient_on_outage("carve transition"):
-        return await carves_of(db).find_one_and_update(
-            query,
-            {
-                "$set": {"status": to_status.value, "updated_at": now, **fields},
-                "$unset": {"session_id": ""},
-            },
+        before = await carves_of(db).find_one_and_update(
+            query, push_event({"$set": change, "$unset": {"session_id": ""}}, entry)
         )
+    if before is not None:
+        announce(events, carve_id)
+    return before
 
 
 async def purge_archive(

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared import tarsafe
+from shared.inert import inert
 from shared.settings import GiB, MiB
 from shared.tarsafe import Budget, Limits, Malformed, Member, Refused, Stopped
 from shared.timefmt import rfc3339
@@ -218,23 +219,31 @@ class ManifestPass:
                     pass
 
 
-# The carved paths a carve document keeps (what was carved, at a glance): the first few
-# regular files, each cut to a length a list can show. The manifest has them all.
-SUMMARY_PATHS = 8
-SUMMARY_PATH_CHARS = 256
+MAX_PATHS = 10  # the first paths a carve's summary (and its events) name
+
+
+def _file_paths(members: list[dict[str, Any]]) -> list[str]:
+    """The distinct regular-file paths of a manifest, in order, inert (what was carved)."""
+    seen: dict[str, None] = {}
+    for member in members:
+        if member.get("type") == "file" and member.get("path"):
+            seen.setdefault(inert(member["path"]), None)
+    return list(seen)
+
+
+def first_paths(members: list[dict[str, Any]], limit: int = MAX_PATHS) -> list[str]:
+    """The first ``limit`` distinct regular-file paths of a manifest (what was carved), inert."""
+    return _file_paths(members)[:limit]
 
 
 def summary(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What the carve document says of its manifest: counts, and the first carved paths."""
-    files = [
-        m["path"]
-        for m in manifest["members"]
-        if m["type"] == "file" and not m["unsafe"] and not m["superseded"]
-    ]
+    """What the carve document says of its manifest: counts, and what was carved (the first
+    paths, and how many files in all)."""
+    files = _file_paths(manifest["members"])
     return {
         "members": manifest["count"],
         "truncated": manifest["truncated"],
         "error": manifest["error"],
         "files": len(files),
-        "paths": [path[:SUMMARY_PATH_CHARS] for path in files[:SUMMARY_PATHS]],
+        "paths": files[:MAX_PATHS],
     }

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-MAX_GRAMS = 2048  # per carve: 8 paths of up to 256 characters and a host
+MAX_GRAMS = 2048  # per carve: ten paths of up to 256 characters and a host, mostly
 QUERY_GRAMS = 8  # asked of the index per query; the regular expression checks the rest
 MAX_QUERY = 128
 GRAM = 3

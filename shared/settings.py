@@ -43,6 +43,17 @@ class AmqpSettings(_Part):
     amqp_connect_timeout: float = Field(5.0, gt=0)
 
 
+class EventsSettings(_Part):
+    # The topic exchange carve events go to (routing key = the event type) and their source.
+    events_exchange: str = "carve.events"
+    events_source: str = "urn:osquery-carve-server"
+    # How often a relay publishes events another process left behind (it died after the
+    # change), and how old such an event must be (its own process publishes it at once).
+    events_sweep_interval: float = Field(5.0, gt=0)
+    events_sweep_grace: float = Field(10.0, gt=0)
+    events_publish_timeout: float = Field(10.0, gt=0)
+
+
 class MongoSettings(_Part):
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
     mongo_db: str = "carves"

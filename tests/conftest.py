@@ -31,6 +31,7 @@ def names() -> dict[str, str]:
     return {
         "mongo_db": f"t_{tag}",
         "amqp_queue": f"carve.blocks.{tag}",
+        "events_exchange": f"carve.events.{tag}",
         "redis_key_prefix": f"t{tag}:",
     }
 
@@ -42,6 +43,7 @@ def settings_env(backends: Backends, names: dict[str, str]) -> dict[str, str]:
         **backends.env(),
         "CARVE_MONGO_DB": names["mongo_db"],
         "CARVE_AMQP_QUEUE": names["amqp_queue"],
+        "CARVE_EVENTS_EXCHANGE": names["events_exchange"],
         "CARVE_REDIS_KEY_PREFIX": names["redis_key_prefix"],
         "CARVE_LOG_LEVEL": "INFO",
     }

@@ -24,6 +24,8 @@ from services.assembler.main import create_app as create_assembler
 from services.assembler.settings import AssemblerSettings
 from services.download.main import create_app as create_download
 from services.download.settings import DownloadSettings
+from services.events.main import create_app as create_events
+from services.events.settings import EventsServiceSettings
 from services.ingest.main import create_app as create_ingest
 from services.ingest.settings import IngestSettings
 from services.janitor.main import create_app as create_janitor
@@ -104,6 +106,10 @@ class Stack:
         settings = self._settings(DownloadSettings, overrides)
         return await self._serve(create_download(settings), port)
 
+    async def start_events(self, **overrides: Any) -> RunningApp:
+        """``carve-events`` (webhook deliveries) with ``overrides`` (its endpoints, timeouts)."""
+        return await self._serve(create_events(self._settings(EventsServiceSettings, overrides)))
+
     async def start_janitor(
         self, clock: Clock = utc_now, *, loop: bool = False, **overrides: Any
     ) -> RunningApp:
@@ -112,10 +118,16 @@ class Stack:
         return await self._serve(create_janitor(settings, loop=loop, clock=clock))
 
     async def spawn(self, name: str, **env: str) -> ServiceProcess:
+        """A service as its own process, once it is ready."""
+        proc = self.launch(name, **env)
+        await proc.wait_ready()
+        return proc
+
+    def launch(self, name: str, **env: str) -> ServiceProcess:
+        """A service as its own process, not waited for (one a test expects to exit early)."""
         log = self.workdir / f"{name}-{len(self.processes)}.log"
         proc = ServiceProcess(name, {**self.env, **env}, log)
         self.processes.append(proc)
-        await proc.wait_ready()
         return proc
 
     async def carve_doc(self, carve_id: str) -> dict[str, Any] | None:

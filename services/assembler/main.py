@@ -21,6 +21,7 @@ from services.assembler.settings import AssemblerSettings
 from services.assembler.store import GridChunkStore
 from services.assembler.tracker import CarveTracker
 from shared import keys as shared_keys
+from shared.events.relay import RELAY, events_ctx
 from shared.finalize import Finalizer
 from shared.health import add_health_routes, check_amqp, check_mongo, service_app
 from shared.resources import amqp_ctx, mongo_ctx
@@ -36,6 +37,7 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
             settings.mongo_bucket,
             owner=f"{socket.gethostname()}:{os.getpid()}",
             lease_seconds=settings.finalize_lease,
+            events=app[RELAY],
         ),
         metrics,
     )
@@ -74,6 +76,8 @@ def create_app(settings: AssemblerSettings) -> web.Application:
     app = service_app("carve-assembler")
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = AssemblerMetrics.create(app[shared_keys.REGISTRY])
-    app.cleanup_ctx.extend([mongo_ctx(settings), amqp_ctx(settings), _consumer_ctx])
+    app.cleanup_ctx.extend(
+        [mongo_ctx(settings), amqp_ctx(settings), events_ctx(settings, settings), _consumer_ctx]
+    )
     add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo})
     return app

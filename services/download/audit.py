@@ -38,6 +38,7 @@ AUDITED = frozenset(
 )
 # The console's additions (services/download/console_api.py, audit_api.py, login.py).
 AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"}
+AUDITED |= {"webhooks"}  # webhooks_api.py
 AUDITED |= {"campaign", "export", "export_ticket"}  # a request id's carves, their ZIP
 # Views that show metadata only, which a console refreshes on its own: audited the first time
 # an identity asks for one, and again once the window has passed (``Repeats``).

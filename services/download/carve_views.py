@@ -19,6 +19,8 @@ from services.download.auth import (
 from shared import keys as shared_keys
 from shared.carves import ENDED, CarveDoc, CarveRecord, Status
 from shared.errors import Conflict, Gone
+from shared.events import EventType
+from shared.events.relay import RELAY
 from shared.lifecycle import purge_archive, transition
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,17 @@ async def delete_carve(request: web.Request) -> web.Response:
         "deleted_from": doc["status"],
     }
     db = request.app[shared_keys.MONGO_DB]
-    status = Status(doc["status"])
-    if not await transition(
-        db, doc["_id"], status, Status.DELETED, fields, now, unless_finalizing=True
-    ):
+    deleted = await transition(
+        db,
+        doc,
+        Status.DELETED,
+        fields,
+        now,
+        event=EventType.DELETED,
+        events=request.app[RELAY],
+        unless_finalizing=True,
+    )
+    if not deleted:
         raise Conflict(f"carve {doc['_id']} is being finalized or changed state: try again")
     settings = request.app[keys.SETTINGS]
     # The ingest's session (if it was still receiving) is removed by the janitor's next sweep.

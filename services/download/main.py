@@ -16,6 +16,7 @@ from services.download.settings import DownloadSettings
 from services.download.slots import StreamSlots, TarJobs
 from services.download.tokens import Authorizer
 from shared import keys as shared_keys
+from shared.events.relay import events_ctx
 from shared.health import add_health_routes, check_mongo, service_app
 from shared.resources import mongo_ctx
 from shared.vault import vault_client
@@ -63,7 +64,9 @@ def create_app(settings: DownloadSettings) -> web.Application:
     app[tickets.SECRET] = tickets.app_secret(settings.ticket_secret.get_secret_value())
     app[login.LIMITER] = login.LoginLimiter(settings.login_per_minute)
     app[audit.REPEATS] = audit.Repeats(settings.audit_repeat_window)
-    app.cleanup_ctx.extend([mongo_ctx(settings), _vault_ctx, _tar_pool_ctx])
+    app.cleanup_ctx.extend(
+        [mongo_ctx(settings), events_ctx(settings, settings), _vault_ctx, _tar_pool_ctx]
+    )
     setup_routes(app)
     add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})
     return app

@@ -76,6 +76,14 @@ _AUDIT = (
     _query("limit", "page size, 1 to 1000"),
     _query("cursor", "next_cursor of the previous page"),
 )
+_DELIVERIES = (
+    _query("endpoint", "one endpoint's deliveries"),
+    _query("state", "pending, delivered or dead"),
+    _query("carve_id", "deliveries of this carve's events"),
+    _query("event_id", "deliveries of one event"),
+    _query("limit", "page size, 1 to 500"),
+    _query("cursor", "next_cursor of the previous page"),
+)
 CARVE = "/api/v1/carves/{carve_id}"
 
 # Every time the API writes: RFC 3339, UTC, "Z", milliseconds only when the time has them.
@@ -211,6 +219,9 @@ PATHS: dict[str, dict[str, Any]] = {
                 "5XX": _ERR,
             },
         )
+    },
+    "/api/v1/webhooks/deliveries": {
+        "get": _op("Webhook deliveries of carve events (admin policy)", *_DELIVERIES)
     },
     "/api/v1/login": {
         "post": _op(

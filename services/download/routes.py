@@ -13,6 +13,7 @@ from services.download import (
     listing,
     openapi,
     tar_views,
+    webhooks_api,
 )
 from services.download.login import setup_login
 from services.download.oidc import setup_oidc
@@ -31,6 +32,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(CARVE + "/files/{path:.+}", tar_views.get_file, name="file")
     app.router.add_post(CARVE + "/download-ticket", console_api.download_ticket, name="ticket")
     app.router.add_get("/api/v1/audit", audit_api.list_audit, name="audit")
+    app.router.add_get("/api/v1/webhooks/deliveries", webhooks_api.list_deliveries, name="webhooks")
     campaign = "/api/v1/requests/{request_id:[^/]+}"
     app.router.add_get(campaign, campaigns.get_campaign, name="campaign")
     app.router.add_get(campaign + "/export", campaigns.export_campaign, name="export")

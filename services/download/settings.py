@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, model_validator
 
-from shared.settings import GiB, HttpSettings, MiB, MongoSettings, ProxySettings, VaultSettings
+from shared.settings import (
+    AmqpSettings,
+    EventsSettings,
+    GiB,
+    HttpSettings,
+    MiB,
+    MongoSettings,
+    ProxySettings,
+    VaultSettings,
+)
 
 
-class DownloadSettings(HttpSettings, MongoSettings, VaultSettings, ProxySettings):
+class DownloadSettings(
+    HttpSettings, MongoSettings, VaultSettings, ProxySettings, AmqpSettings, EventsSettings
+):
     http_port: int = Field(8082, ge=0, le=65535)
     # The Vault policy a responder's token must carry (the original server's name for it).
     vault_policy: str = Field("osquery-file-carve-file-requests", min_length=1)

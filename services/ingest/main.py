@@ -17,6 +17,7 @@ from services.ingest.sessions import SessionStore
 from services.ingest.settings import IngestSettings
 from shared import keys as shared_keys
 from shared.carves import carves_of
+from shared.events.relay import RELAY, events_ctx
 from shared.health import add_health_routes, check_amqp, check_mongo, check_redis, service_app
 from shared.protocol import max_block_body
 from shared.quotas import Quotas
@@ -33,6 +34,7 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
         prefix=settings.redis_key_prefix,
         ttl=settings.session_ttl,
         admission=Admission(quotas, carves),
+        events=app[RELAY],
     )
     yield
 
@@ -74,6 +76,7 @@ def create_app(settings: IngestSettings) -> web.Application:
             redis_ctx(settings),
             mongo_ctx(settings),
             amqp_ctx(settings),
+            events_ctx(settings, settings),
             _sessions_ctx,
             _publisher_ctx,
         ]

@@ -47,6 +47,8 @@ from shared.carves import (
     stored_node_key,
 )
 from shared.errors import Conflict, InvalidRequest, Unavailable, UnknownSession
+from shared.events import EventType, carve_summary, event_entry
+from shared.events.outbox import Notifier, announce
 from shared.lifecycle import session_keys
 from shared.protocol import StartRequest
 
@@ -189,9 +191,11 @@ class SessionStore:
         admission: Admission | None = None,
         cache_size: int = 50_000,
         cache_ttl: float = 10.0,
+        events: Notifier | None = None,
     ) -> None:
         self._redis = redis
         self._admission = admission
+        self._events = events
         self._carves = carves
         self._prefix = prefix
         self._ttl = ttl
@@ -233,11 +237,14 @@ class SessionStore:
                     origin.host, start.carve_id, start.carve_size, start.block_count
                 )
         # 192 random bits, [A-Za-z0-9_-]
-        doc = new_carve_doc(start, secrets.token_urlsafe(24), datetime.now(UTC), origin)
+        now = datetime.now(UTC)
+        doc = new_carve_doc(start, secrets.token_urlsafe(24), now, origin)
+        doc["outbox"] = [event_entry(EventType.STARTED, carve_summary(doc), now)]
         try:
             async with _backend("mongodb"):
                 try:
                     await self._carves.insert_one(doc)
+                    announce(self._events, start.carve_id)
                     return doc, False
                 except DuplicateKeyError:  # a concurrent start of the same carve won
                     won = await self._carves.find_one({"_id": start.carve_id}) or doc

@@ -7,6 +7,7 @@ from pydantic import Field
 from shared.quotas import Limits
 from shared.settings import (
     AmqpSettings,
+    EventsSettings,
     GiB,
     HttpSettings,
     MiB,
@@ -21,7 +22,9 @@ TiB = 1024 * GiB
 MAX_BLOCK_SIZE = 16 * MiB - 16 * 1024
 
 
-class IngestSettings(HttpSettings, RedisSettings, AmqpSettings, MongoSettings, ProxySettings):
+class IngestSettings(
+    HttpSettings, RedisSettings, AmqpSettings, MongoSettings, ProxySettings, EventsSettings
+):
     http_port: int = Field(8080, ge=0, le=65535)
     # A block is stored as one MongoDB document (GridFS chunk), which must stay under 16 MiB:
     # 16 MiB blocks would be refused by MongoDB (BSON too large) and never complete.

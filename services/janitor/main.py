@@ -19,6 +19,7 @@ from services.janitor.settings import JanitorSettings
 from services.janitor.sweep import Clock, Janitor, Report, utc_now
 from shared import keys as shared_keys
 from shared.errors import Unavailable
+from shared.events.relay import RELAY, events_ctx
 from shared.finalize import Finalizer
 from shared.health import Check, add_health_routes, check_mongo, check_redis, service_app
 from shared.resources import CleanupCtx, mongo_ctx, redis_ctx
@@ -83,8 +84,11 @@ def _janitor_ctx(clock: Clock, *, loop: bool) -> CleanupCtx:
             settings.mongo_bucket,
             owner=f"janitor:{socket.gethostname()}:{os.getpid()}",
             lease_seconds=settings.finalize_lease,
+            events=app[RELAY],
         )
-        app[keys.JANITOR] = Janitor(db, app[shared_keys.REDIS], settings, finalizer, clock=clock)
+        app[keys.JANITOR] = Janitor(
+            db, app[shared_keys.REDIS], settings, finalizer, clock=clock, events=app[RELAY]
+        )
         task = asyncio.create_task(_loop(app), name="janitor") if loop else None
         try:
             yield
@@ -106,7 +110,12 @@ def create_app(
     app[keys.METRICS] = JanitorMetrics.create(app[shared_keys.REGISTRY])
     app[keys.HEALTH] = keys.SweepHealth(time.monotonic())
     app.cleanup_ctx.extend(
-        [redis_ctx(settings), mongo_ctx(settings), _janitor_ctx(clock, loop=loop)]
+        [
+            redis_ctx(settings),
+            mongo_ctx(settings),
+            events_ctx(settings, settings),
+            _janitor_ctx(clock, loop=loop),
+        ]
     )
     checks: dict[str, Check] = {"redis": check_redis, "mongodb": check_mongo}
     if loop:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import HttpSettings, MongoSettings, RedisSettings
+from shared.settings import AmqpSettings, EventsSettings, HttpSettings, MongoSettings, RedisSettings
 
 HOUR = 3600.0
 DAY = 24 * HOUR
 
 
-class JanitorSettings(HttpSettings, RedisSettings, MongoSettings):
+class JanitorSettings(HttpSettings, RedisSettings, MongoSettings, AmqpSettings, EventsSettings):
     http_port: int = Field(8083, ge=0, le=65535)
     # A receiving carve with no block for this long, and blocks missing, has failed
     # (osquery 5.21 and older skip blocks that fail; hosts die mid-carve).

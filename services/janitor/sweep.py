@@ -8,7 +8,8 @@
 3. complete carves past ``CARVE_RETENTION``: the same;
 4. orphan chunks (no carve document, or a carve whose bytes are gone): a
    slice of them per sweep, resuming where the last sweep stopped;
-5. Redis sessions of carves that no longer receive.
+5. Redis sessions of carves that no longer receive;
+6. carve events a dead process left in the outbox (``shared.events``).
 
 Safe to repeat and to run twice at once: every transition is conditional on
 the current status, deleting what is gone deletes nothing, and a lease in
@@ -39,6 +40,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.janitor.settings import JanitorSettings
 from shared.carves import ENDED, CarveDoc, Status, carves_of
 from shared.errors import Unavailable
+from shared.events import EventType
+from shared.events.relay import Relay
 from shared.finalize import CarveFinalizer, Outcome
 from shared.lifecycle import (
     end_session,
@@ -50,6 +53,7 @@ from shared.lifecycle import (
 )
 from shared.mongo import Document, transient_on_outage
 from shared.quotas import Quotas
+from shared.resources import AMQP_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,7 @@ class Janitor:
         finalizer: CarveFinalizer,
         *,
         clock: Clock = utc_now,
+        events: Relay | None = None,
     ) -> None:
         self._db = db
         self._carves = carves_of(db)
@@ -98,6 +103,7 @@ class Janitor:
         self._settings = settings
         self._finalizer = finalizer
         self._clock = clock
+        self._events = events
         self._owner = f"{socket.gethostname()}:{secrets.token_hex(4)}"
 
     async def sweep(self, *, dry_run: bool = False) -> Report:
@@ -115,6 +121,7 @@ class Janitor:
                 self._expire_complete,
                 self._orphans,
                 self._sessions,
+                self._left_behind_events,
             )
             for step in steps:
                 with transient_on_redis_outage(step.__name__.strip("_")):
@@ -194,7 +201,14 @@ class Janitor:
             "chunks_counted": chunks,
         }
         changed = await transition(
-            self._db, carve_id, Status.RECEIVING, Status.FAILED, fields, now, unless_finalizing=True
+            self._db,
+            doc,
+            Status.FAILED,
+            fields,
+            now,
+            event=EventType.FAILED,
+            events=self._events,
+            unless_finalizing=True,
         )
         if changed:
             await end_session(self._redis, self._settings.redis_key_prefix, doc)
@@ -247,7 +261,10 @@ class Janitor:
         now = self._clock()
         fields = {"expired_at": now, "expired_from": from_status.value}
         # Tombstone first: from here on nobody downloads it; then the bytes go.
-        if await transition(self._db, doc["_id"], from_status, Status.EXPIRED, fields, now):
+        expired = await transition(
+            self._db, doc, Status.EXPIRED, fields, now, event=EventType.EXPIRED, events=self._events
+        )
+        if expired:
             report.actions[action] += 1
         await end_session(self._redis, self._settings.redis_key_prefix, doc)
         _, freed = await purge_archive(
@@ -334,6 +351,19 @@ class Janitor:
                 for doc in docs:
                     if doc["_id"] not in receiving:
                         await quotas.release(doc.get("host") or "", [doc["_id"]])
+
+    # --- 6. events a dead process left in the outbox ---------------------------------------------
+
+    async def _left_behind_events(self, report: Report) -> None:
+        if self._events is None or report.dry_run:
+            return
+        try:
+            with transient_on_outage("janitor: events"):
+                published = await self._events.sweep()
+        except AMQP_ERRORS as exc:  # they stay in the outbox: the next sweep or relay
+            log.warning("janitor: left-behind events not published: %s", exc.__class__.__name__)
+            return
+        report.actions["events_published"] += published
 
 
 async def _scan_batches(redis: Redis, pattern: str, count: int) -> AsyncIterator[list[bytes]]:

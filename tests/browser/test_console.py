@@ -3,6 +3,7 @@ download service, OpenBao, MongoDB), driven by Playwright. Every byte checked is
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -14,12 +15,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from devstack.vault import POLICY, VaultAdmin
 from tests.console import DEVICE, Upload, archive_bytes, console_stack
 from tests.stack import Stack
 from tests.uploads import random_bytes
+from tests.webhook_receiver import receiving
 
 ADMIN = "osquery-file-carve-admin"
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -254,4 +257,42 @@ async def test_the_carve_page_follows_a_receiving_carve_to_its_files(
     sha = page.locator('#manifest tr[data-path="/etc/hosts"] code.sha256')
     await expect(sha).to_have_text(hashlib.sha256(MEMBERS["/etc/hosts"]).hexdigest())
     await expect(page.locator("#why")).to_have_count(0)
+    await tab.assert_clean()
+
+
+async def test_an_admin_sees_webhook_deliveries(console: Console, tab: Tab) -> None:
+    page = tab.page
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    async with receiving() as rx:
+        rx.script = {"/down": [503]}
+        config = console.tmp / "webhooks.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                [
+                    {"name": name, "url": f"{rx.url}/{name}", "secret": secret,
+                     "events": ["carve.completed"]}
+                    for name in ("siem", "down")
+                ]
+            )
+        )  # fmt: skip
+        await console.stack.start_events(webhooks_file=str(config), webhook_backoff=60)
+        carve = await console.carve({"/etc/motd": b"hello\n"})
+        await rx.wait("/siem", 1)
+        await rx.wait("/down", 1)
+    await log_in(page, *console.user(POLICY))
+    await expect(page.locator("#nav-webhooks")).to_be_hidden()  # not an admin
+    await page.click("#logout")
+    await log_in(page, *console.user(POLICY, ADMIN))
+    await page.click("#nav-webhooks")
+    rows = page.locator("#webhook-rows tr")
+    await expect(rows).to_have_count(2)
+    down = page.locator('#webhook-rows tr[data-endpoint="down"]')
+    await expect(down.locator("td").nth(4)).to_have_text("pending")
+    await expect(down.locator("td").nth(6)).to_have_text("503")
+    siem = page.locator('#webhook-rows tr[data-endpoint="siem"]')
+    await expect(siem.locator("td").nth(4)).to_have_text("delivered")
+    await expect(siem.locator("td").nth(2)).to_contain_text(carve.carve_id[:8])
+    await page.select_option("#webhook-filters select[name=state]", "delivered")
+    await page.click("#webhook-filters button[type=submit]")
+    await expect(rows).to_have_count(1)
     await tab.assert_clean()

@@ -47,6 +47,7 @@ class Stack:
     responder_username: str
     responder_password: str
     workdir: Path
+    webhook_secret: str  # of the webhook endpoint (tests/containers/webhook-sink.yaml)
 
     @property
     def ca(self) -> str:
@@ -211,6 +212,33 @@ def test_a_device_carves_through_nginx_and_the_responder_downloads_it(
     assert code == 0 and carve["status"] == "SUCCESS", (carve, stderr[-2000:])
     assert carve["block_count"] == 4 and not carve["failed_blocks"]
     download_verified(responder, stack.workdir, carve)
+
+
+def webhooks_received(stack: Stack) -> list[dict[str, Any]]:
+    """What the webhook sink was sent, from its log: headers and body of each request."""
+    logs = stack.run_compose("logs", "--no-color", "--no-log-prefix", "webhook-sink").stdout
+    return [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+
+
+def test_a_completed_carve_is_announced_to_the_webhook_signed(stack: Stack) -> None:
+    from standardwebhooks import Webhook
+
+    code, results, stderr = simulate(stack, client=stack.device())
+    (carve,) = results
+    assert code == 0 and carve["status"] == "SUCCESS", (carve, stderr[-2000:])
+    deadline, events = time.monotonic() + 60, []
+    while time.monotonic() < deadline:
+        events = [e for e in webhooks_received(stack) if carve["carve_id"] in e["body"]]
+        if any('"carve.completed"' in e["body"] for e in events):
+            break
+        time.sleep(0.5)
+    verified = [Webhook(stack.webhook_secret).verify(e["body"], e["headers"]) for e in events]
+    by_type = {v["type"]: v for v in verified}
+    assert sorted(by_type) == ["carve.completed", "carve.started"], verified
+    completed = by_type["carve.completed"]
+    assert completed["subject"] == carve["carve_id"] and completed["specversion"] == "1.0"
+    assert completed["data"]["sha256"] == carve["sha256"]
+    assert completed["data"]["device"]["common_name"] == completed["data"]["host"]
 
 
 # Clients NGINX must turn away on the device listener. One entry per kind of client; each gives

@@ -72,7 +72,7 @@ async def test_host_and_paths_are_shown_and_searched(api: Api) -> None:
     assert one["manifest"]["files"] == 1
     status, other = await api.json("GET", f"/api/v1/carves/{server.carve_id}")
     assert other["host"] == "db-3.corp.example"
-    assert other["path_count"] == 11 and len(other["paths"]) == 8  # the first 8, "+3 more"
+    assert other["path_count"] == 11 and len(other["paths"]) == 10  # the first 10, "+1 more"
     assert other["paths"][:2] == [HOSTILE, "/etc/conf.d/file-00.conf"]  # as text, unchanged
     status, nk = await api.json("GET", f"/api/v1/carves/{bare}")
     fingerprint = hashlib.sha256(b"secret-node-key").hexdigest()[:8]
@@ -81,8 +81,8 @@ async def test_host_and_paths_are_shown_and_searched(api: Api) -> None:
 
     assert await ids(api, "?q=laptop-17") == [laptop.carve_id]
     assert await ids(api, "?q=AUTH.LOG") == [laptop.carve_id]  # case-insensitive
-    assert await ids(api, "?q=file-06") == [server.carve_id]
-    assert await ids(api, "?q=file-07") == []  # past the first 8 paths: the manifest has it
+    assert await ids(api, "?q=file-08") == [server.carve_id]
+    assert await ids(api, "?q=file-09") == []  # past the first 10 paths: the manifest has it
     assert await ids(api, "?q=corp.example") == [server.carve_id, laptop.carve_id]
     assert await ids(api, "?q=nk:" + fingerprint[:4]) == [bare]
     assert await ids(api, "?q=notes") == [bare]

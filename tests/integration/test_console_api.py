@@ -120,7 +120,7 @@ async def test_find_by_request_id_device_and_prefix(api: Api) -> None:
         "truncated": False,
         "error": None,
         "files": 2,
-        "paths": ["/var/log/syslog", "/etc/passwd"],
+        "paths": ["/var/log/syslog", "/etc/passwd"],  # what was carved, in archive order
     }
     assert await ids("?q=.*") == [] and await ids("?q=a%24") == []  # text, not patterns
     for bad in ("?q=a%0Ab", "?request_id=" + "x" * 300, "?device=a%0Ab"):

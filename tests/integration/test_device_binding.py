@@ -7,7 +7,6 @@ plays the proxy, so it can also play an attacker who sends them directly.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import uuid
@@ -16,12 +15,10 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from clients.osquery_sim import block_body, judge_reply, start_body
+from tests.certs import self_signed
 from tests.stack import Stack
 
 BLOCK = 1024
@@ -30,24 +27,7 @@ DATA = bytes(range(256)) * 10  # 2,560 bytes: three blocks
 
 def make_cert(common_name: str) -> tuple[bytes, str, str]:
     """A device certificate: PEM, its SHA-256 fingerprint and serial (hex)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "carve-test"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    _, cert = self_signed(common_name, organization="carve-test")
     pem = cert.public_bytes(serialization.Encoding.PEM)
     return pem, cert.fingerprint(hashes.SHA256()).hex(), format(cert.serial_number, "x")
 

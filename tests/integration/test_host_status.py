@@ -23,7 +23,8 @@ from clients.osquery_sim import (
     carve,
     judge_reply,
 )
-from shared.carves import Status
+from shared.carves import Status, carves_of
+from shared.events import EventType
 from shared.lifecycle import end_session, transition
 from tests.stack import Stack
 from tests.uploads import Upload, random_bytes
@@ -47,7 +48,11 @@ def _ender(stack: Stack, carve_id: str, after_blocks: int) -> aiohttp.TraceConfi
             return
         now = datetime.now(UTC)
         fields = {"failure_reason": "ended by the test", "failed_at": now}
-        doc = await transition(stack.db, carve_id, Status.RECEIVING, Status.FAILED, fields, now)
+        carve = await carves_of(stack.db).find_one({"_id": carve_id})
+        assert carve is not None
+        doc = await transition(
+            stack.db, carve, Status.FAILED, fields, now, event=EventType.FAILED, events=None
+        )
         assert doc is not None
         async with Redis.from_url(stack.env["CARVE_REDIS_URL"]) as redis:
             await end_session(redis, stack.env["CARVE_REDIS_KEY_PREFIX"], doc)

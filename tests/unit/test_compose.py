@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings
 
 from services.assembler.settings import AssemblerSettings
 from services.download.settings import DownloadSettings
+from services.events.settings import EventsServiceSettings
 from services.ingest.routes import BLOCK_PATHS, START_PATHS
 from services.ingest.settings import IngestSettings
 from services.janitor.settings import JanitorSettings
@@ -49,6 +50,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "carve-assembler": AssemblerSettings,
     "carve-download": DownloadSettings,
     "carve-janitor": JanitorSettings,
+    "carve-events": EventsServiceSettings,
 }
 # Settings whose default (a loopback address) is wrong in any container.
 BACKEND_URLS = ("redis_url", "amqp_url", "mongo_url", "vault_addr")

@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings
 
 from services.assembler.settings import AssemblerSettings
 from services.download.settings import DownloadSettings
+from services.events.settings import EventsServiceSettings
 from services.ingest.settings import IngestSettings
 from services.janitor.settings import JanitorSettings
 
@@ -42,6 +43,7 @@ SERVICES: dict[str, type[BaseSettings]] = {
     "carve-assembler": AssemblerSettings,
     "carve-download": DownloadSettings,
     "carve-janitor": JanitorSettings,
+    "carve-events": EventsServiceSettings,
 }
 BASE_IMAGE = re.compile(r"^python:3\.11\.\d+-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?$")
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|make|build-essential|cmake|\w+-dev)\b")

@@ -43,6 +43,7 @@ from yamllint.config import YamlLintConfig
 from services.assembler.settings import AssemblerSettings
 from services.download.routes import setup_routes as download_routes
 from services.download.settings import DownloadSettings
+from services.events.settings import EventsServiceSettings
 from services.ingest.routes import BLOCK_PATHS, START_PATHS
 from services.ingest.settings import IngestSettings
 from services.janitor.settings import JanitorSettings
@@ -84,6 +85,7 @@ SERVICES: dict[str, type[BaseSettings]] = {
     "carve-assembler": AssemblerSettings,
     "carve-download": DownloadSettings,
     "carve-janitor": JanitorSettings,
+    "carve-events": EventsServiceSettings,
 }
 # Services that take traffic through the Ingress, and so get a preStop pause.
 PUBLISHED = {"carve-ingest", "carve-download"}
@@ -95,6 +97,7 @@ BACKEND_PORTS = {
     "amqp_url": [5672, 5671],
     "mongo_url": [27017],
     "vault_addr": [8200, 443],
+    "webhook_url": [443],  # carve-events: the webhook endpoints
 }
 DNS_PORTS = {("UDP", 53), ("TCP", 53)}
 INGRESS_NAMESPACE = "ingress-nginx"
@@ -450,6 +453,7 @@ def test_service_monitor_scrapes_every_metrics_service(
         "carve-ingest",
         "carve-assembler",
         "carve-download",
+        "carve-events",
     }
     assert set(monitor["spec"]) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
     (endpoint,) = monitor["spec"]["endpoints"]
@@ -508,11 +512,15 @@ def test_every_variable_without_a_usable_default_is_set(rendered: Rendering) -> 
                 assert isinstance(value, str) and value.startswith("https://"), variable
 
 
+# Public addresses named *_URL: the console's, for links in chat messages.
+PUBLIC_URLS = {"CARVE_CONSOLE_URL"}
+
+
 def test_urls_come_from_secrets_only(rendered: Rendering) -> None:
     """URLs (they carry passwords) and keys come from Secrets, everything else never does."""
     for workload in rendered.workloads():
         for variable, value in rendered.environment(workload).items():
-            secret = variable.endswith(("_URL", "_SECRET"))
+            secret = variable.endswith(("_URL", "_SECRET")) and variable not in PUBLIC_URLS
             assert isinstance(value, SecretRef) is secret, f"{workload.service}: {variable}"
 
 
@@ -524,10 +532,13 @@ def _settings(
     for variable in [v for v in os.environ if v.startswith("CARVE_")]:
         monkeypatch.delenv(variable)
     for variable, value in rendering.environment(workload).items():
+        text: str | None = value if isinstance(value, str) else None
         if isinstance(value, SecretRef):
             default = workload.settings_class.model_fields[variable[6:].lower()].default
-            value = rendering.secret_value(value) or default.get_secret_value()
-        monkeypatch.setenv(variable, value)
+            fallback = default.get_secret_value() if default is not None else None
+            text = rendering.secret_value(value) or fallback
+        if text is not None:  # None: an optional Secret the base only names, and no default
+            monkeypatch.setenv(variable, text)
     return workload.settings_class()
 
 

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings
 
 from services.assembler.settings import AssemblerSettings
 from services.download.settings import DownloadSettings
+from services.events.settings import EventsServiceSettings
 from services.ingest.settings import IngestSettings
 from services.janitor.settings import JanitorSettings
 
@@ -25,7 +26,13 @@ def _rows() -> dict[str, str]:
     return dict(ROW.findall(SETTINGS_TABLE.read_text()))
 
 
-SERVICES = (IngestSettings, AssemblerSettings, DownloadSettings, JanitorSettings)
+SERVICES = (
+    IngestSettings,
+    AssemblerSettings,
+    DownloadSettings,
+    JanitorSettings,
+    EventsServiceSettings,
+)
 
 
 @pytest.mark.parametrize("settings_class", SERVICES)

@@ -1,4 +1,4 @@
-// The console: hash routes (#/carves, #/carves/<id>, #/audit), one view at a time.
+// The console: hash routes (#/carves, #/carves/<id>, #/audit, #/webhooks), one view at a time.
 import { api, explain, session } from "./api.js";
 import { renderAudit } from "./audit.js";
 import { renderCampaign } from "./campaign.js";
@@ -6,6 +6,7 @@ import { renderCarve } from "./carve.js";
 import { renderCarves } from "./carves.js";
 import { h, replace } from "./dom.js";
 import { renderLogin } from "./login.js";
+import { renderWebhooks } from "./webhooks.js";
 
 const main = document.getElementById("view");
 const notice = document.getElementById("notice");
@@ -40,6 +41,7 @@ function showHeader() {
   const me = session.me;
   document.getElementById("nav").hidden = !me;
   document.getElementById("nav-audit").hidden = !(me && me.is_admin);
+  document.getElementById("nav-webhooks").hidden = !(me && me.is_admin);
   document.getElementById("logout").hidden = !me;
   replace(document.getElementById("who"), me ? `${me.display_name || me.entity_id}${me.is_admin ? " (admin)" : ""}` : "");
   const page = location.hash.split(/[/?]/)[1] || "carves";
@@ -88,6 +90,7 @@ async function route() {
   const context = { go, fail, later, report, me: session.me };
   if (parts[0] === "audit") renderAudit(view, params, context);
   else if (parts[0] === "requests" && parts.length === 2) renderCampaign(view, decodeURIComponent(parts[1]), params, context);
+  else if (parts[0] === "webhooks") renderWebhooks(view, params, context);
   else if (parts[0] === "carves" && parts.length === 2) renderCarve(view, decodeURIComponent(parts[1]), context);
   else renderCarves(view, params, context);
 }
