@@ -11,7 +11,7 @@ const COUNTED = ["receiving", "complete", "failed", "flagged"];
 const SORTABLE = { Created: "created", Size: "size", Status: "status", Host: "host" };
 const PAGE = 50;
 const POLL_MS = 1000;
-const IDLE_POLL_MS = 5000;
+const IDLE_POLL_MS = 3000;
 
 function row(carve) {
   return h(
