@@ -13,6 +13,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from shared.health import metrics_listener
 from shared.settings import HttpSettings
+from shared.timefmt import rfc3339
 
 
 class JsonLines(logging.Formatter):
@@ -20,7 +21,7 @@ class JsonLines(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "time": rfc3339(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -26,7 +26,7 @@ _PIECE = 1 << 20
 
 def cmd_member(args: argparse.Namespace, api: Api) -> int:
     carve_id, _ = resolve_carve(api, args.carve_id)
-    response = api.member(carve_id, args.index)
+    response = api.member_at(carve_id, args.index)
     with contextlib.closing(response):
         if response.status_code != 200:
             raise error_from_response(response)

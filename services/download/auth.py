@@ -17,9 +17,10 @@ from services.download.members import clean_member_path
 from services.download.tokens import Identity
 from shared import keys as shared_keys
 from shared.carves import ENDED, CarveDoc, Status, blocks_received, carves_of
-from shared.errors import Gone, InvalidRequest, NotComplete, NotFound
+from shared.errors import Failed, Gone, InvalidRequest, NotComplete, NotFound
 from shared.mongo import transient_on_outage
 from shared.protocol import CARVE_ID
+from shared.timefmt import rfc3339_or_none
 
 # Routes that take a download ticket (services/download/tickets.py) instead of a token.
 TICKET_ROUTES = frozenset({"archive", "file", "member"})
@@ -84,13 +85,26 @@ def ticket_target(request: web.Request) -> str:
 
 
 def require_complete(doc: CarveDoc) -> CarveDoc:
-    """``doc`` if its carve is complete; Gone when its bytes are deleted, NotComplete before."""
+    """``doc`` if its carve is complete. Gone (410) when it never will be: its bytes deleted
+    (``gone``: when, and by whom for a deletion) or the carve failed (``failed``: why);
+    NotComplete (409) while it is still receiving."""
     if doc["status"] in ENDED:
         when = doc.get("expired_at") or doc.get("deleted_at")
         raise Gone(
             f"carve {doc['_id']} was {doc['status']}: its bytes are deleted",
             status=doc["status"],
-            at=when.isoformat() if when else None,
+            at=rfc3339_or_none(when),
+            by=doc.get("deleted_by"),
+        )
+    if doc["status"] == Status.FAILED:
+        reason = doc.get("failure_reason") or "no reason recorded"
+        raise Failed(
+            f"carve {doc['_id']} failed: {reason}",
+            status=doc["status"],
+            reason=reason,
+            at=rfc3339_or_none(doc.get("failed_at")),
+            blocks_received=blocks_received(doc),
+            block_count=doc["block_count"],
         )
     if doc["status"] != Status.COMPLETE:
         raise NotComplete(

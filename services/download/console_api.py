@@ -11,6 +11,7 @@ from services.download.auth import authorized_carve, header_token, require_compl
 from services.download.bodies import parse_json, read_body
 from services.download.members import clean_member_path
 from shared.errors import InvalidRequest
+from shared.timefmt import rfc3339
 
 _MAX_PATH = 4096
 _MAX_INDEX = 999_999_999  # what the .../members/{index} route takes (nine digits)
@@ -60,7 +61,7 @@ async def download_ticket(request: web.Request) -> web.Response:
             "ticket": ticket,
             "url": f"/api/v1/carves/{doc['_id']}{where}?ticket={ticket}",
             "path": path,
-            "expires_at": expires.isoformat(),
+            "expires_at": rfc3339(expires),
         },
         headers={"Cache-Control": "no-store"},
     )

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from services.download import keys, tickets
+from services.download import audit, keys, tickets
 from services.download.audit import audited
 from services.download.bodies import json_posts
 from services.download.errors import answer_errors
@@ -71,6 +71,7 @@ def create_app(settings: DownloadSettings) -> web.Application:
         settings.login_user_failures_per_minute,
         settings.login_failures_per_minute,
     )
+    app[audit.REPEATS] = audit.Repeats(settings.audit_repeat_window)
     app.cleanup_ctx.extend(
         [mongo_ctx(settings), events_ctx(settings, settings), _vault_ctx, _tar_pool_ctx]
     )

@@ -21,6 +21,7 @@ from shared import keys as shared_keys
 from shared.carves import CarveDoc
 from shared.manifest import COLLECTION
 from shared.mongo import Document, transient_on_outage
+from shared.timefmt import restated
 
 # Manifest passes that stopped for reasons of their own: the tar listing may still succeed.
 LIVE_LISTING = frozenset({"bytes_budget", "time_budget", "stopped", "internal"})
@@ -43,9 +44,12 @@ async def manifest_listing(request: web.Request, doc: CarveDoc, limit: int) -> w
         raise refused
     members: list[dict[str, Any]] = manifest["members"]
     # Every member, in archive order: its position is its index (as the tar listing says).
+    shown = [
+        {**m, "mtime": restated(m.get("mtime")), "index": i} for i, m in enumerate(members[:limit])
+    ]
     body = {
         "carve_id": doc["_id"],
-        "members": [{**member, "index": i} for i, member in enumerate(members[:limit])],
+        "members": shown,
         "truncated": bool(manifest["truncated"]) or len(members) > limit,
         "source": "manifest",
     }

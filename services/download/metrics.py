@@ -19,6 +19,7 @@ class DownloadMetrics:
     tar_abandoned: Counter
     streams: Gauge
     too_slow: Counter
+    audit_repeats: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DownloadMetrics:
@@ -69,6 +70,13 @@ class DownloadMetrics:
             too_slow=Counter(
                 "carve_download_too_slow",
                 "Downloads cut off because their client read below CARVE_DOWNLOAD_MIN_RATE",
+                registry=registry,
+            ),
+            audit_repeats=Counter(
+                "carve_audit_repeats",
+                "Views asked for again by the same identity within CARVE_AUDIT_REPEAT_WINDOW: "
+                "not audited again (a console's auto-refresh)",
+                ["action"],
                 registry=registry,
             ),
         )

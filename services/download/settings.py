@@ -57,6 +57,10 @@ class DownloadSettings(
     # arrive; slower: 408 and the connection closed.
     request_body_timeout: float = Field(10.0, gt=0)
     # --- the console (services/download/tickets.py, login.py) ---
+    # The same view (a listing, a carve, a campaign, the counts) asked for again by the same
+    # identity within this many seconds is not audited again: a console's auto-refresh does
+    # not bury the accesses that matter. 0: every request is audited.
+    audit_repeat_window: float = Field(300.0, ge=0, le=86400)
     # Signs browser download tickets. Empty: a random secret per process (one replica only;
     # with several, give them all the same secret, at least 32 bytes).
     ticket_secret: SecretStr = SecretStr("")

@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -700,6 +701,19 @@ async def test_download_api_on_the_responder_listener_needs_a_token_not_a_certif
     async with http.post(front.responder_url + "/file_request", json=request, ssl=tls) as resp:
         assert resp.status == 200
         assert hashlib.sha256(await resp.read()).hexdigest() == carved.sha256
+    # The summary counts, the campaign and its ZIP, streamed through NGINX.
+    api = front.responder_url + "/api/v1"
+    async with http.get(f"{api}/summary", ssl=tls, headers=headers) as resp:
+        assert (resp.status, (await resp.json())["counts"]["complete"]) == (200, 1)
+    async with http.get(f"{api}/requests/{carved.request_id}", ssl=tls, headers=headers) as resp:
+        assert (resp.status, (await resp.json())["carve_count"]) == (200, 1)
+    async with http.get(
+        f"{api}/requests/{carved.request_id}/export", ssl=tls, headers=headers
+    ) as resp:
+        assert resp.status == 200
+        with zipfile.ZipFile(io.BytesIO(await resp.read())) as zf:
+            (name,) = [n for n in zf.namelist() if n.startswith("carves/")]
+            assert hashlib.sha256(zf.read(name)).hexdigest() == carved.sha256
     # The same API on the osquery listener, for callers holding a device certificate.
     async with http.get(base, ssl=front.device_ssl(), headers=headers) as resp:
         assert resp.status == 200

@@ -165,3 +165,19 @@ async def test_a_ticket_needs_the_replicas_secret(tickets: Tickets) -> None:
         assert (await resp.json())["error"] == (
             "the download ticket is not valid here: ask for a new one"
         )
+
+
+async def test_a_campaign_export_ticket_dies_with_its_token(tickets: Tickets) -> None:
+    token = tickets.vault.token(POLICY)
+    request_id = tickets.upload.request_id
+    headers = {"X-Vault-Token": token.token}
+    async with tickets.http.post(
+        f"{tickets.url}/api/v1/requests/{request_id}/export-ticket", json={}, headers=headers
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        minted = await resp.json()
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", minted["ticket"])
+    tickets.vault.revoke(token.token)
+    await asyncio.sleep(CACHE_TTL + 0.2)
+    status, body = await tickets.get(minted["url"])
+    assert status == 401, body

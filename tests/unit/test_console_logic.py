@@ -36,7 +36,7 @@ def test_openapi_document_matches_the_routes() -> None:
     }
     documented = {(m, p) for p, ops in DOCUMENT["paths"].items() for m in ops}
     assert routes == documented
-    assert len(routes) == 18  # with single sign-on's status, start and callback; webhooks; members
+    assert len(routes) == 22  # with single sign-on's, webhooks, the summary, campaigns, members
 
 
 def test_ticket_secrets() -> None:
@@ -47,10 +47,15 @@ def test_ticket_secrets() -> None:
 
 
 def test_lookup_filters_never_pass_patterns() -> None:
-    assert lookup_filters({"q": "ab-1"}) == {"_id": {"$regex": "^ab\\-1"}}
+    assert lookup_filters({"q": "ab"}) == {
+        "$or": [{"_id": {"$regex": "^ab"}}, {"request_id": {"$regex": "^ab"}}]
+    }
+    found = lookup_filters({"q": " a.*b "})  # stripped, escaped: data, never a pattern
+    assert found["$or"][0] == {"_id": {"$regex": "^a\\.\\*b"}}
+    assert found["$or"][2]["search"] == {"$all": ["a.*", ".*b"]}
     assert device_filter("AB:" * 31 + "CD") == {"device.fingerprint_sha256": "ab" * 31 + "cd"}
     assert device_filter("host.example") == {"device.common_name": "host.example"}
-    for bad in ({"q": "a.*"}, {"q": ""}, {"device": "x\n"}, {"request_id": "r" * 257}):
+    for bad in ({"q": "a\x00"}, {"q": " "}, {"device": "x\n"}, {"request_id": "r" * 257}):
         with pytest.raises(InvalidRequest):
             lookup_filters(bad)
 

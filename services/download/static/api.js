@@ -70,13 +70,15 @@ export function explain(error) {
     403: "Forbidden (403): your Vault token does not carry the policy this needs",
     404: "Not found (404)",
     409: "Not available yet (409)",
-    410: "Gone (410): the carve's bytes were deleted",
+    410: "Gone (410): the carve's bytes were deleted, or it failed",
     416: "Range not satisfiable (416)",
     422: "The archive cannot be read (422)",
     429: "Too many attempts (429): wait a minute",
     503: "A backend is unavailable (503): retry shortly",
   };
-  const title = titles[status] || `Error ${status}`;
+  let title = titles[status] || `Error ${status}`;
+  if (status === 410 && error.body.code === "failed") title = "Failed (410): this carve will never complete";
+  else if (status === 410 && error.body.status) title = `Gone (410): the carve was ${error.body.status}`;
   return { title, detail };
 }
 
