@@ -35,10 +35,16 @@ class VaultAdmin:
         return admin
 
     def provision(self) -> None:
-        """The repository's own policy file, and userpass enabled (idempotent)."""
+        """The repository's own policy file, and userpass enabled without Vault's user lockout
+        (idempotent)."""
         self.client.sys.create_or_update_policy(POLICY, POLICY_FILE.read_text())
         if "userpass/" not in self.client.sys.list_auth_methods()["data"]:
             self.client.sys.enable_auth_method("userpass")
+        # Vault's own user lockout (5 failures, 15 minutes, whoever sent them) would let anyone
+        # lock a responder out: the download service's login limits bound guessing instead.
+        self.client.write_data(
+            "sys/auth/userpass/tune", data={"user_lockout_config": {"lockout_disable": True}}
+        )
 
     def token(self, *policies: str, ttl: str = "1h") -> Token:
         # Every token also gets Vault's "default" policy (which allows lookup-self).

@@ -8,7 +8,8 @@
 #             set CARVE_WEBHOOK_URL and CARVE_WEBHOOK_SECRET, or CARVE_WEBHOOKS_FILE),
 #             carve-triage :8085 (rules and hash sets: deploy/compose/triage, or set
 #             CARVE_TRIAGE_RULES and CARVE_TRIAGE_HASHSETS)
-#   OpenBao   the download policy, and a userpass login "responder" that holds it
+#   OpenBao   the download and admin policies, and two userpass logins (local use only):
+#             "responder" (download) and "admin" (download, delete, audit)
 # Logs and data live under .run/. Backends this script started are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 RUN="$PWD/.run"; mkdir -p "$RUN/logs"
 started=()
+backends_started=()  # for the banner: which backends this script started, which it reused
+backends_reused=()
 
 port_open() { python -m devstack port-open "$1"; }
 wait_port() {  # port seconds name
@@ -36,37 +39,44 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-if ! port_open 6379; then
+if port_open 6379; then backends_reused+=("Redis :6379"); else
+  backends_started+=("Redis :6379")
   echo "run: starting Redis on 6379"
   mkdir -p "$RUN/redis"
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --dir "$RUN/redis" \
     --appendonly yes --logfile "$RUN/logs/redis.log"
   REDIS_STARTED=1; wait_port 6379 10 redis
 fi
-if ! port_open 5672; then
+if port_open 5672; then backends_reused+=("RabbitMQ :5672"); else
+  backends_started+=("RabbitMQ :5672")
   echo "run: starting RabbitMQ on 5672 (takes a few seconds)"
   rabbitmq-server -detached >"$RUN/logs/rabbitmq.log" 2>&1
   RABBIT_STARTED=1; wait_port 5672 90 rabbitmq
 fi
-if ! port_open 27017; then
+if port_open 27017; then backends_reused+=("MongoDB :27017"); else
+  backends_started+=("SecantusDB :27017")
   echo "run: starting SecantusDB on 27017 (data in $RUN/mongo)"
   background secantus python -m secantus --host 127.0.0.1 --port 27017 \
     --storage-path "$RUN/mongo" --log-level WARNING
   wait_port 27017 30 secantus
 fi
-if ! port_open 8200; then
+if port_open 8200; then backends_reused+=("OpenBao :8200"); else
+  backends_started+=("OpenBao :8200")
   echo "run: starting OpenBao dev server on 8200 (root token: root)"
   background openbao env HOME="$RUN" \
     bao server -dev -dev-root-token-id=root -dev-listen-address=127.0.0.1:8200
   wait_port 8200 30 openbao
 fi
-# The responder side, as an operator would set it up: the policy the download service
-# checks, and a userpass login holding it (local development credentials only).
+# The responder side, as an operator would set it up: the policies the download service
+# checks, and userpass logins holding them (local development credentials only).
 export BAO_ADDR=http://127.0.0.1:8200 BAO_TOKEN="${RUN_VAULT_ROOT_TOKEN:-root}"
 POLICY=osquery-file-carve-file-requests
-if bao policy write "$POLICY" "deploy/vault/$POLICY.hcl" >"$RUN/logs/vault-setup.log" 2>&1; then
+ADMIN=osquery-file-carve-admin
+if bao policy write "$POLICY" "deploy/vault/$POLICY.hcl" >"$RUN/logs/vault-setup.log" 2>&1 &&
+  bao policy write "$ADMIN" "deploy/vault/$ADMIN.hcl" >>"$RUN/logs/vault-setup.log" 2>&1; then
   bao auth list -format=json | grep -q '"userpass/"' || bao auth enable userpass >/dev/null
   bao write auth/userpass/users/responder password=responder token_policies="$POLICY" >/dev/null
+  bao write auth/userpass/users/admin password=admin token_policies="$POLICY,$ADMIN" >/dev/null
 else
   echo "run: could not set up the OpenBao on 8200 (not a dev server with root token" \
     "'${BAO_TOKEN}'? set RUN_VAULT_ROOT_TOKEN); see $RUN/logs/vault-setup.log" >&2
@@ -88,22 +98,28 @@ background triage env CARVE_HTTP_PORT=8085 \
 wait_port 8084 30 events
 wait_port 8085 30 triage
 
+list() { if [ $# -gt 0 ]; then local IFS=","; echo "$*" | sed 's/,/, /g'; else echo "none"; fi; }
 cat <<MSG
 
 The carve server runs on loopback:
+  console    http://127.0.0.1:8082/ui/   <- open this in a browser
+             logins (local use only): responder / responder   admin / admin (delete, audit)
   ingest     http://127.0.0.1:8080  (osquery: /start_uploads, /upload_blocks; Fleet paths too)
   assembler  http://127.0.0.1:8081  (/healthz, /readyz, /metrics)
-  download   http://127.0.0.1:8082  (responders: /api/v1/carves, see docs/api.md)
+  download   http://127.0.0.1:8082  (the console, and the API: /api/v1/carves, docs/api.md)
   janitor    http://127.0.0.1:8083  (/metrics; one sweep now: .venv/bin/carve-janitor --once)
   events     http://127.0.0.1:8084  (carve events to webhooks: docs/events.md)
   triage     http://127.0.0.1:8085  (scans on arrival: docs/triage.md)
-  OpenBao    http://127.0.0.1:8200  (dev server; responder login: responder / responder)
+  OpenBao    http://127.0.0.1:8200  (dev server; its CLI: .venv/bin/bao)
+  backends   started: $(list "${backends_started[@]}")
+             reused (already running, left as they were): $(list "${backends_reused[@]}")
   logs       $RUN/logs/
 
 Carve a real file the way an osquery 5.23 host does, then fetch it as a responder:
   .venv/bin/carve-osquery-sim --url http://127.0.0.1:8080 --file /etc/os-release
   .venv/bin/carvectl login --username responder        # password: responder
   .venv/bin/carvectl list
+  .venv/bin/carvectl show <ID>                         # the first characters of the id will do
   .venv/bin/carvectl files <ID>
   .venv/bin/carvectl get <ID>                          # verified against the server's SHA-256
   .venv/bin/carvectl extract <ID> -d ./evidence

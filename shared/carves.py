@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 from pydantic import BaseModel, ConfigDict
 
 from shared.protocol import StartRequest
+from shared.search import display_host, search_terms
+from shared.timefmt import UtcTime
 
 if TYPE_CHECKING:  # carvectl imports Status from here: no pymongo at run time for it
     from pymongo.asynchronous.collection import AsyncCollection
@@ -73,6 +75,8 @@ class CarveDoc(TypedDict):
     node_key_in_header: NotRequired[bool]
     device: NotRequired[dict[str, str] | None]  # DeviceRecord's fields
     host: NotRequired[str]  # the identity its share is counted under
+    host_name: NotRequired[str | None]  # the display host (shared.search.display_host)
+    search: NotRequired[list[str]]  # trigrams of the host and carved paths (shared.search)
     block_count: int
     block_size: int
     carve_size: int
@@ -81,6 +85,7 @@ class CarveDoc(TypedDict):
     status: str  # a Status value
     compression: str | None  # a Compression value, once complete
     sha256: str | None
+    crc32: NotRequired[int]  # the archive's CRC-32, once an export computed it (ZIP entries)
     filename: str | None
     created_at: datetime
     updated_at: datetime
@@ -124,6 +129,7 @@ class ManifestSummary(BaseModel):
     members: int
     truncated: bool
     error: str | None = None
+    files: int | None = None  # regular files (None: finalized before this was counted)
     paths: list[str] = []  # the first regular files' paths: what was carved (bounded)
 
 
@@ -142,20 +148,32 @@ class CarveRecord(BaseModel):
     compression: Compression | None = None
     sha256: str | None = None
     filename: str | None = None
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None = None
+    created_at: UtcTime
+    updated_at: UtcTime
+    completed_at: UtcTime | None = None
     failure_reason: str | None = None
-    failed_at: datetime | None = None
-    expired_at: datetime | None = None
-    deleted_at: datetime | None = None
+    failed_at: UtcTime | None = None
+    expired_at: UtcTime | None = None
+    deleted_at: UtcTime | None = None
     deleted_by: str | None = None
     device: DeviceRecord | None = None
     manifest: ManifestSummary | None = None
+    host: str | None = None  # the display host: device CN, else a node key fingerprint
+    paths: list[str] = []  # what was carved: the first paths of its manifest
+    path_count: int | None = None  # how many files it holds (None: not known yet)
 
     @classmethod
     def from_doc(cls, doc: CarveDoc) -> CarveRecord:
-        return cls.model_validate({**doc, "blocks_received": blocks_received(doc)})
+        summary = doc.get("manifest") or {}
+        return cls.model_validate(
+            {
+                **doc,
+                "blocks_received": blocks_received(doc),
+                "host": display_host(doc),  # not the private ``host`` (a share's key)
+                "paths": summary.get("paths") or [],
+                "path_count": summary.get("files"),
+            }
+        )
 
 
 def blocks_received(doc: CarveDoc) -> int:
@@ -195,6 +213,7 @@ def new_carve_doc(
 ) -> CarveDoc:
     """The document written when osquery starts a carve."""
     origin = origin or Origin(node_key_sha256=digest(start.node_key))
+    host_name = display_host({"device": origin.device, "node_key_sha256": origin.node_key_sha256})
     return {
         "_id": start.carve_id,
         "carve_id": start.carve_id,
@@ -205,6 +224,8 @@ def new_carve_doc(
         "node_key_in_header": origin.node_key_in_header,
         "device": origin.device,
         "host": origin.host,
+        "host_name": host_name,
+        "search": search_terms(host_name, []),
         "block_count": start.block_count,
         "block_size": start.block_size,
         "carve_size": start.carve_size,

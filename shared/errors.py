@@ -16,6 +16,7 @@ queued message (workers); each middleware has one rule per branch::
     │   ├── Conflict              409  carve_id already used
     │   │   └── NotComplete           409  the archive is asked for before the carve is complete
     │   ├── Gone                  410  the carve's bytes were deleted (expired or deleted)
+    │   │   └── Failed                410  the carve failed: its archive will never be complete
     │   ├── PayloadTooLarge       413  body larger than the session's block size needs
     │   ├── RangeNotSatisfiable   416  a byte range past the archive's end (services.download)
     │   ├── ArchiveRefused        422  a hostile or unreadable tar; code: why (services.download)
@@ -89,6 +90,12 @@ class NotComplete(Conflict):
 class Gone(ClientError):
     status = 410
     code = "gone"
+
+
+class Failed(Gone):
+    """A failed carve's archive: it will never be complete (410, not 409: waiting is no use)."""
+
+    code = "failed"
 
 
 class PayloadTooLarge(ClientError):

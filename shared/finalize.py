@@ -50,6 +50,7 @@ from shared.manifest import ManifestPass
 from shared.manifest import summary as manifest_summary
 from shared.mongo import Document, transient_on_outage
 from shared.protocol import ZSTD_MAGIC, expected_block_length
+from shared.search import display_host, search_terms
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ class Finalizer:
             )
         except DuplicateKeyError:
             log.info("carve %s: files document already written by an earlier attempt", carve_id)
-        manifest_fields = await self._store_manifest(carve_id, manifest)
+        manifest_fields = await self._store_manifest(doc, manifest)
         complete = {
             "status": Status.COMPLETE.value,
             "sha256": sha256,
@@ -263,9 +264,11 @@ class Finalizer:
         return Result(Outcome.FINALIZED, chunks=doc["block_count"], sha256=sha256)
 
     async def _store_manifest(
-        self, carve_id: str, manifest: dict[str, Any] | None
+        self, doc: CarveDoc, manifest: dict[str, Any] | None
     ) -> dict[str, Any]:
-        """Store the manifest (replacing one of an earlier attempt); the carve's summary field."""
+        """Store the manifest (replacing one of an earlier attempt); the carve's summary field
+        and its search terms (``shared.search``: its host and carved paths)."""
+        carve_id = doc["_id"]
         if manifest is None:
             return {}
         row = {k: v for k, v in manifest.items() if k != "count"}  # members, truncated, error...
@@ -283,7 +286,9 @@ class Finalizer:
             )
         if manifest["error"]:
             log.warning("carve %s: archive not fully readable: %s", carve_id, manifest["error"])
-        return {"manifest": manifest_summary(manifest)}
+        brief = manifest_summary(manifest)
+        terms = search_terms(display_host(doc), brief["paths"])
+        return {"manifest": brief, "search": terms}
 
     async def _hash_chunks(self, doc: CarveDoc) -> tuple[str, Compression, dict[str, Any] | None]:
         carve_id = doc["_id"]

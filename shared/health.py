@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -72,6 +72,30 @@ def service_app(name: str, **options: Any) -> web.Application:
     app[keys.SERVICE_NAME] = name
     app[keys.REGISTRY] = new_registry()
     return app
+
+
+def metrics_listener(host: str, port: int) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context serving the app's ``/metrics``, and nothing else, on ``port``.
+
+    The monitoring system needs the metrics of every service, not its endpoints: on the
+    ingest's own port it could reach ``/start_uploads`` as well, and from a trusted proxy's
+    address claim any device certificate. A port of its own lets a network policy admit
+    the monitoring namespace to the metrics only (deploy/k8s)."""
+
+    async def serve_metrics(app: web.Application) -> AsyncIterator[None]:
+        metrics = web.Application()
+        metrics[keys.REGISTRY] = app[keys.REGISTRY]
+        metrics.router.add_get("/metrics", metrics_view)
+        runner = web.AppRunner(metrics, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            log.info("metrics on %s:%d", host, port)
+            yield
+        finally:
+            await runner.cleanup()
+
+    return serve_metrics
 
 
 def add_health_routes(app: web.Application, checks: dict[str, Check]) -> None:

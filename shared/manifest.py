@@ -27,6 +27,7 @@ from shared import tarsafe
 from shared.inert import inert
 from shared.settings import GiB, MiB
 from shared.tarsafe import Budget, Limits, Malformed, Member, Refused, Stopped
+from shared.timefmt import rfc3339
 
 COLLECTION = "manifests"
 MAX_ENTRIES = 10_000
@@ -45,7 +46,7 @@ def manifest_limits(carve_size: int) -> Limits:
 
 def _mtime(member: Member) -> str | None:
     try:
-        return datetime.fromtimestamp(member.mtime, UTC).isoformat()
+        return rfc3339(datetime.fromtimestamp(member.mtime, UTC))
     except (OverflowError, ValueError, OSError):  # a host can write any number there
         return None
 
@@ -221,24 +222,28 @@ class ManifestPass:
 MAX_PATHS = 10  # the first paths a carve's summary (and its events) name
 
 
+def _file_paths(members: list[dict[str, Any]]) -> list[str]:
+    """The distinct regular-file paths of a manifest, in order, inert (what was carved)."""
+    seen: dict[str, None] = {}
+    for member in members:
+        if member.get("type") == "file" and member.get("path"):
+            seen.setdefault(inert(member["path"]), None)
+    return list(seen)
+
+
 def first_paths(members: list[dict[str, Any]], limit: int = MAX_PATHS) -> list[str]:
     """The first ``limit`` distinct regular-file paths of a manifest (what was carved), inert."""
-    paths: list[str] = []
-    for member in members:
-        if member.get("type") != "file" or not member.get("path"):
-            continue
-        if (text := inert(member["path"])) not in paths:
-            paths.append(text)
-            if len(paths) >= limit:
-                break
-    return paths
+    return _file_paths(members)[:limit]
 
 
 def summary(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What the carve document says of its manifest: counts, and what was carved."""
+    """What the carve document says of its manifest: counts, and what was carved (the first
+    paths, and how many files in all)."""
+    files = _file_paths(manifest["members"])
     return {
         "members": manifest["count"],
         "truncated": manifest["truncated"],
         "error": manifest["error"],
-        "paths": first_paths(manifest["members"]),
+        "files": len(files),
+        "paths": files[:MAX_PATHS],
     }

@@ -51,6 +51,10 @@ async def ensure_indexes(db: AsyncDatabase[Document], bucket: str) -> None:
     # Pending carve events by time (shared.events.outbox), for the relays' sweep.
     await db["carves"].create_index([("outbox.time", ASCENDING)])
     await db["download_tickets"].create_index([("until", ASCENDING)], expireAfterSeconds=0)
+    # The carve list's search (trigrams of host and paths: shared.search) and its sort orders.
+    await db["carves"].create_index([("search", ASCENDING)])
+    for key in ("created_at", "carve_size", "status", "host_name", "request_id"):
+        await db["carves"].create_index([(key, ASCENDING), ("_id", ASCENDING)])
 
 
 # Server errors that are about the document itself: retrying the same write cannot help.

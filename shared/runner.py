@@ -11,7 +11,9 @@ import uvloop
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from shared.health import metrics_listener
 from shared.settings import HttpSettings
+from shared.timefmt import rfc3339
 
 
 class JsonLines(logging.Formatter):
@@ -19,7 +21,7 @@ class JsonLines(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "time": rfc3339(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -61,7 +63,10 @@ def configure_logging(settings: HttpSettings) -> None:
 
 
 def serve(app: web.Application, settings: HttpSettings, *, shutdown_timeout: float = 30.0) -> None:
-    """Run ``app`` until SIGINT/SIGTERM; aiohttp then runs the cleanup contexts in reverse."""
+    """Run ``app`` until SIGINT/SIGTERM; aiohttp then runs the cleanup contexts in reverse.
+    With ``CARVE_METRICS_PORT``, ``/metrics`` is also served on that port."""
+    if settings.metrics_port:
+        app.cleanup_ctx.append(metrics_listener(settings.http_host, settings.metrics_port))
     web.run_app(
         app,
         # uvloop: libuv's event loop; the per-request socket and task overhead is most

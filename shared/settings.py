@@ -26,6 +26,9 @@ class _Part(BaseSettings):
 class HttpSettings(_Part):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    # /metrics also on a port of its own (0: only on http_port), so a network policy can let
+    # the monitoring system scrape without reaching the service's endpoints.
+    metrics_port: int = Field(0, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 

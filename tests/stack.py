@@ -81,7 +81,8 @@ class Stack:
         for app in reversed(self.apps):
             await app.stop()
         with contextlib.suppress(Exception):
-            await self.mongo.drop_database(self.db.name)
+            async with asyncio.timeout(30):  # a MongoDB a test stopped must not hang teardown
+                await self.mongo.drop_database(self.db.name)
         await self.mongo.close()
 
     async def _serve(self, app: web.Application, port: int | None = None) -> RunningApp:

@@ -16,6 +16,7 @@ import requests
 from clients.carvectl.errors import (
     EXIT_ERROR,
     EXIT_FORBIDDEN,
+    EXIT_GONE,
     EXIT_INTEGRITY,
     EXIT_NOT_COMPLETE,
     EXIT_NOT_FOUND,
@@ -59,6 +60,17 @@ _SIMPLE_ERRORS = {
 }
 
 
+def gone_message(body: Mapping[str, Any]) -> str:
+    """A 410 as a responder reads it: deleted (when, by whom), expired (when), failed (why)."""
+    status = one_line(str(body.get("status") or "gone"))
+    at = one_line(str(body.get("at") or "an unknown time"))
+    if status == "failed":
+        return f"the carve failed at {at}: {one_line(str(body.get('reason') or '?'))}"
+    if status == "deleted":
+        return f"the carve was deleted at {at} by {one_line(str(body.get('by') or 'someone'))}"
+    return f"the carve is {status} (its bytes were deleted at {at})"
+
+
 def error_from_response(response: requests.Response) -> CliError:
     """The one-line message and exit code for an HTTP error answer."""
     status = response.status_code
@@ -74,8 +86,12 @@ def error_from_response(response: requests.Response) -> CliError:
             f"(its CARVE_VAULT_POLICY, by default {DEFAULT_POLICY}): {detail}",
             EXIT_FORBIDDEN,
         )
-    if status == 409:
+    if status == 409 and body.get("code") == "not_complete":
         return CliError(_conflict_message(body), EXIT_NOT_COMPLETE)
+    if status == 410:
+        return CliError(gone_message(body), EXIT_GONE)
+    if status == 412:
+        return CliError(f"the server's copy changed: {detail}")
     if status == 422:
         code = one_line(str(body.get("code") or "refused"))
         return CliError(f"the server refused the archive ({code}): {detail}", EXIT_INTEGRITY)
@@ -130,9 +146,9 @@ class Api:
     def __repr__(self) -> str:
         return f"Api(server={self.server!r})"
 
-    def _url(self, *parts: str) -> str:
+    def _url(self, *parts: str, base: str = "carves") -> str:
         quoted = "".join("/" + urllib.parse.quote(part, safe="") for part in parts)
-        return f"{self.server}/api/v1/carves{quoted}"
+        return f"{self.server}/api/v1/{base}{quoted}"
 
     def request(
         self,
@@ -186,17 +202,42 @@ class Api:
         cursor: str | None = None,
         device: str | None = None,
         request_id: str | None = None,
+        q: str | None = None,
+        sort: str | None = None,
         verdict: str | None = None,
     ) -> dict[str, Any]:
         query = {"status": status, "since": since, "limit": limit, "cursor": cursor}
-        query |= {"device": device, "request_id": request_id, "verdict": verdict}
+        query |= {"device": device, "request_id": request_id, "q": q, "sort": sort}
+        query |= {"verdict": verdict}
         return self._json(self._url(), {k: v for k, v in query.items() if v is not None})
 
     def carve(self, carve_id: str) -> Carve:
         return self._json(self._url(carve_id))
 
+    def campaign(self, request_id: str, params: Mapping[str, str | int]) -> dict[str, Any]:
+        return self._json(self._url(request_id, base="requests"), params)
+
+    def export(
+        self, request_id: str, params: Mapping[str, str], headers: Mapping[str, str]
+    ) -> requests.Response:
+        """The streaming export answer, whatever its status."""
+        sent = {"Accept-Encoding": "identity", **headers}
+        url = self._url(request_id, "export", base="requests")
+        return self.request(url, params=params, headers=sent, stream=True)
+
+    def member(self, carve_id: str, path: str) -> requests.Response:
+        """The streaming answer for one member's bytes, whatever its status."""
+        quoted = "/".join(urllib.parse.quote(part, safe="") for part in path.strip("/").split("/"))
+        url = f"{self._url(carve_id, 'files')}/{quoted}"
+        return self.request(url, headers={"Accept-Encoding": "identity"}, stream=True)
+
     def files(self, carve_id: str, limit: int | None = None) -> dict[str, Any]:
         return self._json(self._url(carve_id, "files"), {"limit": limit} if limit else None)
+
+    def member_at(self, carve_id: str, index: int) -> requests.Response:
+        """The streaming answer for the member at position ``index`` (whatever its status)."""
+        sent = {"Accept-Encoding": "identity"}
+        return self.request(self._url(carve_id, "members", str(index)), headers=sent, stream=True)
 
     def archive(self, carve_id: str, headers: Mapping[str, str]) -> requests.Response:
         """The streaming archive answer, whatever its status: the caller handles 206 and 416."""

@@ -15,8 +15,10 @@ from typing import Any
 import requests
 
 from clients.carvectl.api import DEFAULT_SERVER, Api
+from clients.carvectl.campaign import cmd_campaign, cmd_export
 from clients.carvectl.commands import cmd_extract, cmd_files, cmd_get, cmd_list, cmd_show
 from clients.carvectl.errors import (
+    EXIT_CODES,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -24,6 +26,7 @@ from clients.carvectl.errors import (
 )
 from clients.carvectl.fetch import NOT_HASHED, SHA256_RE
 from clients.carvectl.login import DEFAULT_VAULT_ADDR, cmd_login
+from clients.carvectl.member import cmd_member
 from clients.carvectl.render import printable, warn
 from clients.carvectl.tokens import load_token
 from shared import tarsafe
@@ -32,6 +35,14 @@ from shared.vault import is_loopback
 
 STATUSES = tuple(status.value for status in Status)
 VERDICTS = ("clean", "flagged", "incomplete")
+SORTS = tuple(f"{sign}{key}" for key in ("created", "size", "status", "host") for sign in ("", "-"))
+ID_HELP = "a carve id, a unique prefix of one, or a request id only one carve has"
+
+
+def _index_arg(text: str) -> int:
+    if not text.isdigit() or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"not a member index (0 to 999999999): {text!r}")
+    return int(text)
 
 
 def _bounded_int(maximum: int) -> Callable[[str], int]:
@@ -111,21 +122,46 @@ def _add_commands(sub: Any, env: Mapping[str, str]) -> None:
     listing.add_argument("--device", help="device certificate CN, or its SHA-256 fingerprint")
     listing.add_argument("--request-id", help="the request id osquery's query printed")
 
+    listing.add_argument(
+        "--search", "-s", metavar="TEXT", help="id or request id prefix, host or path part"
+    )
+    listing.add_argument("--sort", choices=SORTS, help="order (default -created: newest first)")
+
     show = command("show", cmd_show, "show one carve")
-    show.add_argument("carve_id", metavar="ID")
+    show.add_argument("carve_id", metavar="ID", help=ID_HELP)
+
+    campaign = command("campaign", cmd_campaign, "show every carve of one request id")
+    campaign.add_argument("request_id", metavar="REQUEST_ID")
+    campaign.add_argument("--all", action="store_true", help="every page of carves")
+
+    export = command("export", cmd_export, "download a campaign as one ZIP (resumable, verified)")
+    export.add_argument("request_id", metavar="REQUEST_ID")
+    export.add_argument("-o", "--output", metavar="FILE", help="default: campaign_<id>.zip")
 
     files = command("files", cmd_files, "list the members of a carve's archive")
-    files.add_argument("carve_id", metavar="ID")
+    files.add_argument("carve_id", metavar="ID", help=ID_HELP)
     files.add_argument("--limit", type=_bounded_int(100000))
 
     get = command("get", cmd_get, "download a carve's archive (resumable, verified)")
-    get.add_argument("carve_id", metavar="ID")
+    get.add_argument("carve_id", metavar="ID", help=ID_HELP)
     get.add_argument("-o", "--output", metavar="FILE", help="default: the server's file name")
     get.add_argument("--expect-sha256", type=_sha256_arg, metavar="HEX")
 
-    extract = command("extract", cmd_extract, "download a carve and extract it safely")
-    extract.add_argument("carve_id", metavar="ID")
-    extract.add_argument("paths", nargs="*", metavar="PATH", help="only these paths or dirs")
+    member = command("member", cmd_member, "download one member by its INDEX (carvectl files)")
+    member.add_argument("carve_id", metavar="ID", help=ID_HELP)
+    member.add_argument("index", type=_index_arg, metavar="INDEX")
+    member.add_argument("-o", "--output", metavar="FILE", help="default: the member's name")
+
+    extract = command(
+        "extract", cmd_extract, "extract a carve's files safely (named ones: only their bytes)"
+    )
+    extract.add_argument("carve_id", metavar="ID", help=ID_HELP)
+    extract.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="only these paths or dirs: fetched one by one when the carve has a manifest",
+    )
     extract.add_argument("-d", "--directory", required=True, metavar="DIR")
     extract.add_argument("--expect-sha256", type=_sha256_arg, metavar="HEX")
     defaults = tarsafe.Limits()
@@ -148,8 +184,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     parser = argparse.ArgumentParser(
         prog="carvectl",
         description="Client of the osquery carve download service.",
-        epilog="exit codes: 0 ok, 1 server/network, 2 usage, 3 HTTP 401, 4 HTTP 403, "
-        "5 HTTP 404, 6 not complete (409), 7 integrity",
+        epilog="exit codes:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, env, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

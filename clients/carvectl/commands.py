@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from clients.carvectl import lookup
+from clients.carvectl import lookup, members
 from clients.carvectl.api import Api, Carve
 from clients.carvectl.errors import (
+    EXIT_AMBIGUOUS,
     EXIT_INTEGRITY,
     EXIT_NOT_FOUND,
     EXIT_OK,
-    EXIT_USAGE,
     CliError,
 )
 from clients.carvectl.extract import ExtractReport, extract_archive
@@ -28,6 +28,7 @@ from clients.carvectl.render import (
     file_row,
     format_carve,
     format_table,
+    human_size,
     note,
     one_line,
     print_json,
@@ -60,6 +61,8 @@ def cmd_list(args: argparse.Namespace, api: Api) -> int:
             cursor=cursor,
             device=args.device,
             request_id=args.request_id,
+            q=args.search,
+            sort=args.sort,
             verdict=args.verdict,
         )
         carves.extend(_dicts(page.get("carves"), "carves"))
@@ -78,25 +81,50 @@ def cmd_list(args: argparse.Namespace, api: Api) -> int:
     return EXIT_OK
 
 
-def resolve_carve(api: Api, ident: str) -> tuple[str, Carve]:
-    """The carve named by a carve id, or by a request id that exactly one carve has."""
-    missing = CliError(
-        f"no carve {printable(ident)} (as a carve id or a request id)", EXIT_NOT_FOUND
+def _all_pages(api: Api, **query: Any) -> list[dict[str, Any]]:
+    """Every carve a query finds, up to ``lookup.MAX_CANDIDATES`` (a bounded walk)."""
+    found: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while len(found) < lookup.MAX_CANDIDATES:
+        page = api.list_carves(limit=100, cursor=cursor, **query)
+        found += _dicts(page.get("carves"), "carves")
+        if not (cursor := page.get("next_cursor") or None):
+            break
+    return found
+
+
+def _ambiguous(ident: str, what: str, carves: list[dict[str, Any]]) -> CliError:
+    for line in lookup.candidate_lines(carves):
+        print(printable(line), file=sys.stderr)
+    return CliError(
+        f"{printable(ident)} is {what} of {len(carves)} carves (listed above): give more of the id",
+        EXIT_AMBIGUOUS,
     )
+
+
+def resolve_carve(api: Api, ident: str) -> tuple[str, Carve]:
+    """The carve named by a carve id, a unique prefix of one, or a request id that exactly
+    one carve has. Several: they are listed, and the exit code is EXIT_AMBIGUOUS."""
     if lookup.could_be_carve_id(ident):
         try:
             return ident, api.carve(ident)
         except CliError as exc:
             if exc.code != EXIT_NOT_FOUND:
                 raise
-    page = api.list_carves(request_id=ident, limit=2)
-    try:
-        found = lookup.one_match(_dicts(page.get("carves"), "carves"), ident)
-    except ValueError as exc:
-        raise CliError(f"{printable(str(exc))}: give the carve id", EXIT_USAGE) from exc
-    if found is None:
-        raise missing
-    return found, api.carve(found)
+        # q finds id prefixes (and more: request ids, hosts, paths): keep the id prefixes.
+        prefixed = [c for c in _all_pages(api, q=ident) if str(c["carve_id"]).startswith(ident)]
+        if len(prefixed) == 1:
+            return str(prefixed[0]["carve_id"]), api.carve(str(prefixed[0]["carve_id"]))
+        if prefixed:
+            raise _ambiguous(ident, "a prefix of the ids", prefixed)
+    campaign = _all_pages(api, request_id=ident)
+    if len(campaign) == 1:
+        return str(campaign[0]["carve_id"]), campaign[0]
+    if campaign:
+        raise _ambiguous(ident, "the request id", campaign)
+    raise CliError(
+        f"no carve {printable(ident)} (as a carve id, id prefix or request id)", EXIT_NOT_FOUND
+    )
 
 
 def cmd_show(args: argparse.Namespace, api: Api) -> int:
@@ -106,10 +134,13 @@ def cmd_show(args: argparse.Namespace, api: Api) -> int:
     else:
         print(format_carve(carve))
         print("\n".join(format_triage(carve)))
+    if carve.get("status") == "failed":
+        warn(f"the carve failed: {one_line(str(carve.get('failure_reason') or '?'))}")
     return EXIT_OK
 
 
 def cmd_files(args: argparse.Namespace, api: Api) -> int:
+    args.carve_id, _carve = resolve_carve(api, args.carve_id)
     listing = api.files(args.carve_id, args.limit)
     if args.json:
         print_json(listing)
@@ -193,10 +224,49 @@ def _manifest_hashes(api: Api, args: argparse.Namespace) -> dict[str, str]:
     return lookup.manifest_hashes(_dicts(listing.get("members", []), "members"))
 
 
+def _extract_members(args: argparse.Namespace, api: Api, carve: Carve, dest: Path) -> int | None:
+    """Named paths from a carve with a whole manifest: only their bytes, through the member
+    endpoint (``members``). None when the manifest cannot say (then: the whole archive)."""
+    try:
+        listing = api.files(args.carve_id)
+    except CliError as exc:
+        if exc.code in (EXIT_INTEGRITY, EXIT_NOT_FOUND):
+            return None  # the archive itself will say what is wrong with it
+        raise
+    planned = members.plan(listing, args.paths)
+    if planned is None:
+        return None
+    chosen, unmatched = planned
+    report = members.extract_members(
+        api, args.carve_id, chosen, dest, progress=_show_progress(args)
+    )
+    for selector in unmatched:
+        warn(f"no member matches {printable(selector)}")
+    if args.json:
+        print_json(
+            {
+                "directory": str(dest),
+                "extracted": report.files,
+                "unmatched": unmatched,
+                "bytes_fetched": report.bytes_fetched,
+                "archive_size": carve.get("carve_size"),
+            }
+        )
+    else:
+        print(
+            f"extracted {len(report.files)} member(s) to {printable(str(dest))} "
+            f"({human_size(report.bytes_fetched)} fetched; the archive is "
+            f"{human_size(carve.get('carve_size'))})"
+        )
+    return EXIT_NOT_FOUND if unmatched else EXIT_OK
+
+
 def cmd_extract(args: argparse.Namespace, api: Api) -> int:
     args.carve_id, carve = resolve_carve(api, args.carve_id)
     dest = Path(args.directory)
     dest.mkdir(parents=True, exist_ok=True)
+    if args.paths and (code := _extract_members(args, api, carve, dest)) is not None:
+        return code
     archive = _temporary_archive(dest)
     try:
         fetched = fetch_archive(

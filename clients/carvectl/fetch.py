@@ -209,7 +209,9 @@ def _open_part(part: Path, offset: int, hasher: Any) -> IO[bytes]:
     return os.fdopen(fd, "wb")
 
 
-def _write(answer: _Answer, part: Path, chunks: Iterable[bytes], progress: bool) -> tuple[str, int]:
+def _write(
+    answer: _Answer, part: Path, chunks: Iterable[bytes], progress: bool, label: str = ""
+) -> tuple[str, int]:
     hasher = hashlib.sha256()
     size = answer.offset
     with (
@@ -222,7 +224,7 @@ def _write(answer: _Answer, part: Path, chunks: Iterable[bytes], progress: bool)
             unit_divisor=1024,
             disable=not progress,
             file=sys.stderr,
-            desc=printable(part.name.removesuffix(".part")),
+            desc=label or printable(part.name.removesuffix(".part")),
             leave=False,
         ) as bar,
     ):
@@ -257,10 +259,11 @@ def _receive(
     resume: bool,
     expect: str | None,
     progress: bool,
+    label: str = "",
 ) -> Fetched:
     response = answer.response
     chunks = _chunks(response, resume) if answer.body else ()
-    digest, size = _write(answer, part, chunks, progress)
+    digest, size = _write(answer, part, chunks, progress, label)
     if answer.total is not None and size < answer.total:
         hint = "; run the same command again to resume" if resume else ""
         raise CliError(f"download incomplete: {size} of {answer.total} bytes{hint}")
@@ -293,7 +296,8 @@ def fetch_archive(
     progress: bool = False,
     quiet: bool = False,
 ) -> Fetched:
-    """Stream the archive into ``part`` and verify it; the caller renames it.
+    """Stream the archive into ``part`` and verify it; the caller renames it. The progress
+    bar says which carve it is (its short id).
 
     With ``resume``, an existing ``part`` is continued (and its bytes re-hashed first). On a
     SHA-256 mismatch ``part`` is deleted and CliError(7) raised; on an interruption it is kept.
@@ -308,7 +312,10 @@ def fetch_archive(
                 note("the server's copy changed or it refused to resume: starting over", quiet)
             elif answer.offset:
                 note(f"resuming {printable(part.name)} at byte {answer.offset}", quiet)
-            return _receive(answer, carve, part, resume=resume, expect=expect, progress=progress)
+            label = f"carve {printable(carve_id[:8])} archive"
+            return _receive(
+                answer, carve, part, resume=resume, expect=expect, progress=progress, label=label
+            )
     note(f"{printable(part.name)} is longer than the archive: starting over", quiet)
     part.unlink(missing_ok=True)
     return fetch_archive(

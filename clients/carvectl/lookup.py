@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+MAX_CANDIDATES = 1000  # carves looked at to tell whether an id prefix is unique
+SHOWN_CANDIDATES = 10
 CARVE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -29,12 +31,25 @@ def could_be_carve_id(text: str) -> bool:
     return 0 < len(text) <= 128 and text[0] not in "_-" and set(text) <= CARVE_ID_CHARS
 
 
-def one_match(carves: Sequence[Mapping[str, Any]], request_id: str) -> str | None:
-    """The carve id if exactly one carve has ``request_id``; None if none; ValueError if more."""
-    if len(carves) > 1:
-        ids = ", ".join(str(c.get("carve_id")) for c in carves[:5])
-        raise ValueError(f"{len(carves)} carves have request id {request_id}: {ids}")
-    return str(carves[0]["carve_id"]) if carves else None
+def candidate_lines(carves: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The carves an ambiguous name could mean: id, host, what was carved, when."""
+    lines = [
+        f"  {c.get('carve_id')}  {c.get('host') or device_cell(c)}  {what_cell(c)}  "
+        f"{c.get('created_at') or '-'}"
+        for c in carves[:SHOWN_CANDIDATES]
+    ]
+    if len(carves) > SHOWN_CANDIDATES:
+        lines.append(f"  ... and {len(carves) - SHOWN_CANDIDATES} more")
+    return lines
+
+
+def what_cell(carve: Mapping[str, Any]) -> str:
+    """What was carved: the first path, and how many more (``-`` until it is complete)."""
+    paths = carve.get("paths") or []
+    if not paths:
+        return "-"
+    more = int(carve.get("path_count") or len(paths)) - 1
+    return str(paths[0]) + (f" (+{more} more)" if more > 0 else "")
 
 
 def manifest_hashes(members: Iterable[Mapping[str, Any]]) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from clients.carvectl import lookup
@@ -85,8 +86,9 @@ def print_json(value: object) -> None:
     print(json.dumps(value, indent=2))
 
 
-CARVE_HEADERS = ("ID", "STATUS", "PROGRESS", "SIZE", "COMPRESSION", "DEVICE", "CREATED", "VERDICT")
-FILE_HEADERS = ("PATH", "TYPE", "SIZE", "MODE", "MTIME", "SHA256")
+CARVE_HEADERS = ("ID", "STATUS", "PROGRESS", "SIZE", "HOST", "CARVED", "CREATED", "VERDICT")
+# INDEX: the member's position in the archive, for ``carvectl member`` (any name).
+FILE_HEADERS = ("PATH", "TYPE", "SIZE", "MODE", "MTIME", "INDEX", "SHA256")
 
 
 def verdict_of(carve: Mapping[str, Any]) -> str:
@@ -101,8 +103,8 @@ def carve_row(carve: Mapping[str, Any]) -> list[str]:
         str(carve.get("status") or "-"),
         format_progress(carve.get("blocks_received"), carve.get("block_count")),
         human_size(carve.get("carve_size")),
-        str(carve.get("compression") or "-"),
-        printable(lookup.device_cell(carve)),
+        printable(str(carve.get("host") or lookup.device_cell(carve))),
+        printable(lookup.what_cell(carve)),
         str(carve.get("created_at") or "-"),
         verdict_of(carve),
     ]
@@ -120,25 +122,77 @@ def file_row(member: Mapping[str, Any]) -> list[str]:
         human_size(member.get("size")),
         format_mode(member.get("mode")),
         str(member.get("mtime") or "-"),
+        str(member.get("index", "-")),
         str(member.get("sha256") or "-"),
     ]
 
 
+def ago(when: object, now: datetime | None = None) -> str:
+    """``2026-11-27T10:00:00Z (3 h ago)``: the time as the server wrote it, and how long ago."""
+    if not isinstance(when, str) or not when:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError:
+        return when
+    seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if abs(seconds) >= size:
+            return f"{when} ({seconds // size} {unit} ago)"
+    return f"{when} ({seconds} s ago)"
+
+
+def _manifest_line(manifest: Mapping[str, Any]) -> str:
+    text = f"{manifest.get('members', '?')} members"
+    if manifest.get("files") is not None:
+        text += f", {manifest['files']} files"
+    if manifest.get("truncated"):
+        text += ", truncated"
+    if manifest.get("error"):
+        text += f"; not fully readable: {manifest['error']}"
+    return text
+
+
+def _size_line(carve: Mapping[str, Any]) -> str:
+    size, block = carve.get("carve_size"), carve.get("block_size")
+    text = f"{human_size(size)} ({size:,} bytes)" if isinstance(size, int) else "-"
+    if carve.get("block_count") is not None:
+        text += f" in {carve['block_count']} blocks of {human_size(block)}"
+    return text + (f", {carve['compression']}" if carve.get("compression") else "")
+
+
 def format_carve(carve: Mapping[str, Any]) -> str:
-    width = max((len(key) for key in carve), default=0) + 1
-    lines = []
-    for key, value in carve.items():
-        if key in ("triage", "triage_history"):
-            continue  # printed by clients.carvectl.triage
-        if value is None:
-            shown = "-"
-        elif key == "device" and isinstance(value, dict):
-            shown = lookup.device_line(value)
-        elif key in ("carve_size", "block_size") and isinstance(value, int):
-            shown = f"{value} ({human_size(value)})"
-        elif isinstance(value, dict | list):
-            shown = json.dumps(value)
-        else:
-            shown = str(value)
-        lines.append(f"{printable(key + ':'):<{width}} {printable(shown)}")
-    return "\n".join(lines)
+    """``show``: one labelled line per fact a responder reads, sizes and times for people
+    (``--json`` has the raw record)."""
+    paths = [str(p) for p in carve.get("paths") or []]
+    more = int(carve.get("path_count") or len(paths)) - len(paths)
+    rows: list[tuple[str, str]] = [
+        ("carve", f"{carve.get('carve_id')}  ({carve.get('status')})"),
+        ("host", str(carve.get("host") or lookup.device_cell(carve))),
+        ("request id", str(carve.get("request_id") or "-")),
+        ("carved", paths[0] if paths else "- (known once complete)"),
+        *(("", path) for path in paths[1:]),
+        *([("", f"+{more} more (carvectl files)")] if more > 0 else []),
+        ("size", _size_line(carve)),
+        ("progress", format_progress(carve.get("blocks_received"), carve.get("block_count"))),
+        ("sha256", str(carve.get("sha256") or "-")),
+        ("created", ago(carve.get("created_at"))),
+        ("completed", ago(carve.get("completed_at"))),
+    ]
+    if isinstance(manifest := carve.get("manifest"), Mapping):
+        rows.append(("manifest", _manifest_line(manifest)))
+    if carve.get("failed_at") or carve.get("failure_reason"):
+        rows.append(("failed", f"{ago(carve.get('failed_at'))}: {carve.get('failure_reason')}"))
+    if carve.get("expired_at"):
+        rows.append(("expired", ago(carve.get("expired_at"))))
+    if carve.get("deleted_at"):
+        rows.append(("deleted", f"{ago(carve['deleted_at'])} by {carve.get('deleted_by')}"))
+    if isinstance(device := carve.get("device"), Mapping):
+        rows.append(("device", lookup.device_line(device)))
+    if carve.get("filename"):
+        rows.append(("file", str(carve["filename"])))
+    width = max(len(label) for label, _ in rows) + 1
+    return "\n".join(
+        f"{printable(label + ':' if label else ''):<{width}} {printable(value)}"
+        for label, value in rows
+    )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
@@ -25,16 +27,55 @@ from shared import keys as shared_keys
 from shared.mongo import Document
 from shared.protocol import CARVE_ID
 from shared.proxies import client_address
+from shared.timefmt import rfc3339
 
 COLLECTION = "audit"
 log = logging.getLogger("carve.audit")
 
 # Route names whose requests are audited: every responder request (a listing shows carves too).
-AUDITED = frozenset({"list", "carve", "archive", "files", "file", "file_request", "delete"})
+AUDITED = frozenset(
+    {"list", "summary", "carve", "archive", "files", "file", "member", "file_request", "delete"}
+)
 # The console's additions (services/download/console_api.py, audit_api.py, login.py).
 AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"}
 AUDITED |= {"webhooks"}  # webhooks_api.py
+AUDITED |= {"campaign", "export", "export_ticket"}  # a request id's carves, their ZIP
 AUDITED |= {"triage", "triage_since"}  # triage_api.py
+# Views that show metadata only, which a console refreshes on its own: audited the first time
+# an identity asks for one, and again once the window has passed (``Repeats``).
+REPEATABLE = frozenset({"list", "summary", "carve", "campaign"})
+REPEAT_KEYS = 4096
+OPTIONAL = ("request_id", "carve_ids")  # fields a row has only when they are set
+
+
+class Repeats:
+    """Which views each identity saw lately: a bounded map (identity, view) -> when audited.
+
+    Per process: with several replicas behind a balancer, a poll may be audited once per
+    replica per window. Only allowed requests count; a refusal is always audited.
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+
+    def again(self, entry: AuditEntry, view: str) -> bool:
+        """True when ``entry`` repeats a view audited within the window (then skip it)."""
+        if self.window <= 0 or entry.action not in REPEATABLE or entry.outcome != "allowed":
+            return False
+        who = entry.entity_id or entry.accessor or entry.display_name or ""
+        key, now = (who, entry.action, view), time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last < self.window:
+            return True
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        while len(self._seen) > REPEAT_KEYS:
+            self._seen.popitem(last=False)
+        return False
+
+
+REPEATS = web.AppKey("audit_repeats", Repeats)
 
 
 @dataclass
@@ -51,6 +92,9 @@ class AuditEntry:
     bytes_sent: int = 0
     # The error code of a refused request (e.g. archive_sparse, tar_busy), None otherwise.
     code: str | None = None
+    # A campaign's request id, and the carves an export held (only on those rows).
+    request_id: str | None = None
+    carve_ids: list[str] | None = None
     # Set once the response's headers went out: an error now can only cut it short.
     response: web.StreamResponse | None = field(default=None, repr=False)
 
@@ -80,13 +124,16 @@ def outcome_of(status: int) -> str:
 async def record(entries: AsyncCollection[Document], entry: AuditEntry) -> None:
     # Not asdict(): it would deep-copy the response object.
     row = {f.name: getattr(entry, f.name) for f in fields(entry) if f.name != "response"}
+    for name in OPTIONAL:
+        if row[name] is None:
+            del row[name]
     stored = True
     try:
         await entries.insert_one(dict(row))
     except (PyMongoError, ValueError, TypeError) as exc:  # also BSON encoding errors
         stored = False
         log.error("audit row not stored (%s)", exc.__class__.__name__)
-    row["time"] = entry.time.isoformat()
+    row["time"] = rfc3339(entry.time)
     row["stored"] = stored
     log.info("%s", orjson.dumps(row).decode())
 
@@ -133,5 +180,8 @@ async def audited(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.active.dec()
         metrics.requests.labels(route, entry.outcome).inc()
         metrics.bytes_sent.labels(route).inc(entry.bytes_sent)
-        # Shielded: a shutdown that cancels this request still gets its audit row written.
-        await asyncio.shield(record(request.app[shared_keys.MONGO_DB][COLLECTION], entry))
+        if request.app[REPEATS].again(entry, request.path_qs):
+            metrics.audit_repeats.labels(route).inc()
+        else:
+            # Shielded: a shutdown that cancels this request still gets its audit row written.
+            await asyncio.shield(record(request.app[shared_keys.MONGO_DB][COLLECTION], entry))

@@ -23,6 +23,7 @@ from services.download.lookups import MAX_VALUE, int_param, time_param
 from shared import keys as shared_keys
 from shared.errors import InvalidRequest
 from shared.mongo import Document, transient_on_outage
+from shared.timefmt import rfc3339
 
 OUTCOMES = ("allowed", "denied", "refused", "error", "aborted")
 MAX_PAGE = 1000
@@ -76,7 +77,7 @@ def audit_filter(request: web.Request) -> Document:
 def row_view(row: Document) -> dict[str, Any]:
     view = {k: v for k, v in row.items() if k != "_id"}
     view["id"] = str(row["_id"])
-    view["time"] = row["time"].isoformat()
+    view["time"] = rfc3339(row["time"])
     return view
 
 

@@ -40,7 +40,7 @@ def _client_left(
         log.info("%s: client went away (%s)", request.path, exc.__class__.__name__)
         return web.Response(status=499, reason="Client Closed Request")
     entry.outcome = "aborted"
-    entry.code = "client_gone"
+    entry.code = entry.code or "client_gone"  # or too_slow: cut off by services.download.pace
     return entry.response or web.Response(status=499, reason="Client Closed Request")
 
 

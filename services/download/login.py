@@ -4,23 +4,22 @@
 method (``CARVE_VAULT_USERPASS_MOUNT``); the answer carries the Vault token, which the console
 keeps in sessionStorage. The password is passed to Vault and dropped: it is never stored,
 logged or put in the audit row (which records the user name and the outcome). Attempts are
-limited per client address and per user name (``CARVE_LOGIN_PER_MINUTE`` each, in this
-replica), so a guessing run costs its author minutes per handful of tries.
+limited so that a guessing run costs its author minutes per handful of tries, and so that
+nobody can lock another responder out (``services.download.login_limits``).
 ``POST /api/v1/logout`` revokes the caller's token in Vault and in this service's cache.
 """
 
 from __future__ import annotations
 
 import re
-import time
 
 from aiohttp import web
-from cachetools import TTLCache
 
 from services.download import keys
 from services.download.audit import AUDIT
 from services.download.auth import header_token
 from services.download.bodies import parse_json, read_body
+from services.download.login_limits import LIMITER
 from services.download.tokens import Identity
 from shared.errors import InvalidRequest, LimitExceeded, Unauthorized
 from shared.vault import InvalidToken, LoginRefused
@@ -28,29 +27,6 @@ from shared.vault import InvalidToken, LoginRefused
 # What Vault's userpass accepts as a user name, and a bound on the password.
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 _MAX_PASSWORD = 1024
-
-
-class LoginLimiter:
-    """At most ``per_minute`` attempts per key in any sliding 60 seconds."""
-
-    def __init__(self, per_minute: int, max_keys: int = 100_000) -> None:
-        self.per_minute = per_minute
-        # Per key, the times of its recent attempts (at most per_minute of them).
-        self._tries: TTLCache[str, list[float]] = TTLCache(max_keys, 60)
-
-    def allow(self, *names: str, now: float | None = None) -> float:
-        """0 when every key may try once more (and counts the try); else seconds to wait."""
-        now = time.monotonic() if now is None else now
-        recent = {name: [t for t in self._tries.get(name, []) if now - t < 60] for name in names}
-        full = [tries[0] for tries in recent.values() if len(tries) >= self.per_minute]
-        if full:
-            return max(1.0, 60 - (now - min(full)))
-        for name, tries in recent.items():
-            self._tries[name] = [*tries, now]  # re-set: the entry lives 60 s past its last try
-        return 0.0
-
-
-LIMITER = web.AppKey("login_limiter", LoginLimiter)
 
 
 def _credentials(body: bytes) -> tuple[str, str]:
@@ -69,7 +45,8 @@ async def login(request: web.Request) -> web.Response:
     username, password = _credentials(await read_body(request))
     entry = request[AUDIT]
     entry.display_name = f"userpass-{username}"  # who tried, even when refused
-    wait = request.app[LIMITER].allow("client:" + entry.client, "user:" + username.lower())
+    limiter = request.app[LIMITER]
+    wait = limiter.attempt(entry.client, username)
     if wait:
         raise LimitExceeded(
             "too many login attempts: wait a minute", "login_rate", retry_after=round(wait)
@@ -80,6 +57,7 @@ async def login(request: web.Request) -> web.Response:
         auth = await vault.userpass_login(settings.vault_userpass_mount, username, password)
     except LoginRefused as exc:
         request.app[keys.METRICS].auth_failures.labels("login").inc()
+        limiter.failed(entry.client, username)
         raise Unauthorized("invalid username or password") from exc
     finally:
         del password

@@ -6,8 +6,9 @@ id prefix.
 
 ``?request_id=`` is the id osquery's live query printed (exact match), ``?device=`` the
 device certificate's subject CN (exact) or its SHA-256 fingerprint (64 hex digits), ``?q=``
-a prefix of the carve id. Each value is checked before it reaches MongoDB: a prefix becomes
-an anchored, escaped regular expression, never a pattern of the caller's.
+what a responder remembers: a carve id or request id prefix, or part of the host or of a
+carved path (``shared.search``). Each value is checked before it reaches MongoDB and becomes
+an escaped regular expression, never a pattern of the caller's.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from datetime import datetime
 
 from shared.errors import InvalidRequest
 from shared.mongo import Document
+from shared.search import MAX_QUERY, query_filter
 
-_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _FINGERPRINT = re.compile(r"(?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2}")
 MAX_VALUE = 256
 _DIGITS = re.compile(r"[0-9]{1,9}")
@@ -71,8 +72,9 @@ def lookup_filters(query: Mapping[str, str]) -> Document:
         found["request_id"] = request_id
     if (device := _text(query, "device")) is not None:
         found.update(device_filter(device))
-    if (prefix := query.get("q")) is not None:
-        if not _PREFIX.fullmatch(prefix):
-            raise InvalidRequest("q must be 1 to 128 characters of [A-Za-z0-9_-]")
-        found["_id"] = {"$regex": "^" + re.escape(prefix)}
+    if (q := query.get("q")) is not None:
+        q = q.strip()
+        if not 0 < len(q) <= MAX_QUERY or any(ord(c) < 0x20 or ord(c) == 0x7F for c in q):
+            raise InvalidRequest(f"q must be 1 to {MAX_QUERY} printable characters")
+        found.update(query_filter(q))
     return found

@@ -7,9 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from services.download import keys, login, tickets
+from services.download import audit, keys, tickets
 from services.download.audit import audited
+from services.download.bodies import json_posts
 from services.download.errors import answer_errors
+from services.download.login_limits import LIMITER, LoginLimiter
 from services.download.metrics import DownloadMetrics
 from services.download.routes import setup_routes
 from services.download.settings import DownloadSettings
@@ -50,11 +52,13 @@ async def check_vault(app: web.Application) -> None:
 
 def create_app(settings: DownloadSettings) -> web.Application:
     # The audit middleware outside: it records the answer the errors middleware chose.
-    middlewares = [audited, answer_errors]
+    middlewares = [audited, answer_errors, json_posts]
     app = service_app("carve-download", middlewares=middlewares, client_max_size=64 * 1024)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = DownloadMetrics.create(app[shared_keys.REGISTRY])
-    app[keys.STREAMS] = StreamSlots(settings.max_streams)
+    app[keys.STREAMS] = StreamSlots(
+        settings.max_streams, settings.streams_per_responder, app[keys.METRICS].streams
+    )
     app[keys.TAR_JOBS] = TarJobs(
         settings.tar_concurrency,
         settings.tar_jobs_per_carve,
@@ -62,7 +66,12 @@ def create_app(settings: DownloadSettings) -> web.Application:
         app[keys.METRICS].tar_jobs,
     )
     app[tickets.SECRET] = tickets.app_secret(settings.ticket_secret.get_secret_value())
-    app[login.LIMITER] = login.LoginLimiter(settings.login_per_minute)
+    app[LIMITER] = LoginLimiter(
+        settings.login_per_minute,
+        settings.login_user_failures_per_minute,
+        settings.login_failures_per_minute,
+    )
+    app[audit.REPEATS] = audit.Repeats(settings.audit_repeat_window)
     app.cleanup_ctx.extend(
         [mongo_ctx(settings), events_ctx(settings, settings), _vault_ctx, _tar_pool_ctx]
     )

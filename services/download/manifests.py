@@ -21,6 +21,7 @@ from shared import keys as shared_keys
 from shared.carves import CarveDoc
 from shared.manifest import COLLECTION
 from shared.mongo import Document, transient_on_outage
+from shared.timefmt import restated
 
 # Manifest passes that stopped for reasons of their own: the tar listing may still succeed.
 LIVE_LISTING = frozenset({"bytes_budget", "time_budget", "stopped", "internal"})
@@ -42,9 +43,13 @@ async def manifest_listing(request: web.Request, doc: CarveDoc, limit: int) -> w
         request.app[keys.METRICS].tar_refusals.labels(refused.code).inc()
         raise refused
     members: list[dict[str, Any]] = manifest["members"]
+    # Every member, in archive order: its position is its index (as the tar listing says).
+    shown = [
+        {**m, "mtime": restated(m.get("mtime")), "index": i} for i, m in enumerate(members[:limit])
+    ]
     body = {
         "carve_id": doc["_id"],
-        "members": members[:limit],
+        "members": shown,
         "truncated": bool(manifest["truncated"]) or len(members) > limit,
         "source": "manifest",
     }
@@ -59,4 +64,15 @@ async def member_sha256(request: web.Request, doc: CarveDoc, path: str) -> str |
     for member in manifest.get("members", []):
         if member["path"] == path and not member["superseded"] and member["type"] == "file":
             return str(member["sha256"])
+    return None
+
+
+async def member_sha256_at(request: web.Request, doc: CarveDoc, index: int) -> str | None:
+    """The SHA-256 the manifest holds for the member at position ``index``."""
+    manifest = await stored(request, doc["_id"])
+    if not manifest or manifest.get("error"):
+        return None
+    members = manifest.get("members", [])
+    if index < len(members) and members[index]["type"] == "file":
+        return str(members[index]["sha256"])
     return None

@@ -68,9 +68,11 @@ def clean_member_path(path: str) -> str:
 
 def member_view(member: Member) -> dict[str, Any]:
     """A member as listed: unsafe ones keep their raw stripped path and say why (the same
-    entry as the finalize-time manifest's, without a SHA-256: the tar is not hashed here)."""
+    entry as the finalize-time manifest's, without a SHA-256: the tar is not hashed here),
+    with its position in the archive (``.../members/{index}`` serves it)."""
     view = manifest.entry(member, None)
     del view["sha256"]
+    view["index"] = member.index
     return view
 
 
@@ -208,19 +210,31 @@ def find_member(source: TarSource, wanted: str) -> Member | None:
     return found if found is not None and found.kind == "file" else None
 
 
+def find_member_at(source: TarSource, index: int) -> Member | None:
+    """The member at position ``index`` of the archive (0: the first), if it is a regular
+    file, whatever its name: the way out for names a path cannot carry (CR, LF, other
+    control bytes) and for members a later one at the same path supersedes."""
+    with source.open() as tar:
+        for member in tar:
+            if member.index == index:
+                return member if member.kind == "file" else None
+    return None
+
+
 def stream_member(
     source: TarSource,
-    wanted: str,
+    find: Callable[[TarSource], Member | None],
     on_found: Callable[[dict[str, Any]], bool],
     write: Callable[[bytes], None],
 ) -> bool:
-    """Find ``wanted`` (original path or raw name) and pass its bytes to ``write``.
+    """Find the member (``find``: by path, find_member; by position, find_member_at) and
+    pass its bytes to ``write``.
 
     Runs in a worker thread. ``on_found`` gets the member's description before
     the first byte (to send headers) and says whether the body is wanted (not
     for HEAD). False when no regular file matches.
     """
-    member = find_member(source, wanted)
+    member = find(source)
     if member is None:
         return False
     with source.open() as tar:

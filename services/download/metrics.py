@@ -17,6 +17,9 @@ class DownloadMetrics:
     tar_jobs: Gauge
     tar_refusals: Counter
     tar_abandoned: Counter
+    streams: Gauge
+    too_slow: Counter
+    audit_repeats: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DownloadMetrics:
@@ -57,6 +60,23 @@ class DownloadMetrics:
             tar_abandoned=Counter(
                 "carve_tar_abandoned",
                 "Tar jobs stopped because their client went away",
+                registry=registry,
+            ),
+            streams=Gauge(
+                "carve_download_streams",
+                "Archive and member downloads holding a stream slot now",
+                registry=registry,
+            ),
+            too_slow=Counter(
+                "carve_download_too_slow",
+                "Downloads cut off because their client read below CARVE_DOWNLOAD_MIN_RATE",
+                registry=registry,
+            ),
+            audit_repeats=Counter(
+                "carve_audit_repeats",
+                "Views asked for again by the same identity within CARVE_AUDIT_REPEAT_WINDOW: "
+                "not audited again (a console's auto-refresh)",
+                ["action"],
                 registry=registry,
             ),
         )

@@ -20,7 +20,7 @@ someone else (an attacker's own sign-in, sent to a responder as a link) sign nob
 responder's browser holds no such nonce. Under https it is a ``__Host-`` cookie (see nonce_cookie).
 
 ``GET /api/v1/login/oidc`` says whether SSO is configured. Attempts share the userpass
-login's limiter (per client address); everything is audited like the other logins.
+login's limit per client address; everything is audited like the other logins.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from aiohttp import web
 from services.download import keys
 from services.download.audit import AUDIT
 from services.download.bodies import parse_json, read_body
-from services.download.login import LIMITER, whoami_view
+from services.download.login import whoami_view
+from services.download.login_limits import LIMITER
 from services.download.settings import DownloadSettings
 from shared.errors import InvalidRequest, LimitExceeded, NotFound, Unauthorized
 from shared.vault import LoginRefused
@@ -61,7 +62,7 @@ def _configured(request: web.Request) -> bool:
 
 
 def _limit(request: web.Request) -> None:
-    wait = request.app[LIMITER].allow("client:" + request[AUDIT].client)
+    wait = request.app[LIMITER].attempt(request[AUDIT].client)
     if wait:
         raise LimitExceeded(
             "too many login attempts: wait a minute", "login_rate", retry_after=round(wait)

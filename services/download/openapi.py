@@ -14,6 +14,14 @@ from aiohttp import web
 _ERR = {"$ref": "#/components/responses/Error"}
 _CARVE_ID = {"name": "carve_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+_INDEX = {
+    "name": "index",
+    "in": "path",
+    "required": True,
+    "description": "the member's position in the archive (the listing's index; 0: the first)",
+    "schema": {"type": "integer", "minimum": 0},
+}
+_REQUEST_ID = {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _TICKET = {
     "name": "ticket",
     "in": "query",
@@ -56,7 +64,12 @@ _LIST = (
     _query("since", "created at or after (ISO 8601 with a zone)", format="date-time"),
     _query("request_id", "the request id osquery printed (exact)"),
     _query("device", "device certificate subject CN, or its SHA-256 fingerprint"),
-    _query("q", "carve id prefix"),
+    _query(
+        "q",
+        "carve id or request id prefix, or part of the host or of a carved path "
+        "(3 characters or more; case-insensitive)",
+    ),
+    _query("sort", "created, size, status or host; a leading - for descending (-created)"),
     _query("verdict", "triage verdict: clean, flagged or incomplete"),
     _query("limit", "page size, 1 to 1000"),
     _query("cursor", "next_cursor of the previous page"),
@@ -81,10 +94,85 @@ _DELIVERIES = (
 )
 CARVE = "/api/v1/carves/{carve_id}"
 
+# Every time the API writes: RFC 3339, UTC, "Z", milliseconds only when the time has them.
+_TIME = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$",
+    "examples": ["2026-11-27T10:00:00Z", "2026-11-27T10:00:00.911Z"],
+}
+_NULLABLE_TIME = {"oneOf": [{"$ref": "#/components/schemas/Time"}, {"type": "null"}]}
+_STR = {"type": "string"}
+_NULLABLE_STR = {"type": ["string", "null"]}
+_INT = {"type": "integer"}
+CARVE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["carve_id", "request_id", "status", "created_at", "updated_at"],
+    "properties": {
+        "carve_id": _STR,
+        "request_id": _STR,
+        "status": {"enum": ["receiving", "complete", "failed", "expired", "deleted"]},
+        "block_count": _INT,
+        "block_size": _INT,
+        "carve_size": _INT,
+        "blocks_received": _INT,
+        "progress": {"type": "number"},
+        "compression": {"enum": ["none", "zstd", None]},
+        "sha256": _NULLABLE_STR,
+        "filename": _NULLABLE_STR,
+        "host": _NULLABLE_STR,
+        "paths": {"type": "array", "items": _STR},
+        "path_count": {"type": ["integer", "null"]},
+        "failure_reason": _NULLABLE_STR,
+        "deleted_by": _NULLABLE_STR,
+        **{
+            name: _NULLABLE_TIME
+            for name in ("completed_at", "failed_at", "expired_at", "deleted_at")
+        },
+        "created_at": {"$ref": "#/components/schemas/Time"},
+        "updated_at": {"$ref": "#/components/schemas/Time"},
+        "device": {"type": ["object", "null"]},
+        "manifest": {"type": ["object", "null"]},
+        # carve-triage's scan on arrival (docs/triage.md): verdict, hits, skipped members.
+        "triage": {
+            "type": ["object", "null"],
+            "properties": {
+                "status": {"enum": ["pending", "running", "done", "failed"]},
+                "verdict": {"enum": ["clean", "flagged", "incomplete", None]},
+                "rules_version": _NULLABLE_STR,
+                "hits": {"type": "array", "items": {"type": "object"}},
+                "skipped": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "triage_history": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def _json_ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "200": {"description": description, "content": {"application/json": {"schema": schema}}},
+        "4XX": _ERR,
+        "5XX": _ERR,
+    }
+
+
+_CARVE_REF = {"$ref": "#/components/schemas/Carve"}
+_PAGE = {
+    "type": "object",
+    "properties": {
+        "carves": {"type": "array", "items": _CARVE_REF},
+        "next_cursor": _NULLABLE_STR,
+    },
+}
+
 PATHS: dict[str, dict[str, Any]] = {
-    "/api/v1/carves": {"get": _op("List carves, newest first", *_LIST)},
+    "/api/v1/carves": {
+        "get": _op("List carves, newest first", *_LIST, responses=_json_ok("a page", _PAGE))
+    },
+    "/api/v1/summary": {"get": _op("How many carves are receiving, complete, failed")},
     CARVE: {
-        "get": _op("One carve's metadata", _CARVE_ID),
+        "get": _op("One carve's metadata", _CARVE_ID, responses=_json_ok("the carve", _CARVE_REF)),
         "delete": _op("Delete a carve's bytes (admin policy); the document stays", _CARVE_ID),
     },
     CARVE + "/archive": {
@@ -104,12 +192,28 @@ PATHS: dict[str, dict[str, Any]] = {
     CARVE + "/files/{path}": {
         "get": _op("One member's bytes", _CARVE_ID, _PATH, _TICKET, ok="the member"),
     },
+    CARVE + "/members/{index}": {
+        "get": _op(
+            "The member at a position, whatever its name (CR, LF)",
+            _CARVE_ID,
+            _INDEX,
+            _TICKET,
+            ok="the member",
+        ),
+    },
     CARVE + "/download-ticket": {
         "post": _op(
             "A short-lived, single-use download ticket for a browser",
             _CARVE_ID,
             requestBody=_json_body(
-                {"type": "object", "properties": {"path": {"type": "string"}}}, required=False
+                {
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string"},
+                        "index": {"type": "integer", "minimum": 0},
+                    },
+                },
+                required=False,
             ),
         ),
     },
@@ -125,6 +229,44 @@ PATHS: dict[str, dict[str, Any]] = {
         | {"responses": {"202": {"description": "requested"}, "4XX": _ERR, "5XX": _ERR}},
     },
     "/api/v1/audit": {"get": _op("The audit trail (admin policy)", *_AUDIT)},
+    "/api/v1/requests/{request_id}": {
+        "get": _op(
+            "A campaign: every carve of one request id (paths, hosts, counts, bytes, "
+            "progress, first and last activity) and a page of them",
+            _REQUEST_ID,
+            _query("sort", "created, size, status or host (default); - for descending"),
+            _query("limit", "page size, 1 to 1000"),
+            _query("cursor", "next_cursor of the previous page"),
+        )
+    },
+    "/api/v1/requests/{request_id}/export-ticket": {
+        "post": _op(
+            "A short-lived, single-use ticket for a browser to fetch the export", _REQUEST_ID
+        )
+    },
+    "/api/v1/requests/{request_id}/export": {
+        "get": _op(
+            "One ZIP of the campaign's complete carves, manifest.json and manifest.csv "
+            "(streamed; ZIP64 where needed). Resume: the same as_of, offset = bytes kept, "
+            "If-Match: the first answer's ETag",
+            _REQUEST_ID,
+            _query(
+                "as_of",
+                "the set: carves complete at this time (the default: now)",
+                format="date-time",
+            ),
+            _query("offset", "start at this byte of the ZIP"),
+            _TICKET,
+            responses={
+                "200": {
+                    "description": "the ZIP",
+                    "content": {"application/zip": {"schema": {"type": "string"}}},
+                },
+                "4XX": _ERR,
+                "5XX": _ERR,
+            },
+        )
+    },
     "/api/v1/webhooks/deliveries": {
         "get": _op("Webhook deliveries of carve events (admin policy)", *_DELIVERIES)
     },
@@ -169,6 +311,7 @@ DOCUMENT: dict[str, Any] = {
     "security": [{"vaultToken": []}, {"bearer": []}],
     "paths": PATHS,
     "components": {
+        "schemas": {"Time": _TIME, "Carve": CARVE_SCHEMA},
         "securitySchemes": {
             "vaultToken": {"type": "apiKey", "in": "header", "name": "X-Vault-Token"},
             "bearer": {"type": "http", "scheme": "bearer"},

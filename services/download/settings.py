@@ -30,8 +30,15 @@ class DownloadSettings(
     download_batch_bytes: int = Field(1 * MiB, ge=1)
     # Archive and member downloads streaming at once (about 3 MiB each); more get a 503.
     max_streams: int = Field(64, ge=1, le=10_000)
+    # Of those, what one responder (Vault entity, or token) may stream at once; more get a
+    # 429 stream_busy. Below max_streams, so another responder's download always starts.
+    streams_per_responder: int = Field(8, ge=1, le=10_000)
     # A client that takes longer than this to accept one piece of a download is cut off.
     download_write_timeout: float = Field(60.0, gt=0)
+    # The slowest a download may go, in bytes a second, judged over each window of
+    # download_rate_window seconds; slower: the connection is cut (pace.py). 0: no floor.
+    download_min_rate: int = Field(8 * 1024, ge=0)
+    download_rate_window: float = Field(30.0, gt=0)
     # Tar listings and member downloads run in threads; at most this many at once.
     tar_concurrency: int = Field(8, ge=1, le=256)
     # Tar jobs (workers) one carve, or one responder, may hold at once; more wait (past 32
@@ -52,13 +59,23 @@ class DownloadSettings(
     # arrive; slower: 408 and the connection closed.
     request_body_timeout: float = Field(10.0, gt=0)
     # --- the console (services/download/tickets.py, login.py) ---
+    # The same view (a listing, a carve, a campaign, the counts) asked for again by the same
+    # identity within this many seconds is not audited again: a console's auto-refresh does
+    # not bury the accesses that matter. 0: every request is audited.
+    audit_repeat_window: float = Field(300.0, ge=0, le=86400)
     # Signs browser download tickets. Empty: a random secret per process (one replica only;
     # with several, give them all the same secret, at least 32 bytes).
     ticket_secret: SecretStr = SecretStr("")
     # A download ticket is good for this long, once.
     ticket_ttl: float = Field(60.0, gt=0, le=600)
-    # Logins forwarded to Vault's userpass method, per client address and per username.
+    # Login attempts per client address (any user name) in any 60 s (login_limits.py).
     login_per_minute: int = Field(10, ge=1, le=10_000)
+    # Failed logins of one user name (all addresses) in 60 s that put it under guard: then an
+    # address that failed for it waits a minute; addresses that did not still try.
+    login_user_failures_per_minute: int = Field(30, ge=1, le=100_000)
+    # Failed logins in all (this replica) in 60 s that put every login under guard: then any
+    # address that failed waits a minute; addresses that did not still try.
+    login_failures_per_minute: int = Field(300, ge=1, le=1_000_000)
     # The Vault auth mount the console's userpass login goes to.
     vault_userpass_mount: str = Field("userpass", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]{0,63}$")
     # Single sign-on through Vault's OIDC method: the console offers it when a role is set.
@@ -69,8 +86,12 @@ class DownloadSettings(
     oidc_redirect_uri: str = Field("", pattern=r"^(https?://[^\s?#]+/ui/)?$")
 
     @model_validator(mode="after")
-    def _check_tar_shares(self) -> DownloadSettings:
+    def _check_shares(self) -> DownloadSettings:
         for name in ("tar_jobs_per_carve", "tar_jobs_per_responder"):
             if self.tar_concurrency > 1 and getattr(self, name) >= self.tar_concurrency:
                 raise ValueError(f"{name} must be below tar_concurrency ({self.tar_concurrency})")
+        if self.max_streams > 1 and self.streams_per_responder >= self.max_streams:
+            raise ValueError(
+                f"streams_per_responder must be below max_streams ({self.max_streams})"
+            )
         return self

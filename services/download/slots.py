@@ -1,4 +1,5 @@
-"""Caps: downloads streaming at once (a chunk of memory and a socket each), and tar jobs."""
+"""Caps: downloads streaming at once (a chunk of memory and a socket each), and tar jobs.
+Each has a share per responder, so that no responder can take every slot or worker."""
 
 from __future__ import annotations
 
@@ -11,21 +12,49 @@ from prometheus_client import Gauge
 from shared.errors import LimitExceeded, Unavailable
 
 
+class StreamBusy(LimitExceeded):
+    """This responder already streams its share of the downloads."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "stream_busy", limit="responder")
+
+
 class StreamSlots:
-    def __init__(self, limit: int) -> None:
+    """Archive and member downloads streaming at once: ``limit`` in all (more: Unavailable,
+    503), and ``per_responder`` of them for one responder (more: StreamBusy, 429). One
+    responder's downloads, however many or slow, leave the other slots to the others (and
+    pace.py cuts off a client that reads too slowly)."""
+
+    def __init__(self, limit: int, per_responder: int, streaming: Gauge | None = None) -> None:
         self.limit = limit
+        self.per_responder = per_responder
         self.used = 0
+        self._by_responder: dict[str, int] = {}
+        self._streaming = streaming
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        """A slot for one stream, or Unavailable (503, Retry-After) when all are taken."""
+    def hold(self, responder: str) -> Iterator[None]:
+        """A slot for one stream of ``responder``, or StreamBusy / Unavailable."""
+        mine = self._by_responder.get(responder, 0)
+        if mine >= self.per_responder:
+            raise StreamBusy(f"you already stream {mine} downloads: wait for one to finish")
         if self.used >= self.limit:
             raise Unavailable("download", f"{self.limit} downloads already streaming")
         self.used += 1
+        self._by_responder[responder] = mine + 1
+        if self._streaming is not None:
+            self._streaming.inc()
         try:
             yield
         finally:
             self.used -= 1
+            left = self._by_responder[responder] - 1
+            if left:
+                self._by_responder[responder] = left
+            else:
+                del self._by_responder[responder]
+            if self._streaming is not None:
+                self._streaming.dec()
 
 
 class TarBusy(LimitExceeded):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from services.download import keys, manifests
-from services.download.archive_views import start_stream, write_piece
+from services.download.archive_views import start_stream
 from services.download.audit import AUDIT
 from services.download.auth import authorized_carve, require_complete
 from services.download.lookups import int_param
@@ -29,14 +30,17 @@ from services.download.members import (
     ChunkFile,
     TarSource,
     clean_member_path,
+    find_member,
+    find_member_at,
     list_members,
     stream_member,
 )
+from services.download.pace import paced, write_piece
 from services.download.slots import TarBusy
 from shared import keys as shared_keys
 from shared.carves import CarveDoc, Compression
 from shared.errors import NotFound
-from shared.tarsafe import Budget, Limits
+from shared.tarsafe import Budget, Limits, Member
 
 log = logging.getLogger(__name__)
 MAX_MEMBERS = 100_000
@@ -85,9 +89,7 @@ async def _tar_job(request: web.Request, doc: CarveDoc) -> AsyncIterator[TarSour
     source = _tar_source(request, doc)  # the time budget covers any wait for a worker
     watcher = asyncio.create_task(_watch_client(request, source.file.abandoned))
     try:
-        async with request.app[keys.TAR_JOBS].hold(
-            doc["_id"], identity.entity_id or identity.accessor
-        ):
+        async with request.app[keys.TAR_JOBS].hold(doc["_id"], identity.share_key):
             if source.file.abandoned.is_set():
                 raise Abandoned("the client left while the job waited for a worker")
             yield source
@@ -132,11 +134,34 @@ def _disposition(path: str) -> str:
 
 
 async def get_file(request: web.Request) -> web.StreamResponse:
+    """``GET .../files/{path}``: the last regular file at that path (what extraction leaves)."""
     doc = await _tar_carve(request)
     wanted = clean_member_path(request.match_info["path"])
+    sha256 = await manifests.member_sha256(request, doc, wanted)
+    found = functools.partial(find_member, wanted=wanted)
+    return await _send_member(request, doc, found, sha256, f"no regular file {wanted}")
+
+
+async def get_member(request: web.Request) -> web.StreamResponse:
+    """``GET .../members/{index}``: the member at that position of the archive (the listing's
+    ``index``), if it is a regular file, whatever its name."""
+    doc = await _tar_carve(request)
+    index = int(request.match_info["index"])
+    sha256 = await manifests.member_sha256_at(request, doc, index)
+    found = functools.partial(find_member_at, index=index)
+    return await _send_member(request, doc, found, sha256, f"no regular file at index {index}")
+
+
+async def _send_member(
+    request: web.Request,
+    doc: CarveDoc,
+    find: Callable[[TarSource], Member | None],
+    sha256: str | None,
+    missing: str,
+) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    if sha256 := await manifests.member_sha256(request, doc, wanted):
+    if sha256:
         response.headers["X-Carve-Member-SHA256"] = sha256
     entry = request[AUDIT]
     timeout = request.app[keys.SETTINGS].download_write_timeout
@@ -148,19 +173,20 @@ async def get_file(request: web.Request) -> web.StreamResponse:
         return request.method != "HEAD"  # HEAD: headers only, or the connection desyncs
 
     async with _tar_job(request, doc) as source:
+        with paced(request) as pace:
 
-        def write(piece: bytes) -> None:
-            if source.file.abandoned.is_set():
-                raise Abandoned("the request has ended")
-            sent = write_piece(response, piece, timeout)
-            asyncio.run_coroutine_threadsafe(sent, loop).result(timeout + 5)
-            entry.bytes_sent += len(piece)
+            def write(piece: bytes) -> None:
+                if source.file.abandoned.is_set():
+                    raise Abandoned("the request has ended")
+                sent = write_piece(request, response, piece, pace)
+                asyncio.run_coroutine_threadsafe(sent, loop).result(timeout + 5)
+                entry.bytes_sent += len(piece)
 
-        with request.app[keys.STREAMS].hold():
-            found = await loop.run_in_executor(
-                request.app[keys.TAR_POOL], stream_member, source, wanted, on_found, write
-            )
+            with request.app[keys.STREAMS].hold(request[keys.IDENTITY].share_key):
+                found = await loop.run_in_executor(
+                    request.app[keys.TAR_POOL], stream_member, source, find, on_found, write
+                )
     if not found:
-        raise NotFound(f"no regular file {wanted} in carve {doc['_id']}")
+        raise NotFound(f"{missing} in carve {doc['_id']}")
     await response.write_eof()
     return response

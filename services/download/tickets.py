@@ -1,12 +1,20 @@
 """Download tickets: a browser downloads an archive or a member without a token in its URL.
 
-An authenticated ``POST .../download-ticket`` mints a ticket: an HMAC-SHA256-signed
-statement "identity X may fetch carve C (member M) once before T". ``GET .../archive?ticket=``
-(or ``.../files/M?ticket=``) redeems it: signature, expiry, carve and member are checked, then
-its nonce is written to MongoDB's ``download_tickets`` collection under a unique ``_id``, so a
-ticket is used once across all replicas. The request is audited as the identity that minted
-it. The ticket carries no Vault token: a leaked ticket is worth one download of one carve for
-at most ``CARVE_TICKET_TTL`` seconds.
+An authenticated ``POST .../download-ticket`` mints a ticket: 32 random bytes, URL-safe,
+that say nothing by themselves. What the ticket stands for lives in MongoDB's
+``download_tickets`` under the ticket's SHA-256 (so the database does not hold usable
+tickets): the carve and member it is for, its expiry, and the minting Vault token, sealed
+with AES-256-GCM under a key derived from the ticket and ``CARVE_TICKET_SECRET`` (neither
+the database, nor a leaked ticket, nor both without the secret give the token back).
+
+``GET .../archive?ticket=`` (or ``.../files/M?ticket=``, ``.../members/N?ticket=``) redeems
+it: the row is marked used in the same write that finds it (once across all replicas), the
+token is unsealed and wiped from the row, and the request then goes on exactly as if it had
+carried the token: the same lookup (through the same cache) and the same policy check. A
+token revoked since the ticket was minted is refused once its cached lookup expires
+(``CARVE_VAULT_CACHE_TTL``, 10 s) or at once when it was revoked by the console's logout.
+A leaked ticket is worth at most one download of one carve, for at most ``CARVE_TICKET_TTL``
+seconds, and only while its token is still valid.
 """
 
 from __future__ import annotations
@@ -14,38 +22,28 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import orjson
 from aiohttp import web
-from pymongo.errors import DuplicateKeyError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pymongo.asynchronous.collection import AsyncCollection
 
-from services.download.tokens import Identity
 from shared import keys as shared_keys
 from shared.errors import Forbidden
-from shared.mongo import transient_on_outage
+from shared.mongo import Document, transient_on_outage
 
 COLLECTION = "download_tickets"
 SECRET = web.AppKey("ticket_secret", bytes)
-_MAX_TICKET = 4096
-_MAX_PATH = 4096
-
-
-@dataclass(frozen=True)
-class Ticket:
-    carve_id: str
-    path: str | None
-    expires: float
-    nonce: str
-    identity: Identity
+_TICKET = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+# Rows stay (used or not) this long past their expiry, then MongoDB's TTL index drops them.
+_KEEP = timedelta(minutes=5)
 
 
 def app_secret(configured: str) -> bytes:
-    """The signing key: the configured secret, or a random one for this process."""
+    """The sealing secret: the configured one, or a random one for this process."""
     if configured:
         if len(configured.encode()) < 32:
             raise ValueError("CARVE_TICKET_SECRET must be at least 32 bytes")
@@ -53,70 +51,84 @@ def app_secret(configured: str) -> bytes:
     return secrets.token_bytes(32)
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def target(route: str, member: str | None) -> str:
+    """What a ticket is for: ``archive``, ``file:/path`` or ``member:N``."""
+    return route if member is None else f"{route}:{member}"
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def _row_id(ticket: str) -> str:
+    return hashlib.sha256(b"carve-download-ticket-id\x00" + ticket.encode()).hexdigest()
 
 
-def mint(
-    secret: bytes, carve_id: str, path: str | None, identity: Identity, ttl: float
-) -> tuple[str, float]:
-    """A signed ticket and its expiry (Unix time)."""
-    expires = round(time.time() + ttl, 3)
-    payload = {
-        "c": carve_id,
-        "p": path,
-        "e": expires,
-        "n": secrets.token_hex(16),
-        "d": identity.display_name,
-        "i": identity.entity_id,
-        "a": identity.accessor,
-    }
-    body = _b64(orjson.dumps(payload))
-    mac = hmac.new(secret, body.encode(), hashlib.sha256).digest()
-    return f"{body}.{_b64(mac)}", expires
+def _key(secret: bytes, ticket: str) -> AESGCM:
+    return AESGCM(hmac.new(secret, b"seal\x00" + ticket.encode(), hashlib.sha256).digest())
 
 
-def verify(secret: bytes, ticket: str, now: float | None = None) -> Ticket:
-    """The ticket's contents if its signature holds and it has not expired; Forbidden if not."""
-    if len(ticket) > _MAX_TICKET or ticket.count(".") != 1:
-        raise Forbidden("the download ticket is malformed")
-    body, _, mac = ticket.partition(".")
-    expected = hmac.new(secret, body.encode(), hashlib.sha256).digest()
-    try:
-        good = hmac.compare_digest(_unb64(mac), expected)
-        payload: dict[str, Any] = orjson.loads(_unb64(body)) if good else {}
-    except (ValueError, orjson.JSONDecodeError) as exc:
-        raise Forbidden("the download ticket is malformed") from exc
-    if not good:
-        raise Forbidden("the download ticket's signature is not valid")
-    if float(payload["e"]) < (time.time() if now is None else now):
-        raise Forbidden("the download ticket has expired: ask for a new one")
-    identity = Identity(
-        display_name=str(payload["d"]),
-        entity_id=str(payload["i"]),
-        accessor=str(payload["a"]),
-        policies=frozenset(),
+def _aad(row_id: str, carve_id: str, what: str) -> bytes:
+    return f"{row_id}\x00{carve_id}\x00{what}".encode()
+
+
+async def mint(
+    request: web.Request, carve_id: str, what: str, token: str, ttl: float
+) -> tuple[str, datetime]:
+    """A new ticket for ``what`` of ``carve_id``, standing for ``token``; and its expiry."""
+    ticket = secrets.token_urlsafe(32)
+    row_id = _row_id(ticket)
+    nonce = secrets.token_bytes(12)
+    sealed = nonce + _key(request.app[SECRET], ticket).encrypt(
+        nonce, token.encode(), _aad(row_id, carve_id, what)
     )
-    return Ticket(str(payload["c"]), payload["p"], float(payload["e"]), str(payload["n"]), identity)
-
-
-async def redeem(request: web.Request, carve_id: str, path: str | None) -> Identity:
-    """The minting identity of the request's ticket, used up now; Forbidden if not valid here."""
-    ticket = verify(request.app[SECRET], request.query["ticket"])
-    if ticket.carve_id != carve_id or ticket.path != path:
-        raise Forbidden("the download ticket is for another carve or member")
+    expires = datetime.now(UTC) + timedelta(seconds=ttl)
     row = {
-        "_id": ticket.nonce,
+        "_id": row_id,
         "carve_id": carve_id,
-        "until": datetime.fromtimestamp(ticket.expires, UTC) + timedelta(minutes=5),
+        "target": what,
+        "expires_at": expires,
+        "until": expires + _KEEP,
+        "used": False,
+        "sealed": base64.b64encode(sealed).decode(),
     }
+    with transient_on_outage("ticket mint"):
+        await request.app[shared_keys.MONGO_DB][COLLECTION].insert_one(row)
+    return ticket, expires
+
+
+async def redeem(request: web.Request, carve_id: str, what: str) -> str:
+    """The token behind the request's ticket, which is used up now; Forbidden if the ticket is
+    not valid for ``what`` of ``carve_id`` (the token itself is checked by the caller)."""
+    ticket = request.query["ticket"]
+    if not _TICKET.fullmatch(ticket):
+        raise Forbidden("the download ticket is malformed")
+    row_id = _row_id(ticket)
+    tickets = request.app[shared_keys.MONGO_DB][COLLECTION]
+    now = datetime.now(UTC)
+    wanted = {"_id": row_id, "carve_id": carve_id, "target": what, "used": False}
     with transient_on_outage("ticket use"):
-        try:
-            await request.app[shared_keys.MONGO_DB][COLLECTION].insert_one(row)
-        except DuplicateKeyError as exc:
-            raise Forbidden("the download ticket was already used: ask for a new one") from exc
-    return ticket.identity
+        row = await tickets.find_one_and_update(
+            {**wanted, "expires_at": {"$gt": now}},
+            {"$set": {"used": True, "used_at": now}, "$unset": {"sealed": ""}},
+        )
+        if row is None:
+            raise await _why_not(tickets, row_id, carve_id, what)
+    try:
+        sealed = base64.b64decode(row["sealed"])
+        token = _key(request.app[SECRET], ticket).decrypt(
+            sealed[:12], sealed[12:], _aad(row_id, carve_id, what)
+        )
+    except (InvalidTag, ValueError, KeyError) as exc:
+        # Minted by a replica with another secret (CARVE_TICKET_SECRET unset or different).
+        raise Forbidden("the download ticket is not valid here: ask for a new one") from exc
+    return token.decode()
+
+
+async def _why_not(
+    tickets: AsyncCollection[Document], row_id: str, carve_id: str, what: str
+) -> Forbidden:
+    found = await tickets.find_one({"_id": row_id})
+    if found is None:
+        return Forbidden("the download ticket is unknown: ask for a new one")
+    if found["carve_id"] != carve_id or found["target"] != what:
+        return Forbidden("the download ticket is for another carve or member")
+    if found["used"]:
+        return Forbidden("the download ticket was already used: ask for a new one")
+    return Forbidden("the download ticket has expired: ask for a new one")

@@ -32,6 +32,12 @@ class Identity:
     accessor: str
     policies: frozenset[str]
 
+    @property
+    def share_key(self) -> str:
+        """Whose share of the workers and streams a request uses: the Vault entity (all its
+        tokens together), or the token itself when it has none (a token-store token)."""
+        return self.entity_id or self.accessor
+
     @classmethod
     def from_lookup(cls, data: dict[str, Any]) -> Identity:
         policies = [*(data.get("policies") or []), *(data.get("identity_policies") or [])]

@@ -216,7 +216,9 @@ def events_ctx(settings: EventsSettings, amqp: AmqpSettings) -> CleanupCtx:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             for pending in own:
-                with contextlib.suppress(*AMQP_ERRORS, OSError):
-                    await (await pending).close()
+                # Bounded: a broker that stopped answering must not hold the shutdown.
+                with contextlib.suppress(*AMQP_ERRORS, OSError, TimeoutError):
+                    async with asyncio.timeout(amqp.amqp_connect_timeout * 2):
+                        await (await pending).close()
 
     return ctx

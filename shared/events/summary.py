@@ -9,26 +9,16 @@ characters escaped, so an event stays small and inert wherever it is shown.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from shared.carves import CarveDoc, blocks_received
 from shared.inert import inert
 from shared.manifest import MAX_PATHS
+from shared.search import display_host
 from shared.timefmt import rfc3339
 
 _TIMES = ("created_at", "completed_at", "failed_at", "expired_at", "deleted_at")
-
-
-def display_host(doc: Mapping[str, Any]) -> str:
-    """Who a carve came from, for people: the device certificate's CN, else the host identity
-    its share was counted under (a short node-key or address fingerprint)."""
-    device = doc.get("device") or {}
-    if device.get("common_name"):
-        return inert(device["common_name"], 128)
-    host = str(doc.get("host") or "")
-    return inert(host[:19], 128) if host else "unknown"
 
 
 def carve_summary(doc: CarveDoc) -> dict[str, Any]:
@@ -39,7 +29,7 @@ def carve_summary(doc: CarveDoc) -> dict[str, Any]:
         "carve_id": doc["_id"],
         "request_id": inert(doc["request_id"]),
         "status": doc["status"],
-        "host": display_host(doc),
+        "host": inert(display_host(doc) or "unknown", 128),
         "device": (
             {
                 "common_name": inert(device.get("common_name", ""), 128),

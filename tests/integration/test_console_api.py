@@ -45,6 +45,8 @@ class Api:
         self, method: str, path: str, token: str | None = None, **kw: Any
     ) -> tuple[int, dict[str, str], bytes]:
         headers = {"X-Vault-Token": token or self.token, **kw.pop("headers", {})}
+        if method == "POST":
+            headers.setdefault("Content-Type", "application/json")  # as the console sends
         if token == "":
             del headers["X-Vault-Token"]
         async with self.http.request(method, self.url + path, headers=headers, **kw) as resp:
@@ -119,9 +121,11 @@ async def test_find_by_request_id_device_and_prefix(api: Api) -> None:
         "members": 2,
         "truncated": False,
         "error": None,
+        "files": 2,
         "paths": ["/var/log/syslog", "/etc/passwd"],  # what was carved, in archive order
     }
-    for bad in ("?q=.*", "?q=a%24", "?request_id=" + "x" * 300, "?device=a%0Ab"):
+    assert await ids("?q=.*") == [] and await ids("?q=a%24") == []  # text, not patterns
+    for bad in ("?q=a%0Ab", "?request_id=" + "x" * 300, "?device=a%0Ab"):
         status, body = await api.json("GET", "/api/v1/carves" + bad)
         assert (status, body["code"]) == (400, "invalid_request"), bad
 
@@ -232,8 +236,8 @@ async def test_login_forwarding_rate_limit_logout_and_audit(api: Api) -> None:
 
 async def test_audit_endpoint_is_admin_only_filtered_and_paged(api: Api) -> None:
     upload = await api.carve(archive_bytes(MEMBERS, api.tmp, compress=False))
-    for _ in range(3):
-        await api.call("GET", f"/api/v1/carves/{upload.carve_id}")
+    for n in range(3):  # three views (the same one again would be one row: test_carve_search)
+        await api.call("GET", f"/api/v1/carves/{upload.carve_id}?n={n}")
     status, body = await api.json("GET", "/api/v1/audit")
     assert (status, body["code"]) == (403, "forbidden")
     admin = api.vault.token(POLICY, ADMIN).token
@@ -292,14 +296,15 @@ async def test_devices_and_request_ids(api: Api, tmp_path: Path) -> None:
     other = await api.carve(archive_bytes(MEMBERS, api.tmp, compress=False), make_cert("srv-9"))
     code, out, _ = await run(api, "list")
     assert code == 0
-    assert out.splitlines()[0].split()[5] == "DEVICE"
-    shown = {line.split()[0]: line.split()[7] for line in out.splitlines()[1:]}
+    assert out.splitlines()[0].split()[4] == "HOST"
+    shown = {line.split()[0]: line.split()[6] for line in out.splitlines()[1:]}
     assert shown == {mine.carve_id: "laptop-17.corp.example", other.carve_id: "srv-9"}
     code, out, _ = await run(api, "--json", "list", "--device", "srv-9")
     assert [c["carve_id"] for c in json.loads(out)] == [other.carve_id]
     code, out, _ = await run(api, "show", "q-7")  # a request id where a carve id goes
-    assert code == 0 and "carve_id:" in out and mine.carve_id in out
-    assert "device:          laptop-17.corp.example (subject CN=laptop-17" in out
+    assert code == 0 and f"carve:      {mine.carve_id}  (complete)" in out
+    assert "host:       laptop-17.corp.example" in out
+    assert "device:     laptop-17.corp.example (subject CN=laptop-17" in out
     assert f"sha256 {DEVICE[1]}" in out
     target = tmp_path / "by-request.tar.zst"
     code, _, err = await run(api, "get", "q-7", "-o", str(target))
@@ -311,7 +316,7 @@ async def test_devices_and_request_ids(api: Api, tmp_path: Path) -> None:
         assert row.split()[-1] == hashlib.sha256(content).hexdigest()
     await api.carve(archive_bytes(MEMBERS, api.tmp, compress=False), request_id="q-7")
     code, _, err = await run(api, "get", "q-7", "-o", str(tmp_path / "x"))
-    assert code == carvectl.EXIT_USAGE and "2 carves have request id q-7" in err
+    assert code == carvectl.EXIT_AMBIGUOUS and "q-7 is the request id of 2 carves" in err
     code, _, err = await run(api, "get", "no-such-request")
     assert code == carvectl.EXIT_NOT_FOUND
 

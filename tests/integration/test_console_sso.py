@@ -26,6 +26,8 @@ async def call(
     http: aiohttp.ClientSession, method: str, url: str, body: Any = None, token: str = ""
 ) -> tuple[int, Any]:
     headers = {"X-Vault-Token": token} if token else {}
+    if method == "POST":
+        headers["Content-Type"] = "application/json"  # also without a body, as the console
     async with http.request(method, url, json=body, headers=headers) as resp:
         return resp.status, await resp.json()
 

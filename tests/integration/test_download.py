@@ -445,7 +445,10 @@ async def test_file_request_with_wrong_accessor_is_forbidden(
     [b"not json", b"[]", b'{"token": "x"}', b'{"file_carve_guid": 5, "token": "x"}'],
 )
 async def test_file_request_bad_body_is_400(responder: Responder, raw: bytes) -> None:
-    async with responder.http.post(responder.url + "/file_request", data=raw) as resp:
+    headers = {"Content-Type": "application/json"}
+    async with responder.http.post(
+        responder.url + "/file_request", data=raw, headers=headers
+    ) as resp:
         assert resp.status == 400
         assert (await resp.json())["code"] == "invalid_request"
 

@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 import aiohttp
 import hvac
 import pytest
+import yarl
 from aiohttp import web
 
 from clients import carvectl
@@ -183,6 +185,7 @@ class NginxServer(Server):
             "NGINX_OSQUERY_LISTEN": f"{HOST}:{self.port}",
             "NGINX_RESPONDER_LISTEN": f"{HOST}:{self.responder_port}",
             "NGINX_HEALTH_LISTEN": f"{HOST}:{self.health_port}",
+            "NGINX_ACCESS_LOG": str(workdir / "access.log"),
         }
         site = render(TEMPLATE.read_text(), self.env_vars)
         assert "${" not in site, "a template variable was left unset"
@@ -646,6 +649,27 @@ async def test_carvectl_logs_in_and_downloads_through_the_responder_listener(
     assert hashlib.sha256(target.read_bytes()).hexdigest() == carved.sha256
 
 
+async def test_wrong_passwords_through_the_responder_listener_lock_nobody_out(
+    front: Front, backends: Backends, http: aiohttp.ClientSession
+) -> None:
+    """Vault's own user lockout (5 failures, whoever sent them, 15 minutes) would let anyone
+    who reaches the login lock a responder out; vault-init turns it off on the userpass mount
+    (guessing is bounded by NGINX per address and by the download service's limits)."""
+    admin = hvac.Client(url=backends.vault.url, token=backends.vault.root_token)
+    lockout_on = {"user_lockout_config": {"lockout_disable": False, "lockout_threshold": 5}}
+    admin.write_data("sys/auth/userpass/tune", data=lockout_on)  # as a fresh Vault has it
+    username, password = f"bea-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    vault_init(backends, username, password)
+    tls = front.server_only_ssl()
+    url = f"{front.responder_url}/v1/auth/userpass/login/{username}"
+    for _ in range(6):  # from an attacker's address: NGINX lets 10 through at once
+        async with http.post(url, json={"password": "wrong"}, ssl=tls) as resp:
+            assert resp.status == 400, await resp.text()
+    async with http.post(url, json={"password": password}, ssl=tls) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["auth"]["client_token"]
+
+
 async def test_download_api_on_the_responder_listener_needs_a_token_not_a_certificate(
     front: Front,
     stack: Stack,
@@ -677,6 +701,19 @@ async def test_download_api_on_the_responder_listener_needs_a_token_not_a_certif
     async with http.post(front.responder_url + "/file_request", json=request, ssl=tls) as resp:
         assert resp.status == 200
         assert hashlib.sha256(await resp.read()).hexdigest() == carved.sha256
+    # The summary counts, the campaign and its ZIP, streamed through NGINX.
+    api = front.responder_url + "/api/v1"
+    async with http.get(f"{api}/summary", ssl=tls, headers=headers) as resp:
+        assert (resp.status, (await resp.json())["counts"]["complete"]) == (200, 1)
+    async with http.get(f"{api}/requests/{carved.request_id}", ssl=tls, headers=headers) as resp:
+        assert (resp.status, (await resp.json())["carve_count"]) == (200, 1)
+    async with http.get(
+        f"{api}/requests/{carved.request_id}/export", ssl=tls, headers=headers
+    ) as resp:
+        assert resp.status == 200
+        with zipfile.ZipFile(io.BytesIO(await resp.read())) as zf:
+            (name,) = [n for n in zf.namelist() if n.startswith("carves/")]
+            assert hashlib.sha256(zf.read(name)).hexdigest() == carved.sha256
     # The same API on the osquery listener, for callers holding a device certificate.
     async with http.get(base, ssl=front.device_ssl(), headers=headers) as resp:
         assert resp.status == 200
@@ -684,6 +721,49 @@ async def test_download_api_on_the_responder_listener_needs_a_token_not_a_certif
     rows = await stack.db["audit"].find({"carve_id": carved.carve_id}).to_list()
     assert {r["action"] for r in rows} >= {"archive", "file_request"}
     assert front.fleet.seen == []
+
+
+async def test_download_tickets_stay_out_of_the_access_log(
+    front: Front,
+    stack: Stack,
+    vault: VaultAdmin,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    carved = await upload(front, stack, http, tmp_path)
+    headers = {"X-Vault-Token": vault.token(POLICY).token}
+    base = f"/api/v1/carves/{carved.carve_id}"
+    tickets = []
+    for listener, tls in (
+        (front.responder_url, front.server_only_ssl()),
+        (front.osquery_url, front.device_ssl()),
+    ):
+        async with http.post(
+            f"{listener}{base}/download-ticket", json={}, headers=headers, ssl=tls
+        ) as resp:
+            minted = await resp.json()
+        tickets.append(minted["ticket"])
+        async with http.get(listener + minted["url"], ssl=tls) as resp:
+            assert resp.status == 200
+            assert hashlib.sha256(await resp.read()).hexdigest() == carved.sha256
+        # Percent-encoded, a ticket would slip past a plain "ticket=" match: not logged either.
+        async with http.get(
+            yarl.URL(f"{listener}{base}/archive?%74icket={minted['ticket']}", encoded=True),
+            ssl=tls,
+        ) as resp:
+            assert resp.status == 403  # the service decodes it: a ticket, used already
+        async with http.get(
+            f"{listener}/api/v1/carves?status=complete&limit=5", headers=headers, ssl=tls
+        ) as resp:
+            assert resp.status == 200
+    log = (front.nginx.workdir / "access.log").read_text()
+    for ticket in tickets:
+        assert ticket not in log
+    lines = [line for line in log.splitlines() if base + "/archive" in line]
+    assert len(lines) == 4, log
+    assert all(f"{base}/archive?[not logged: may hold a download ticket]" in x for x in lines)
+    # Other query strings are logged as the image logs them.
+    assert log.count('"GET /api/v1/carves?status=complete&limit=5 HTTP/1.1" 200') == 2
 
 
 async def test_responder_listener_reaches_neither_osquery_paths_nor_fleet_nor_all_of_vault(

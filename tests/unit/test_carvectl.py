@@ -502,8 +502,8 @@ def test_list_table_and_json_with_all_pages(
         "STATUS",
         "PROGRESS",
         "SIZE",
-        "COMPRESSION",
-        "DEVICE",
+        "HOST",
+        "CARVED",
         "CREATED",
         "VERDICT",
     ]
@@ -514,8 +514,8 @@ def test_list_table_and_json_with_all_pages(
         "100%",
         "0",
         "B",
-        "none",
-        "-",  # no device certificate recorded
+        "-",  # no host known (no device certificate, an older server)
+        "-",  # nothing carved known
         "2026-11-27T10:00:00+00:00",
         "-",  # never scanned
     ]
@@ -533,9 +533,11 @@ def test_show_and_files(env: dict[str, str], capsys: pytest.CaptureFixture[str])
     service = FakeService(b"x" * 2048)
     assert _run(["show", GUID], service, env)[0] == EXIT_OK
     out = capsys.readouterr().out
-    assert re.search(rf"^carve_id: +{GUID}$", out, re.MULTILINE)
-    assert re.search(r"^carve_size: +2048 \(2\.0 KiB\)$", out, re.MULTILINE)
-    assert re.search(r"^failure_reason: +-$", out, re.MULTILINE)
+    assert re.search(rf"^carve: +{GUID}  \(complete\)$", out, re.MULTILINE)
+    assert re.search(r"^size: +2\.0 KiB \(2,048 bytes\) in 3 blocks of 1\.0 KiB, none$", out, re.M)
+    assert re.search(r"^progress: +3/3 100%$", out, re.MULTILINE)
+    assert re.search(r"^created: +2026-11-27T10:00:00\+00:00 \(\d+ d ago\)$", out, re.M)
+    assert "failed" not in out and "{" not in out  # no raw JSON
 
     listing = {
         "carve_id": GUID,
@@ -547,6 +549,7 @@ def test_show_and_files(env: dict[str, str], capsys: pytest.CaptureFixture[str])
                 "size": 1234,
                 "mode": 420,
                 "mtime": "2026-11-27T10:00:00+00:00",
+                "index": 3,
             },
         ],
         "truncated": True,
@@ -561,6 +564,7 @@ def test_show_and_files(env: dict[str, str], capsys: pytest.CaptureFixture[str])
         "KiB",
         "0644",
         "2026-11-27T10:00:00+00:00",
+        "3",  # the member's position, for carvectl member
         "-",  # no SHA-256: a listing read from the tar, not a manifest
     ]
     assert "only the first 1 members" in err

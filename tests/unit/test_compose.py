@@ -438,7 +438,12 @@ def test_nginx_sends_every_ingest_path_to_the_ingest_and_only_those() -> None:
     for path in [*START_PATHS.values(), *BLOCK_PATHS.values()]:
         assert ingest.fullmatch(path), path
         assert not download.fullmatch(path), path
-    for path in ("/api/v1/carves", "/api/v1/carves/abc/archive", "/file_request"):
+    for path in (
+        "/api/v1/carves",
+        "/api/v1/carves/abc/archive",
+        "/api/v1/requests/live-q/export",
+        "/file_request",
+    ):
         assert download.fullmatch(path) and not ingest.fullmatch(path), path
     for path in ("/", "/api/osquery/enroll", "/upload_blocks/x", "/api/v1/osquery/log"):
         assert not ingest.fullmatch(path) and not download.fullmatch(path), path

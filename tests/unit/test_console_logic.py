@@ -5,18 +5,16 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-import time
 
 import pytest
 
 from services.download import tickets
-from services.download.login import LoginLimiter
 from services.download.lookups import device_filter, lookup_filters
 from services.download.main import create_app
 from services.download.openapi import DOCUMENT
 from services.download.settings import DownloadSettings
 from services.download.tokens import Identity
-from shared.errors import Forbidden, InvalidRequest
+from shared.errors import InvalidRequest
 from shared.manifest import build, manifest_limits
 from tests.hostile import raw_reader
 
@@ -32,50 +30,33 @@ def test_openapi_document_matches_the_routes() -> None:
         and r.method != "HEAD"
         and (r.resource.canonical.startswith("/api/") or r.resource.canonical == "/file_request")
     }
-    routes = {(m, p.replace("{path:.+}", "{path}")) for m, p in routes}
+    routes = {
+        (m, p.replace("{path:.+}", "{path}").replace("{index:[0-9]{1,9}}", "{index}"))
+        for m, p in routes
+    }
     documented = {(m, p) for p, ops in DOCUMENT["paths"].items() for m in ops}
     assert routes == documented
-    assert len(routes) == 19  # with single sign-on's status, start and callback; webhooks; triage
+    assert len(routes) == 24  # with single sign-on's, webhooks, the summary, campaigns, members,
+    # triage re-scans
 
 
-def test_tickets_verify_only_unexpired_untampered() -> None:
-    secret = tickets.app_secret("")
-    ticket, expires = tickets.mint(secret, "c1", "/etc/hosts", WHO, ttl=60)
-    got = tickets.verify(secret, ticket)
-    assert (got.carve_id, got.path, got.identity.display_name) == (
-        "c1",
-        "/etc/hosts",
-        WHO.display_name,
-    )
-    assert 59 < expires - time.time() <= 60.01  # rounded to the millisecond
-    with pytest.raises(Forbidden, match="expired"):
-        tickets.verify(secret, ticket, now=expires + 1)
-    with pytest.raises(Forbidden, match="signature"):
-        tickets.verify(tickets.app_secret(""), ticket)  # another replica's random secret
-    _body, mac = ticket.split(".")
-    forged = tickets.mint(secret, "c2", None, WHO, 60)[0].split(".")[0]
-    for bad in (f"{forged}.{mac}", "x", "a.b.c", "é." * 3000):
-        with pytest.raises(Forbidden):
-            tickets.verify(secret, bad)
-    shared = tickets.app_secret("s" * 32)
-    assert tickets.verify(tickets.app_secret("s" * 32), tickets.mint(shared, "c", None, WHO, 5)[0])
+def test_ticket_secrets() -> None:
+    assert tickets.app_secret("s" * 32) == tickets.app_secret("s" * 32)  # replicas agree
+    assert tickets.app_secret("") != tickets.app_secret("")  # random per process
     with pytest.raises(ValueError, match="32 bytes"):
         tickets.app_secret("short")
 
 
-def test_login_limiter_slides_per_key() -> None:
-    limiter = LoginLimiter(3)
-    assert [limiter.allow("ip", "u1", now=t) for t in (0, 1, 2)] == [0, 0, 0]
-    assert limiter.allow("ip", "u2", now=3) > 0  # the address is used up, whoever tries
-    assert limiter.allow("other", "u1", now=30) > 0  # and so is the user, from anywhere
-    assert limiter.allow("other", "u1", now=60.5) == 0  # the first try left the window
-
-
 def test_lookup_filters_never_pass_patterns() -> None:
-    assert lookup_filters({"q": "ab-1"}) == {"_id": {"$regex": "^ab\\-1"}}
+    assert lookup_filters({"q": "ab"}) == {
+        "$or": [{"_id": {"$regex": "^ab"}}, {"request_id": {"$regex": "^ab"}}]
+    }
+    found = lookup_filters({"q": " a.*b "})  # stripped, escaped: data, never a pattern
+    assert found["$or"][0] == {"_id": {"$regex": "^a\\.\\*b"}}
+    assert found["$or"][2]["search"] == {"$all": ["a.*", ".*b"]}
     assert device_filter("AB:" * 31 + "CD") == {"device.fingerprint_sha256": "ab" * 31 + "cd"}
     assert device_filter("host.example") == {"device.common_name": "host.example"}
-    for bad in ({"q": "a.*"}, {"q": ""}, {"device": "x\n"}, {"request_id": "r" * 257}):
+    for bad in ({"q": "a\x00"}, {"q": " "}, {"device": "x\n"}, {"request_id": "r" * 257}):
         with pytest.raises(InvalidRequest):
             lookup_filters(bad)
 

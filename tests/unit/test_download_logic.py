@@ -14,7 +14,7 @@ from services.download.archive import ByteRange, RangeNotSatisfiable, parse_rang
 from services.download.audit import outcome_of
 from services.download.members import clean_member_path, original_path
 from services.download.metrics import DownloadMetrics
-from services.download.slots import StreamSlots, TarBusy, TarJobs
+from services.download.slots import StreamBusy, StreamSlots, TarBusy, TarJobs
 from services.download.tokens import Authorizer, Identity
 from shared.errors import Forbidden, InvalidRequest, Unauthorized, Unavailable
 from shared.proxies import client_address
@@ -211,15 +211,29 @@ async def test_authorizer_without_cache_asks_every_time() -> None:
 
 
 def test_stream_slots_refuse_past_the_limit() -> None:
-    slots = StreamSlots(2)
-    with slots.hold(), slots.hold():
-        with pytest.raises(Unavailable) as caught, slots.hold():
+    slots = StreamSlots(2, per_responder=2)
+    with slots.hold("a"), slots.hold("b"):
+        with pytest.raises(Unavailable) as caught, slots.hold("c"):
             pass
         assert "2 downloads" in caught.value.reason
         assert slots.used == 2
     assert slots.used == 0
-    with slots.hold():  # freed slots are reused
+    with slots.hold("a"):  # freed slots are reused
         assert slots.used == 1
+
+
+def test_stream_slots_keep_a_share_per_responder() -> None:
+    streaming = Gauge("streams", "streams", registry=CollectorRegistry())
+    slots = StreamSlots(3, per_responder=2, streaming=streaming)
+    with slots.hold("hog"), slots.hold("hog"):
+        with pytest.raises(StreamBusy) as caught, slots.hold("hog"):
+            pass
+        assert (caught.value.status, caught.value.code) == (429, "stream_busy")
+        with slots.hold("other"):  # the hog's share leaves a slot to the others
+            assert slots.used == 3 and streaming._value.get() == 3
+    assert slots.used == 0 and streaming._value.get() == 0
+    with slots.hold("hog"), slots.hold("hog"):  # released shares are whole again
+        pass
 
 
 async def test_tar_jobs_share_per_carve_and_per_responder() -> None:

@@ -601,23 +601,29 @@ def _http_port(rendering: Rendering, workload: Workload) -> int:
     return int(rendering.plain(workload).get("CARVE_HTTP_PORT", default))
 
 
+def _ports(workload: Workload) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in workload.container["ports"]}
+
+
 def test_probes_and_ports_point_at_the_service(rendered: Rendering) -> None:
     for workload in rendered.workloads():
         if workload.resource["kind"] == "CronJob":
             assert "ports" not in workload.container, "--once serves nothing"
             continue
-        (port,) = workload.container["ports"]
-        assert port["containerPort"] == _http_port(rendered, workload), workload.service
+        ports = _ports(workload)
+        metrics_port = int(rendered.plain(workload)["CARVE_METRICS_PORT"])
+        assert ports == {"http": _http_port(rendered, workload), "metrics": metrics_port}
         expected = {"startupProbe": "/healthz", "livenessProbe": "/healthz"}
         expected["readinessProbe"] = "/readyz"
         for probe, path in expected.items():
             get = workload.container[probe]["httpGet"]
             assert get["path"] == path, f"{workload.service} {probe}"
-            assert get["port"] in {port["name"], port["containerPort"]}, workload.service
+            assert get["port"] in {"http", ports["http"]}, workload.service
         readiness = workload.container["readinessProbe"]
         assert readiness["timeoutSeconds"] > _CHECK_TIMEOUT, "/readyz takes up to that"
         annotations = workload.resource["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(port["containerPort"])
+        assert annotations["prometheus.io/port"] == str(metrics_port)
+        assert annotations["prometheus.io/path"] == "/metrics"
 
 
 def test_selectors_match_pod_labels(rendered: Rendering) -> None:
@@ -907,15 +913,6 @@ def _policies_for(rendering: Rendering, workload: Workload) -> list[Resource]:
     ]
 
 
-def _namespaces(rules: list[dict[str, Any]]) -> set[str]:
-    found = set()
-    for rule in rules:
-        for peer in rule.get("from", []):
-            labels = peer["namespaceSelector"]["matchLabels"]
-            found.add(labels["kubernetes.io/metadata.name"])
-    return found
-
-
 def _egress_ports(policies: list[Resource]) -> set[tuple[str, int]]:
     ports = set()
     for policy in policies:
@@ -933,21 +930,72 @@ def test_network_policies_deny_by_default(rendered: Rendering) -> None:
     assert "ingress" not in default["spec"] and "egress" not in default["spec"]
 
 
+def _peer_namespace(peer: dict[str, Any]) -> str:
+    return str(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+
+
 def test_only_ingest_and_download_are_reachable_from_the_ingress(rendered: Rendering) -> None:
     for workload in rendered.workloads():
         policies = _policies_for(rendered, workload)
         assert len(policies) == 2, f"{workload.service}: default deny and its own"
         rules = [r for p in policies for r in p["spec"].get("ingress", [])]
+        reach: dict[str, set[str]] = {}
         for rule in rules:
-            assert all("namespaceSelector" in peer for peer in rule["from"]), "no open peers"
-            assert {p["port"] for p in rule["ports"]} <= {"http"}
-        allowed = _namespaces(rules)
+            assert rule.get("from") and rule.get("ports"), "no open peers, no open ports"
+            for peer in rule["from"]:
+                for port in rule["ports"]:
+                    reach.setdefault(port["port"], set()).add(_peer_namespace(peer))
         if workload.service in PUBLISHED:
-            assert allowed == {INGRESS_NAMESPACE, MONITORING_NAMESPACE}
+            assert reach == {"http": {INGRESS_NAMESPACE}, "metrics": {MONITORING_NAMESPACE}}
         elif workload.resource["kind"] == "Deployment":
-            assert allowed == {MONITORING_NAMESPACE}, workload.service
+            assert reach == {"metrics": {MONITORING_NAMESPACE}}, workload.service
         else:
-            assert allowed == set(), workload.service
+            assert reach == {}, workload.service
+
+
+def _admits(rule: dict[str, Any], port: dict[str, Any]) -> bool:
+    """Whether a NetworkPolicy ingress rule lets connections reach the container ``port``."""
+    if not rule.get("ports"):
+        return True  # no ports: every port
+    return any(p["port"] in (port["name"], port["containerPort"]) for p in rule["ports"])
+
+
+def _controller_pods(peer: dict[str, Any]) -> bool:
+    """A peer that is exactly the ingress controller's pods: its namespace AND its label."""
+    return set(peer) == {"namespaceSelector", "podSelector"} and (
+        _peer_namespace(peer) == INGRESS_NAMESPACE
+        and peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}
+    )
+
+
+def test_only_the_ingress_controller_reaches_where_certificate_headers_are_believed(
+    rendered: Rendering,
+) -> None:
+    """The ingest takes the device certificate from ssl-client-* headers sent from
+    CARVE_TRUSTED_PROXIES, a pod network range: any pod of that range that reaches the
+    osquery endpoints could claim any device. So every peer that a NetworkPolicy lets reach
+    the port serving them (the one /start_uploads is on: CARVE_HTTP_PORT) must be the
+    controller's pods; monitoring gets a metrics-only port. A namespace-wide peer, an
+    ipBlock or a rule open to all fails here."""
+    ingest = rendered.workload("carve-ingest")
+    (osquery_port,) = [
+        p for p in ingest.container["ports"] if p["containerPort"] == _http_port(rendered, ingest)
+    ]
+    assert osquery_port["name"] == "http"
+    rules = [r for p in _policies_for(rendered, ingest) for r in p["spec"].get("ingress", [])]
+    peers = [peer for rule in rules if _admits(rule, osquery_port) for peer in rule["from"]]
+    assert peers, "the ingress controller must reach the ingest"
+    broad = [peer for peer in peers if not _controller_pods(peer)]
+    assert broad == [], f"more than the ingress controller reaches the osquery endpoints: {broad}"
+    assert int(rendered.plain(ingest)["CARVE_METRICS_PORT"]) != osquery_port["containerPort"]
+    (service,) = [s for s in rendered.of_kind("Service") if s["metadata"]["name"] == "carve-ingest"]
+    assert service["spec"]["type"] == "ClusterIP", "no node port or load balancer around it"
+
+
+def test_the_responder_ingress_keeps_tickets_out_of_the_access_log(rendered: Rendering) -> None:
+    ingress = rendered.get("Ingress", "carve-responders")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/enable-access-log"] == "false"
 
 
 def test_egress_only_to_the_backends_the_service_uses(rendered: Rendering) -> None:

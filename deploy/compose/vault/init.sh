@@ -2,7 +2,9 @@
 # vault-init: what an operator does once on a fresh Vault/OpenBao for the carve server.
 #   - writes the download policy (CARVE_VAULT_POLICY) and the admin policy
 #     (CARVE_VAULT_ADMIN_POLICY) from deploy/vault/;
-#   - enables the userpass auth method (carvectl login --username ...);
+#   - enables the userpass auth method (carvectl login --username ...) without Vault's user
+#     lockout, which would let anyone lock a responder out with five wrong passwords (the
+#     download service's login limits and NGINX's per-address limit bound guessing instead);
 #   - when RESPONDER_PASSWORD is set, creates the userpass login RESPONDER_USERNAME
 #     (default: responder) holding the download policy.
 # Safe to run again; run it again whenever the dev-mode server restarted (dev mode keeps
@@ -34,6 +36,7 @@ if ! bao auth list -format=json | grep -q '"userpass/"'; then
     bao auth enable userpass >/dev/null
     echo "vault-init: userpass enabled"
 fi
+bao auth tune -user-lockout-disable=true userpass/ >/dev/null
 
 if [ -n "${RESPONDER_PASSWORD:-}" ]; then
     user=${RESPONDER_USERNAME:-responder}

@@ -24,7 +24,9 @@ export class ApiError extends Error {
 export async function api(path, { method = "GET", body, auth = true, cookies = false } = {}) {
   const headers = { Accept: "application/json" };
   if (auth && session.token) headers["X-Vault-Token"] = session.token;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  // Every POST says JSON, with a body or without: the API refuses any other (a form on
+  // another site could send those).
+  if (body !== undefined || method === "POST") headers["Content-Type"] = "application/json";
   let response;
   try {
     response = await fetch(path, {
@@ -68,21 +70,26 @@ export function explain(error) {
     403: "Forbidden (403): your Vault token does not carry the policy this needs",
     404: "Not found (404)",
     409: "Not available yet (409)",
-    410: "Gone (410): the carve's bytes were deleted",
+    410: "Gone (410): the carve's bytes were deleted, or it failed",
     416: "Range not satisfiable (416)",
     422: "The archive cannot be read (422)",
     429: "Too many attempts (429): wait a minute",
     503: "A backend is unavailable (503): retry shortly",
   };
-  const title = titles[status] || `Error ${status}`;
+  let title = titles[status] || `Error ${status}`;
+  if (status === 410 && error.body.code === "failed") title = "Failed (410): this carve will never complete";
+  else if (status === 410 && error.body.status) title = `Gone (410): the carve was ${error.body.status}`;
   return { title, detail };
 }
 
 // Asks for a ticket, then lets the browser download through it (Content-Disposition).
-export async function download(carveId, path = null) {
+// member: null (the archive), a path, or { index } (the listing's position: for names a path
+// cannot carry, such as those holding CR or LF).
+export async function download(carveId, member = null) {
+  const body = member === null ? {} : typeof member === "string" ? { path: member } : member;
   const ticket = await api(`/api/v1/carves/${encodeURIComponent(carveId)}/download-ticket`, {
     method: "POST",
-    body: path === null ? {} : { path },
+    body,
   });
   const link = document.createElement("a");
   link.href = ticket.url;

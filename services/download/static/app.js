@@ -1,6 +1,7 @@
 // The console: hash routes (#/carves, #/carves/<id>, #/audit, #/webhooks), one view at a time.
 import { api, explain, session } from "./api.js";
 import { renderAudit } from "./audit.js";
+import { renderCampaign } from "./campaign.js";
 import { renderCarve } from "./carve.js";
 import { renderCarves } from "./carves.js";
 import { h, replace } from "./dom.js";
@@ -26,6 +27,9 @@ function errorPage(view, error) {
     h("h2", {}, title), h("p", {}, detail));
   if (error.status === 403) {
     box.append(h("p", {}, "Ask your Vault administrator for the responder policy (or the admin policy for deletions and the audit trail), then sign in again."));
+  }
+  if (error.status === 410 && error.body.code === "failed") {
+    box.append(h("p", {}, `Why: ${error.body.reason}`));
   }
   if (error.status === 409 && error.body.block_count) {
     box.append(h("p", {}, `${error.body.blocks_received} of ${error.body.block_count} blocks received so far.`));
@@ -85,6 +89,7 @@ async function route() {
   const parts = path.split("/").filter(Boolean);
   const context = { go, fail, later, report, me: session.me };
   if (parts[0] === "audit") renderAudit(view, params, context);
+  else if (parts[0] === "requests" && parts.length === 2) renderCampaign(view, decodeURIComponent(parts[1]), params, context);
   else if (parts[0] === "webhooks") renderWebhooks(view, params, context);
   else if (parts[0] === "carves" && parts.length === 2) renderCarve(view, decodeURIComponent(parts[1]), context);
   else renderCarves(view, params, context);

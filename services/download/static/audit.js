@@ -1,14 +1,17 @@
 import { api, query } from "./api.js";
-import { carveLink, h, replace, size, when } from "./dom.js";
+import { ago, carveLink, h, replace, size } from "./dom.js";
 
 const FIELDS = ["carve_id", "identity", "action", "outcome", "since"];
 const OUTCOMES = ["", "allowed", "denied", "refused", "error", "aborted"];
+// The audited routes (services/download/audit.py, AUDITED).
+const ACTIONS = ["", "list", "summary", "carve", "campaign", "archive", "files", "file", "file_request",
+  "delete", "export", "ticket", "export_ticket", "audit", "login", "logout", "login_sso", "login_sso_callback"];
 
 function row(entry) {
   return h(
     "tr",
     { "data-action": entry.action, "data-carve": entry.carve_id || "" },
-    h("td", {}, when(entry.time)),
+    h("td", {}, ago(entry.time)),
     h("td", {}, entry.action),
     h("td", {}, entry.outcome),
     h("td", { class: "num" }, entry.status),
@@ -23,7 +26,7 @@ export function renderAudit(view, params, { go, fail }) {
   const inputs = {
     carve_id: h("input", { name: "carve_id", placeholder: "carve id" }),
     identity: h("input", { name: "identity", placeholder: "display name or entity id" }),
-    action: h("input", { name: "action", placeholder: "e.g. delete" }),
+    action: h("select", { name: "action" }, ACTIONS.map((a) => h("option", { value: a }, a || "any"))),
     outcome: h("select", { name: "outcome" }, OUTCOMES.map((o) => h("option", { value: o }, o || "any"))),
     since: h("input", { name: "since", type: "datetime-local", step: "1" }),
   };
@@ -31,7 +34,9 @@ export function renderAudit(view, params, { go, fail }) {
   const form = h("form", { class: "filters", id: "audit-filters" },
     h("label", {}, "Carve", inputs.carve_id), h("label", {}, "Identity", inputs.identity),
     h("label", {}, "Action", inputs.action), h("label", {}, "Outcome", inputs.outcome),
-    h("label", {}, "Since (UTC)", inputs.since), h("button", { type: "submit", class: "primary" }, "Filter"));
+    h("label", {}, "Since (UTC)", inputs.since), h("button", { type: "submit", class: "primary" }, "Filter"),
+    h("button", { type: "reset", id: "audit-clear" }, "Clear"));
+  form.addEventListener("reset", () => go("#/audit"));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const next = {};

@@ -1,6 +1,7 @@
 import { api, download, explain } from "./api.js";
 import {
-  copyButton, h, mode, progressBar, replace, size, statusBadge, when,
+  ago, campaignLink, copyButton, h, hostName, mode, plural, progressBar, replace, size,
+  statusBadge, when,
 } from "./dom.js";
 import { triageSection } from "./triage.js";
 
@@ -8,18 +9,20 @@ const POLL_MS = 1000;
 
 function meta(carve) {
   const rows = [
-    ["Carve id", h("span", { class: "mono", id: "carve-id" }, carve.carve_id)],
+    ["Carve id", h("span", {}, h("span", { class: "mono", id: "carve-id" }, carve.carve_id), " ", copyButton(carve.carve_id))],
+    ["Host", h("span", { id: "host" }, hostName(carve))],
+    ["Carved", carvedPaths(carve)],
     ["Status", statusBadge(carve.status)],
-    ["Progress", h("span", {}, progressBar(carve), ` ${carve.blocks_received} of ${carve.block_count} blocks`)],
-    ["Request id", h("span", { class: "mono" }, carve.request_id)],
+    ["Progress", h("span", {}, progressBar(carve), ` ${carve.blocks_received} of ${plural(carve.block_count, "block")}`)],
+    ["Request id", h("span", {}, campaignLink(carve.request_id), h("span", { class: "muted" }, " (every carve of this request)"))],
     ["Size", `${size(carve.carve_size)} (${carve.carve_size} bytes, blocks of ${size(carve.block_size)})`],
     ["Compression", carve.compression || "-"],
     ["Archive SHA-256", carve.sha256 ? h("span", {}, h("code", { id: "archive-sha256" }, carve.sha256), " ", copyButton(carve.sha256)) : "-"],
     ["Device", carve.device ? h("span", { id: "device" }, carve.device.common_name) : "- (no device certificate recorded)"],
     ["Device subject", carve.device ? carve.device.subject_dn : "-"],
     ["Device certificate", carve.device ? h("code", {}, carve.device.fingerprint_sha256) : "-"],
-    ["Created", when(carve.created_at)],
-    ["Completed", when(carve.completed_at)],
+    ["Created", ago(carve.created_at)],
+    ["Completed", ago(carve.completed_at)],
   ];
   if (carve.manifest) {
     rows.push(["Manifest", manifestSummary(carve.manifest)]);
@@ -27,8 +30,17 @@ function meta(carve) {
   return h("dl", { class: "meta" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
 
+function carvedPaths(carve) {
+  const paths = carve.paths || [];
+  if (!paths.length) return h("span", { class: "muted", id: "carved" }, carve.status === "receiving" ? "known once complete" : "-");
+  const more = (carve.path_count || paths.length) - paths.length;
+  return h("ul", { class: "paths", id: "carved" }, paths.map((p) => h("li", {}, h("code", {}, p))),
+    more > 0 ? h("li", { class: "muted" }, `+${more} more (see Files)`) : null);
+}
+
 function manifestSummary(manifest) {
-  const parts = [`${manifest.members} members`];
+  const parts = [plural(manifest.members, "member")];
+  if (manifest.files !== null && manifest.files !== undefined) parts.push(plural(manifest.files, "file"));
   if (manifest.truncated) parts.push("truncated");
   if (manifest.error) parts.push(`unreadable: ${manifest.error}`);
   return parts.join(", ");
@@ -37,13 +49,13 @@ function manifestSummary(manifest) {
 function whyNot(carve) {
   if (carve.status === "failed") {
     return h("div", { class: "error", id: "why" }, h("h2", {}, "This carve failed"),
-      h("p", {}, carve.failure_reason || "no reason recorded"), h("p", {}, `at ${when(carve.failed_at)}`));
+      h("p", {}, carve.failure_reason || "no reason recorded"), h("p", {}, "at ", ago(carve.failed_at)));
   }
   if (carve.status === "expired" || carve.status === "deleted") {
     const at = carve.expired_at || carve.deleted_at;
     const by = carve.deleted_by ? ` by ${carve.deleted_by}` : "";
     return h("div", { class: "error", id: "why" }, h("h2", {}, `This carve was ${carve.status}`),
-      h("p", {}, `Its bytes were deleted${by} at ${when(at)}; only this record is kept.`));
+      h("p", {}, `Its bytes were deleted${by} `, ago(at), "; only this record is kept."));
   }
   if (carve.status === "receiving") {
     return h("div", { class: "info", id: "why" }, "Blocks are still arriving: this page follows them. The files appear once the carve is complete.");
@@ -89,7 +101,10 @@ function fileRow(entry, carve, report) {
   // Superseded and unsafe members are not what a download of that path serves.
   if (m && m.type === "file" && !m.superseded && !m.unsafe && carve.status === "complete") {
     const button = h("button", { type: "button", class: "small download-member" }, "Download");
-    button.addEventListener("click", () => download(carve.carve_id, m.path).catch(report));
+    // A path with a control character (CR, LF: the host chose it) cannot be asked for by
+    // path: by its position in the archive instead.
+    const which = /[\u0000-\u001f]/.test(m.path) ? { index: m.index } : m.path;
+    button.addEventListener("click", () => download(carve.carve_id, which).catch(report));
     get.append(button);
   }
   cells.push(get);
@@ -156,7 +171,7 @@ export function renderCarve(view, carveId, { go, fail, later, report, me }) {
     if (me && me.is_admin && carve.status !== "expired" && carve.status !== "deleted") {
       actions.append(deleteControls(carve, { go, report }));
     }
-    replace(view, h("p", {}, h("a", { href: "#/carves" }, "← All carves")), h("h1", {}, "Carve ", h("span", { class: "mono" }, carve.carve_id)),
+    replace(view, h("p", {}, h("a", { href: "#/carves" }, "← All carves")), h("h1", {}, "Carve ", h("span", { class: "mono" }, carve.carve_id.slice(0, 8)), " ", h("span", { class: "muted" }, "from ", hostName(carve))),
       meta(carve), whyNot(carve), actions);
     if (carve.status === "complete") view.append(triageSection(carve, { me, report, reload: load }));
     if (carve.status === "complete") view.append(await files(carve, report));

@@ -1,9 +1,10 @@
 import { api, explain, session } from "./api.js";
 import { h, replace } from "./dom.js";
 
-function errorBox(error) {
+function errorBox(error, unauthorized = null) {
   const { title, detail } = explain(error);
-  return h("div", { class: "error", role: "alert" }, h("h2", {}, title), h("p", {}, detail));
+  const heading = error.status === 401 && unauthorized ? unauthorized : title;
+  return h("div", { class: "error", role: "alert" }, h("h2", {}, heading), h("p", {}, detail));
 }
 
 export function renderLogin(view, { onLogin, message }) {
@@ -15,7 +16,7 @@ export function renderLogin(view, { onLogin, message }) {
       session.me = await api("/api/v1/whoami");
     } catch (error) {
       session.clear();
-      replace(out, errorBox(error));
+      replace(out, errorBox(error, "That token is not valid (401): unknown, expired or revoked"));
       return;
     }
     onLogin();
@@ -44,7 +45,7 @@ export function renderLogin(view, { onLogin, message }) {
       await finish(answer.token);
     } catch (error) {
       password.value = "";
-      replace(out, errorBox(error));
+      replace(out, errorBox(error, "Wrong username or password (401)"));
     }
   });
   const pasted = h("input", { name: "token", type: "password", autocomplete: "off", required: true });
@@ -92,7 +93,7 @@ export function renderLogin(view, { onLogin, message }) {
         "section",
         {},
         h("h2", {}, "Vault token"),
-        h("p", { class: "muted" }, "A token from `bao login` (any method) works too."),
+        h("p", { class: "muted" }, "A token from ", h("code", {}, "bao login"), " (any method) works too."),
         tokenForm,
       ),
     ),
