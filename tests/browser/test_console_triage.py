@@ -46,7 +46,7 @@ async def test_a_flagged_carve_shows_its_badge_and_hits_and_hostile_text_stays_t
     await page.click("#filters button[type=submit]")
     await expect(page.locator("#carve-rows tr")).to_have_count(1)
     assert "verdict=flagged" in page.url
-    await page.locator(f'tr[data-carve="{flagged.carve_id}"] a').click()
+    await page.locator(f'tr[data-carve="{flagged.carve_id}"] a[href^="#/carves/"]').click()
     hit = page.locator("#triage-hits tbody tr").first
     await expect(hit.locator("td.member")).to_have_text(f"/tmp/{HOSTILE}")
     await expect(hit.locator(".hit strong")).to_have_text("hostile:html_in_metadata")

@@ -241,9 +241,9 @@ async def test_sighup_brings_new_rules_and_an_admin_re_scan_applies_them_to_an_o
         async with http.get(f"{api}/carves?verdict=flagged", headers=reader) as resp:
             listed = [c["carve_id"] for c in (await resp.json())["carves"]]
         assert listed == [new]
-        async with http.post(f"{api}/carves/{old}/triage", headers=reader) as resp:
+        async with http.post(f"{api}/carves/{old}/triage", headers=reader, json={}) as resp:
             assert resp.status == 403  # reading carves is not enough
-        async with http.post(f"{api}/carves/{old}/triage", headers=admin) as resp:
+        async with http.post(f"{api}/carves/{old}/triage", headers=admin, json={}) as resp:
             assert resp.status == 202
             assert (await resp.json())["triage"]["status"] == "pending"
         rescanned = await stack.wait_for(
