@@ -26,11 +26,12 @@ in ``<queue>.retry``, whose message TTL dead-letters it back into the queue
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractMessage, AbstractQueue
 
 from shared.errors import PoisonMessage
 from shared.protocol import expected_block_length
@@ -71,6 +72,21 @@ async def declare_topology(channel: AbstractChannel, queue: str) -> AbstractQueu
     )
 
 
+async def queue_depths(connection: AbstractConnection, queue: str) -> dict[str, int]:
+    """Messages ready in the block queue, its dead-letter queue and its delay queue (passive
+    declarations on a channel of their own: a missing queue closes only that channel)."""
+    channel = await connection.channel()
+    try:
+        depths = {}
+        for name in (queue, queue + DEAD_SUFFIX, queue + RETRY_SUFFIX):
+            declared = await channel.declare_queue(name, passive=True)
+            depths[name] = declared.declaration_result.message_count or 0
+        return depths
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
     """One block of one carve, as the assembler receives it."""
@@ -98,7 +114,8 @@ _RECORD = struct.Struct("<HQQIQI")
 
 
 def encode(blocks: Sequence[Block]) -> AbstractMessage:
-    """One persistent message carrying ``blocks``."""
+    """One persistent message carrying ``blocks``, stamped with the time it is published
+    (AMQP's timestamp, whole seconds: the assembler's lag metric)."""
     parts: list[bytes] = []
     for b in blocks:
         carve_id = b.carve_id.encode()
@@ -114,6 +131,7 @@ def encode(blocks: Sequence[Block]) -> AbstractMessage:
         headers={"format": FORMAT, "count": len(blocks)},
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         content_type="application/octet-stream",
+        timestamp=time.time(),
     )
 
 

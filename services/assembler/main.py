@@ -24,6 +24,8 @@ from shared import keys as shared_keys
 from shared.events.relay import RELAY, events_ctx
 from shared.finalize import Finalizer
 from shared.health import add_health_routes, check_amqp, check_mongo, service_app
+from shared.metrics import add_scrape_hook
+from shared.queue import queue_depths
 from shared.resources import amqp_ctx, mongo_ctx
 
 
@@ -80,4 +82,11 @@ def create_app(settings: AssemblerSettings) -> web.Application:
         [mongo_ctx(settings), amqp_ctx(settings), events_ctx(settings, settings), _consumer_ctx]
     )
     add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo})
+    add_scrape_hook(app, functools.partial(_count_queues, app))
     return app
+
+
+async def _count_queues(app: web.Application) -> None:
+    depths = await queue_depths(app[shared_keys.AMQP], app[keys.SETTINGS].amqp_queue)
+    for queue, messages in depths.items():
+        app[keys.METRICS].queue_messages.labels(queue).set(messages)

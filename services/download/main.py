@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,6 +11,7 @@ from aiohttp import web
 from services.download import audit, keys, tickets
 from services.download.audit import audited
 from services.download.bodies import json_posts
+from services.download.census import count_carves
 from services.download.errors import answer_errors
 from services.download.login_limits import LIMITER, LoginLimiter
 from services.download.metrics import DownloadMetrics
@@ -20,6 +22,7 @@ from services.download.tokens import Authorizer
 from shared import keys as shared_keys
 from shared.events.relay import events_ctx
 from shared.health import add_health_routes, check_mongo, service_app
+from shared.metrics import add_scrape_hook
 from shared.resources import mongo_ctx
 from shared.vault import vault_client
 
@@ -77,4 +80,5 @@ def create_app(settings: DownloadSettings) -> web.Application:
     )
     setup_routes(app)
     add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})
+    add_scrape_hook(app, functools.partial(count_carves, app))
     return app
