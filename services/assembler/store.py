@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
@@ -43,14 +44,12 @@ class GridChunkStore:
         return await self._inserts.submit({"files_id": carve_id, "n": n, "data": data})
 
     async def _insert_many(self, docs: Sequence[Document]) -> list[bool | BaseException]:
-        results: list[bool | BaseException] = [True] * len(docs)
         with transient_on_outage("chunk write"):
             try:
                 await self._chunks.insert_many(docs, ordered=False)
             except BulkWriteError as exc:
-                for error in exc.details.get("writeErrors", []):
-                    results[error["index"]] = classify_write_error(error)
-        return results
+                return insert_results(len(docs), exc.details)
+        return [True] * len(docs)
 
     async def add_received(self, counts: dict[str, int]) -> None:
         """Add to the progress counters of receiving carves (one update per carve)."""
@@ -60,6 +59,23 @@ class GridChunkStore:
                     {"_id": carve_id, "status": Status.RECEIVING.value},
                     {"$inc": {"blocks_received": k}, "$currentDate": {"updated_at": True}},
                 )
+
+
+def insert_results(count: int, details: Mapping[str, Any]) -> list[bool | BaseException]:
+    """What a failed ``insert_many`` of ``count`` chunks means for each: stored (True),
+    there already (False), or an error, from the bulk write's error ``details``.
+
+    A write concern error means the chunks are on the primary but a majority did not
+    acknowledge them in time: a failover could still roll them back, so none counts as
+    stored; the message is kept and written again (then a duplicate, acknowledged by a
+    majority or not at all)."""
+    results: list[bool | BaseException] = [True] * count
+    for error in details.get("writeErrors", []):
+        results[error["index"]] = classify_write_error(error)
+    if details.get("writeConcernErrors"):
+        unsure = Unavailable("MongoDB", "chunk write not acknowledged by a majority in time")
+        results = [r if isinstance(r, PoisonMessage) else unsure for r in results]
+    return results
 
 
 def classify_write_error(error: Document) -> bool | BaseException:

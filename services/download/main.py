@@ -23,6 +23,7 @@ from shared import keys as shared_keys
 from shared.events.relay import events_ctx
 from shared.health import add_health_routes, check_mongo, service_app
 from shared.metrics import add_scrape_hook
+from shared.mongo import responder_reads
 from shared.resources import mongo_ctx
 from shared.vault import vault_client
 
@@ -76,7 +77,12 @@ def create_app(settings: DownloadSettings) -> web.Application:
     )
     app[audit.REPEATS] = audit.Repeats(settings.audit_repeat_window)
     app.cleanup_ctx.extend(
-        [mongo_ctx(settings), events_ctx(settings, settings), _vault_ctx, _tar_pool_ctx]
+        [
+            mongo_ctx(settings, responder_reads),
+            events_ctx(settings, settings),
+            _vault_ctx,
+            _tar_pool_ctx,
+        ]
     )
     setup_routes(app)
     add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})
