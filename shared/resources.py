@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
@@ -21,14 +21,12 @@ from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared import keys
-from shared.mongo import Document, ensure_indexes, make_client
+from shared.mongo import ensure_indexes, make_client
 from shared.settings import AmqpSettings, MongoSettings, RedisSettings
 
 log = logging.getLogger(__name__)
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
-# PyMongo command listeners for the app's client (tests record the commands it sends).
-MONGO_LISTENERS: web.AppKey[Sequence[CommandListener]] = web.AppKey("mongo_listeners")
 
 
 def redis_ctx(settings: RedisSettings) -> CleanupCtx:
@@ -122,9 +120,13 @@ async def with_amqp_retry(
     raise AssertionError("unreachable: tenacity reraises")
 
 
+# PyMongo command listeners for the app's client (tests record the commands it sends).
+MONGO_LISTENERS: web.AppKey[Sequence[CommandListener]] = web.AppKey("mongo_listeners")
+
+
 def mongo_ctx(
     settings: MongoSettings,
-    reads: Callable[[AsyncDatabase[Document]], AsyncDatabase[Document]] | None = None,
+    reads: Callable[[AsyncDatabase[Any]], AsyncDatabase[Any]] | None = None,
 ) -> CleanupCtx:
     """MongoDB client and database with the required indexes in place; ``reads`` sets how
     the service reads (``shared.mongo.responder_reads``; default: the client's). Command
