@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractMessage, AbstractQueue
 
 from shared.errors import PoisonMessage
 from shared.protocol import expected_block_length
@@ -70,21 +70,6 @@ async def declare_topology(channel: AbstractChannel, queue: str) -> AbstractQueu
         durable=True,
         arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": dlx.name},
     )
-
-
-async def queue_depths(connection: AbstractConnection, queue: str) -> dict[str, int]:
-    """Messages ready in the block queue, its dead-letter queue and its delay queue (passive
-    declarations on a channel of their own: a missing queue closes only that channel)."""
-    channel = await connection.channel()
-    try:
-        depths = {}
-        for name in (queue, queue + DEAD_SUFFIX, queue + RETRY_SUFFIX):
-            declared = await channel.declare_queue(name, passive=True)
-            depths[name] = declared.declaration_result.message_count or 0
-        return depths
-    finally:
-        if not channel.is_closed:
-            await channel.close()
 
 
 @dataclass(frozen=True, slots=True)

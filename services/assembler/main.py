@@ -25,7 +25,8 @@ from shared.events.relay import RELAY, events_ctx
 from shared.finalize import Finalizer
 from shared.health import add_health_routes, check_amqp, check_mongo, service_app
 from shared.metrics import add_scrape_hook
-from shared.queue import queue_depths
+from shared.queue import DEAD_SUFFIX, RETRY_SUFFIX
+from shared.queue_depth import ready_messages
 from shared.resources import amqp_ctx, mongo_ctx
 
 
@@ -87,6 +88,8 @@ def create_app(settings: AssemblerSettings) -> web.Application:
 
 
 async def _count_queues(app: web.Application) -> None:
-    depths = await queue_depths(app[shared_keys.AMQP], app[keys.SETTINGS].amqp_queue)
-    for queue, messages in depths.items():
-        app[keys.METRICS].queue_messages.labels(queue).set(messages)
+    queue = app[keys.SETTINGS].amqp_queue
+    names = (queue, queue + DEAD_SUFFIX, queue + RETRY_SUFFIX)
+    depths = await ready_messages(app[shared_keys.AMQP], names)
+    for name, messages in depths.items():
+        app[keys.METRICS].queue_messages.labels(name).set(messages)

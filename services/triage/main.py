@@ -4,6 +4,7 @@ the aiohttp lifecycle; the HTTP side serves /healthz, /readyz and /metrics."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -24,6 +25,8 @@ from services.triage.sweep import Sweep
 from shared import keys as shared_keys
 from shared.events.relay import RELAY, events_ctx
 from shared.health import NotReady, add_health_routes, check_amqp, check_mongo, service_app
+from shared.metrics import add_scrape_hook
+from shared.queue_depth import ready_messages
 from shared.resources import amqp_ctx, mongo_ctx
 
 log = logging.getLogger(__name__)
@@ -94,4 +97,11 @@ def create_app(settings: TriageSettings) -> web.Application:
         [mongo_ctx(settings), amqp_ctx(settings), events_ctx(settings, settings), _triage_ctx]
     )
     add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo, "rules": check_rules})
+    add_scrape_hook(app, functools.partial(_count_queue, app))
     return app
+
+
+async def _count_queue(app: web.Application) -> None:
+    queue = app[keys.SETTINGS].triage_queue
+    depths = await ready_messages(app[shared_keys.AMQP], [queue])
+    app[keys.METRICS].queue_messages.set(depths[queue])

@@ -19,8 +19,12 @@ from clients.osquery_sim import build_synthetic_archive, carve
 from devstack.backends import Backends
 from devstack.ports import HOST, free_port
 from devstack.services import scrape
+from shared.events import EventType
+from shared.events.envelope import encode_event
+from shared.events.outbox import event_entry
 from shared.queue import Block, encode
 from tests.stack import Stack
+from tests.triage import write_library
 from tests.uploads import Upload, random_bytes
 
 KiB = 1024
@@ -146,3 +150,30 @@ async def test_vault_away_shows_in_checks_and_503s_by_backend(stack: Stack) -> N
     assert metrics['carve_check_up{check="vault"}'] == 0.0
     assert metrics['carve_check_up{check="mongodb"}'] == 1.0
     assert metrics['carve_backend_unavailable_total{backend="vault"}'] == 1.0
+
+
+async def test_triage_shows_its_backlog_while_its_rules_are_broken(
+    ingest_only: Stack, backends: Backends, tmp_path: Path
+) -> None:
+    """Rules that do not compile: scans wait for a fix (one held by the prefetch), the events
+    behind it wait in the queue, and the metrics say both."""
+    stack = ingest_only
+    library = write_library(tmp_path / "lib", rules={"broken.yar": "rule broken { condition: "})
+    triage = await stack.start_triage(**library, triage_workers=1)
+    queue = stack.env["CARVE_TRIAGE_QUEUE"]
+    connection = await aio_pika.connect_robust(backends.rabbit.url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        for _ in range(4):
+            carve_id = str(uuid.uuid4())
+            entry = event_entry(EventType.COMPLETED, {"id": carve_id}, datetime.now(UTC))
+            body = encode_event(entry, carve_id, "urn:test")
+            message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await channel.default_exchange.publish(message, routing_key=queue)
+    finally:
+        await connection.close()
+    metrics = await _scrape_until(triage.url, "carve_triage_queue_messages", 3.0)
+    assert metrics["carve_triage_rules_ok"] == 0.0
+    assert metrics['carve_check_up{check="rules"}'] == 0.0
+    assert metrics['carve_check_up{check="rabbitmq"}'] == 1.0
+    assert metrics["carve_triage_scan_seconds_count"] == 0.0
