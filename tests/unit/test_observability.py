@@ -137,6 +137,12 @@ def test_the_inventory_holds_what_the_apps_register() -> None:
         assert expected in declared
 
 
+def test_every_metric_is_documented() -> None:
+    """An operator finds each metric the code declares somewhere in docs/."""
+    docs = "".join(page.read_text() for page in (ROOT / "docs").glob("*.md"))
+    assert sorted(n for n in declared_metrics() if n not in docs) == []
+
+
 def metric_names(expr: str) -> set[str]:
     """The metric names a PromQL expression (or a Grafana panel's) reads."""
     expr = re.sub(r"\$\{?\w+\}?", "5m", expr)  # Grafana variables ($__rate_interval)
