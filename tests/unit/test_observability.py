@@ -249,6 +249,11 @@ def test_every_alert_has_a_runbook_and_says_what_it_means() -> None:
         assert alert.lower() in sections, f"docs/runbooks.md has no section {alert}"
     headings = re.findall(r"^## (Carve\w+)$", RUNBOOKS.read_text(), re.MULTILINE)
     assert sorted(headings) == sorted(seen), "a runbook without an alert, or the reverse"
+    sections_text = re.split(r"^## ", RUNBOOKS.read_text(), flags=re.MULTILINE)[1:]
+    for text in sections_text:
+        title = text.splitlines()[0]
+        for part in ("**Means**", "**Look**", "**Do**"):
+            assert part in text, f"runbook {title}: no {part}"
     required = {
         "CarveStuckReceiving",
         "CarveDeadLettersGrowing",
