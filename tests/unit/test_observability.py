@@ -269,6 +269,18 @@ def test_every_alert_has_a_runbook_and_says_what_it_means() -> None:
     assert required <= seen
 
 
+def test_thresholds_leave_room_for_what_the_services_do_on_their_own() -> None:
+    """A carve is stuck only once the janitor had its chance (idle timeout, then a sweep);
+    triage is stalled only once a whole scan could have finished."""
+    by_name = {r["alert"]: r for r in rules()}
+    janitor = JanitorSettings()
+    stuck = float(re.findall(r"> (\d+)", by_name["CarveStuckReceiving"]["expr"])[0])
+    assert stuck >= janitor.session_idle_timeout + janitor.janitor_interval + janitor.finalize_grace
+    triage = TriageSettings()
+    window = re.findall(r"\[(\d+)m\]", by_name["CarveTriageStalled"]["expr"])
+    assert float(window[0]) * 60 > triage.triage_max_seconds + 30
+
+
 def test_the_prometheus_rule_ships_the_same_rules() -> None:
     plain = yaml.safe_load(RULES.read_text())
     resource = yaml.safe_load(PROMETHEUS_RULE.read_text())
