@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 from pydantic_settings import BaseSettings
+from yamllint import linter
+from yamllint.config import YamlLintConfig
 
 from services.assembler.main import create_app as create_assembler
 from services.assembler.settings import AssemblerSettings
@@ -189,6 +191,17 @@ def test_alerts_and_dashboard_use_only_exported_metrics() -> None:
 
 
 # --- the rules ------------------------------------------------------------------------------
+
+
+def test_yamllint_finds_nothing() -> None:
+    """The same style as deploy/k8s (its .yamllint)."""
+    config = YamlLintConfig(file=str(ROOT / "deploy" / "k8s" / ".yamllint"))
+    problems = [
+        f"{path.name}:{problem.line}: {problem}"
+        for path in (RULES, RULE_TESTS)
+        for problem in linter.run(path.read_text(), config, str(path))
+    ]
+    assert problems == []
 
 
 def test_promtool_checks_the_rules() -> None:
