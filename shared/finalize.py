@@ -42,6 +42,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DocumentTooLarge, DuplicateKeyError
 
 from shared.carves import ENDED, CarveDoc, Compression, Status, archive_filename, carves_of
+from shared.crypto.keys import KeyRing
+from shared.crypto.reader import CarveReader
 from shared.errors import CorruptArchive
 from shared.events import EventType, carve_summary, event_entry, push_event
 from shared.events.outbox import Notifier, announce
@@ -107,7 +109,9 @@ class Finalizer:
         concurrency: int = 2,
         manifests: bool = True,
         events: Notifier | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
+        self._db, self._bucket, self._keys = db, bucket, keys
         self._carves = carves_of(db)
         self._files = db[f"{bucket}.files"]
         self._chunks = db[f"{bucket}.chunks"]
@@ -294,6 +298,8 @@ class Finalizer:
         carve_id = doc["_id"]
         count, size, length = doc["block_count"], doc["block_size"], doc["carve_size"]
         digest = hashlib.sha256()
+        # Opens sealed chunks: the SHA-256 and the manifest are those of the plaintext.
+        reader = await CarveReader.open(self._db, self._bucket, doc, self._keys)
         compression = Compression.NONE
         manifest: ManifestPass | None = None  # the tar read on this same pass (shared.manifest)
         expected_n = 0
@@ -304,13 +310,14 @@ class Finalizer:
         )
         try:
             async for chunk in cursor:
-                n, data = chunk["n"], bytes(chunk["data"])
-                want = expected_block_length(n, count, size, length) if 0 <= n < count else -1
-                if n != expected_n or len(data) != want:
+                n, stored = chunk["n"], bytes(chunk["data"])
+                if n != expected_n or not 0 <= n < count:
+                    want = expected_block_length(expected_n, count, size, length)
                     raise CorruptArchive(
-                        f"chunk {n} (len {len(data)}) where chunk {expected_n} "
+                        f"chunk {n} (len {len(stored)}) where chunk {expected_n} "
                         f"of {want} bytes was expected"
                     )
+                data = await reader.open_chunk(n, stored)
                 if n == 0 and data.startswith(ZSTD_MAGIC):
                     compression = Compression.ZSTD
                 if n == 0 and self._manifests:

@@ -18,6 +18,7 @@ from services.download.settings import DownloadSettings
 from services.download.slots import StreamSlots, TarJobs
 from services.download.tokens import Authorizer
 from shared import keys as shared_keys
+from shared.crypto.context import keyring_ctx
 from shared.events.relay import events_ctx
 from shared.health import add_health_routes, check_mongo, service_app
 from shared.resources import mongo_ctx
@@ -73,7 +74,13 @@ def create_app(settings: DownloadSettings) -> web.Application:
     )
     app[audit.REPEATS] = audit.Repeats(settings.audit_repeat_window)
     app.cleanup_ctx.extend(
-        [mongo_ctx(settings), events_ctx(settings, settings), _vault_ctx, _tar_pool_ctx]
+        [
+            mongo_ctx(settings),
+            events_ctx(settings, settings),
+            _vault_ctx,
+            keyring_ctx(settings),
+            _tar_pool_ctx,
+        ]
     )
     setup_routes(app)
     add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})

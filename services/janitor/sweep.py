@@ -8,6 +8,8 @@
 3. complete carves past ``CARVE_RETENTION``: the same;
 4. orphan chunks (no carve document, or a carve whose bytes are gone): a
    slice of them per sweep, resuming where the last sweep stopped;
+   then crypto-shredding: the Transit key of every deleted or expired carve is
+   destroyed in Vault (``shared.crypto.shred``);
 5. Redis sessions of carves that no longer receive;
 6. carve events a dead process left in the outbox (``shared.events``).
 
@@ -39,6 +41,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.janitor.settings import JanitorSettings
 from shared.carves import ENDED, CarveDoc, Status, carves_of
+from shared.crypto.keys import KeyRing
+from shared.crypto.shred import shred_ended
 from shared.errors import Unavailable
 from shared.events import EventType
 from shared.events.relay import Relay
@@ -95,8 +99,10 @@ class Janitor:
         *,
         clock: Clock = utc_now,
         events: Relay | None = None,
+        keyring: KeyRing | None = None,
     ) -> None:
         self._db = db
+        self._keyring = keyring
         self._carves = carves_of(db)
         self._chunks = db[f"{settings.mongo_bucket}.chunks"]
         self._redis = redis
@@ -120,6 +126,7 @@ class Janitor:
                 self._expire_failed,
                 self._expire_complete,
                 self._orphans,
+                self._shred,
                 self._sessions,
                 self._left_behind_events,
             )
@@ -322,6 +329,19 @@ class Janitor:
             after = doc["files_id"]
             owners.append(after)
         return owners
+
+    async def _shred(self, report: Report) -> None:
+        if self._keyring is None:
+            return
+        shredded = await shred_ended(
+            self._db,
+            self._settings.mongo_bucket,
+            self._keyring,
+            batch=self._settings.janitor_batch,
+            dry_run=report.dry_run,
+        )
+        if shredded:
+            report.actions["keys_shredded"] += shredded
 
     # --- 5. Redis sessions ----------------------------------------------------------------------
 
