@@ -91,6 +91,8 @@ def provision_transit(client: hvac.Client, mount: str = "transit") -> dict[str, 
         client.auth.approle.create_or_update_approle(
             role, token_policies=[policy], token_ttl="1h", token_max_ttl="4h"
         )
+        # The role id names the role (it is not a secret; the secret id is).
+        client.write_data(f"auth/approle/role/{role}/role-id", data={"role_id": role})
         role_id = client.auth.approle.read_role_id(role)["data"]["role_id"]
         secret_id = client.auth.approle.generate_secret_id(role)["data"]["secret_id"]
         roles[service] = {"CARVE_VAULT_ROLE_ID": role_id, "CARVE_VAULT_SECRET_ID": secret_id}
