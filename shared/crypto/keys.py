@@ -40,6 +40,18 @@ RECEIVING = (Status.RECEIVING.value,)
 STORED = (Status.COMPLETE.value, Status.FAILED.value)
 
 
+def encryption_view(doc: CarveDoc | Document) -> dict[str, Any] | None:
+    """How a carve is stored, for responders: never its key name or wrapped key."""
+    sealing: dict[str, Any] | None = doc.get("encryption")
+    if not sealing:
+        return None
+    return {
+        "scheme": sealing.get("scheme", SCHEME),
+        "sealed": sealing.get("sealed", PARTIAL),
+        "shredded": bool(sealing.get("shredded_at")),
+    }
+
+
 class KeyRing:
     """Data keys of carves for one process; ``transit`` None when Vault is not configured."""
 

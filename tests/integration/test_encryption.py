@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import hvac.exceptions
+import orjson
 import pytest
 from multidict import CIMultiDict
 
@@ -93,6 +94,11 @@ async def test_no_stored_chunk_holds_the_plaintext_and_every_read_is_byte_exact(
         async for row in stack.db[name].find({}):
             assert PLANTED[:24] not in repr(row).encode()
     # Whole archive, a range across chunks, a suffix range, members.
+    status, _, raw = await client.get(f"/api/v1/carves/{carve_id}")
+    assert orjson.loads(raw)["encryption"] == {
+        "scheme": "aes-256-gcm/1", "sealed": "all", "shredded": False,
+    }  # fmt: skip
+    assert b"vault:v" not in raw and sealing["key"].encode() not in raw
     status, headers, body = await client.get(f"/api/v1/carves/{carve_id}/archive")
     assert (status, body) == (200, data)
     assert headers["ETag"] == f'"{doc["sha256"]}"'
