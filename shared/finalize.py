@@ -190,7 +190,7 @@ class Finalizer:
     async def _finish_holding(self, doc: CarveDoc, token: str, started: float) -> Result:
         carve_id: str = doc["_id"]
         try:
-            sha256, compression, manifest = await self._hash_chunks(doc)
+            sha256, compression, manifest, sealed = await self._hash_chunks(doc)
         except CorruptArchive as exc:
             log.error("carve %s cannot be finalized: %s", carve_id, exc)
             now = datetime.now(UTC)
@@ -234,6 +234,8 @@ class Finalizer:
             "completed_at": now,
             "updated_at": now,
             **manifest_fields,
+            # Every chunk was sealed: from now on a clear one is an integrity error.
+            **({"encryption.sealed": "all"} if sealed else {}),
         }
         event = event_entry(
             EventType.COMPLETED, carve_summary(cast(CarveDoc, {**doc, **complete})), now
@@ -294,7 +296,11 @@ class Finalizer:
         terms = search_terms(display_host(doc), brief["paths"])
         return {"manifest": brief, "search": terms}
 
-    async def _hash_chunks(self, doc: CarveDoc) -> tuple[str, Compression, dict[str, Any] | None]:
+    async def _hash_chunks(
+        self, doc: CarveDoc
+    ) -> tuple[str, Compression, dict[str, Any] | None, bool]:
+        """SHA-256, compression and manifest of the plaintext, and whether every chunk of
+        the carve is stored sealed."""
         carve_id = doc["_id"]
         count, size, length = doc["block_count"], doc["block_size"], doc["carve_size"]
         digest = hashlib.sha256()
@@ -335,4 +341,5 @@ class Finalizer:
             if manifest is not None:
                 manifest.abandon()
             raise
-        return digest.hexdigest(), compression, built
+        sealed = reader.encrypted and reader.clear_chunks == 0
+        return digest.hexdigest(), compression, built, sealed

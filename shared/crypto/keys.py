@@ -65,7 +65,6 @@ class KeyRing:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._carves = carves_of(db)
-        self._chunks = db[f"{bucket}.chunks"]
         self.transit = transit
         self.encrypting = settings.encrypting and transit is not None
         self._ttl = settings.key_cache_ttl
@@ -170,12 +169,13 @@ class KeyRing:
         name = transit.key_name(carve_id)
         key, wrapped = await transit.new_data_key(name)
         with transient_on_outage("carve key write"):
-            # Chunks stored before this key (encryption switched on mid-carve, or a carve
-            # `encrypt` is sealing) stay clear until sealed: the carve is mixed meanwhile.
-            earlier = await self._db_chunk_exists(carve_id)
+            # "partial" until the finalizer (or `encrypt`) has seen every chunk sealed: a
+            # chunk stored before this key, or by an assembler without encryption during a
+            # rolling update, stays clear and readable (mixed mode) instead of failing the
+            # carve; from "all" on, a clear chunk is an integrity error.
             sealing = {
                 "key": name, "wrapped": wrapped, "scheme": SCHEME,
-                "sealed": PARTIAL if earlier else ALL, "created_at": datetime.now(UTC),
+                "sealed": PARTIAL, "created_at": datetime.now(UTC),
             }  # fmt: skip
             won = await self._carves.update_one(
                 {**wanted, "encryption": None}, {"$set": {"encryption": sealing}}
@@ -187,10 +187,6 @@ class KeyRing:
         if doc is None or not doc.get("encryption"):
             return None
         return await self._unwrap(carve_id, dict(doc["encryption"]))
-
-    async def _db_chunk_exists(self, carve_id: str) -> bool:
-        found = await self._chunks.find_one({"files_id": carve_id}, {"_id": 1})
-        return found is not None
 
     # --- integrity -----------------------------------------------------------------------------
 

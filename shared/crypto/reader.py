@@ -54,6 +54,7 @@ class CarveReader:
         self.count = -(-self.size // self.chunk_size)
         sealing: dict[str, Any] = doc.get("encryption") or {}
         self._all_sealed = sealing.get("sealed") == ALL
+        self.clear_chunks = 0  # clear chunks opened so far (mixed mode)
 
     @classmethod
     async def open(
@@ -85,6 +86,7 @@ class CarveReader:
             if self._all_sealed:
                 self._integrity_error()
                 raise ChunkIntegrityError(f"chunk {n} is clear in a carve sealed throughout")
+            self.clear_chunks += 1
             return stored
         raise CorruptArchive(f"chunk {n} has {len(stored)} bytes, {want} expected")
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import uuid
+import zipfile
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +26,7 @@ from services.janitor.main import run_sweep
 from shared.crypto.chunks import OVERHEAD
 from tests.stack import Stack
 from tests.triage import MARKER, wait_triaged, write_library
-from tests.uploads import random_bytes
+from tests.uploads import Upload, random_bytes
 
 PLANTED = b"PLAINTEXT-MARKER-a6c1e0-" * 8
 MEMBERS = {
@@ -263,3 +265,22 @@ async def test_a_backup_taken_before_expiry_cannot_be_decrypted_after_it(
             f"{fresh.url}/api/v1/carves/{kept}/archive", headers={"X-Vault-Token": reader}
         ) as resp:
             assert (resp.status, await resp.read()) == (200, kept_data)
+
+
+async def test_a_campaign_export_of_sealed_carves_is_byte_exact(client: Client) -> None:
+    stack = client.stack
+    rid = f"campaign-{uuid.uuid4().hex[:8]}"
+    uploads = [Upload(stack, random_bytes(30_000 + k, 50 + k), 4096) for k in range(2)]
+    async with aiohttp.ClientSession() as http:
+        for up in uploads:
+            up.request_id = rid
+            await up.start(http)
+            await up.send_all(http, range(up.count))
+    for up in uploads:
+        await stack.wait_complete(up.carve_id)
+    status, _, body = await client.get(f"/api/v1/requests/{rid}/export")
+    assert status == 200
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        names = [n for n in archive.namelist() if n.startswith("carves/")]
+        got = {name.rsplit("_", 1)[-1]: archive.read(name) for name in names}
+    assert got == {f"{up.carve_id}.tar": up.data for up in uploads}

@@ -24,6 +24,7 @@ from tests.tcp_gate import TcpGate
 from tests.uploads import Upload, random_bytes
 
 KiB = 1024
+MiB = 1024 * KiB
 MARKER = b"CLEAR-TEXT-MARKER-5d0e" * 4
 
 
@@ -255,3 +256,38 @@ async def test_encrypt_seals_clear_carves_in_place_and_resumes(
                 rows = await chunks.find({"files_id": up.carve_id}).to_list()
                 assert not any(MARKER[:22] in bytes(r["data"]) for r in rows)
                 await archive_ok(http, fresh, token, up)
+
+
+async def test_a_carve_assembled_half_in_the_clear_during_a_rollout_completes_mixed(
+    sealed_env: dict[str, str],
+    transit_roles: dict[str, dict[str, str]],
+    vault: VaultAdmin,
+    tmp_path: Path,
+) -> None:
+    """Encryption switched on while a carve is assembled (a rolling update): the chunks
+    written before stay clear, the later ones are sealed, the carve completes readable and
+    ``sealed: partial`` (not failed), and ``encrypt`` finishes it."""
+    async with Stack(sealed_env, tmp_path, assembler=False, service_env=transit_roles) as stack:
+        up = Upload(stack, with_marker(20 * 8 * KiB - 9, 40), 8 * KiB)
+        async with aiohttp.ClientSession() as http:
+            old = await stack.start_assembler(encryption="none")
+            await up.start(http)
+            await up.send_all(http, range(8))
+            while await stack.chunk_count(up.carve_id) < 8:
+                await asyncio.sleep(0.05)
+            await old.stop()
+            await stack.start_assembler()
+            await up.send_all(http, range(8, up.count))
+            doc = await stack.wait_complete(up.carve_id)
+            assert doc["sha256"] == up.sha256
+            assert doc["encryption"]["sealed"] == "partial"
+            assert await sealed_count(stack, up) == up.count - 8
+            download = await stack.start_download()
+            token = vault.token(POLICY).token
+            await archive_ok(http, download, token, up)
+            keyring = await janitor_keyring(stack)
+            done = await keywork.encrypt(stack.db, "archives", keyring, batch_bytes=MiB, limit=10)
+            assert done == {"carves_sealed": 1, "chunks_sealed": 8}
+            assert await sealed_count(stack, up) == up.count
+            assert (await stack.carve_doc(up.carve_id) or {})["encryption"]["sealed"] == "all"
+            await archive_ok(http, download, token, up)
