@@ -7,9 +7,8 @@
    chunks, keep the document as an ``expired`` tombstone;
 3. complete carves past ``CARVE_RETENTION``: the same;
 4. orphan chunks (no carve document, or a carve whose bytes are gone): a
-   slice of them per sweep, resuming where the last sweep stopped;
-   then crypto-shredding: the Transit key of every deleted or expired carve is
-   destroyed in Vault (``shared.crypto.shred``);
+   slice of them per sweep, resuming where the last sweep stopped; then the
+   Transit keys of deleted and expired carves are destroyed (crypto-shredding);
 5. Redis sessions of carves that no longer receive;
 6. carve events a dead process left in the outbox (``shared.events``).
 
@@ -331,17 +330,13 @@ class Janitor:
         return owners
 
     async def _shred(self, report: Report) -> None:
+        """Crypto-shredding (``shared.crypto.shred``): keys of deleted and expired carves."""
         if self._keyring is None:
             return
-        shredded = await shred_ended(
-            self._db,
-            self._settings.mongo_bucket,
-            self._keyring,
-            batch=self._settings.janitor_batch,
-            dry_run=report.dry_run,
-        )
-        if shredded:
-            report.actions["keys_shredded"] += shredded
+        batch, bucket = self._settings.janitor_batch, self._settings.mongo_bucket
+        n = await shred_ended(self._db, bucket, self._keyring, batch=batch, dry_run=report.dry_run)
+        if n:
+            report.actions["keys_shredded"] += n
 
     # --- 5. Redis sessions ----------------------------------------------------------------------
 

@@ -125,6 +125,12 @@ class Transit:
             OSError,
         ) as exc:
             raise Unavailable("vault", f"{what}: {exc.__class__.__name__}") from exc
+        except hvac.exceptions.InvalidRequest:
+            raise  # the caller tells a destroyed key from another refusal
+        except hvac.exceptions.VaultError as exc:
+            # No such mount, a policy path missing, an unexpected answer: a configuration
+            # an operator fixes. Retry later (a block stays queued), never drop the work.
+            raise Unavailable("vault", f"{what}: {exc.__class__.__name__}: {exc}") from exc
 
     def _call(self, op: str, fn: Callable[[hvac.Client], T]) -> T:
         """``fn`` with a signed-in client; signed in again once if Vault refuses the token."""
@@ -201,7 +207,7 @@ class Transit:
                 name, deletion_allowed=True, mount_point=self._mount))  # fmt: skip
             self._call("delete", lambda c: c.secrets.transit.delete_key(
                 name, mount_point=self._mount))  # fmt: skip
-        except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath) as exc:
+        except hvac.exceptions.InvalidRequest as exc:
             if _is_missing(exc):
                 return False
             raise Unavailable("vault", f"key not destroyed: {exc}") from exc
