@@ -64,3 +64,36 @@ class VaultAdmin:
             group, policies=list(policies), member_entity_ids=[login["entity_id"]]
         )
         return Token(login["client_token"], login["accessor"])
+
+
+# Each service's own Vault identity for Transit (an AppRole) and its policy file.
+SERVICE_POLICIES = {
+    "assembler": "carve-assembler",
+    "download": "carve-reader",
+    "triage": "carve-reader",
+    "janitor": "carve-janitor",
+}
+
+
+def provision_transit(client: hvac.Client, mount: str = "transit") -> dict[str, dict[str, str]]:
+    """Transit and AppRole enabled, the services' policies written, and for each service
+    its role: ``{service: {"CARVE_VAULT_ROLE_ID": ..., "CARVE_VAULT_SECRET_ID": ...}}``
+    (idempotent: a new secret id each time)."""
+    if f"{mount}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.enable_secrets_engine("transit", path=mount)
+    if "approle/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("approle")
+    roles: dict[str, dict[str, str]] = {}
+    for service, policy in SERVICE_POLICIES.items():
+        text = (ROOT / "deploy" / "vault" / f"{policy}.hcl").read_text()
+        client.sys.create_or_update_policy(policy, text.replace("transit/", f"{mount}/"))
+        role = f"carve-{service}"
+        client.auth.approle.create_or_update_approle(
+            role, token_policies=[policy], token_ttl="1h", token_max_ttl="4h"
+        )
+        # The role id names the role (it is not a secret; the secret id is).
+        client.write_data(f"auth/approle/role/{role}/role-id", data={"role_id": role})
+        role_id = client.auth.approle.read_role_id(role)["data"]["role_id"]
+        secret_id = client.auth.approle.generate_secret_id(role)["data"]["secret_id"]
+        roles[service] = {"CARVE_VAULT_ROLE_ID": role_id, "CARVE_VAULT_SECRET_ID": secret_id}
+    return roles

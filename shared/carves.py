@@ -103,6 +103,8 @@ class CarveDoc(TypedDict):
     outbox_claim: NotRequired[datetime]  # a relay's sweep holds them until then
     triage: NotRequired[dict[str, Any]]  # the scan on arrival (shared.triage, carve-triage)
     triage_history: NotRequired[list[dict[str, Any]]]  # earlier verdicts, the last few
+    # The carve's data key as Vault Transit wrapped it, and its Transit key (shared.crypto).
+    encryption: NotRequired[dict[str, Any]]
 
 
 def carves_of(db: AsyncDatabase[Any]) -> AsyncCollection[CarveDoc]:

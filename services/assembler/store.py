@@ -1,4 +1,4 @@
-"""Writing blocks as GridFS chunks, many per round trip."""
+"""Writing blocks as GridFS chunks, many per round trip, sealed when encryption is on."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pymongo.errors import BulkWriteError
 
 from shared.batching import Coalescer
 from shared.carves import Status, carves_of
+from shared.crypto.keys import KeyRing
 from shared.errors import PoisonMessage, Unavailable
 from shared.mongo import Document, is_document_error, transient_on_outage
 
@@ -31,7 +32,9 @@ class GridChunkStore:
         *,
         batch: int = 64,
         batch_bytes: int = 8 * 1024 * 1024,
+        keys: KeyRing | None = None,
     ) -> None:
+        self._keys = keys if keys is not None and keys.encrypting else None
         self._chunks = db[f"{bucket}.chunks"]
         self._carves = carves_of(db)
         self._inserts: Coalescer[Document, bool] = Coalescer(
@@ -39,7 +42,16 @@ class GridChunkStore:
         )
 
     async def put_chunk(self, carve_id: str, n: int, data: bytes) -> bool:
-        """Store a chunk; False when it was already there (the unique index said so)."""
+        """Store a chunk; False when it was already there (the unique index said so), or,
+        with encryption on, when its carve no longer receives (a late block: dropped).
+
+        Sealed with the carve's data key (created with the carve's first sealed chunk); Vault
+        unreachable is Unavailable: the block stays queued, nothing is stored in the clear."""
+        if self._keys is not None:
+            cipher = await self._keys.for_writing(carve_id)
+            if cipher is None:
+                return False
+            data = cipher.seal(n, data)
         # bytes are stored as BSON binary as they are; Binary(data) would copy every chunk.
         return await self._inserts.submit({"files_id": carve_id, "n": n, "data": data})
 

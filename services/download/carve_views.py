@@ -18,6 +18,7 @@ from services.download.auth import (
 )
 from shared import keys as shared_keys
 from shared.carves import ENDED, CarveDoc, CarveRecord, Status
+from shared.crypto.keys import encryption_view
 from shared.errors import Conflict, Gone
 from shared.events import EventType
 from shared.events.relay import RELAY
@@ -35,6 +36,7 @@ def carve_view(doc: CarveDoc) -> dict[str, Any]:
     view = record.model_dump(mode="json")
     view["progress"] = round(record.blocks_received / record.block_count, 4)
     view["triage"] = triage_view(doc.get("triage"))
+    view["encryption"] = encryption_view(doc)
     if doc.get("triage_history"):
         view["triage_history"] = history_view(doc.get("triage_history"))
     return view

@@ -20,6 +20,7 @@ from services.download.settings import DownloadSettings
 from services.download.slots import StreamSlots, TarJobs
 from services.download.tokens import Authorizer
 from shared import keys as shared_keys
+from shared.crypto.context import keyring_ctx
 from shared.events.relay import events_ctx
 from shared.health import add_health_routes, check_mongo, service_app
 from shared.metrics import add_scrape_hook
@@ -81,6 +82,7 @@ def create_app(settings: DownloadSettings) -> web.Application:
             mongo_ctx(settings, responder_reads),
             events_ctx(settings, settings),
             _vault_ctx,
+            keyring_ctx(settings),
             _tar_pool_ctx,
         ]
     )

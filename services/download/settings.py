@@ -6,6 +6,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from shared.settings import (
     AmqpSettings,
+    EncryptionSettings,
     EventsSettings,
     GiB,
     HttpSettings,
@@ -17,7 +18,13 @@ from shared.settings import (
 
 
 class DownloadSettings(
-    HttpSettings, MongoSettings, VaultSettings, ProxySettings, AmqpSettings, EventsSettings
+    HttpSettings,
+    MongoSettings,
+    VaultSettings,
+    ProxySettings,
+    AmqpSettings,
+    EventsSettings,
+    EncryptionSettings,
 ):
     http_port: int = Field(8082, ge=0, le=65535)
     # The Vault policy a responder's token must carry (the original server's name for it).

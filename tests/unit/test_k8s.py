@@ -255,6 +255,8 @@ class Rendering:
         source = variable["valueFrom"]
         if "secretKeyRef" in source:
             return SecretRef(source["secretKeyRef"]["name"], source["secretKeyRef"]["key"])
+        if "fieldRef" in source:  # the downward API: the same reference, a value per pod
+            return f"fieldRef:{source['fieldRef']['fieldPath']}"
         ref = source["configMapKeyRef"]
         return str(self.get("ConfigMap", ref["name"])["data"][ref["key"]])
 

@@ -45,3 +45,33 @@ if [ -n "${RESPONDER_PASSWORD:-}" ]; then
         bao write "auth/userpass/users/$user" password=- token_policies="$READ_POLICY" >/dev/null
     echo "vault-init: userpass login '$user' holds $READ_POLICY"
 fi
+
+# Encryption at rest (docs/security.md): the Transit engine, and for each service that
+# touches carve keys its own AppRole with its own policy (deploy/vault/carve-*.hcl). The
+# role id is the role's name (not a secret); a new secret id is written to /approle/<service>/
+# (a volume only that service mounts) on every run.
+TRANSIT=${TRANSIT_MOUNT:-transit}
+if ! bao secrets list -format=json | grep -q "\"$TRANSIT/\""; then
+    bao secrets enable -path="$TRANSIT" transit >/dev/null
+    echo "vault-init: transit enabled at $TRANSIT/"
+fi
+if ! bao auth list -format=json | grep -q '"approle/"'; then
+    bao auth enable approle >/dev/null
+    echo "vault-init: approle enabled"
+fi
+for pair in assembler:carve-assembler download:carve-reader triage:carve-reader janitor:carve-janitor; do
+    service=${pair%%:*}
+    policy=${pair#*:}
+    sed "s#transit/#$TRANSIT/#" "$POLICY_DIR/$policy.hcl" | bao policy write "$policy" - >/dev/null
+    role="carve-$service"
+    bao write "auth/approle/role/$role" token_policies="$policy" token_ttl=1h token_max_ttl=4h \
+        >/dev/null
+    bao write "auth/approle/role/$role/role-id" role_id="$role" >/dev/null
+    if [ -d "/approle/$service" ]; then
+        umask 077
+        bao write -f -field=secret_id "auth/approle/role/$role/secret-id" \
+            >"/approle/$service/secret-id"
+        chmod 0444 "/approle/$service/secret-id"  # read by the service's own user
+    fi
+    echo "vault-init: approle $role holds $policy"
+done
