@@ -66,12 +66,15 @@ async def test_rules_and_panels_work_on_what_the_services_export(
     watched: tuple[Stack, PrometheusServer], tmp_path: Path
 ) -> None:
     stack, prometheus = watched
-    archive = build_synthetic_archive(60 * KiB, tmp_path, carve_guid=str(uuid.uuid4()))
-    async with aiohttp.ClientSession() as http:
-        result = await carve(http, stack.ingest_url, archive, block_size=4 * KiB)
-    assert result.ok
-    await stack.wait_complete(result.carve_id)
-    await prometheus.wait_for('max by (status) (carve_carves{status="complete"}) == 1')
+    # Two carves: a labelled series appears with its first increment, and rate() needs it
+    # scraped before it grows; the second carve makes every rate below move.
+    for n in (1, 2):
+        archive = build_synthetic_archive(60 * KiB, tmp_path, carve_guid=str(uuid.uuid4()))
+        async with aiohttp.ClientSession() as http:
+            result = await carve(http, stack.ingest_url, archive, block_size=4 * KiB)
+        assert result.ok
+        await stack.wait_complete(result.carve_id)
+        await prometheus.wait_for(f'max by (status) (carve_carves{{status="complete"}}) == {n}')
 
     # The labels the panels group by are the services' own.
     blocks = await prometheus.wait_for("sum by (outcome) (rate(carve_blocks_total[1m])) > 0")
