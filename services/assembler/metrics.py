@@ -17,10 +17,10 @@ class AssemblerMetrics:
     retries: Counter
     finalized: Counter
     finalize_seconds: Histogram
-    in_flight: Gauge
     unavailable: Counter
     lag: Histogram
     queue_messages: Gauge
+    in_flight: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AssemblerMetrics:
@@ -48,9 +48,6 @@ class AssemblerMetrics:
                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
                 registry=registry,
             ),
-            in_flight=Gauge(
-                "carve_assembler_in_flight", "Block messages being handled", registry=registry
-            ),
             unavailable=Counter(
                 "carve_backend_unavailable",
                 "Block or trigger handling retried because a backend failed, by backend",
@@ -70,6 +67,9 @@ class AssemblerMetrics:
                 "at each scrape",
                 ["queue"],
                 registry=registry,
+            ),
+            in_flight=Gauge(
+                "carve_assembler_in_flight", "Block messages being handled", registry=registry
             ),
         )
 
