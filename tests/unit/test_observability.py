@@ -317,8 +317,15 @@ def test_the_dashboard_is_valid_promql_throughout(tmp_path: Path) -> None:
 def test_the_dashboard_shows_what_operators_need() -> None:
     board = json.loads(DASHBOARD.read_text())
     assert board["uid"] and board["title"]
-    (variable,) = board["templating"]["list"]
-    assert variable == {**variable, "name": "datasource", "type": "datasource"}
+    datasource, namespace = board["templating"]["list"]
+    assert datasource == {**datasource, "name": "datasource", "type": "datasource"}
+    # One Prometheus, several installations: each panel shows the chosen namespace (All:
+    # ".*", which also matches series without a namespace label, outside Kubernetes).
+    assert namespace == {**namespace, "name": "namespace", "includeAll": True, "allValue": ".*"}
+    for expr in dashboard_exprs():
+        selectors = re.findall(r"\bcarve_\w+(\{[^}]*\})?", expr)
+        assert selectors, expr
+        assert all('namespace=~"$namespace"' in s for s in selectors), expr
     panels = board["panels"]
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids))
