@@ -43,6 +43,7 @@ from shared.errors import Unavailable
 from shared.events import EventType
 from shared.events.relay import Relay
 from shared.finalize import CarveFinalizer, Outcome
+from shared.holds import FREE
 from shared.lifecycle import (
     end_session,
     purge_archive,
@@ -229,14 +230,25 @@ class Janitor:
     # --- 2 and 3. retention ----------------------------------------------------------------------
 
     async def _expire_failed(self, report: Report) -> None:
-        cutoff = self._clock() - _s(self._settings.failed_retention)
-        query = {"status": Status.FAILED.value, "failed_at": {"$lt": cutoff}}
+        query = self._due(Status.FAILED, "failed_at", self._settings.failed_retention)
         await self._expire(query, Status.FAILED, "failed_purged", report)
 
     async def _expire_complete(self, report: Report) -> None:
-        cutoff = self._clock() - _s(self._settings.retention)
-        query = {"status": Status.COMPLETE.value, "completed_at": {"$lt": cutoff}}
+        query = self._due(Status.COMPLETE, "completed_at", self._settings.retention)
         await self._expire(query, Status.COMPLETE, "expired", report)
+
+    def _due(self, status: Status, since: str, retention: float) -> Document:
+        """Carves in ``status`` whose time has come: an administrator's ``expires_at`` passed,
+        or none set and ``retention`` passed since ``since``; never a held one (shared.holds)."""
+        now = self._clock()
+        return {
+            "status": status.value,
+            "$or": [
+                {"expires_at": {"$lt": now}},
+                {"expires_at": None, since: {"$lt": now - _s(retention)}},
+            ],
+            **FREE,
+        }
 
     async def _expire(
         self, query: Document, from_status: Status, action: str, report: Report
@@ -253,19 +265,31 @@ class Janitor:
             if not page:
                 return
             for doc in page:
-                await self._expire_one(doc, from_status, action, report)
+                await self._expire_one(doc, query, from_status, action, report)
 
     async def _expire_one(
-        self, doc: CarveDoc, from_status: Status, action: str, report: Report
+        self, doc: CarveDoc, due: Document, from_status: Status, action: str, report: Report
     ) -> None:
         now = self._clock()
         fields = {"expired_at": now, "expired_from": from_status.value}
         # Tombstone first: from here on nobody downloads it; then the bytes go.
         expired = await transition(
-            self._db, doc, Status.EXPIRED, fields, now, event=EventType.EXPIRED, events=self._events
+            self._db,
+            doc,
+            Status.EXPIRED,
+            fields,
+            now,
+            event=EventType.EXPIRED,
+            events=self._events,
+            unless_held=True,
+            where=due,  # still due: not held, nor given a later expiry, since the page was read
         )
         if expired:
             report.actions[action] += 1
+        elif not await self._ended(doc["_id"]):
+            # Held or given a later expiry since the page was read: its bytes stay.
+            report.actions["kept_held"] += 1
+            return
         await end_session(self._redis, self._settings.redis_key_prefix, doc)
         _, freed = await purge_archive(
             self._db,
@@ -275,6 +299,12 @@ class Janitor:
             carve=doc,
         )
         report.bytes_freed += freed
+
+    async def _ended(self, carve_id: str) -> bool:
+        """True when the carve's bytes are to go anyway (another janitor or a delete won)."""
+        with transient_on_outage("janitor: retention"):
+            doc = await self._carves.find_one({"_id": carve_id}, {"status": 1})
+        return doc is None or doc["status"] in ENDED
 
     # --- 4. orphan chunks -----------------------------------------------------------------------
 
