@@ -46,7 +46,7 @@ AUDITED |= {"hold", "release", "expiry", "cases"}  # holds_api.py
 # an identity asks for one, and again once the window has passed (``Repeats``).
 REPEATABLE = frozenset({"list", "summary", "carve", "campaign"})
 REPEAT_KEYS = 4096
-OPTIONAL = ("request_id", "carve_ids")  # fields a row has only when they are set
+OPTIONAL = ("request_id", "carve_ids", "justification")  # fields a row has only when they are set
 
 
 class Repeats:
@@ -96,6 +96,8 @@ class AuditEntry:
     # A campaign's request id, and the carves an export held (only on those rows).
     request_id: str | None = None
     carve_ids: list[str] | None = None
+    # Why the responder downloads (services/download/justification.py), when they said.
+    justification: str | None = None
     # Set once the response's headers went out: an error now can only cut it short.
     response: web.StreamResponse | None = field(default=None, repr=False)
 

@@ -11,6 +11,7 @@ from services.download import audit, keys, tickets
 from services.download.audit import audited
 from services.download.bodies import json_posts
 from services.download.errors import answer_errors
+from services.download.justification import justified
 from services.download.login_limits import LIMITER, LoginLimiter
 from services.download.metrics import DownloadMetrics
 from services.download.routes import setup_routes
@@ -52,7 +53,7 @@ async def check_vault(app: web.Application) -> None:
 
 def create_app(settings: DownloadSettings) -> web.Application:
     # The audit middleware outside: it records the answer the errors middleware chose.
-    middlewares = [audited, answer_errors, json_posts]
+    middlewares = [audited, answer_errors, json_posts, justified]
     app = service_app("carve-download", middlewares=middlewares, client_max_size=64 * 1024)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = DownloadMetrics.create(app[shared_keys.REGISTRY])
