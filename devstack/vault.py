@@ -6,12 +6,36 @@ from dataclasses import dataclass
 from typing import Any
 
 import hvac
+import hvac.exceptions
 
 from devstack import ROOT
 from devstack.servers import BaoServer
 
 POLICY = "osquery-file-carve-file-requests"
 POLICY_FILE = ROOT / "deploy" / "vault" / f"{POLICY}.hcl"
+CUSTODY_POLICY = "osquery-carve-custody"
+CUSTODY_KEY = "osquery-carve-custody"
+
+
+def enable_transit(client: hvac.Client, mount: str = "transit") -> None:
+    """Vault's Transit secrets engine at ``mount`` (idempotent, and safe when two callers
+    race: encryption at rest and custody records both need it)."""
+    if f"{mount}/" in client.sys.list_mounted_secrets_engines()["data"]:
+        return
+    try:
+        client.sys.enable_secrets_engine("transit", path=mount)
+    except hvac.exceptions.InvalidRequest:
+        if f"{mount}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+            raise
+
+
+def ensure_signing_key(client: hvac.Client, name: str, mount: str = "transit") -> None:
+    """An ed25519 Transit key ``name`` (created if missing; an existing one is kept)."""
+    enable_transit(client, mount)
+    try:
+        client.secrets.transit.read_key(name, mount_point=mount)
+    except hvac.exceptions.InvalidPath:
+        client.secrets.transit.create_key(name, key_type="ed25519", mount_point=mount)
 
 
 @dataclass
@@ -45,6 +69,15 @@ class VaultAdmin:
         self.client.write_data(
             "sys/auth/userpass/tune", data={"user_lockout_config": {"lockout_disable": True}}
         )
+
+    def custody_token(self, key: str = CUSTODY_KEY) -> str:
+        """A token for the download service's custody signing with ``key`` (created if
+        missing), holding the repository's custody policy (for the default key) only."""
+        ensure_signing_key(self.client, key)
+        policy = (ROOT / "deploy" / "vault" / f"{CUSTODY_POLICY}.hcl").read_text()
+        name = CUSTODY_POLICY if key == CUSTODY_KEY else f"{CUSTODY_POLICY}-{key}"
+        self.client.sys.create_or_update_policy(name, policy.replace(CUSTODY_KEY, key))
+        return self.token(name).token
 
     def token(self, *policies: str, ttl: str = "1h") -> Token:
         # Every token also gets Vault's "default" policy (which allows lookup-self).

@@ -77,15 +77,22 @@ if bao policy write "$POLICY" "deploy/vault/$POLICY.hcl" >"$RUN/logs/vault-setup
   bao auth list -format=json | grep -q '"userpass/"' || bao auth enable userpass >/dev/null
   bao write auth/userpass/users/responder password=responder token_policies="$POLICY" >/dev/null
   bao write auth/userpass/users/admin password=admin token_policies="$POLICY,$ADMIN" >/dev/null
+  # Custody records: Transit's ed25519 signing key, and the download service's own token.
+  bao secrets list -format=json | grep -q '"transit/"' || bao secrets enable transit >/dev/null
+  bao read transit/keys/osquery-carve-custody >/dev/null 2>&1 ||
+    bao write -f transit/keys/osquery-carve-custody type=ed25519 >/dev/null
+  bao policy write osquery-carve-custody deploy/vault/osquery-carve-custody.hcl >/dev/null
+  CUSTODY_TOKEN=$(bao token create -policy=osquery-carve-custody -period=24h -field=token)
 else
   echo "run: could not set up the OpenBao on 8200 (not a dev server with root token" \
     "'${BAO_TOKEN}'? set RUN_VAULT_ROOT_TOKEN); see $RUN/logs/vault-setup.log" >&2
 fi
 unset BAO_TOKEN
+CUSTODY_TOKEN=${CUSTODY_TOKEN:-}
 
 background ingest carve-ingest
 background assembler env CARVE_HTTP_PORT=8081 carve-assembler
-background download carve-download
+background download env CARVE_VAULT_SERVICE_TOKEN="${CUSTODY_TOKEN:-}" carve-download
 background janitor env CARVE_HTTP_PORT=8083 carve-janitor
 background events env CARVE_HTTP_PORT=8084 CARVE_CONSOLE_URL="${CARVE_CONSOLE_URL:-http://127.0.0.1:8082/ui/}" carve-events
 wait_port 8080 30 ingest

@@ -114,6 +114,7 @@ class CarveDoc(TypedDict):
     triage_history: NotRequired[list[dict[str, Any]]]  # earlier verdicts, the last few
     holds: NotRequired[list[HoldDoc]]  # legal holds: no path deletes its bytes (shared.holds)
     cases: NotRequired[list[str]]  # case ids responders tagged it with
+    hold_log: NotRequired[list[dict[str, Any]]]  # holds placed and released (shared.holds)
     expires_at: NotRequired[datetime | None]  # an administrator's expiry, else the retention's
 
 

@@ -33,6 +33,8 @@ from shared.timefmt import rfc3339
 MAX_HOLDS = 16  # holds (cases) on one carve at once
 MAX_CASES = 32  # case tags on one carve
 MAX_REASON = 1000  # characters of a hold's reason
+LOG = "hold_log"  # every hold placed and released, for custody records (the last MAX_LOG)
+MAX_LOG = 256
 # A case id: what ticketing systems use (IR-2026-0042, INC0012345, case:4711.b).
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
@@ -83,8 +85,15 @@ async def place_hold(
         "holds.case": {"$ne": hold["case"]},
         f"holds.{MAX_HOLDS - 1}": {"$exists": False},
     }
+    log_entry: dict[str, Any] = {"event": "hold.placed", "case": hold["case"]}
+    log_entry |= {"by": hold["placed_by"]}
+    log_entry |= {"reason": hold["reason"], "at": hold["placed_at"]}
     update = push_event(
-        {"$push": {"holds": hold}, "$set": {"updated_at": hold["placed_at"]}}, entry
+        {
+            "$push": {"holds": hold, LOG: {"$each": [log_entry], "$slice": -MAX_LOG}},
+            "$set": {"updated_at": hold["placed_at"]},
+        },
+        entry,
     )
     with transient_on_outage("hold placement"):
         changed = await carves_of(db).find_one_and_update(
@@ -112,7 +121,15 @@ async def release_hold(
     rest = [h for h in doc.get("holds") or [] if h.get("case") != case]
     released: HoldDoc = {**standing[0], "placed_by": by}
     entry = _event(EventType.HOLD_RELEASED, cast(CarveDoc, {**doc, "holds": rest}), released, now)
-    update = push_event({"$pull": {"holds": {"case": case}}, "$set": {"updated_at": now}}, entry)
+    log_entry: dict[str, Any] = {"event": "hold.released", "case": case, "by": by, "at": now}
+    update = push_event(
+        {
+            "$pull": {"holds": {"case": case}},
+            "$push": {LOG: {"$each": [log_entry], "$slice": -MAX_LOG}},
+            "$set": {"updated_at": now},
+        },
+        entry,
+    )
     with transient_on_outage("hold release"):
         changed = await carves_of(db).find_one_and_update(
             {"_id": carve_id, "holds.case": case}, update, return_document=ReturnDocument.AFTER

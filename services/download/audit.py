@@ -42,6 +42,7 @@ AUDITED |= {"webhooks"}  # webhooks_api.py
 AUDITED |= {"campaign", "export", "export_ticket"}  # a request id's carves, their ZIP
 AUDITED |= {"triage", "triage_since"}  # triage_api.py
 AUDITED |= {"hold", "release", "expiry", "cases"}  # holds_api.py
+AUDITED |= {"custody", "custody_keys"}  # custody.py
 # Views that show metadata only, which a console refreshes on its own: audited the first time
 # an identity asks for one, and again once the window has passed (``Repeats``).
 REPEATABLE = frozenset({"list", "summary", "carve", "campaign"})

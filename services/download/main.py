@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from services.download import audit, keys, tickets
+from services.download import audit, custody, keys, tickets
 from services.download.audit import audited
 from services.download.bodies import json_posts
 from services.download.errors import answer_errors
@@ -74,7 +74,13 @@ def create_app(settings: DownloadSettings) -> web.Application:
     )
     app[audit.REPEATS] = audit.Repeats(settings.audit_repeat_window)
     app.cleanup_ctx.extend(
-        [mongo_ctx(settings), events_ctx(settings, settings), _vault_ctx, _tar_pool_ctx]
+        [
+            mongo_ctx(settings),
+            events_ctx(settings, settings),
+            _vault_ctx,
+            _tar_pool_ctx,
+            custody.signer_ctx,
+        ]
     )
     setup_routes(app)
     add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})

@@ -74,6 +74,21 @@ PATHS: dict[str, Any] = {
             ),
         )
     },
+    CARVE + "/custody": {
+        "get": {
+            "summary": "The carve's custody record, signed by Vault Transit (ed25519): identity, "
+            "archive and manifest digests, timeline and every access (docs/security.md)",
+            "parameters": [_CARVE_ID],
+            "responses": {"200": {"description": "{record, signature}"}, "4XX": _ERR, "5XX": _ERR},
+        }
+    },
+    "/api/v1/custody/keys": {
+        "get": {
+            "summary": "The custody signing key's public keys, every version, as PEM",
+            "parameters": [],
+            "responses": {"200": {"description": "the keys"}, "4XX": _ERR, "5XX": _ERR},
+        }
+    },
     CARVE + "/cases": {
         "patch": _op(
             "Tag the carve with case ids, or untag it",

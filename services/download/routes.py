@@ -10,6 +10,7 @@ from services.download import (
     campaigns,
     carve_views,
     console_api,
+    custody,
     holds_api,
     listing,
     openapi,
@@ -38,6 +39,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete(CARVE + "/hold/{case}", holds_api.delete_hold, name="release")
     app.router.add_put(CARVE + "/expiry", holds_api.put_expiry, name="expiry")
     app.router.add_patch(CARVE + "/cases", holds_api.patch_cases, name="cases")
+    app.router.add_get(CARVE + "/custody", custody.get_custody, name="custody")
+    app.router.add_get("/api/v1/custody/keys", custody.get_keys, name="custody_keys")
     app.router.add_post(CARVE + "/download-ticket", console_api.download_ticket, name="ticket")
     app.router.add_post(CARVE + "/triage", triage_api.rescan_carve, name="triage")
     app.router.add_post("/api/v1/triage", triage_api.rescan_since, name="triage_since")

@@ -60,6 +60,14 @@ class DownloadSettings(
     # required: every archive, member or export download must say why (X-Carve-Justification
     # or ?justification=), stored in its audit row; off: recorded when given.
     download_justification: Literal["off", "required"] = "off"
+    # --- custody records (services/download/custody.py) ---
+    # The Vault Transit ed25519 key that signs them, and Transit's mount.
+    custody_key: str = Field("osquery-carve-custody", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    custody_mount: str = Field("transit", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]{0,63}$")
+    # The service's own Vault identity (never a responder's token): a token, or an AppRole.
+    vault_service_token: SecretStr = SecretStr("")
+    vault_role_id: str = ""
+    vault_secret_id: SecretStr = SecretStr("")
     # Seconds a JSON request body (/file_request, login, single sign-on, tickets) may take to
     # arrive; slower: 408 and the connection closed.
     request_body_timeout: float = Field(10.0, gt=0)
