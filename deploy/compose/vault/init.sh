@@ -2,6 +2,7 @@
 # vault-init: what an operator does once on a fresh Vault/OpenBao for the carve server.
 #   - writes the download policy (CARVE_VAULT_POLICY) and the admin policy
 #     (CARVE_VAULT_ADMIN_POLICY) from deploy/vault/;
+#   - enables Transit with the ed25519 custody signing key, and writes its policy;
 #   - enables the userpass auth method (carvectl login --username ...) without Vault's user
 #     lockout, which would let anyone lock a responder out with five wrong passwords (the
 #     download service's login limits and NGINX's per-address limit bound guessing instead);
@@ -31,6 +32,15 @@ done
 bao policy write "$READ_POLICY" "$POLICY_DIR/$READ_POLICY.hcl" >/dev/null
 bao policy write "$ADMIN_POLICY" "$POLICY_DIR/$ADMIN_POLICY.hcl" >/dev/null
 echo "vault-init: policies $READ_POLICY and $ADMIN_POLICY written"
+
+# Custody records (docs/security.md): Transit's ed25519 signing key and the policy of the
+# identity that signs with it (give it to the download service's token or AppRole).
+CUSTODY_KEY=${CARVE_CUSTODY_KEY:-osquery-carve-custody}
+bao secrets list -format=json | grep -q '"transit/"' || bao secrets enable transit >/dev/null
+bao read "transit/keys/$CUSTODY_KEY" >/dev/null 2>&1 ||
+    bao write -f "transit/keys/$CUSTODY_KEY" type=ed25519 >/dev/null
+bao policy write osquery-carve-custody "$POLICY_DIR/osquery-carve-custody.hcl" >/dev/null
+echo "vault-init: custody signing key transit/keys/$CUSTODY_KEY and its policy ready"
 
 if ! bao auth list -format=json | grep -q '"userpass/"'; then
     bao auth enable userpass >/dev/null
