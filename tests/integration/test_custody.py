@@ -4,6 +4,7 @@ signing key still verifies the records its old version signed."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import hvac.exceptions
 import pytest
 
 from clients.osquery_sim import build_archive, carve
@@ -214,3 +216,38 @@ async def test_custody_needs_a_token_and_the_service_identity(
         assert resp.status == 503
     rows = await settled_rows(stack.db, {"action": "custody"})
     assert [(r["carve_id"], r["status"]) for r in rows] == [(custody.carve_id, 503)]
+
+
+async def test_the_service_signs_with_its_own_approle_identity(
+    custody: Custody, stack: Stack
+) -> None:
+    client = custody.vault.client
+    if "approle/" not in client.sys.list_auth_methods()["data"]:
+        with contextlib.suppress(hvac.exceptions.InvalidRequest):  # another test enabled it
+            client.sys.enable_auth_method("approle")
+    role = f"download-{custody.key}"
+    policy = f"osquery-carve-custody-{custody.key}"  # written by the fixture's custody_token
+    client.auth.approle.create_or_update_approle(role, token_policies=[policy], token_ttl="5m")
+    role_id = client.auth.approle.read_role_id(role)["data"]["role_id"]
+    secret_id = client.auth.approle.generate_secret_id(role)["data"]["secret_id"]
+    download = await stack.start_download(
+        custody_key=custody.key, vault_role_id=role_id, vault_secret_id=secret_id
+    )
+    async with custody.http.get(
+        f"{download.url}/api/v1/carves/{custody.carve_id}/custody",
+        headers={"X-Vault-Token": custody.token},
+    ) as resp:
+        assert resp.status == 200
+        document = json.loads(await resp.read())
+    record = verify(document, load_keys(await custody.keys_text()))
+    assert record["carve"]["carve_id"] == custody.carve_id
+    # A wrong secret id: no identity, no signature (503), and the secret never in the answer.
+    wrong = await stack.start_download(
+        custody_key=custody.key, vault_role_id=role_id, vault_secret_id="not-" + secret_id
+    )
+    async with custody.http.get(
+        f"{wrong.url}/api/v1/carves/{custody.carve_id}/custody",
+        headers={"X-Vault-Token": custody.token},
+    ) as resp:
+        assert resp.status == 503
+        assert secret_id not in await resp.text()
