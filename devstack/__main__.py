@@ -7,6 +7,9 @@ python -m devstack free-port [COUNT]
     COUNT loopback ports nobody listens on, on one line
 python -m devstack port-open PORT
     exit 0 if something listens on PORT, 1 if not
+python -m devstack transit-roles DIR
+    on the Vault at BAO_ADDR (token BAO_TOKEN): Transit and AppRole enabled, the services'
+    policies written, and each service's AppRole secret id in DIR/<service>.secret-id
 python -m devstack wait-port PORT... [--timeout S] [--name NAME] [--log PATH]
     wait until every PORT accepts connections; exit 1 (saying which) when time is up
 """
@@ -14,6 +17,7 @@ python -m devstack wait-port PORT... [--timeout S] [--name NAME] [--log PATH]
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -23,8 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import hvac
+
 from devstack.backends import ROLES, running_backends
 from devstack.ports import HOST, free_port, port_open, wait_port
+from devstack.vault import provision_transit
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -69,6 +76,16 @@ def wait_ports(ports: Sequence[int], timeout: float, name: str, log: str) -> int
     return 0
 
 
+def transit_roles(directory: Path) -> int:
+    client = hvac.Client(url=os.environ["BAO_ADDR"], token=os.environ["BAO_TOKEN"])
+    for service, env in provision_transit(client).items():
+        path = directory / f"{service}.secret-id"
+        path.touch(mode=0o600)
+        path.write_text(env["CARVE_VAULT_SECRET_ID"])
+        print(f"devstack: approle {env['CARVE_VAULT_ROLE_ID']}: secret id in {path}")
+    return 0
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m devstack", description=(__doc__ or "").split("\n")[0]
@@ -85,6 +102,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     free.add_argument("count", nargs="?", type=int, default=1)
     check = commands.add_parser("port-open", help="exit 0 if something listens on PORT")
     check.add_argument("port", type=int)
+    roles = commands.add_parser("transit-roles", help="Transit and the services' AppRoles")
+    roles.add_argument("dir", type=Path)
     wait = commands.add_parser("wait-port", help="wait until each PORT accepts connections")
     wait.add_argument("ports", nargs="+", type=int)
     wait.add_argument("--timeout", type=float, default=30.0, help="seconds per port (default 30)")
@@ -107,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "port-open":
         return 0 if port_open(args.port) else 1
+    if args.command == "transit-roles":
+        return transit_roles(args.dir)
     return wait_ports(args.ports, args.timeout, args.name, args.log)
 
 

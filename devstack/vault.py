@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,14 +71,22 @@ class VaultAdmin:
             "sys/auth/userpass/tune", data={"user_lockout_config": {"lockout_disable": True}}
         )
 
-    def custody_token(self, key: str = CUSTODY_KEY) -> str:
-        """A token for the download service's custody signing with ``key`` (created if
-        missing), holding the repository's custody policy (for the default key) only."""
+    def custody_role(self, key: str = CUSTODY_KEY) -> dict[str, str]:
+        """The settings of an AppRole that signs with the custody key ``key`` (created if
+        missing) and nothing else: ``{"vault_role_id", "vault_secret_id"}``."""
         ensure_signing_key(self.client, key)
+        if "approle/" not in self.client.sys.list_auth_methods()["data"]:
+            with contextlib.suppress(hvac.exceptions.InvalidRequest):  # raced: enabled
+                self.client.sys.enable_auth_method("approle")
         policy = (ROOT / "deploy" / "vault" / f"{CUSTODY_POLICY}.hcl").read_text()
-        name = CUSTODY_POLICY if key == CUSTODY_KEY else f"{CUSTODY_POLICY}-{key}"
+        name = f"{CUSTODY_POLICY}-{key}"
         self.client.sys.create_or_update_policy(name, policy.replace(CUSTODY_KEY, key))
-        return self.token(name).token
+        approle = self.client.auth.approle
+        approle.create_or_update_approle(name, token_policies=[name], token_ttl="1h")
+        return {
+            "vault_role_id": approle.read_role_id(name)["data"]["role_id"],
+            "vault_secret_id": approle.generate_secret_id(name)["data"]["secret_id"],
+        }
 
     def token(self, *policies: str, ttl: str = "1h") -> Token:
         # Every token also gets Vault's "default" policy (which allows lookup-self).
@@ -97,3 +106,40 @@ class VaultAdmin:
             group, policies=list(policies), member_entity_ids=[login["entity_id"]]
         )
         return Token(login["client_token"], login["accessor"])
+
+
+# Each service's own Vault identity for Transit (an AppRole) and its policy file.
+SERVICE_POLICIES = {
+    "assembler": "carve-assembler",
+    "download": "carve-reader",
+    "triage": "carve-reader",
+    "janitor": "carve-janitor",
+}
+
+
+def provision_transit(client: hvac.Client, mount: str = "transit") -> dict[str, dict[str, str]]:
+    """Transit and AppRole enabled, the services' policies written, and for each service
+    its role: ``{service: {"CARVE_VAULT_ROLE_ID": ..., "CARVE_VAULT_SECRET_ID": ...}}``
+    (idempotent: a new secret id each time)."""
+    enable_transit(client, mount)
+    if "approle/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("approle")
+    # Custody records: the ed25519 signing key, whose policy the download service also holds.
+    ensure_signing_key(client, CUSTODY_KEY, mount)
+    custody = (ROOT / "deploy" / "vault" / f"{CUSTODY_POLICY}.hcl").read_text()
+    client.sys.create_or_update_policy(CUSTODY_POLICY, custody.replace("transit/", f"{mount}/"))
+    roles: dict[str, dict[str, str]] = {}
+    for service, policy in SERVICE_POLICIES.items():
+        text = (ROOT / "deploy" / "vault" / f"{policy}.hcl").read_text()
+        client.sys.create_or_update_policy(policy, text.replace("transit/", f"{mount}/"))
+        role = f"carve-{service}"
+        extra = [CUSTODY_POLICY] if service == "download" else []
+        client.auth.approle.create_or_update_approle(
+            role, token_policies=[policy, *extra], token_ttl="1h", token_max_ttl="4h"
+        )
+        # The role id names the role (it is not a secret; the secret id is).
+        client.write_data(f"auth/approle/role/{role}/role-id", data={"role_id": role})
+        role_id = client.auth.approle.read_role_id(role)["data"]["role_id"]
+        secret_id = client.auth.approle.generate_secret_id(role)["data"]["secret_id"]
+        roles[service] = {"CARVE_VAULT_ROLE_ID": role_id, "CARVE_VAULT_SECRET_ID": secret_id}
+    return roles

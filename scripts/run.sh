@@ -77,29 +77,42 @@ if bao policy write "$POLICY" "deploy/vault/$POLICY.hcl" >"$RUN/logs/vault-setup
   bao auth list -format=json | grep -q '"userpass/"' || bao auth enable userpass >/dev/null
   bao write auth/userpass/users/responder password=responder token_policies="$POLICY" >/dev/null
   bao write auth/userpass/users/admin password=admin token_policies="$POLICY,$ADMIN" >/dev/null
-  # Custody records: Transit's ed25519 signing key, and the download service's own token.
-  bao secrets list -format=json | grep -q '"transit/"' || bao secrets enable transit >/dev/null
-  bao read transit/keys/osquery-carve-custody >/dev/null 2>&1 ||
-    bao write -f transit/keys/osquery-carve-custody type=ed25519 >/dev/null
-  bao policy write osquery-carve-custody deploy/vault/osquery-carve-custody.hcl >/dev/null
-  CUSTODY_TOKEN=$(bao token create -policy=osquery-carve-custody -period=24h -field=token)
 else
   echo "run: could not set up the OpenBao on 8200 (not a dev server with root token" \
     "'${BAO_TOKEN}'? set RUN_VAULT_ROOT_TOKEN); see $RUN/logs/vault-setup.log" >&2
 fi
+# Encryption at rest (docs/security.md): Transit, and each service that touches carve keys
+# signed in with its own AppRole and policy (deploy/vault/carve-*.hcl). The secret ids go to
+# files only this user can read. The dev server keeps keys in memory: carves encrypted
+# before it restarts can no longer be read (410 "shredded"), like carves whose key was shredded.
+export CARVE_ENCRYPTION="${CARVE_ENCRYPTION:-vault-transit}"
+mkdir -p "$RUN/vault" && chmod 700 "$RUN/vault"
+if python -m devstack transit-roles "$RUN/vault" >>"$RUN/logs/vault-setup.log" 2>&1; then
+  role_env() {  # service: its CARVE_VAULT_ROLE_ID and CARVE_VAULT_SECRET_ID_FILE
+    echo "CARVE_VAULT_ROLE_ID=carve-$1" "CARVE_VAULT_SECRET_ID_FILE=$RUN/vault/$1.secret-id"
+  }
+else
+  echo "run: could not set up Transit and AppRole on the OpenBao on 8200; encryption at" \
+    "rest is off (see $RUN/logs/vault-setup.log)" >&2
+  export CARVE_ENCRYPTION=none
+  role_env() { echo "CARVE_ENCRYPTION=none"; }
+fi
 unset BAO_TOKEN
-CUSTODY_TOKEN=${CUSTODY_TOKEN:-}
 
 background ingest carve-ingest
-background assembler env CARVE_HTTP_PORT=8081 carve-assembler
-background download env CARVE_VAULT_SERVICE_TOKEN="${CUSTODY_TOKEN:-}" carve-download
-background janitor env CARVE_HTTP_PORT=8083 carve-janitor
+# shellcheck disable=SC2046  # role_env prints VAR=value words on purpose
+background assembler env CARVE_HTTP_PORT=8081 $(role_env assembler) carve-assembler
+# shellcheck disable=SC2046
+background download env $(role_env download) carve-download
+# shellcheck disable=SC2046
+background janitor env CARVE_HTTP_PORT=8083 $(role_env janitor) carve-janitor
 background events env CARVE_HTTP_PORT=8084 CARVE_CONSOLE_URL="${CARVE_CONSOLE_URL:-http://127.0.0.1:8082/ui/}" carve-events
 wait_port 8080 30 ingest
 wait_port 8081 30 assembler
 wait_port 8082 30 download
 wait_port 8083 30 janitor
-background triage env CARVE_HTTP_PORT=8085 \
+# shellcheck disable=SC2046
+background triage env CARVE_HTTP_PORT=8085 $(role_env triage) \
   CARVE_TRIAGE_RULES="${CARVE_TRIAGE_RULES:-$PWD/deploy/compose/triage/rules}" \
   CARVE_TRIAGE_HASHSETS="${CARVE_TRIAGE_HASHSETS:-$PWD/deploy/compose/triage/hashsets}" carve-triage
 wait_port 8084 30 events
@@ -118,6 +131,7 @@ The carve server runs on loopback:
   events     http://127.0.0.1:8084  (carve events to webhooks: docs/events.md)
   triage     http://127.0.0.1:8085  (scans on arrival: docs/triage.md)
   OpenBao    http://127.0.0.1:8200  (dev server; its CLI: .venv/bin/bao)
+  at rest    CARVE_ENCRYPTION=$CARVE_ENCRYPTION (Transit key per carve; docs/security.md)
   backends   started: $(list "${backends_started[@]}")
              reused (already running, left as they were): $(list "${backends_reused[@]}")
   logs       $RUN/logs/

@@ -116,6 +116,8 @@ class CarveDoc(TypedDict):
     cases: NotRequired[list[str]]  # case ids responders tagged it with
     hold_log: NotRequired[list[dict[str, Any]]]  # holds placed and released (shared.holds)
     expires_at: NotRequired[datetime | None]  # an administrator's expiry, else the retention's
+    # The carve's data key as Vault Transit wrapped it, and its Transit key (shared.crypto).
+    encryption: NotRequired[dict[str, Any]]
 
 
 def carves_of(db: AsyncDatabase[Any]) -> AsyncCollection[CarveDoc]:

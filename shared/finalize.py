@@ -42,6 +42,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DocumentTooLarge, DuplicateKeyError
 
 from shared.carves import ENDED, CarveDoc, Compression, Status, archive_filename, carves_of
+from shared.crypto.keys import KeyRing
+from shared.crypto.reader import CarveReader
 from shared.errors import CorruptArchive
 from shared.events import EventType, carve_summary, event_entry, push_event
 from shared.events.outbox import Notifier, announce
@@ -107,7 +109,9 @@ class Finalizer:
         concurrency: int = 2,
         manifests: bool = True,
         events: Notifier | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
+        self._db, self._bucket, self._keys = db, bucket, keys
         self._carves = carves_of(db)
         self._files = db[f"{bucket}.files"]
         self._chunks = db[f"{bucket}.chunks"]
@@ -186,7 +190,7 @@ class Finalizer:
     async def _finish_holding(self, doc: CarveDoc, token: str, started: float) -> Result:
         carve_id: str = doc["_id"]
         try:
-            sha256, compression, manifest = await self._hash_chunks(doc)
+            sha256, compression, manifest, sealed = await self._hash_chunks(doc)
         except CorruptArchive as exc:
             log.error("carve %s cannot be finalized: %s", carve_id, exc)
             now = datetime.now(UTC)
@@ -230,6 +234,8 @@ class Finalizer:
             "completed_at": now,
             "updated_at": now,
             **manifest_fields,
+            # Every chunk was sealed: from now on a clear one is an integrity error.
+            **({"encryption.sealed": "all"} if sealed else {}),
         }
         event = event_entry(
             EventType.COMPLETED, carve_summary(cast(CarveDoc, {**doc, **complete})), now
@@ -290,10 +296,16 @@ class Finalizer:
         terms = search_terms(display_host(doc), brief["paths"])
         return {"manifest": brief, "search": terms}
 
-    async def _hash_chunks(self, doc: CarveDoc) -> tuple[str, Compression, dict[str, Any] | None]:
+    async def _hash_chunks(
+        self, doc: CarveDoc
+    ) -> tuple[str, Compression, dict[str, Any] | None, bool]:
+        """SHA-256, compression and manifest of the plaintext, and whether every chunk of
+        the carve is stored sealed."""
         carve_id = doc["_id"]
         count, size, length = doc["block_count"], doc["block_size"], doc["carve_size"]
         digest = hashlib.sha256()
+        # Opens sealed chunks: the SHA-256 and the manifest are those of the plaintext.
+        reader = await CarveReader.open(self._db, self._bucket, doc, self._keys)
         compression = Compression.NONE
         manifest: ManifestPass | None = None  # the tar read on this same pass (shared.manifest)
         expected_n = 0
@@ -304,13 +316,14 @@ class Finalizer:
         )
         try:
             async for chunk in cursor:
-                n, data = chunk["n"], bytes(chunk["data"])
-                want = expected_block_length(n, count, size, length) if 0 <= n < count else -1
-                if n != expected_n or len(data) != want:
+                n, stored = chunk["n"], bytes(chunk["data"])
+                if n != expected_n or not 0 <= n < count:
+                    want = expected_block_length(expected_n, count, size, length)
                     raise CorruptArchive(
-                        f"chunk {n} (len {len(data)}) where chunk {expected_n} "
+                        f"chunk {n} (len {len(stored)}) where chunk {expected_n} "
                         f"of {want} bytes was expected"
                     )
+                data = await reader.open_chunk(n, stored)
                 if n == 0 and data.startswith(ZSTD_MAGIC):
                     compression = Compression.ZSTD
                 if n == 0 and self._manifests:
@@ -328,4 +341,5 @@ class Finalizer:
             if manifest is not None:
                 manifest.abandon()
             raise
-        return digest.hexdigest(), compression, built
+        sealed = reader.encrypted and reader.clear_chunks == 0
+        return digest.hexdigest(), compression, built, sealed

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from aiohttp import web
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.monitoring import CommandListener
 from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -118,16 +120,25 @@ async def with_amqp_retry(
     raise AssertionError("unreachable: tenacity reraises")
 
 
-def mongo_ctx(settings: MongoSettings) -> CleanupCtx:
-    """MongoDB client and database with the required indexes in place."""
+# PyMongo command listeners for the app's client (tests record the commands it sends).
+MONGO_LISTENERS: web.AppKey[Sequence[CommandListener]] = web.AppKey("mongo_listeners")
+
+
+def mongo_ctx(
+    settings: MongoSettings,
+    reads: Callable[[AsyncDatabase[Any]], AsyncDatabase[Any]] | None = None,
+) -> CleanupCtx:
+    """MongoDB client and database with the required indexes in place; ``reads`` sets how
+    the service reads (``shared.mongo.responder_reads``; default: the client's). Command
+    listeners in ``app[MONGO_LISTENERS]`` see every command the client sends."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        client = make_client(settings)
+        client = make_client(settings, event_listeners=app.get(MONGO_LISTENERS, ()))
         try:
             db = client[settings.mongo_db]
             await ensure_indexes(db, settings.mongo_bucket)
             app[keys.MONGO_CLIENT] = client
-            app[keys.MONGO_DB] = db
+            app[keys.MONGO_DB] = reads(db) if reads is not None else db
             yield
         finally:
             await client.close()

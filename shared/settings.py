@@ -89,3 +89,32 @@ class ProxySettings(_Part):
     @cached_property
     def proxy_networks(self) -> tuple[Network, ...]:
         return parse_networks(self.trusted_proxies)
+
+
+class EncryptionSettings(_Part):
+    """Encryption at rest (``shared.crypto``) and how a service signs in to Vault for it."""
+
+    # none: chunks stored as sent; vault-transit: AES-256-GCM under a per-carve data key
+    # from Vault Transit. Carves already stored either way stay readable (mixed mode).
+    encryption: Literal["none", "vault-transit"] = "none"
+    transit_mount: str = Field("transit", pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,127}$")
+    # Prefix of the per-carve Transit key names: "<transit_key>-<carve id>".
+    transit_key: str = Field("osquery-carves", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    # The service's own Vault identity: AppRole (role id + secret id, the secret from a file
+    # or the environment) or Kubernetes (the pod's service-account token).
+    vault_auth: Literal["approle", "kubernetes"] = "approle"
+    vault_auth_mount: str = ""  # default: "approle" or "kubernetes"
+    vault_role_id: str = ""
+    vault_secret_id: SecretStr | None = None
+    vault_secret_id_file: str | None = None
+    vault_kubernetes_role: str = ""
+    vault_kubernetes_token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    # Plaintext data keys are kept in process memory only, this long and this many at most.
+    key_cache_ttl: float = Field(300.0, ge=0)
+    key_cache_size: int = Field(1024, ge=1, le=1_000_000)
+    # Transit calls run in threads (hvac is synchronous): at most this many at once.
+    transit_concurrency: int = Field(8, ge=1, le=64)
+
+    @property
+    def encrypting(self) -> bool:
+        return self.encryption == "vault-transit"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from devstack.backends import Backends, running_backends
-from devstack.vault import VaultAdmin
+from devstack.vault import VaultAdmin, provision_transit
 from tests.stack import Stack
 
 
@@ -61,6 +61,30 @@ async def stack(settings_env: dict[str, str], tmp_path: Path) -> AsyncIterator[S
 async def ingest_only(settings_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Stack]:
     """Ingest without an assembler: blocks wait in the queue until a test starts one."""
     async with Stack(settings_env, tmp_path, assembler=False) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def transit_roles(backends: Backends) -> dict[str, dict[str, str]]:
+    """Transit and AppRole on the session's OpenBao: each service's own role (its
+    CARVE_VAULT_ROLE_ID and CARVE_VAULT_SECRET_ID), with the policies of deploy/vault/."""
+    admin = VaultAdmin(backends.vault.url, backends.vault.root_token)
+    return provision_transit(admin.client)
+
+
+@pytest.fixture
+def sealed_env(settings_env: dict[str, str]) -> dict[str, str]:
+    """This test's environment with encryption at rest on."""
+    return {**settings_env, "CARVE_ENCRYPTION": "vault-transit"}
+
+
+@pytest.fixture
+async def sealed_stack(
+    sealed_env: dict[str, str], transit_roles: dict[str, dict[str, str]], tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """Ingest and assembler with encryption at rest on (Vault Transit, each service signed
+    in with its own AppRole)."""
+    async with Stack(sealed_env, tmp_path, service_env=transit_roles) as running:
         yield running
 
 

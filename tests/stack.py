@@ -55,8 +55,17 @@ class RunningApp:
 class Stack:
     """Ingest and assembler wired to this test's backends, plus helpers to inspect results."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, *, assembler: bool = True) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        *,
+        assembler: bool = True,
+        service_env: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         self.env = env
+        # Settings one service gets on top of ``env`` (its own Vault identity).
+        self.service_env = service_env or {}
         self.with_assembler = assembler
         self.workdir = workdir
         self.apps: list[RunningApp] = []
@@ -94,19 +103,22 @@ class Stack:
         self.apps.append(running)
         return running
 
-    def _settings(self, cls: type[S], overrides: dict[str, Any]) -> S:
+    def _settings(self, cls: type[S], overrides: dict[str, Any], service: str = "") -> S:
         """This test's settings for a service (any port), with ``overrides`` on top."""
-        return cls(**{**fields(self.env), "http_port": 0, **overrides})
+        own = fields(self.service_env.get(service, {}))
+        return cls(**{**fields(self.env), **own, "http_port": 0, **overrides})
 
     async def start_ingest(self, **overrides: Any) -> RunningApp:
         return await self._serve(create_ingest(self._settings(IngestSettings, overrides)))
 
     async def start_assembler(self, **overrides: Any) -> RunningApp:
-        return await self._serve(create_assembler(self._settings(AssemblerSettings, overrides)))
+        return await self._serve(
+            create_assembler(self._settings(AssemblerSettings, overrides, "assembler"))
+        )
 
     async def start_download(self, port: int | None = None, **overrides: Any) -> RunningApp:
         """A download service (on ``port`` when its URL must be known before it starts)."""
-        settings = self._settings(DownloadSettings, overrides)
+        settings = self._settings(DownloadSettings, overrides, "download")
         return await self._serve(create_download(settings), port)
 
     async def start_events(self, **overrides: Any) -> RunningApp:
@@ -115,13 +127,13 @@ class Stack:
 
     async def start_triage(self, **overrides: Any) -> RunningApp:
         """``carve-triage`` (its rules and hash-set directories in ``overrides``)."""
-        return await self._serve(create_triage(self._settings(TriageSettings, overrides)))
+        return await self._serve(create_triage(self._settings(TriageSettings, overrides, "triage")))
 
     async def start_janitor(
         self, clock: Clock = utc_now, *, loop: bool = False, **overrides: Any
     ) -> RunningApp:
         """A janitor; without ``loop`` it sweeps only when a test calls ``run_sweep(app)``."""
-        settings = self._settings(JanitorSettings, overrides)
+        settings = self._settings(JanitorSettings, overrides, "janitor")
         return await self._serve(create_janitor(settings, loop=loop, clock=clock))
 
     async def spawn(self, name: str, **env: str) -> ServiceProcess:
@@ -133,7 +145,8 @@ class Stack:
     def launch(self, name: str, **env: str) -> ServiceProcess:
         """A service as its own process, not waited for (one a test expects to exit early)."""
         log = self.workdir / f"{name}-{len(self.processes)}.log"
-        proc = ServiceProcess(name, {**self.env, **env}, log)
+        own = self.service_env.get(name, {})
+        proc = ServiceProcess(name, {**self.env, **own, **env}, log)
         self.processes.append(proc)
         return proc
 

@@ -17,6 +17,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -231,6 +232,7 @@ class BlockConsumer:
             await self._process_received(message)
             return
         self._fit_prefetch(len(message.body))
+        self._observe_lag(message)
         try:
             blocks = decode(message.body, message.headers)
         except PoisonMessage as exc:
@@ -245,6 +247,7 @@ class BlockConsumer:
                 return
             except Unavailable as exc:
                 self._metrics.retries.inc()
+                self._metrics.unavailable.labels(exc.backend.lower()).inc()
                 if _channel_closed(message):
                     # Handed over to a new consumer, or the connection dropped: the broker
                     # has requeued this message already, so stop holding it here.
@@ -264,6 +267,15 @@ class BlockConsumer:
             self._count(blocks, outcomes)
             return
 
+    def _observe_lag(self, message: AbstractIncomingMessage) -> None:
+        """Publish-to-handling time (a redelivery's too: its carve waited all that time)."""
+        stamp = message.timestamp
+        if stamp is None:
+            return
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        self._metrics.lag.observe(max(0.0, (datetime.now(UTC) - stamp).total_seconds()))
+
     async def _process_received(self, message: AbstractIncomingMessage) -> None:
         """Finalize a carve whose blocks are all in the queue, or look again later."""
         try:
@@ -281,6 +293,7 @@ class BlockConsumer:
                 break
             except Unavailable as exc:
                 self._metrics.retries.inc()
+                self._metrics.unavailable.labels(exc.backend.lower()).inc()
                 if _channel_closed(message):
                     return
                 if self._stopping.is_set():

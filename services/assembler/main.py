@@ -21,9 +21,13 @@ from services.assembler.settings import AssemblerSettings
 from services.assembler.store import GridChunkStore
 from services.assembler.tracker import CarveTracker
 from shared import keys as shared_keys
+from shared.crypto.context import KEYRING, keyring_ctx
 from shared.events.relay import RELAY, events_ctx
 from shared.finalize import Finalizer
 from shared.health import add_health_routes, check_amqp, check_mongo, service_app
+from shared.metrics import add_scrape_hook
+from shared.queue import DEAD_SUFFIX, RETRY_SUFFIX
+from shared.queue_depth import ready_messages
 from shared.resources import amqp_ctx, mongo_ctx
 
 
@@ -38,6 +42,7 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
             owner=f"{socket.gethostname()}:{os.getpid()}",
             lease_seconds=settings.finalize_lease,
             events=app[RELAY],
+            keys=app[KEYRING],
         ),
         metrics,
     )
@@ -46,6 +51,7 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.mongo_bucket,
         batch=settings.write_batch,
         batch_bytes=settings.write_batch_bytes,
+        keys=app[KEYRING],
     )
     tracker = CarveTracker(
         store, finalizer, interval=settings.progress_interval, idle=settings.finalize_idle
@@ -77,7 +83,22 @@ def create_app(settings: AssemblerSettings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = AssemblerMetrics.create(app[shared_keys.REGISTRY])
     app.cleanup_ctx.extend(
-        [mongo_ctx(settings), amqp_ctx(settings), events_ctx(settings, settings), _consumer_ctx]
+        [
+            mongo_ctx(settings),
+            amqp_ctx(settings),
+            events_ctx(settings, settings),
+            keyring_ctx(settings),
+            _consumer_ctx,
+        ]
     )
     add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo})
+    add_scrape_hook(app, functools.partial(_count_queues, app))
     return app
+
+
+async def _count_queues(app: web.Application) -> None:
+    queue = app[keys.SETTINGS].amqp_queue
+    names = (queue, queue + DEAD_SUFFIX, queue + RETRY_SUFFIX)
+    depths = await ready_messages(app[shared_keys.AMQP], names)
+    for name, messages in depths.items():
+        app[keys.METRICS].queue_messages.labels(name).set(messages)

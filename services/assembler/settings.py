@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import AmqpSettings, EventsSettings, HttpSettings, MiB, MongoSettings
+from shared.settings import (
+    AmqpSettings,
+    EncryptionSettings,
+    EventsSettings,
+    HttpSettings,
+    MiB,
+    MongoSettings,
+    VaultSettings,
+)
 
 
-class AssemblerSettings(HttpSettings, AmqpSettings, MongoSettings, EventsSettings):
+class AssemblerSettings(
+    HttpSettings, AmqpSettings, MongoSettings, EventsSettings, VaultSettings, EncryptionSettings
+):
     http_port: int = Field(8081, ge=0, le=65535)
     # Most messages in flight per process, and about how many bytes of them: the count
     # follows the size of recent messages (8 for 1 MiB messages, 1 for 8 MiB blocks).

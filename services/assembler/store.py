@@ -1,14 +1,16 @@
-"""Writing blocks as GridFS chunks, many per round trip."""
+"""Writing blocks as GridFS chunks, many per round trip, sealed when encryption is on."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from shared.batching import Coalescer
 from shared.carves import Status, carves_of
+from shared.crypto.keys import KeyRing
 from shared.errors import PoisonMessage, Unavailable
 from shared.mongo import Document, is_document_error, transient_on_outage
 
@@ -30,7 +32,9 @@ class GridChunkStore:
         *,
         batch: int = 64,
         batch_bytes: int = 8 * 1024 * 1024,
+        keys: KeyRing | None = None,
     ) -> None:
+        self._keys = keys if keys is not None and keys.encrypting else None
         self._chunks = db[f"{bucket}.chunks"]
         self._carves = carves_of(db)
         self._inserts: Coalescer[Document, bool] = Coalescer(
@@ -38,19 +42,26 @@ class GridChunkStore:
         )
 
     async def put_chunk(self, carve_id: str, n: int, data: bytes) -> bool:
-        """Store a chunk; False when it was already there (the unique index said so)."""
+        """Store a chunk; False when it was already there (the unique index said so), or,
+        with encryption on, when its carve no longer receives (a late block: dropped).
+
+        Sealed with the carve's data key (created with the carve's first sealed chunk); Vault
+        unreachable is Unavailable: the block stays queued, nothing is stored in the clear."""
+        if self._keys is not None:
+            cipher = await self._keys.for_writing(carve_id)
+            if cipher is None:
+                return False
+            data = cipher.seal(n, data)
         # bytes are stored as BSON binary as they are; Binary(data) would copy every chunk.
         return await self._inserts.submit({"files_id": carve_id, "n": n, "data": data})
 
     async def _insert_many(self, docs: Sequence[Document]) -> list[bool | BaseException]:
-        results: list[bool | BaseException] = [True] * len(docs)
         with transient_on_outage("chunk write"):
             try:
                 await self._chunks.insert_many(docs, ordered=False)
             except BulkWriteError as exc:
-                for error in exc.details.get("writeErrors", []):
-                    results[error["index"]] = classify_write_error(error)
-        return results
+                return insert_results(len(docs), exc.details)
+        return [True] * len(docs)
 
     async def add_received(self, counts: dict[str, int]) -> None:
         """Add to the progress counters of receiving carves (one update per carve)."""
@@ -60,6 +71,23 @@ class GridChunkStore:
                     {"_id": carve_id, "status": Status.RECEIVING.value},
                     {"$inc": {"blocks_received": k}, "$currentDate": {"updated_at": True}},
                 )
+
+
+def insert_results(count: int, details: Mapping[str, Any]) -> list[bool | BaseException]:
+    """What a failed ``insert_many`` of ``count`` chunks means for each: stored (True),
+    there already (False), or an error, from the bulk write's error ``details``.
+
+    A write concern error means the chunks are on the primary but a majority did not
+    acknowledge them in time: a failover could still roll them back, so none counts as
+    stored; the message is kept and written again (then a duplicate, acknowledged by a
+    majority or not at all)."""
+    results: list[bool | BaseException] = [True] * count
+    for error in details.get("writeErrors", []):
+        results[error["index"]] = classify_write_error(error)
+    if details.get("writeConcernErrors"):
+        unsure = Unavailable("MongoDB", "chunk write not acknowledged by a majority in time")
+        results = [r if isinstance(r, PoisonMessage) else unsure for r in results]
+    return results
 
 
 def classify_write_error(error: Document) -> bool | BaseException:

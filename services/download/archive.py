@@ -1,8 +1,9 @@
 """A carve's archive as bytes: HTTP ranges and chunk streaming from GridFS.
 
 Block ``i`` of a carve is GridFS chunk ``n = i`` and every chunk but the last
-is ``block_size`` long, so any byte range maps to a run of chunks without a
-lookup. Chunks are fetched a bounded number of bytes per round trip and
+is ``block_size`` bytes of plaintext, so any byte range maps to a run of chunks without a
+lookup. Chunks are read through ``shared.crypto.reader.CarveReader`` (which opens sealed
+ones), fetched a bounded number of bytes per round trip and
 handed out one at a time: a download holds about ``batch_bytes`` at most.
 """
 
@@ -12,11 +13,8 @@ import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-from pymongo.asynchronous.collection import AsyncCollection
-
-from shared.errors import ClientError, CorruptArchive
-from shared.mongo import Document, transient_on_outage
-from shared.protocol import expected_block_length
+from shared.crypto.reader import CarveReader
+from shared.errors import ClientError
 
 _RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})", re.IGNORECASE)
 # Largest piece handed to the socket at once.
@@ -69,29 +67,26 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
 
 
 async def stream_chunks(
-    chunks: AsyncCollection[Document],
-    carve_id: str,
+    reader: CarveReader,
     *,
-    chunk_size: int,
-    carve_size: int,
     byte_range: ByteRange,
     batch_bytes: int,
     piece_bytes: int = PIECE_BYTES,
 ) -> AsyncGenerator[memoryview, None]:
-    """The bytes of ``byte_range`` in pieces, checked against the carve's geometry.
+    """The bytes of ``byte_range`` in pieces, checked and (when sealed) decrypted.
 
     One short query per window of chunks (``batch_bytes`` worth), not one cursor
     over the whole range: nothing stays open on the server while a slow client
     reads (no cursor timeout, no server-side buffering of a whole archive), and
-    the next window is fetched only once the last one is written. Pieces are at
-    most ``piece_bytes``, so the socket's buffer never holds a whole chunk.
+    the next window is fetched only once the last one is written. Only the chunks the
+    range touches are read and opened. Pieces are at most ``piece_bytes``, so the
+    socket's buffer never holds a whole chunk.
     """
+    chunk_size = reader.chunk_size
     first, last = byte_range.start // chunk_size, byte_range.end // chunk_size
     window = max(1, batch_bytes // chunk_size)
     for start in range(first, last + 1, window):
-        datas = await fetch_window(
-            chunks, carve_id, start, min(start + window, last + 1), chunk_size, carve_size
-        )
+        datas = await reader.window(start, min(start + window, last + 1))
         for n in range(start, start + len(datas)):
             data = memoryview(datas[n - start])
             datas[n - start] = b""  # let each chunk go as soon as it is sent
@@ -100,31 +95,3 @@ async def stream_chunks(
             for at in range(lo, hi, piece_bytes):
                 yield data[at : min(at + piece_bytes, hi)]
             del data
-
-
-async def fetch_window(
-    chunks: AsyncCollection[Document],
-    carve_id: str,
-    start: int,
-    stop: int,
-    chunk_size: int,
-    carve_size: int,
-) -> list[bytes]:
-    """Chunks ``start .. stop-1`` of a carve in one query, each checked for its exact length.
-
-    Raises CorruptArchive when one is missing or has the wrong length.
-    """
-    count = -(-carve_size // chunk_size)
-    query = {"files_id": carve_id, "n": {"$gte": start, "$lt": stop}}
-    with transient_on_outage("chunk read"):
-        docs = await chunks.find(query, {"_id": 0}).sort("n", 1).to_list()
-    if [doc["n"] for doc in docs] != list(range(start, stop)):
-        raise CorruptArchive(f"chunks missing in {start}..{stop - 1}")
-    datas: list[bytes] = []
-    for doc in docs:
-        n, data = doc["n"], doc["data"]
-        want = expected_block_length(n, count, chunk_size, carve_size)
-        if len(data) != want:
-            raise CorruptArchive(f"chunk {n} has {len(data)} bytes, {want} expected")
-        datas.append(data)
-    return datas

@@ -23,6 +23,8 @@ from services.download.bodies import read_json
 from services.download.pace import paced, write_piece
 from shared import keys as shared_keys
 from shared.carves import CarveDoc, Compression
+from shared.crypto.context import KEYRING
+from shared.crypto.reader import CarveReader
 from shared.errors import Forbidden, InvalidRequest
 
 
@@ -45,18 +47,19 @@ def _matches(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
+async def open_reader(request: web.Request, doc: CarveDoc) -> CarveReader:
+    """The carve's chunk reader (its data key unwrapped: Vault away is a 503 here, before
+    any header went out; a destroyed key is 410 ``shredded``)."""
+    settings = request.app[keys.SETTINGS]
+    db = request.app[shared_keys.MONGO_DB]
+    return await CarveReader.open(db, settings.mongo_bucket, doc, request.app[KEYRING])
+
+
 def _chunks(
-    request: web.Request, doc: CarveDoc, byte_range: ByteRange
+    request: web.Request, reader: CarveReader, byte_range: ByteRange
 ) -> AsyncGenerator[memoryview, None]:
     settings = request.app[keys.SETTINGS]
-    return stream_chunks(
-        request.app[shared_keys.MONGO_DB][f"{settings.mongo_bucket}.chunks"],
-        doc["_id"],
-        chunk_size=doc["block_size"],
-        carve_size=doc["carve_size"],
-        byte_range=byte_range,
-        batch_bytes=settings.download_batch_bytes,
-    )
+    return stream_chunks(reader, byte_range=byte_range, batch_bytes=settings.download_batch_bytes)
 
 
 async def send_archive(request: web.Request, doc: CarveDoc) -> web.StreamResponse:
@@ -79,7 +82,8 @@ async def send_archive(request: web.Request, doc: CarveDoc) -> web.StreamRespons
     if request.method == "HEAD":
         await start_stream(request, response)
         return response
-    async with contextlib.aclosing(_chunks(request, doc, byte_range)) as pieces:
+    reader = await open_reader(request, doc)
+    async with contextlib.aclosing(_chunks(request, reader, byte_range)) as pieces:
         # The first piece is fetched before the headers go out: MongoDB down is still a 503 here.
         first = await anext(pieces)
         await start_stream(request, response)

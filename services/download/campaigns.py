@@ -27,6 +27,7 @@ from services.download.lookups import MAX_VALUE, time_param
 from services.download.pace import paced, write_piece
 from services.download.zipstream import Entry
 from shared import keys as shared_keys
+from shared.crypto.context import KEYRING
 from shared.errors import ClientError, InvalidRequest, NotFound
 from shared.mongo import Document, transient_on_outage
 from shared.timefmt import rfc3339, rfc3339_or_none
@@ -160,6 +161,7 @@ async def export_campaign(request: web.Request) -> web.StreamResponse:
         request_id,
         as_of,
         settings.download_batch_bytes,
+        keys=request.app[KEYRING],
         seen=[],
     )
     etag, count = await export.etag()

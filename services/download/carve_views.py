@@ -18,6 +18,7 @@ from services.download.auth import (
 )
 from shared import keys as shared_keys
 from shared.carves import ENDED, CarveDoc, CarveRecord, Status
+from shared.crypto.keys import encryption_view
 from shared.errors import Conflict, Gone, Held
 from shared.events import EventType
 from shared.events.relay import RELAY
@@ -40,6 +41,7 @@ def carve_view(doc: CarveDoc) -> dict[str, Any]:
     view["holds"] = [hold_view(h) for h in doc.get("holds") or []]
     view["cases"] = list(doc.get("cases") or [])
     view["expires_at"] = rfc3339_or_none(doc.get("expires_at"))
+    view["encryption"] = encryption_view(doc)
     if doc.get("triage_history"):
         view["triage_history"] = history_view(doc.get("triage_history"))
     return view

@@ -14,8 +14,10 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from services.download import keys
 from services.download.archive import RangeNotSatisfiable
 from services.download.audit import AUDIT, AuditEntry, client_gone
+from shared.crypto.chunks import ChunkIntegrityError
 from shared.errors import ClientError, CorruptArchive, Unavailable
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
             return _client_left(request, entry, exc)
         if isinstance(exc, ClientError) and entry is not None:
             entry.code = exc.code
+        if isinstance(exc, ChunkIntegrityError) and entry is not None:
+            entry.code = "integrity_error"  # in the audit row, also when cut mid-stream
         if entry is None or entry.response is None or isinstance(exc, asyncio.CancelledError):
             return _error_answer(request, exc)
         # The headers are out: another answer would land inside the body. Cut it short:
@@ -78,8 +82,14 @@ def _error_answer(request: web.Request, exc: BaseException) -> web.StreamRespons
             return response
         return _error(exc.status, exc.code, exc.message, **exc.details)
     except Unavailable as exc:
+        request.app[keys.METRICS].unavailable.labels(exc.backend.lower()).inc()
         log.warning("%s: answering 503: %s", request.path, exc)
         return _error(503, "unavailable", "a backend is unavailable, retry shortly")
+    except ChunkIntegrityError as exc:
+        # Altered, moved or swapped chunks: never served. Counted (carve_integrity_errors_total)
+        # by the reader; the audit row carries the code.
+        log.error("%s: stored chunk failed authentication: %s", request.path, exc)
+        return _error(500, "integrity_error", "a stored chunk failed its integrity check")
     except CorruptArchive as exc:
         log.error("%s: stored archive is damaged: %s", request.path, exc)
         return _error(500, "corrupt_archive", "the stored archive is damaged")

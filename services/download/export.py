@@ -17,6 +17,7 @@ came before, once each carve's CRC-32 is known: it is computed while the archive
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import zlib
@@ -30,6 +31,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.download.archive import ByteRange, stream_chunks
 from services.download.zipstream import Entry, end_records
 from shared.carves import Status, carves_of
+from shared.crypto.keys import KeyRing
+from shared.crypto.reader import CarveReader
 from shared.errors import CorruptArchive
 from shared.mongo import Document, transient_on_outage
 from shared.search import display_host
@@ -49,6 +52,7 @@ PROJECTION = {
     "device": 1,
     "node_key_sha256": 1,
     "created_at": 1,
+    "encryption": 1,
 }
 
 
@@ -87,6 +91,7 @@ class Export:
     request_id: str
     as_of: datetime
     batch_bytes: int
+    keys: KeyRing | None = None
     seen: list[str] | None = None  # the carve ids streamed, for the audit row (MAX_SEEN)
 
     def query(self) -> Document:
@@ -121,16 +126,15 @@ class Export:
             count += 1
         return f'"x{digest.hexdigest()[:40]}"', count
 
-    def _chunks(self, carve: Carve, start: int) -> AsyncIterator[memoryview]:
+    async def _chunks(self, carve: Carve, start: int) -> AsyncIterator[memoryview]:
         size = int(carve.doc["carve_size"])
-        return stream_chunks(
-            self.db[f"{self.bucket}.chunks"],
-            carve.carve_id,
-            chunk_size=int(carve.doc["block_size"]),
-            carve_size=size,
-            byte_range=ByteRange(start, size - 1),
-            batch_bytes=self.batch_bytes,
+        reader = await CarveReader.open(self.db, self.bucket, carve.doc, self.keys)
+        pieces = stream_chunks(
+            reader, byte_range=ByteRange(start, size - 1), batch_bytes=self.batch_bytes
         )
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                yield piece
 
     async def _crc(self, carve: Carve) -> int:
         """The archive's CRC-32: kept on its document, or read once and kept."""

@@ -19,12 +19,9 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo.asynchronous.collection import AsyncCollection
-
-from services.download.archive import fetch_window
 from shared import manifest, tarsafe
+from shared.crypto.reader import CarveReader
 from shared.errors import ClientError, InvalidRequest
-from shared.mongo import Document
 from shared.tarsafe import Budget, Member, TarReader
 
 _PIECE = 256 * 1024
@@ -79,27 +76,23 @@ def member_view(member: Member) -> dict[str, Any]:
 class ChunkFile(io.RawIOBase):
     """A carve's archive as a seekable, read-only file, for code running in a worker thread.
 
-    Reads are served from a small window of chunks fetched through the event
-    loop (``batch_bytes`` per round trip); nothing else is kept.
+    Reads are served from a small window of chunks fetched (and opened, when sealed)
+    through the event loop (``batch_bytes`` per round trip); nothing else is kept.
     """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        chunks: AsyncCollection[Document],
-        carve_id: str,
+        reader: CarveReader,
         *,
-        chunk_size: int,
-        size: int,
         batch_bytes: int,
     ) -> None:
         super().__init__()
         self._loop = loop
-        self._chunks = chunks
-        self._carve_id = carve_id
-        self._chunk_size = chunk_size
-        self._size = size
-        self._batch = max(1, batch_bytes // chunk_size)
+        self._reader = reader
+        self._chunk_size = reader.chunk_size
+        self._size = reader.size
+        self._batch = max(1, batch_bytes // reader.chunk_size)
         self._window: list[bytes] = []  # chunks _window_start, _window_start + 1, ...
         self._window_start = 0
         self._pos = 0
@@ -143,10 +136,9 @@ class ChunkFile(io.RawIOBase):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_LOOP_TIMEOUT)
 
     def _fetch(self, n: int) -> None:
-        stop = min(n + self._batch, -(-self._size // self._chunk_size))
+        stop = min(n + self._batch, self._reader.count)
         self._window = []  # the old window goes before the new one arrives
-        load = fetch_window(self._chunks, self._carve_id, n, stop, self._chunk_size, self._size)
-        self._window = self._call(load)
+        self._window = self._call(self._reader.window(n, stop))
         self._window_start = n
 
 

@@ -147,6 +147,15 @@ CARVE_SCHEMA: dict[str, Any] = {
             },
         },
         "triage_history": {"type": "array", "items": {"type": "object"}},
+        # Encryption at rest (docs/security.md): null for a carve stored in the clear.
+        "encryption": {
+            "type": ["object", "null"],
+            "properties": {
+                "scheme": _STR,
+                "sealed": {"enum": ["all", "partial"]},
+                "shredded": {"type": "boolean"},
+            },
+        },
     },
 }
 

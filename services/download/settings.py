@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from shared.settings import (
     AmqpSettings,
+    EncryptionSettings,
     EventsSettings,
     GiB,
     HttpSettings,
@@ -19,7 +20,13 @@ from shared.settings import (
 
 
 class DownloadSettings(
-    HttpSettings, MongoSettings, VaultSettings, ProxySettings, AmqpSettings, EventsSettings
+    HttpSettings,
+    MongoSettings,
+    VaultSettings,
+    ProxySettings,
+    AmqpSettings,
+    EventsSettings,
+    EncryptionSettings,
 ):
     http_port: int = Field(8082, ge=0, le=65535)
     # The Vault policy a responder's token must carry (the original server's name for it).
@@ -64,10 +71,6 @@ class DownloadSettings(
     # The Vault Transit ed25519 key that signs them, and Transit's mount.
     custody_key: str = Field("osquery-carve-custody", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     custody_mount: str = Field("transit", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]{0,63}$")
-    # The service's own Vault identity (never a responder's token): a token, or an AppRole.
-    vault_service_token: SecretStr = SecretStr("")
-    vault_role_id: str = ""
-    vault_secret_id: SecretStr = SecretStr("")
     # Seconds a JSON request body (/file_request, login, single sign-on, tickets) may take to
     # arrive; slower: 408 and the connection closed.
     request_body_timeout: float = Field(10.0, gt=0)

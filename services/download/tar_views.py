@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from services.download import keys, manifests
-from services.download.archive_views import start_stream
+from services.download.archive_views import open_reader, start_stream
 from services.download.audit import AUDIT
 from services.download.auth import authorized_carve, require_complete
 from services.download.lookups import int_param
@@ -37,7 +37,6 @@ from services.download.members import (
 )
 from services.download.pace import paced, write_piece
 from services.download.slots import TarBusy
-from shared import keys as shared_keys
 from shared.carves import CarveDoc, Compression
 from shared.errors import NotFound
 from shared.tarsafe import Budget, Limits, Member
@@ -50,16 +49,10 @@ MAX_HEADER_BYTES = 1024 * 1024
 _WATCH_INTERVAL = 0.1
 
 
-def _tar_source(request: web.Request, doc: CarveDoc) -> TarSource:
+async def _tar_source(request: web.Request, doc: CarveDoc) -> TarSource:
     settings = request.app[keys.SETTINGS]
-    file = ChunkFile(
-        asyncio.get_running_loop(),
-        request.app[shared_keys.MONGO_DB][f"{settings.mongo_bucket}.chunks"],
-        doc["_id"],
-        chunk_size=doc["block_size"],
-        size=doc["carve_size"],
-        batch_bytes=settings.download_batch_bytes,
-    )
+    reader = await open_reader(request, doc)
+    file = ChunkFile(asyncio.get_running_loop(), reader, batch_bytes=settings.download_batch_bytes)
     limits = Limits(
         max_bytes=settings.tar_max_bytes,
         max_seconds=settings.tar_timeout,
@@ -86,7 +79,7 @@ async def _tar_job(request: web.Request, doc: CarveDoc) -> AsyncIterator[TarSour
     """A tar worker's share for this request, its budget, and a watch on its client."""
     identity = request[keys.IDENTITY]
     metrics = request.app[keys.METRICS]
-    source = _tar_source(request, doc)  # the time budget covers any wait for a worker
+    source = await _tar_source(request, doc)  # the time budget covers any wait for a worker
     watcher = asyncio.create_task(_watch_client(request, source.file.abandoned))
     try:
         async with request.app[keys.TAR_JOBS].hold(doc["_id"], identity.share_key):

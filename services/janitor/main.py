@@ -18,6 +18,7 @@ from services.janitor.metrics import JanitorMetrics
 from services.janitor.settings import JanitorSettings
 from services.janitor.sweep import Clock, Janitor, Report, utc_now
 from shared import keys as shared_keys
+from shared.crypto.context import KEYRING, keyring_ctx
 from shared.errors import Unavailable
 from shared.events.relay import RELAY, events_ctx
 from shared.finalize import Finalizer
@@ -85,9 +86,16 @@ def _janitor_ctx(clock: Clock, *, loop: bool) -> CleanupCtx:
             owner=f"janitor:{socket.gethostname()}:{os.getpid()}",
             lease_seconds=settings.finalize_lease,
             events=app[RELAY],
+            keys=app[KEYRING],
         )
         app[keys.JANITOR] = Janitor(
-            db, app[shared_keys.REDIS], settings, finalizer, clock=clock, events=app[RELAY]
+            db,
+            app[shared_keys.REDIS],
+            settings,
+            finalizer,
+            clock=clock,
+            events=app[RELAY],
+            keyring=app[KEYRING],
         )
         task = asyncio.create_task(_loop(app), name="janitor") if loop else None
         try:
@@ -114,6 +122,7 @@ def create_app(
             redis_ctx(settings),
             mongo_ctx(settings),
             events_ctx(settings, settings),
+            keyring_ctx(settings),
             _janitor_ctx(clock, loop=loop),
         ]
     )

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import AmqpSettings, EventsSettings, HttpSettings, MongoSettings, RedisSettings
+from shared.settings import (
+    AmqpSettings,
+    EncryptionSettings,
+    EventsSettings,
+    HttpSettings,
+    MongoSettings,
+    RedisSettings,
+    VaultSettings,
+)
 
 HOUR = 3600.0
 DAY = 24 * HOUR
 
 
-class JanitorSettings(HttpSettings, RedisSettings, MongoSettings, AmqpSettings, EventsSettings):
+class JanitorSettings(
+    HttpSettings,
+    RedisSettings,
+    MongoSettings,
+    AmqpSettings,
+    EventsSettings,
+    VaultSettings,
+    EncryptionSettings,
+):
     http_port: int = Field(8083, ge=0, le=65535)
     # A receiving carve with no block for this long, and blocks missing, has failed
     # (osquery 5.21 and older skip blocks that fail; hosts die mid-carve).

@@ -7,7 +7,8 @@
    chunks, keep the document as an ``expired`` tombstone;
 3. complete carves past ``CARVE_RETENTION``: the same;
 4. orphan chunks (no carve document, or a carve whose bytes are gone): a
-   slice of them per sweep, resuming where the last sweep stopped;
+   slice of them per sweep, resuming where the last sweep stopped; then the
+   Transit keys of deleted and expired carves are destroyed (crypto-shredding);
 5. Redis sessions of carves that no longer receive;
 6. carve events a dead process left in the outbox (``shared.events``).
 
@@ -39,6 +40,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.janitor.settings import JanitorSettings
 from shared.carves import ENDED, CarveDoc, Status, carves_of
+from shared.crypto.keys import KeyRing
+from shared.crypto.shred import shred_ended
 from shared.errors import Unavailable
 from shared.events import EventType
 from shared.events.relay import Relay
@@ -96,8 +99,10 @@ class Janitor:
         *,
         clock: Clock = utc_now,
         events: Relay | None = None,
+        keyring: KeyRing | None = None,
     ) -> None:
         self._db = db
+        self._keyring = keyring
         self._carves = carves_of(db)
         self._chunks = db[f"{settings.mongo_bucket}.chunks"]
         self._redis = redis
@@ -121,6 +126,7 @@ class Janitor:
                 self._expire_failed,
                 self._expire_complete,
                 self._orphans,
+                self._shred,
                 self._sessions,
                 self._left_behind_events,
             )
@@ -352,6 +358,15 @@ class Janitor:
             after = doc["files_id"]
             owners.append(after)
         return owners
+
+    async def _shred(self, report: Report) -> None:
+        """Crypto-shredding (``shared.crypto.shred``): keys of deleted and expired carves."""
+        if self._keyring is None:
+            return
+        batch, bucket = self._settings.janitor_batch, self._settings.mongo_bucket
+        n = await shred_ended(self._db, bucket, self._keyring, batch=batch, dry_run=report.dry_run)
+        if n:
+            report.actions["keys_shredded"] += n
 
     # --- 5. Redis sessions ----------------------------------------------------------------------
 

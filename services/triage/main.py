@@ -4,6 +4,7 @@ the aiohttp lifecycle; the HTTP side serves /healthz, /readyz and /metrics."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -22,8 +23,11 @@ from services.triage.settings import TriageSettings
 from services.triage.store import TriageStore, ensure_indexes
 from services.triage.sweep import Sweep
 from shared import keys as shared_keys
+from shared.crypto.context import KEYRING, keyring_ctx
 from shared.events.relay import RELAY, events_ctx
 from shared.health import NotReady, add_health_routes, check_amqp, check_mongo, service_app
+from shared.metrics import add_scrape_hook
+from shared.queue_depth import ready_messages
 from shared.resources import amqp_ctx, mongo_ctx
 
 log = logging.getLogger(__name__)
@@ -46,7 +50,7 @@ async def _triage_ctx(app: web.Application) -> AsyncIterator[None]:
     owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"
     store = TriageStore(db, owner, settings.triage_lease)
     pool = ScanPool(settings.triage_workers)
-    triage = Triage(db, settings, library, pool, store, app[keys.METRICS], app[RELAY])
+    triage = Triage(db, settings, library, pool, store, app[keys.METRICS], app[RELAY], app[KEYRING])
     sweep = Sweep(triage, store, settings.triage_workers)
     consumer = CompletedConsumer(
         app[shared_keys.AMQP],
@@ -91,7 +95,20 @@ def create_app(settings: TriageSettings) -> web.Application:
     app[keys.METRICS] = TriageMetrics.create(app[shared_keys.REGISTRY])
     app[keys.LIBRARY] = Library(settings.triage_rules, settings.triage_hashsets, app[keys.METRICS])
     app.cleanup_ctx.extend(
-        [mongo_ctx(settings), amqp_ctx(settings), events_ctx(settings, settings), _triage_ctx]
+        [
+            mongo_ctx(settings),
+            amqp_ctx(settings),
+            events_ctx(settings, settings),
+            keyring_ctx(settings),
+            _triage_ctx,
+        ]
     )
     add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo, "rules": check_rules})
+    add_scrape_hook(app, functools.partial(_count_queue, app))
     return app
+
+
+async def _count_queue(app: web.Application) -> None:
+    queue = app[keys.SETTINGS].triage_queue
+    depths = await ready_messages(app[shared_keys.AMQP], [queue])
+    app[keys.METRICS].queue_messages.set(depths[queue])

@@ -26,6 +26,7 @@ from services.triage.store import TriageStore
 from services.triage.worker import Findings, ScanJob
 from shared.carve_chunks import plaintext_chunks
 from shared.carves import CarveDoc, Compression
+from shared.crypto.keys import KeyRing
 from shared.errors import CorruptArchive
 from shared.events.outbox import Notifier, announce
 from shared.failpoints import failpoint
@@ -55,8 +56,10 @@ class Triage:
         store: TriageStore,
         metrics: TriageMetrics,
         relay: Notifier | None,
+        keys: KeyRing | None = None,
     ) -> None:
         self._db = db
+        self._keys = keys
         self._settings = settings
         self._library = library
         self._pool = pool
@@ -141,7 +144,7 @@ class Triage:
 
     async def _bytes(self, doc: CarveDoc) -> AsyncIterator[bytes]:
         async for _, data in plaintext_chunks(
-            self._db, self._settings.mongo_bucket, doc, batch_bytes=_BATCH_BYTES
+            self._db, self._settings.mongo_bucket, doc, batch_bytes=_BATCH_BYTES, keys=self._keys
         ):
             yield data
 

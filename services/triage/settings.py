@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import AmqpSettings, EventsSettings, GiB, HttpSettings, MiB, MongoSettings
+from shared.settings import (
+    AmqpSettings,
+    EncryptionSettings,
+    EventsSettings,
+    GiB,
+    HttpSettings,
+    MiB,
+    MongoSettings,
+    VaultSettings,
+)
 
 
-class TriageSettings(HttpSettings, AmqpSettings, MongoSettings, EventsSettings):
+class TriageSettings(
+    HttpSettings, AmqpSettings, MongoSettings, EventsSettings, VaultSettings, EncryptionSettings
+):
     http_port: int = Field(8085, ge=0, le=65535)
     # A directory of YARA-X rule files (*.yar, *.yara), compiled at start and on reload.
     triage_rules: str = "/etc/carve-triage/rules"

@@ -165,8 +165,10 @@ def wait_for_status(
 
 
 def download_verified(carvectl: Callable[..., Any], workdir: Path, carve: dict[str, Any]) -> None:
-    """The responder's end-to-end check: carvectl get --expect-sha256 the host's SHA-256."""
-    wait_for_status(carvectl, carve["carve_id"], "complete")
+    """The responder's end-to-end check: carvectl get --expect-sha256 the host's SHA-256;
+    the carve is stored sealed (the compose example turns encryption at rest on)."""
+    shown = wait_for_status(carvectl, carve["carve_id"], "complete")
+    assert shown["encryption"] == {"scheme": "aes-256-gcm/1", "sealed": "all", "shredded": False}
     target = workdir / f"{carve['carve_id']}.tar"
     done = carvectl("get", carve["carve_id"], "-o", str(target), "--expect-sha256", carve["sha256"])
     assert done.returncode == 0, done.stderr

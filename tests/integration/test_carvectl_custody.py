@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -51,7 +52,7 @@ async def cli(stack: Stack, vault: VaultAdmin, tmp_path: Path) -> AsyncIterator[
         vault_cache_ttl=0.5,
         download_justification="required",
         custody_key=key,
-        vault_service_token=vault.custody_token(key),
+        **_identity(vault, key),
     )
     async with aiohttp.ClientSession() as http:
         responder = Responder(stack, download.url, vault, vault.token(POLICY), http)
@@ -126,3 +127,8 @@ async def test_custody_record_fetched_then_verified_offline(cli: Cli, tmp_path: 
     code, _, err = await cli.run(*offline, "verify", str(tampered), "--keys", str(keys))
     assert code == EXIT_INTEGRITY
     assert "NOT VERIFIED: the signature does not match the record" in err
+
+
+def _identity(vault: VaultAdmin, key: str) -> dict[str, Any]:
+    """The download service's settings of an AppRole that signs with ``key`` only."""
+    return dict(vault.custody_role(key))

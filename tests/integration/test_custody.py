@@ -4,7 +4,6 @@ signing key still verifies the records its old version signed."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import hvac.exceptions
 import pytest
 
 from clients.osquery_sim import build_archive, carve
@@ -73,7 +71,7 @@ class Custody:
 async def custody(stack: Stack, vault: VaultAdmin, tmp_path: Path) -> AsyncIterator[Custody]:
     key = f"custody-{uuid.uuid4().hex[:8]}"  # each test its own key: it may rotate it
     download = await stack.start_download(
-        vault_cache_ttl=0.5, custody_key=key, vault_service_token=vault.custody_token(key)
+        vault_cache_ttl=0.5, custody_key=key, **_identity(vault, key)
     )
     guid = str(uuid.uuid4())
     archive = build_archive(MEMBERS, tmp_path / guid, carve_guid=guid)
@@ -208,7 +206,7 @@ async def test_custody_needs_a_token_and_the_service_identity(
 ) -> None:
     async with custody.http.get(custody.url + "/api/v1/custody/keys") as resp:
         assert resp.status == 401
-    nobody = await stack.start_download()  # no service token, no AppRole
+    nobody = await stack.start_download()  # no AppRole: no identity to sign with
     async with custody.http.get(
         f"{nobody.url}/api/v1/carves/{custody.carve_id}/custody",
         headers={"X-Vault-Token": custody.token},
@@ -218,36 +216,24 @@ async def test_custody_needs_a_token_and_the_service_identity(
     assert [(r["carve_id"], r["status"]) for r in rows] == [(custody.carve_id, 503)]
 
 
-async def test_the_service_signs_with_its_own_approle_identity(
+async def test_a_wrong_secret_id_signs_nothing_and_is_never_echoed(
     custody: Custody, stack: Stack
 ) -> None:
-    client = custody.vault.client
-    if "approle/" not in client.sys.list_auth_methods()["data"]:
-        with contextlib.suppress(hvac.exceptions.InvalidRequest):  # another test enabled it
-            client.sys.enable_auth_method("approle")
-    role = f"download-{custody.key}"
-    policy = f"osquery-carve-custody-{custody.key}"  # written by the fixture's custody_token
-    client.auth.approle.create_or_update_approle(role, token_policies=[policy], token_ttl="5m")
-    role_id = client.auth.approle.read_role_id(role)["data"]["role_id"]
-    secret_id = client.auth.approle.generate_secret_id(role)["data"]["secret_id"]
-    download = await stack.start_download(
-        custody_key=custody.key, vault_role_id=role_id, vault_secret_id=secret_id
-    )
-    async with custody.http.get(
-        f"{download.url}/api/v1/carves/{custody.carve_id}/custody",
-        headers={"X-Vault-Token": custody.token},
-    ) as resp:
-        assert resp.status == 200
-        document = json.loads(await resp.read())
-    record = verify(document, load_keys(await custody.keys_text()))
-    assert record["carve"]["carve_id"] == custody.carve_id
-    # A wrong secret id: no identity, no signature (503), and the secret never in the answer.
+    role = custody.vault.custody_role(custody.key)
+    secret = role["vault_secret_id"]
     wrong = await stack.start_download(
-        custody_key=custody.key, vault_role_id=role_id, vault_secret_id="not-" + secret_id
+        custody_key=custody.key, vault_role_id=role["vault_role_id"], vault_secret_id="x" + secret
     )
     async with custody.http.get(
         f"{wrong.url}/api/v1/carves/{custody.carve_id}/custody",
         headers={"X-Vault-Token": custody.token},
     ) as resp:
         assert resp.status == 503
-        assert secret_id not in await resp.text()
+        assert secret not in await resp.text()
+    # The right one signs (each test's download service signs as its own AppRole).
+    assert (await custody.record())["record"]["signed_with"]["key"] == custody.key
+
+
+def _identity(vault: VaultAdmin, key: str) -> dict[str, Any]:
+    """The download service's settings of an AppRole that signs with ``key`` only."""
+    return dict(vault.custody_role(key))

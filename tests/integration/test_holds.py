@@ -244,3 +244,32 @@ async def test_responders_tag_carves_with_cases(admin: Admin, stack: Stack) -> N
     assert one["cases"] == ["IR-8", "IR-9"] and one["holds"] == [] and one["expires_at"] is None
     rows = await settled_rows(admin.stack.db, {"carve_id": upload.carve_id, "action": "cases"})
     assert sorted(r["status"] for r in rows) == [200, 200, 400, 400, 400, 400]
+
+
+async def test_a_held_sealed_carve_keeps_its_transit_key_until_released(
+    sealed_stack: Stack, vault: VaultAdmin
+) -> None:
+    """With encryption at rest on, a hold also keeps the carve's key from crypto-shredding:
+    only ended carves are shredded, and a held carve never ends."""
+    stack = sealed_stack
+    upload = await complete(stack, seed=8)
+    cid = upload.carve_id
+    download = await stack.start_download()
+    async with aiohttp.ClientSession() as http:
+        admin = Admin(stack, download.url, vault.token(POLICY, ADMIN).token, "", http)
+        assert (await admin.hold(cid, "IR-sealed"))[0] == 201
+        actions = await sweep_at(stack, 31)
+        assert actions.get("expired", 0) == 0 and actions.get("keys_shredded", 0) == 0
+        doc = await stack.carve_doc(cid)
+        assert doc is not None and "shredded_at" not in doc["encryption"]
+        key = doc["encryption"]["key"]
+        vault.client.secrets.transit.read_key(key)  # still in Vault
+        async with http.get(
+            f"{download.url}/api/v1/carves/{cid}/archive", headers={"X-Vault-Token": admin.token}
+        ) as resp:
+            assert (resp.status, await resp.read()) == (200, upload.data)
+        assert (await admin.release(cid, "IR-sealed"))[0] == 200
+    actions = await sweep_at(stack, 31)
+    assert actions["expired"] == 1 and actions["keys_shredded"] == 1
+    doc = await stack.carve_doc(cid)
+    assert doc is not None and doc["encryption"]["shredded_at"]

@@ -349,6 +349,8 @@ def test_secrets_come_from_env_and_compose_refuses_to_start_without_them(
     # Every secret-looking setting is a reference, never a value written in the file.
     for name, service in raw["services"].items():
         for key, value in (service.get("environment") or {}).items():
+            if key.endswith("_FILE"):
+                continue  # a path to where the secret is mounted, not the secret
             if SECRET_NAME.search(key) or re.search(r"://[^/]*:[^/@]*@", str(value)):
                 # Required (${X:?...}) or optional with nothing as the default (${X:-}).
                 found = list(references(str(value)))

@@ -2,7 +2,8 @@
 # vault-init: what an operator does once on a fresh Vault/OpenBao for the carve server.
 #   - writes the download policy (CARVE_VAULT_POLICY) and the admin policy
 #     (CARVE_VAULT_ADMIN_POLICY) from deploy/vault/;
-#   - enables Transit with the ed25519 custody signing key, and writes its policy;
+#   - creates Transit's ed25519 custody signing key and gives its policy to the download
+#     service's AppRole (custody records);
 #   - enables the userpass auth method (carvectl login --username ...) without Vault's user
 #     lockout, which would let anyone lock a responder out with five wrong passwords (the
 #     download service's login limits and NGINX's per-address limit bound guessing instead);
@@ -33,15 +34,6 @@ bao policy write "$READ_POLICY" "$POLICY_DIR/$READ_POLICY.hcl" >/dev/null
 bao policy write "$ADMIN_POLICY" "$POLICY_DIR/$ADMIN_POLICY.hcl" >/dev/null
 echo "vault-init: policies $READ_POLICY and $ADMIN_POLICY written"
 
-# Custody records (docs/security.md): Transit's ed25519 signing key and the policy of the
-# identity that signs with it (give it to the download service's token or AppRole).
-CUSTODY_KEY=${CARVE_CUSTODY_KEY:-osquery-carve-custody}
-bao secrets list -format=json | grep -q '"transit/"' || bao secrets enable transit >/dev/null
-bao read "transit/keys/$CUSTODY_KEY" >/dev/null 2>&1 ||
-    bao write -f "transit/keys/$CUSTODY_KEY" type=ed25519 >/dev/null
-bao policy write osquery-carve-custody "$POLICY_DIR/osquery-carve-custody.hcl" >/dev/null
-echo "vault-init: custody signing key transit/keys/$CUSTODY_KEY and its policy ready"
-
 if ! bao auth list -format=json | grep -q '"userpass/"'; then
     bao auth enable userpass >/dev/null
     echo "vault-init: userpass enabled"
@@ -55,3 +47,43 @@ if [ -n "${RESPONDER_PASSWORD:-}" ]; then
         bao write "auth/userpass/users/$user" password=- token_policies="$READ_POLICY" >/dev/null
     echo "vault-init: userpass login '$user' holds $READ_POLICY"
 fi
+
+# Encryption at rest (docs/security.md): the Transit engine, and for each service that
+# touches carve keys its own AppRole with its own policy (deploy/vault/carve-*.hcl). The
+# role id is the role's name (not a secret); a new secret id is written to /approle/<service>/
+# (a volume only that service mounts) on every run.
+TRANSIT=${TRANSIT_MOUNT:-transit}
+if ! bao secrets list -format=json | grep -q "\"$TRANSIT/\""; then
+    bao secrets enable -path="$TRANSIT" transit >/dev/null
+    echo "vault-init: transit enabled at $TRANSIT/"
+fi
+if ! bao auth list -format=json | grep -q '"approle/"'; then
+    bao auth enable approle >/dev/null
+    echo "vault-init: approle enabled"
+fi
+# Custody records (docs/security.md): Transit's ed25519 signing key; its policy goes to the
+# download service's role below, beside carve-reader.
+CUSTODY_KEY=osquery-carve-custody
+bao read "$TRANSIT/keys/$CUSTODY_KEY" >/dev/null 2>&1 ||
+    bao write -f "$TRANSIT/keys/$CUSTODY_KEY" type=ed25519 >/dev/null
+sed "s#transit/#$TRANSIT/#" "$POLICY_DIR/osquery-carve-custody.hcl" |
+    bao policy write osquery-carve-custody - >/dev/null
+echo "vault-init: custody signing key $TRANSIT/keys/$CUSTODY_KEY and its policy ready"
+for pair in assembler:carve-assembler download:carve-reader triage:carve-reader janitor:carve-janitor; do
+    service=${pair%%:*}
+    policy=${pair#*:}
+    sed "s#transit/#$TRANSIT/#" "$POLICY_DIR/$policy.hcl" | bao policy write "$policy" - >/dev/null
+    role="carve-$service"
+    policies=$policy
+    [ "$service" = download ] && policies="$policy,osquery-carve-custody"  # it signs records
+    bao write "auth/approle/role/$role" token_policies="$policies" token_ttl=1h token_max_ttl=4h \
+        >/dev/null
+    bao write "auth/approle/role/$role/role-id" role_id="$role" >/dev/null
+    if [ -d "/approle/$service" ]; then
+        umask 077
+        bao write -f -field=secret_id "auth/approle/role/$role/secret-id" \
+            >"/approle/$service/secret-id"
+        chmod 0444 "/approle/$service/secret-id"  # read by the service's own user
+    fi
+    echo "vault-init: approle $role holds $policies"
+done
