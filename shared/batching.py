@@ -14,6 +14,11 @@ second flush in flight overlaps that wait instead of queueing behind it.
 before it goes, unless its batch fills first (``max_items`` or ``max_weight``):
 concurrent callers then share one write instead of a few. While one runner
 lingers, new items join its batch rather than start another runner.
+
+With ``linger_alone=False`` a flush lingers only while another flush is in flight:
+callers that wait for that one (each sends its next item once answered) are the
+company worth waiting for. A lone caller, with nothing else in flight, is never
+delayed. ``on_linger`` is called for each flush that does wait.
 """
 
 from __future__ import annotations
@@ -61,9 +66,14 @@ class Coalescer(Generic[T, R]):
         max_weight: int = 0,
         concurrency: int = 1,
         linger: float = 0.0,
+        linger_alone: bool = True,
+        on_linger: Callable[[], None] = lambda: None,
     ) -> None:
         self._flush = flush
         self._linger = linger
+        self._linger_alone = linger_alone
+        self._flushing = 0  # flushes in flight
+        self._on_linger = on_linger
         # Set while a runner lingers: resolved early once its batch is full.
         self._waiter: asyncio.Future[None] | None = None
         self._pending_weight = 0
@@ -101,6 +111,9 @@ class Coalescer(Generic[T, R]):
         """Wait up to ``linger`` for the batch to fill (another runner may be doing it)."""
         if self._waiter is not None or self._full():
             return
+        if not self._linger_alone and not self._flushing:
+            return  # nobody else is in flight: no company is coming
+        self._on_linger()
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         timer = loop.call_later(self._linger, _resolve, waiter)
@@ -137,6 +150,7 @@ class Coalescer(Generic[T, R]):
                     return  # another runner is gathering these items
                 await self._gather()
             batch = self._take()
+            self._flushing += 1
             try:
                 results = await self._flush([item for item, _ in batch])
             except BaseException as exc:  # every caller of the batch sees the failure
@@ -149,4 +163,6 @@ class Coalescer(Generic[T, R]):
                 # (aiormq cancels pending confirms when its channel closes): go on with the
                 # items queued meanwhile, or they would wait for some later submit.
                 continue
+            finally:
+                self._flushing -= 1
             _settle(batch, results)
