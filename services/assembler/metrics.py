@@ -18,6 +18,7 @@ class AssemblerMetrics:
     finalized: Counter
     finalize_seconds: Histogram
     in_flight: Gauge
+    acks: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AssemblerMetrics:
@@ -47,6 +48,11 @@ class AssemblerMetrics:
             ),
             in_flight=Gauge(
                 "carve_assembler_in_flight", "Block messages being handled", registry=registry
+            ),
+            acks=Counter(
+                "carve_assembler_acks",
+                "basic.ack frames sent (one settles every delivery stored together)",
+                registry=registry,
             ),
         )
 

@@ -18,7 +18,8 @@ _DUPLICATE_KEY = 11000
 class GridChunkStore:
     """Block i of a carve is chunk n = i of the GridFS file whose _id is the carve_id.
 
-    Concurrent writes are coalesced into one unordered ``insert_many``: the
+    Concurrent writes are coalesced into one unordered ``insert_many`` (waiting up to
+    ``linger`` for company, so the single-block messages of one host share it): the
     unique (files_id, n) index still rejects each duplicate on its own, so
     batching keeps every write idempotent.
     """
@@ -30,11 +31,16 @@ class GridChunkStore:
         *,
         batch: int = 64,
         batch_bytes: int = 8 * 1024 * 1024,
+        linger: float = 0.0,
     ) -> None:
         self._chunks = db[f"{bucket}.chunks"]
         self._carves = carves_of(db)
         self._inserts: Coalescer[Document, bool] = Coalescer(
-            self._insert_many, batch, weight=lambda doc: len(doc["data"]), max_weight=batch_bytes
+            self._insert_many,
+            batch,
+            weight=lambda doc: len(doc["data"]),
+            max_weight=batch_bytes,
+            linger=linger,
         )
 
     async def put_chunk(self, carve_id: str, n: int, data: bytes) -> bool:
