@@ -6,7 +6,10 @@ is the host's whole speed. Per point: fresh ``carve-ingest`` and ``carve-assembl
 processes on private Redis, RabbitMQ and SecantusDB (started once for the run), the
 simulator (``clients.osquery_sim``) as its own process, then a wait until every
 carve is ``complete`` with the uploaded SHA-256 and every process has gone idle;
-CPU milliseconds per block of each process come from /proc.
+CPU milliseconds per block of each process come from /proc, as they are and net of
+the process's idle rate (measured for 3 s before the point, times the point's
+duration: on a slow, loaded run a broker's housekeeping would otherwise count as
+per-block cost).
 
     .venv/bin/python -m bench.lone_host                       # 1 x 20 MB and 10 x 2 MB
     .venv/bin/python -m bench.lone_host --rounds 3 \\
@@ -41,6 +44,7 @@ from typing import Any
 import aiohttp
 import uvloop
 from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
 
 from bench.cli import log
 from bench.procstats import backend_cpu, cpu_seconds, machine_info
@@ -56,6 +60,7 @@ POINTS = ("1x20MB", "10x2MB")
 PIPELINE = ("ingest", "assembler", "rabbitmq", "redis")
 IDLE_STEP = 0.5  # s between CPU readings while waiting for every process to go idle
 IDLE_CPU = 0.01  # CPU seconds of all processes together within a step that count as idle
+IDLE_SAMPLE = 3.0  # s over which each process's idle CPU rate is measured before a point
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,12 @@ async def _wait_idle(pids: dict[str, int], backends: Backends, limit: float = 15
         before = now
 
 
+async def _redis_commands(backends: Backends) -> int:
+    async with Redis.from_url(backends.redis.url) as redis:
+        stats = await redis.info("stats")
+    return int(stats["total_commands_processed"])
+
+
 def _simulate(url: str, hosts: int, size: int, block_size: int, seed: int) -> dict[str, Any]:
     command = [sys.executable, "-m", "clients.osquery_sim", "--url", url, "--json"]
     command += ["--hosts", str(hosts), "--size", str(size), "--block-size", str(block_size)]
@@ -189,7 +200,13 @@ async def run_point(
             await service.wait_ready()
         pids = {name: s.proc.pid for name, s in services.items()}
         await _wait_idle(pids, backends, 5.0)
-        before = _cpu(pids, backends)
+        # What each process burns doing nothing (timers, the broker's housekeeping), so
+        # that the net figure is the blocks' own cost however long the point ran.
+        idle0, idle_at = _cpu(pids, backends), time.monotonic()
+        await asyncio.sleep(IDLE_SAMPLE)
+        before, started = _cpu(pids, backends), time.monotonic()
+        commands0 = await _redis_commands(backends)
+        idle_rate = {k: (before[k] - idle0[k]) / (started - idle_at) for k in before}
         sim = await asyncio.to_thread(
             _simulate, services["ingest"].url, hosts, size, block_size, seed
         )
@@ -197,7 +214,8 @@ async def run_point(
         async with AsyncMongoClient[Document](backends.mongo.url) as mongo:
             verified = await _settled(mongo, f"bench_{tag}", sums)
         await _wait_idle(pids, backends)
-        after = _cpu(pids, backends)
+        after, ended = _cpu(pids, backends), time.monotonic()
+        commands = await _redis_commands(backends) - commands0 - 1  # less our own INFO
     finally:
         for service in services.values():
             service.stop()
@@ -205,6 +223,8 @@ async def run_point(
     blocks = summary["blocks"]
     cpu_ms = {k: round(1e3 * (after[k] - before[k]) / blocks, 3) for k in after}
     cpu_ms["simulator"] = round(1e3 * sim["cpu_s"] / blocks, 3)
+    idle_s = {k: idle_rate[k] * (ended - started) for k in after}
+    net_ms = {k: round(1e3 * max(after[k] - before[k] - idle_s[k], 0.0) / blocks, 3) for k in after}
     return {
         "variant": variant.label,
         "hosts": hosts,
@@ -215,6 +235,11 @@ async def run_point(
         "p99_ms": summary["p99_ms"],
         "cpu_ms_per_block": cpu_ms,
         "pipeline_ms_per_block": round(sum(cpu_ms[k] for k in PIPELINE), 3),
+        # The same, less each process's idle CPU rate (measured just before) over the point.
+        "net_cpu_ms_per_block": net_ms,
+        "net_pipeline_ms_per_block": round(sum(net_ms[k] for k in PIPELINE), 3),
+        # Commands Redis ran (those inside a Lua script count one each) and calls it got.
+        "redis_commands_per_block": round(commands / blocks, 2),
         "verified": verified,
         "ok": verified == hosts and summary["ok_hosts"] == hosts,
     }
@@ -239,24 +264,36 @@ def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (label, hosts, size), group in groups.items():
         med: dict[str, Any] = {"variant": label, "hosts": hosts, "size": size, "runs": len(group)}
-        for key in ("blocks_per_s", "p50_ms", "p99_ms", "pipeline_ms_per_block"):
+        for key in (
+            "blocks_per_s",
+            "p50_ms",
+            "p99_ms",
+            "pipeline_ms_per_block",
+            "net_pipeline_ms_per_block",
+            "redis_commands_per_block",
+        ):
             med[key] = round(statistics.median(run[key] for run in group), 3)
-        med["cpu_ms_per_block"] = {
-            k: round(statistics.median(run["cpu_ms_per_block"][k] for run in group), 3)
-            for k in group[0]["cpu_ms_per_block"]
-        }
+        for figure in ("cpu_ms_per_block", "net_cpu_ms_per_block"):
+            med[figure] = {
+                k: round(statistics.median(run[figure][k] for run in group), 3)
+                for k in group[0][figure]
+            }
         med["ok"] = all(run["ok"] for run in group)
         out.append(med)
     return out
 
 
 def _line(run: dict[str, Any]) -> str:
-    cpu = run["cpu_ms_per_block"]
-    parts = ", ".join(f"{k} {cpu[k]:.3f}" for k in (*PIPELINE, "secantus", "simulator"))
+    cpu, net = run["cpu_ms_per_block"], run["net_cpu_ms_per_block"]
+    parts = ", ".join(
+        f"{k} {cpu[k]:.3f} ({net[k]:.3f})" for k in (*PIPELINE, "secantus", "simulator")
+    )
     return (
         f"{run['blocks_per_s']:.0f} blocks/s, p50 {run['p50_ms']:.2f} ms, "
-        f"p99 {run['p99_ms']:.2f} ms; CPU ms/block: {parts}; "
-        f"pipeline {run['pipeline_ms_per_block']:.3f}" + ("" if run["ok"] else " NOT VERIFIED")
+        f"p99 {run['p99_ms']:.2f} ms; CPU ms/block (net of idle): {parts}; "
+        f"pipeline {run['pipeline_ms_per_block']:.3f} ({run['net_pipeline_ms_per_block']:.3f}); "
+        f"Redis commands per block {run['redis_commands_per_block']}"
+        + ("" if run["ok"] else " NOT VERIFIED")
     )
 
 
