@@ -225,6 +225,7 @@ async def run_point(
     cpu_ms["simulator"] = round(1e3 * sim["cpu_s"] / blocks, 3)
     idle_s = {k: idle_rate[k] * (ended - started) for k in after}
     net_ms = {k: round(1e3 * max(after[k] - before[k] - idle_s[k], 0.0) / blocks, 3) for k in after}
+    net_ms["simulator"] = cpu_ms["simulator"]  # a process of its own: no idle time in it
     return {
         "variant": variant.label,
         "hosts": hosts,
