@@ -18,7 +18,9 @@ lingers, new items join its batch rather than start another runner.
 With ``linger_alone=False`` a flush lingers only while another flush is in flight:
 callers that wait for that one (each sends its next item once answered) are the
 company worth waiting for. A lone caller, with nothing else in flight, is never
-delayed. ``on_linger`` is called for each flush that does wait.
+delayed. ``linger_below`` (a weight) lingers only while the batch weighs less:
+big items fill a round trip's worth on their own. ``on_linger`` is called for
+each flush that does wait.
 """
 
 from __future__ import annotations
@@ -67,11 +69,13 @@ class Coalescer(Generic[T, R]):
         concurrency: int = 1,
         linger: float = 0.0,
         linger_alone: bool = True,
+        linger_below: int = 0,
         on_linger: Callable[[], None] = lambda: None,
     ) -> None:
         self._flush = flush
         self._linger = linger
         self._linger_alone = linger_alone
+        self._linger_below = linger_below
         self._flushing = 0  # flushes in flight
         self._on_linger = on_linger
         # Set while a runner lingers: resolved early once its batch is full.
@@ -90,7 +94,7 @@ class Coalescer(Generic[T, R]):
         if self._weight is not None:
             self._pending_weight += self._weight(item)
         if (waiter := self._waiter) is not None:
-            if self._full() and not waiter.done():
+            if self._enough() and not waiter.done():
                 waiter.set_result(None)  # the lingering runner's batch is complete
             return await future
         self._spawn()
@@ -102,6 +106,11 @@ class Coalescer(Generic[T, R]):
         if len(self._runners) < self._concurrency:
             self._runners.add(asyncio.create_task(self._drain()))
 
+    def _enough(self) -> bool:
+        """No reason to linger: the batch is full, or heavy enough to go alone."""
+        heavy = self._linger_below and self._pending_weight >= self._linger_below
+        return self._full() or bool(heavy)
+
     def _full(self) -> bool:
         if len(self._pending) >= self._max_items:
             return True
@@ -109,7 +118,7 @@ class Coalescer(Generic[T, R]):
 
     async def _gather(self) -> None:
         """Wait up to ``linger`` for the batch to fill (another runner may be doing it)."""
-        if self._waiter is not None or self._full():
+        if self._waiter is not None or self._enough():
             return
         if not self._linger_alone and not self._flushing:
             return  # nobody else is in flight: no company is coming

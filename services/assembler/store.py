@@ -13,6 +13,9 @@ from shared.errors import PoisonMessage, Unavailable
 from shared.mongo import Document, is_document_error, transient_on_outage
 
 _DUPLICATE_KEY = 11000
+# Chunks this big go without lingering: a round trip is then worth it on its own (and with
+# 8 MiB blocks the prefetch is 1, so no company could come).
+LINGER_BELOW = 256 * 1024
 
 
 class GridChunkStore:
@@ -41,6 +44,7 @@ class GridChunkStore:
             weight=lambda doc: len(doc["data"]),
             max_weight=batch_bytes,
             linger=linger,
+            linger_below=LINGER_BELOW,
         )
 
     async def put_chunk(self, carve_id: str, n: int, data: bytes) -> bool:

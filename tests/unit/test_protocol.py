@@ -338,6 +338,33 @@ async def test_coalescer_lingers_only_while_another_flush_is_in_flight() -> None
     assert await first == 0
 
 
+async def test_coalescer_does_not_linger_for_a_heavy_batch() -> None:
+    """``linger_below``: light items wait for company (up to the linger), a batch that
+    already weighs that much goes at once (an hour's linger would show)."""
+    lingered: list[None] = []
+
+    async def flush(items: Sequence[bytes]) -> list[int | BaseException]:
+        return [len(item) for item in items]
+
+    coalescer: Coalescer[bytes, int] = Coalescer(
+        flush,
+        64,
+        weight=len,
+        max_weight=1000,
+        linger=3600.0,
+        linger_below=100,
+        on_linger=lambda: lingered.append(None),
+    )
+    assert await coalescer.submit(b"x" * 100) == 100
+    assert await coalescer.submit(b"y" * 500) == 500
+    assert lingered == []
+    light = asyncio.create_task(coalescer.submit(b"z"))
+    await asyncio.sleep(0.01)
+    assert len(lingered) == 1 and not light.done()  # waits for company
+    assert await coalescer.submit(b"w" * 99) == 99  # 100 bytes together: the batch goes
+    assert await light == 1
+
+
 async def test_coalescer_goes_on_after_a_flush_raises_cancelled_error() -> None:
     """aiormq cancels pending confirms when its channel closes: the flush raises
     CancelledError though nobody cancelled the coalescer. Items queued meanwhile still go."""
