@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import (
     ClusterDownError,
     ClusterError,
@@ -95,6 +95,16 @@ def make_redis(settings: RedisSettings) -> Redis:
             Redis, sentinel.master_for(settings.redis_sentinel_master, health_check_interval=30)
         )
     return Redis.from_url(urls[0], health_check_interval=30, **timeouts)
+
+
+async def close_redis(redis: Redis) -> None:
+    """Close the client and, for a Sentinel-watched primary, its connections to the
+    Sentinels (closing the client alone leaves those open)."""
+    await redis.aclose()
+    pool = getattr(redis, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
 
 
 def is_cluster(redis: Redis) -> bool:

@@ -20,7 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from shared import keys
 from shared.amqp_hosts import connect_any
 from shared.mongo import ensure_indexes, make_client
-from shared.redis_client import make_redis
+from shared.redis_client import close_redis, make_redis
 from shared.settings import AmqpSettings, MongoSettings, RedisSettings
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def redis_ctx(settings: RedisSettings) -> CleanupCtx:
         try:
             yield
         finally:
-            await client.aclose()
+            await close_redis(client)
 
     return ctx
 
