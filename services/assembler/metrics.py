@@ -17,10 +17,11 @@ class AssemblerMetrics:
     retries: Counter
     finalized: Counter
     finalize_seconds: Histogram
+    in_flight: Gauge
     unavailable: Counter
     lag: Histogram
     queue_messages: Gauge
-    in_flight: Gauge
+    acks: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AssemblerMetrics:
@@ -48,6 +49,9 @@ class AssemblerMetrics:
                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
                 registry=registry,
             ),
+            in_flight=Gauge(
+                "carve_assembler_in_flight", "Block messages being handled", registry=registry
+            ),
             unavailable=Counter(
                 "carve_backend_unavailable",
                 "Block or trigger handling retried because a backend failed, by backend",
@@ -68,8 +72,10 @@ class AssemblerMetrics:
                 ["queue"],
                 registry=registry,
             ),
-            in_flight=Gauge(
-                "carve_assembler_in_flight", "Block messages being handled", registry=registry
+            acks=Counter(
+                "carve_assembler_acks",
+                "basic.ack frames sent (one settles every delivery stored together)",
+                registry=registry,
             ),
         )
 

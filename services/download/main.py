@@ -8,11 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from services.download import audit, keys, tickets
+from services.download import audit, custody, keys, tickets
 from services.download.audit import audited
 from services.download.bodies import json_posts
 from services.download.census import count_carves
 from services.download.errors import answer_errors
+from services.download.justification import justified
 from services.download.login_limits import LIMITER, LoginLimiter
 from services.download.metrics import DownloadMetrics
 from services.download.routes import setup_routes
@@ -57,7 +58,7 @@ async def check_vault(app: web.Application) -> None:
 
 def create_app(settings: DownloadSettings) -> web.Application:
     # The audit middleware outside: it records the answer the errors middleware chose.
-    middlewares = [audited, answer_errors, json_posts]
+    middlewares = [audited, answer_errors, json_posts, justified]
     app = service_app("carve-download", middlewares=middlewares, client_max_size=64 * 1024)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = DownloadMetrics.create(app[shared_keys.REGISTRY])
@@ -84,6 +85,7 @@ def create_app(settings: DownloadSettings) -> web.Application:
             _vault_ctx,
             keyring_ctx(settings),
             _tar_pool_ctx,
+            custody.signer_ctx,
         ]
     )
     setup_routes(app)
