@@ -115,6 +115,15 @@ async def test_a_responder_sees_holds_but_cannot_place_them(console: Console, ta
         assert resp.status == 201
     page = tab.page
     await log_in(page, *console.user(POLICY))
+    other = await console.carve({"/etc/issue": b"other\n"})
+    # The list marks held carves, and its Case filter finds them.
+    await expect(page.locator(f'tr[data-carve="{carve.carve_id}"] .badge.held')).to_be_visible()
+    await expect(page.locator(f'tr[data-carve="{other.carve_id}"]')).to_be_visible()
+    assert await page.locator(f'tr[data-carve="{other.carve_id}"] .badge.held').count() == 0
+    await page.fill("#filters input[name=case]", "IR-1")
+    await page.click("#filters button[type=submit]")
+    await expect(page.locator("#carve-rows tr")).to_have_count(1)
+    assert "case=IR-1" in page.url
     await page.goto(f"/ui/#/carves/{carve.carve_id}")
     await expect(page.locator('#holds li[data-case="IR-1"]')).to_contain_text("IR-1: court")
     assert await page.locator("#hold-form").count() == 0
