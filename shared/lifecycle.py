@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 
 
 def session_keys(prefix: str, session_id: str) -> tuple[str, str]:
-    """The Redis keys of an upload session: its hash and its block bitmap (see the ingest)."""
-    return f"{prefix}s:{session_id}", f"{prefix}b:{session_id}"
+    """The Redis keys of an upload session: its hash and its block bitmap (see the ingest).
+
+    The session id in braces is their hash tag: both keys live in one Redis Cluster slot,
+    so the script that records a block touches one slot (docs/deployment.md, key layout)."""
+    return f"{prefix}s:{{{session_id}}}", f"{prefix}b:{{{session_id}}}"
 
 
 def session_hash_pattern(prefix: str) -> str:
@@ -40,7 +43,7 @@ def session_hash_pattern(prefix: str) -> str:
 
 def session_of(prefix: str, hash_key: str) -> str:
     """The session id of a session hash key."""
-    return hash_key.removeprefix(session_keys(prefix, "")[0])
+    return hash_key.removeprefix(f"{prefix}s:{{").removesuffix("}")
 
 
 async def transition(

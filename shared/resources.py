@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from aiohttp import web
@@ -21,7 +20,9 @@ from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared import keys
+from shared.amqp_hosts import connect_any
 from shared.mongo import ensure_indexes, make_client
+from shared.redis_client import close_redis, make_redis
 from shared.settings import AmqpSettings, MongoSettings, RedisSettings
 
 log = logging.getLogger(__name__)
@@ -30,29 +31,26 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
 def redis_ctx(settings: RedisSettings) -> CleanupCtx:
-    """Redis client with short socket timeouts, stored under ``keys.REDIS``."""
+    """Redis client with short socket timeouts, stored under ``keys.REDIS``: one server, a
+    Sentinel-watched primary or a Redis Cluster (``shared.redis_client``)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        client: Redis = Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            health_check_interval=30,
-        )
+        client: Redis = make_redis(settings)
         app[keys.REDIS] = client
         try:
             yield
         finally:
-            await client.aclose()
+            await close_redis(client)
 
     return ctx
 
 
 def amqp_ctx(settings: AmqpSettings) -> CleanupCtx:
-    """A robust (auto-reconnecting) AMQP connection, stored under ``keys.AMQP``."""
+    """A robust (auto-reconnecting) AMQP connection, stored under ``keys.AMQP``; with several
+    comma-separated URLs, to any node of the cluster that is up (``shared.amqp_hosts``)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        connection = await aio_pika.connect_robust(
+        connection = await connect_any(
             settings.amqp_url.get_secret_value(),
             timeout=settings.amqp_connect_timeout,
             client_properties={"connection_name": app.get(keys.SERVICE_NAME, "carve")},

@@ -52,6 +52,7 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
         batch=settings.write_batch,
         batch_bytes=settings.write_batch_bytes,
         keys=app[KEYRING],
+        linger=settings.write_linger,
     )
     tracker = CarveTracker(
         store, finalizer, interval=settings.progress_interval, idle=settings.finalize_idle

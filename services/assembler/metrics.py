@@ -21,6 +21,7 @@ class AssemblerMetrics:
     unavailable: Counter
     lag: Histogram
     queue_messages: Gauge
+    acks: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AssemblerMetrics:
@@ -69,6 +70,11 @@ class AssemblerMetrics:
                 "Messages ready in the block queue, its dead-letter and its delay queue, "
                 "at each scrape",
                 ["queue"],
+                registry=registry,
+            ),
+            acks=Counter(
+                "carve_assembler_acks",
+                "basic.ack frames sent (one settles every delivery stored together)",
                 registry=registry,
             ),
         )

@@ -15,12 +15,16 @@ from shared.errors import PoisonMessage, Unavailable
 from shared.mongo import Document, is_document_error, transient_on_outage
 
 _DUPLICATE_KEY = 11000
+# Chunks this big go without lingering: a round trip is then worth it on its own (and with
+# 8 MiB blocks the prefetch is 1, so no company could come).
+LINGER_BELOW = 256 * 1024
 
 
 class GridChunkStore:
     """Block i of a carve is chunk n = i of the GridFS file whose _id is the carve_id.
 
-    Concurrent writes are coalesced into one unordered ``insert_many``: the
+    Concurrent writes are coalesced into one unordered ``insert_many`` (waiting up to
+    ``linger`` for company, so the single-block messages of one host share it): the
     unique (files_id, n) index still rejects each duplicate on its own, so
     batching keeps every write idempotent.
     """
@@ -33,12 +37,18 @@ class GridChunkStore:
         batch: int = 64,
         batch_bytes: int = 8 * 1024 * 1024,
         keys: KeyRing | None = None,
+        linger: float = 0.0,
     ) -> None:
         self._keys = keys if keys is not None and keys.encrypting else None
         self._chunks = db[f"{bucket}.chunks"]
         self._carves = carves_of(db)
         self._inserts: Coalescer[Document, bool] = Coalescer(
-            self._insert_many, batch, weight=lambda doc: len(doc["data"]), max_weight=batch_bytes
+            self._insert_many,
+            batch,
+            weight=lambda doc: len(doc["data"]),
+            max_weight=batch_bytes,
+            linger=linger,
+            linger_below=LINGER_BELOW,
         )
 
     async def put_chunk(self, carve_id: str, n: int, data: bytes) -> bool:

@@ -27,7 +27,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,8 +35,6 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.janitor.settings import JanitorSettings
 from shared.carves import ENDED, CarveDoc, Status, carves_of
@@ -57,6 +55,7 @@ from shared.lifecycle import (
 )
 from shared.mongo import Document, transient_on_outage
 from shared.quotas import Quotas
+from shared.redis_client import REDIS_OUTAGE, scan_keys
 from shared.resources import AMQP_ERRORS
 
 log = logging.getLogger(__name__)
@@ -373,7 +372,7 @@ class Janitor:
     async def _sessions(self, report: Report) -> None:
         prefix = self._settings.redis_key_prefix
         batch = self._settings.janitor_batch
-        async for keys in _scan_batches(self._redis, session_hash_pattern(prefix), batch):
+        async for keys in scan_keys(self._redis, session_hash_pattern(prefix), batch):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hget(key, "carve_id")
@@ -411,23 +410,13 @@ class Janitor:
         report.actions["events_published"] += published
 
 
-async def _scan_batches(redis: Redis, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
-    cursor = 0
-    while True:
-        cursor, keys = await redis.scan(cursor, match=pattern, count=count)
-        if keys:
-            yield [k if isinstance(k, bytes) else k.encode() for k in keys]
-        if cursor == 0:
-            return
-
-
 @contextlib.contextmanager
 def transient_on_redis_outage(what: str) -> Iterator[None]:
     """Redis unreachable (or still loading its data) is a backend outage like MongoDB's: the
     sweep stops there and the next one resumes (``--once`` exits 1, the loop goes on)."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except REDIS_OUTAGE as exc:
         raise Unavailable("Redis", f"unavailable during {what}: {exc.__class__.__name__}") from exc
 
 
