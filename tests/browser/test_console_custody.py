@@ -150,4 +150,9 @@ async def test_the_signed_custody_record_is_saved_as_issued(console: Console, ta
     record = verify(json.loads(saved), keys)  # the bytes as issued: the signature holds
     assert record["carve"]["carve_id"] == carve.carve_id
     assert record["archive"]["sha256"] == carve.sha256
+    doc = await console.stack.carve_doc(carve.carve_id)
+    assert doc is not None and doc["device"]  # the console's hosts send a device certificate
+    assert record["carve"]["device"] == {
+        k: doc["device"][k] for k in ("fingerprint_sha256", "subject_dn", "common_name", "serial")
+    }
     await tab.assert_clean()
