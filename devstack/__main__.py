@@ -3,6 +3,9 @@
 python -m devstack up [--only redis,mongo] [--env-file PATH]
     start private backends on free loopback ports, print their URLs and the services'
     CARVE_* settings, and stop them (their data thrown away) on Ctrl-C or SIGTERM
+python -m devstack up --ha [--redis-cluster] [--env-file PATH]
+    the highly available backends instead (devstack.ha): a three-node RabbitMQ, Redis
+    with three Sentinels (or a Redis Cluster of 3 primaries and 3 replicas), SecantusDB, OpenBao
 python -m devstack free-port [COUNT]
     COUNT loopback ports nobody listens on, on one line
 python -m devstack port-open PORT
@@ -17,6 +20,7 @@ python -m devstack wait-port PORT... [--timeout S] [--name NAME] [--log PATH]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -30,6 +34,7 @@ from types import FrameType
 import hvac
 
 from devstack.backends import ROLES, running_backends
+from devstack.ha import RedisMode, running_ha
 from devstack.ports import HOST, free_port, port_open, wait_port
 from devstack.vault import provision_transit
 
@@ -38,15 +43,20 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def up(roles: Sequence[str], env_file: Path | None) -> int:
+def up(roles: Sequence[str], env_file: Path | None, ha: RedisMode | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="carve-devstack-"))
     signal.signal(signal.SIGTERM, _stop)
     try:
-        print(f"devstack: starting {', '.join(roles)} under {root}", file=sys.stderr, flush=True)
-        with running_backends(root, roles) as backends:
-            env = backends.env()
-            for role, server in backends.by_role.items():
-                print(f"devstack: {role:<6} {server.name:<9} {server.url}", file=sys.stderr)
+        what = f"the HA backends (Redis: {ha})" if ha else ", ".join(roles)
+        print(f"devstack: starting {what} under {root}", file=sys.stderr, flush=True)
+        with contextlib.ExitStack() as stack:
+            if ha:
+                env = stack.enter_context(running_ha(root, redis_cluster=ha == "cluster")).env(ha)
+            else:
+                backends = stack.enter_context(running_backends(root, roles))
+                env = backends.env()
+                for role, server in backends.by_role.items():
+                    print(f"devstack: {role:<6} {server.name:<9} {server.url}", file=sys.stderr)
             lines = [f"export {key}={value}" for key, value in env.items()]
             if env_file is not None:
                 env_file.write_text("\n".join(lines) + "\n")
@@ -98,6 +108,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     start.add_argument(
         "--env-file", type=Path, help="also write the settings there (removed on exit)"
     )
+    start.add_argument("--ha", action="store_true", help="the highly available backends")
+    start.add_argument(
+        "--redis-cluster", action="store_true", help="with --ha: Redis Cluster, not Sentinel"
+    )
     free = commands.add_parser("free-port", help="free loopback ports")
     free.add_argument("count", nargs="?", type=int, default=1)
     check = commands.add_parser("port-open", help="exit 0 if something listens on PORT")
@@ -120,7 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             print(f"devstack: no such role: {', '.join(unknown)}", file=sys.stderr)
             return 2
-        return up(roles, args.env_file)
+        ha: RedisMode | None = None
+        if args.ha:
+            ha = "cluster" if args.redis_cluster else "sentinel"
+        return up(roles, args.env_file, ha)
     if args.command == "free-port":
         print(" ".join(str(free_port()) for _ in range(args.count)))
         return 0

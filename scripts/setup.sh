@@ -18,6 +18,7 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 [ -x /usr/bin/chromium ] || need+=(chromium)  # tests/browser drive the console with Playwright
 command -v wrk >/dev/null 2>&1 || need+=(wrk)  # bench.wrk_blocks (its quick run is in the suite)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool checks deploy/observability
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -14,6 +14,13 @@ second flush in flight overlaps that wait instead of queueing behind it.
 before it goes, unless its batch fills first (``max_items`` or ``max_weight``):
 concurrent callers then share one write instead of a few. While one runner
 lingers, new items join its batch rather than start another runner.
+
+With ``linger_alone=False`` a flush lingers only while another flush is in flight:
+callers that wait for that one (each sends its next item once answered) are the
+company worth waiting for. A lone caller, with nothing else in flight, is never
+delayed. ``linger_below`` (a weight) lingers only while the batch weighs less:
+big items fill a round trip's worth on their own. ``on_linger`` is called for
+each flush that does wait.
 """
 
 from __future__ import annotations
@@ -61,9 +68,16 @@ class Coalescer(Generic[T, R]):
         max_weight: int = 0,
         concurrency: int = 1,
         linger: float = 0.0,
+        linger_alone: bool = True,
+        linger_below: int = 0,
+        on_linger: Callable[[], None] = lambda: None,
     ) -> None:
         self._flush = flush
         self._linger = linger
+        self._linger_alone = linger_alone
+        self._linger_below = linger_below
+        self._flushing = 0  # flushes in flight
+        self._on_linger = on_linger
         # Set while a runner lingers: resolved early once its batch is full.
         self._waiter: asyncio.Future[None] | None = None
         self._pending_weight = 0
@@ -80,7 +94,7 @@ class Coalescer(Generic[T, R]):
         if self._weight is not None:
             self._pending_weight += self._weight(item)
         if (waiter := self._waiter) is not None:
-            if self._full() and not waiter.done():
+            if self._enough() and not waiter.done():
                 waiter.set_result(None)  # the lingering runner's batch is complete
             return await future
         self._spawn()
@@ -92,6 +106,11 @@ class Coalescer(Generic[T, R]):
         if len(self._runners) < self._concurrency:
             self._runners.add(asyncio.create_task(self._drain()))
 
+    def _enough(self) -> bool:
+        """No reason to linger: the batch is full, or heavy enough to go alone."""
+        heavy = self._linger_below and self._pending_weight >= self._linger_below
+        return self._full() or bool(heavy)
+
     def _full(self) -> bool:
         if len(self._pending) >= self._max_items:
             return True
@@ -99,8 +118,11 @@ class Coalescer(Generic[T, R]):
 
     async def _gather(self) -> None:
         """Wait up to ``linger`` for the batch to fill (another runner may be doing it)."""
-        if self._waiter is not None or self._full():
+        if self._waiter is not None or self._enough():
             return
+        if not self._linger_alone and not self._flushing:
+            return  # nobody else is in flight: no company is coming
+        self._on_linger()
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         timer = loop.call_later(self._linger, _resolve, waiter)
@@ -137,6 +159,7 @@ class Coalescer(Generic[T, R]):
                     return  # another runner is gathering these items
                 await self._gather()
             batch = self._take()
+            self._flushing += 1
             try:
                 results = await self._flush([item for item, _ in batch])
             except BaseException as exc:  # every caller of the batch sees the failure
@@ -149,4 +172,6 @@ class Coalescer(Generic[T, R]):
                 # (aiormq cancels pending confirms when its channel closes): go on with the
                 # items queued meanwhile, or they would wait for some later submit.
                 continue
+            finally:
+                self._flushing -= 1
             _settle(batch, results)

@@ -57,6 +57,15 @@ class LeaseDoc(TypedDict):
     until: datetime
 
 
+class HoldDoc(TypedDict):
+    """One legal hold on a carve (``shared.holds``), as stored in its ``holds``."""
+
+    case: str
+    reason: str
+    placed_by: str
+    placed_at: datetime
+
+
 class CarveDoc(TypedDict):
     """A document of the ``carves`` collection, as stored (``new_carve_doc`` writes one).
 
@@ -103,6 +112,10 @@ class CarveDoc(TypedDict):
     outbox_claim: NotRequired[datetime]  # a relay's sweep holds them until then
     triage: NotRequired[dict[str, Any]]  # the scan on arrival (shared.triage, carve-triage)
     triage_history: NotRequired[list[dict[str, Any]]]  # earlier verdicts, the last few
+    holds: NotRequired[list[HoldDoc]]  # legal holds: no path deletes its bytes (shared.holds)
+    cases: NotRequired[list[str]]  # case ids responders tagged it with
+    hold_log: NotRequired[list[dict[str, Any]]]  # holds placed and released (shared.holds)
+    expires_at: NotRequired[datetime | None]  # an administrator's expiry, else the retention's
     # The carve's data key as Vault Transit wrapped it, and its Transit key (shared.crypto).
     encryption: NotRequired[dict[str, Any]]
 

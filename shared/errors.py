@@ -14,7 +14,8 @@ queued message (workers); each middleware has one rule per branch::
     │   ├── UnknownSession        404  session id never issued, or ended
     │   ├── RequestTimeout        408  the request body did not arrive in time (services.download)
     │   ├── Conflict              409  carve_id already used
-    │   │   └── NotComplete           409  the archive is asked for before the carve is complete
+    │   │   ├── NotComplete           409  the archive is asked for before the carve is complete
+    │   │   └── Held                  409  a legal hold keeps the carve (shared.holds)
     │   ├── Gone                  410  the carve's bytes were deleted (expired or deleted)
     │   │   └── Failed                410  the carve failed: its archive will never be complete
     │   ├── PayloadTooLarge       413  body larger than the session's block size needs
@@ -85,6 +86,12 @@ class Conflict(ClientError):
 
 class NotComplete(Conflict):
     code = "not_complete"
+
+
+class Held(Conflict):
+    """A legal hold stands on the carve: nothing deletes its bytes until the last is released."""
+
+    code = "held"
 
 
 class Gone(ClientError):

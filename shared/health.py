@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Gauge
 
 from shared import keys
-from shared.metrics import metrics_view, new_registry
+from shared.metrics import SCRAPE_HOOKS, add_scrape_hook, metrics_view, new_registry
 from shared.resources import amqp_connected
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def metrics_listener(host: str, port: int) -> Callable[[web.Application], AsyncI
     async def serve_metrics(app: web.Application) -> AsyncIterator[None]:
         metrics = web.Application()
         metrics[keys.REGISTRY] = app[keys.REGISTRY]
+        metrics[SCRAPE_HOOKS] = app.get(SCRAPE_HOOKS, [])
         metrics.router.add_get("/metrics", metrics_view)
         runner = web.AppRunner(metrics, access_log=None)
         await runner.setup()
@@ -99,8 +101,23 @@ def metrics_listener(host: str, port: int) -> Callable[[web.Application], AsyncI
 
 
 def add_health_routes(app: web.Application, checks: dict[str, Check]) -> None:
-    """Register /healthz, /readyz and /metrics on ``app``."""
+    """Register /healthz, /readyz and /metrics on ``app``; every scrape of the metrics runs
+    the readiness checks too, into ``carve_check_up{check}`` (1: passed, 0: failed), so an
+    alert sees a backend down from every service that uses it (shared.metrics)."""
     app[READY_CHECKS] = checks
+    up = Gauge(
+        "carve_check_up",
+        "1 when the /readyz check passed at this scrape, 0 when it failed (backend down)",
+        ["check"],
+        registry=app[keys.REGISTRY],
+    )
+
+    async def refresh() -> None:
+        results = await asyncio.gather(*(_run(c, app) for c in checks.values()))
+        for name, result in zip(checks, results, strict=True):
+            up.labels(name).set(1 if result == "ok" else 0)
+
+    add_scrape_hook(app, refresh)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)

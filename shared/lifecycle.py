@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from shared.carves import CarveDoc, Status, carves_of
 from shared.events import EventType, carve_summary, event_entry, push_event
 from shared.events.outbox import Notifier, announce
+from shared.holds import FREE
 from shared.manifest import COLLECTION as MANIFESTS
 from shared.mongo import Document, transient_on_outage
 from shared.protocol import expected_block_length
@@ -28,8 +29,11 @@ log = logging.getLogger(__name__)
 
 
 def session_keys(prefix: str, session_id: str) -> tuple[str, str]:
-    """The Redis keys of an upload session: its hash and its block bitmap (see the ingest)."""
-    return f"{prefix}s:{session_id}", f"{prefix}b:{session_id}"
+    """The Redis keys of an upload session: its hash and its block bitmap (see the ingest).
+
+    The session id in braces is their hash tag: both keys live in one Redis Cluster slot,
+    so the script that records a block touches one slot (docs/deployment.md, key layout)."""
+    return f"{prefix}s:{{{session_id}}}", f"{prefix}b:{{{session_id}}}"
 
 
 def session_hash_pattern(prefix: str) -> str:
@@ -39,7 +43,7 @@ def session_hash_pattern(prefix: str) -> str:
 
 def session_of(prefix: str, hash_key: str) -> str:
     """The session id of a session hash key."""
-    return hash_key.removeprefix(session_keys(prefix, "")[0])
+    return hash_key.removeprefix(f"{prefix}s:{{").removesuffix("}")
 
 
 async def transition(
@@ -52,14 +56,19 @@ async def transition(
     event: EventType,
     events: Notifier | None,
     unless_finalizing: bool = False,
+    unless_held: bool = False,
+    where: Document | None = None,
 ) -> CarveDoc | None:
     """Move the carve ``doc`` describes from its status to ``to_status``, with ``event`` written
     in the same update (``shared.events.outbox``), or do nothing if it is no longer in that
     status; ``events`` (the relay) is told after the change.
 
     ``unless_finalizing``: also do nothing while a finalizer holds a live lease on
-    it (it may be about to mark the carve complete). Returns the document as it
-    was before, when this call made the change.
+    it (it may be about to mark the carve complete). ``unless_held``: also do nothing while
+    a legal hold stands on it (``shared.holds``: every transition that deletes bytes asks
+    for this, in the same filter, so a hold placed a moment before always wins). Returns the
+    document as it was before, when this call made the change. ``where``: more conditions
+    the carve must meet, checked in the same filter (the janitor's "still due").
     """
     carve_id = doc["_id"]
     query: Document = {"_id": carve_id, "status": doc["status"]}
@@ -68,6 +77,10 @@ async def transition(
             {"finalize_lease": None},
             {"finalize_lease.until": {"$lt": datetime.now(UTC)}},
         ]
+    if unless_held:
+        query.update(FREE)
+    if where:
+        query["$and"] = [where]
     change = {"status": to_status.value, "updated_at": now, **fields}
     entry = event_entry(event, carve_summary(cast(CarveDoc, {**doc, **change})), now)
     with transient_on_outage("carve transition"):

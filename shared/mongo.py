@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient, ReadPreference
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
+from pymongo.monitoring import CommandListener
+from pymongo.read_concern import ReadConcern
 
 from shared.errors import Unavailable
 from shared.settings import MongoSettings
@@ -16,8 +18,23 @@ from shared.settings import MongoSettings
 Document = dict[str, Any]
 
 
-def make_client(settings: MongoSettings) -> AsyncMongoClient[Document]:
-    """A client that fails fast: a dead MongoDB must not hold a request or a message forever."""
+def make_client(
+    settings: MongoSettings, *, event_listeners: Sequence[CommandListener] = ()
+) -> AsyncMongoClient[Document]:
+    """A client that fails fast (a dead MongoDB must not hold a request or a message forever)
+    with the replica-set settings the invariants rely on, set here rather than left to the
+    URL or the driver's defaults (docs/deployment.md, "MongoDB in production"):
+
+    - every write waits for a majority of the replica set (``w: "majority"``, journaled on
+      the members by the server's default): a block is acknowledged to a host only once a
+      failover cannot roll its chunk back. ``wtimeout`` (2 x CARVE_MONGO_TIMEOUT) turns a
+      majority that cannot be reached into an error (retried as an outage), not a hang;
+    - retryable writes and reads: one retry across a primary's election or a dropped
+      connection, so a failover costs a pause, not an error;
+    - reads from the primary with read concern ``local`` (they see every acknowledged write,
+      which the workers' conditional updates need); the download service reads with
+      ``responder_reads`` instead.
+    """
     ms = int(settings.mongo_timeout * 1000)
     return AsyncMongoClient(
         settings.mongo_url.get_secret_value(),
@@ -26,6 +43,25 @@ def make_client(settings: MongoSettings) -> AsyncMongoClient[Document]:
         connectTimeoutMS=ms,
         socketTimeoutMS=max(ms * 6, 30_000),
         appname="osquery-carve-server",
+        w="majority",
+        wTimeoutMS=2 * ms,
+        retryWrites=True,
+        retryReads=True,
+        readPreference="primary",
+        readConcernLevel="local",
+        event_listeners=list(event_listeners),
+    )
+
+
+def responder_reads(db: AsyncDatabase[Document]) -> AsyncDatabase[Document]:
+    """``db`` as the download service reads it: what responders see was written to a majority
+    (read concern ``majority``: a carve shown complete, and its chunks, can never be rolled
+    back by a failover), from the primary, or from a secondary while there is none
+    (``primaryPreferred``: downloads and listings go on during an election; a carve that
+    completed in the last moments may read as still receiving there, never the reverse).
+    Chunks never change once written, so a secondary serves the same bytes."""
+    return db.with_options(
+        read_preference=ReadPreference.PRIMARY_PREFERRED, read_concern=ReadConcern("majority")
     )
 
 
@@ -48,6 +84,8 @@ async def ensure_indexes(db: AsyncDatabase[Document], bucket: str) -> None:
     # The console's lookups (request id, audit by time) and used download tickets (TTL).
     await db["carves"].create_index([("request_id", ASCENDING)])
     await db["audit"].create_index([("time", ASCENDING)])
+    # A carve's accesses through campaign exports, for its custody record.
+    await db["audit"].create_index([("carve_ids", ASCENDING)], sparse=True)
     # Pending carve events by time (shared.events.outbox), for the relays' sweep.
     await db["carves"].create_index([("outbox.time", ASCENDING)])
     await db["download_tickets"].create_index([("until", ASCENDING)], expireAfterSeconds=0)

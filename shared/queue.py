@@ -26,6 +26,7 @@ in ``<queue>.retry``, whose message TTL dead-letters it back into the queue
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -98,7 +99,8 @@ _RECORD = struct.Struct("<HQQIQI")
 
 
 def encode(blocks: Sequence[Block]) -> AbstractMessage:
-    """One persistent message carrying ``blocks``."""
+    """One persistent message carrying ``blocks``, stamped with the time it is published
+    (AMQP's timestamp, whole seconds: the assembler's lag metric)."""
     parts: list[bytes] = []
     for b in blocks:
         carve_id = b.carve_id.encode()
@@ -114,6 +116,7 @@ def encode(blocks: Sequence[Block]) -> AbstractMessage:
         headers={"format": FORMAT, "count": len(blocks)},
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         content_type="application/octet-stream",
+        timestamp=time.time(),
     )
 
 

@@ -11,6 +11,8 @@ and Redis memory stays bounded by the sum of the sessions admitted.
 State lives in Redis, shared by every ingest replica, in one atomic script per
 start:
 
+(every key below is ``<prefix>{q}:...``: one Redis Cluster slot, see ``QUOTA_TAG``)
+
 * ``q:h:<host>`` sorted set: the host's admitted carve ids, scored by the time
   after which the reservation lapses on its own (a safety net: a carve nobody
   ends still frees its share after the session lifetime);
@@ -68,12 +70,24 @@ def session_bytes(block_count: int) -> int:
     return 2 * bitmap + 1024
 
 
+# Every quota key carries the hash tag {q}: the admission script reads a host's keys and the
+# fleet-wide ones together, so in a Redis Cluster they must share one slot. The cost: all
+# quota state lives on one shard, touched once per carve start and once per carve end,
+# never per block (docs/deployment.md, key layout).
+QUOTA_TAG = "{q}"
+
+
 def _keys(prefix: str, host: str) -> list[str]:
-    return [f"{prefix}q:h:{host}", f"{prefix}q:hb:{host}", f"{prefix}q:g", f"{prefix}q:gb"]
+    q = prefix + QUOTA_TAG
+    return [f"{q}:h:{host}", f"{q}:hb:{host}", f"{q}:g", f"{q}:gb"]
 
 
 def _totals(prefix: str) -> str:
-    return f"{prefix}q:gt"
+    return f"{prefix}{QUOTA_TAG}:gt"
+
+
+def _rate(prefix: str, host: str, minute: int) -> str:
+    return f"{prefix}{QUOTA_TAG}:r:{host}:{minute}"
 
 
 # One reservation out of a set and its hash (and out of the totals, when given); true when
@@ -199,7 +213,7 @@ class Quotas:
         now_ms = int(time.time() * 1000)
         minute = now_ms // 60_000
         keys = [*_keys(self._prefix, host), _totals(self._prefix)]
-        keys.append(f"{self._prefix}q:r:{host}:{minute}")
+        keys.append(_rate(self._prefix, host, minute))
         args: list[str | int] = [
             carve_id,
             declared_bytes,

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from aiohttp import web
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.monitoring import CommandListener
 from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared import keys
+from shared.amqp_hosts import connect_any
 from shared.mongo import ensure_indexes, make_client
+from shared.redis_client import close_redis, make_redis
 from shared.settings import AmqpSettings, MongoSettings, RedisSettings
 
 log = logging.getLogger(__name__)
@@ -28,29 +31,26 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
 def redis_ctx(settings: RedisSettings) -> CleanupCtx:
-    """Redis client with short socket timeouts, stored under ``keys.REDIS``."""
+    """Redis client with short socket timeouts, stored under ``keys.REDIS``: one server, a
+    Sentinel-watched primary or a Redis Cluster (``shared.redis_client``)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        client: Redis = Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            health_check_interval=30,
-        )
+        client: Redis = make_redis(settings)
         app[keys.REDIS] = client
         try:
             yield
         finally:
-            await client.aclose()
+            await close_redis(client)
 
     return ctx
 
 
 def amqp_ctx(settings: AmqpSettings) -> CleanupCtx:
-    """A robust (auto-reconnecting) AMQP connection, stored under ``keys.AMQP``."""
+    """A robust (auto-reconnecting) AMQP connection, stored under ``keys.AMQP``; with several
+    comma-separated URLs, to any node of the cluster that is up (``shared.amqp_hosts``)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        connection = await aio_pika.connect_robust(
+        connection = await connect_any(
             settings.amqp_url.get_secret_value(),
             timeout=settings.amqp_connect_timeout,
             client_properties={"connection_name": app.get(keys.SERVICE_NAME, "carve")},
@@ -118,16 +118,25 @@ async def with_amqp_retry(
     raise AssertionError("unreachable: tenacity reraises")
 
 
-def mongo_ctx(settings: MongoSettings) -> CleanupCtx:
-    """MongoDB client and database with the required indexes in place."""
+# PyMongo command listeners for the app's client (tests record the commands it sends).
+MONGO_LISTENERS: web.AppKey[Sequence[CommandListener]] = web.AppKey("mongo_listeners")
+
+
+def mongo_ctx(
+    settings: MongoSettings,
+    reads: Callable[[AsyncDatabase[Any]], AsyncDatabase[Any]] | None = None,
+) -> CleanupCtx:
+    """MongoDB client and database with the required indexes in place; ``reads`` sets how
+    the service reads (``shared.mongo.responder_reads``; default: the client's). Command
+    listeners in ``app[MONGO_LISTENERS]`` see every command the client sends."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        client = make_client(settings)
+        client = make_client(settings, event_listeners=app.get(MONGO_LISTENERS, ()))
         try:
             db = client[settings.mongo_db]
             await ensure_indexes(db, settings.mongo_bucket)
             app[keys.MONGO_CLIENT] = client
-            app[keys.MONGO_DB] = db
+            app[keys.MONGO_DB] = reads(db) if reads is not None else db
             yield
         finally:
             await client.close()

@@ -38,6 +38,19 @@ class RedisSettings(_Part):
     # Socket timeouts keep a dead Redis from holding a request past osquery's 16 s.
     redis_timeout: float = Field(2.0, gt=0)
     redis_key_prefix: str = "carve:"
+    # High availability (``shared.redis_client``): Sentinels (host:port,...) that watch the
+    # primary named redis_sentinel_master; or a Redis Cluster (the URL names its nodes).
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "carve"
+    redis_cluster: bool = False
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        # Braces would make a hash tag of the prefix: every key in one cluster slot.
+        if "{" in value or "}" in value:
+            raise ValueError("CARVE_REDIS_KEY_PREFIX must not contain { or }")
+        return value
 
 
 class AmqpSettings(_Part):

@@ -17,6 +17,7 @@ from clients.carvectl.errors import (
     EXIT_ERROR,
     EXIT_FORBIDDEN,
     EXIT_GONE,
+    EXIT_HELD,
     EXIT_INTEGRITY,
     EXIT_NOT_COMPLETE,
     EXIT_NOT_FOUND,
@@ -71,6 +72,15 @@ def gone_message(body: Mapping[str, Any]) -> str:
     return f"the carve is {status} (its bytes were deleted at {at})"
 
 
+def _coded(status: int, body: Mapping[str, Any], detail: str) -> CliError | None:
+    """Refusals told apart by their code: a legal hold, a missing justification."""
+    if status == 409 and body.get("code") == "held":
+        return CliError(f"refused: {detail}", EXIT_HELD)
+    if status == 400 and body.get("code") == "justification_required":
+        return CliError(f"{detail} (carvectl: --reason TEXT)", EXIT_USAGE)
+    return None
+
+
 def error_from_response(response: requests.Response) -> CliError:
     """The one-line message and exit code for an HTTP error answer."""
     status = response.status_code
@@ -86,6 +96,8 @@ def error_from_response(response: requests.Response) -> CliError:
             f"(its CARVE_VAULT_POLICY, by default {DEFAULT_POLICY}): {detail}",
             EXIT_FORBIDDEN,
         )
+    if (coded := _coded(status, body, detail)) is not None:
+        return coded
     if status == 409 and body.get("code") == "not_complete":
         return CliError(_conflict_message(body), EXIT_NOT_COMPLETE)
     if status == 410:
@@ -142,6 +154,8 @@ class Api:
         # Passed on every request: a session-level verify loses to REQUESTS_CA_BUNDLE.
         self._verify: str | bool = verify if verify else True
         self._timeout = timeout
+        # Why the responder downloads (--reason): sent with every download of bytes.
+        self.justification: str | None = None
 
     def __repr__(self) -> str:
         return f"Api(server={self.server!r})"
@@ -149,6 +163,36 @@ class Api:
     def _url(self, *parts: str, base: str = "carves") -> str:
         quoted = "".join("/" + urllib.parse.quote(part, safe="") for part in parts)
         return f"{self.server}/api/v1/{base}{quoted}"
+
+    def _why(self, params: Mapping[str, str | int] | None = None) -> dict[str, str | int]:
+        """``params`` with the justification, for a download of a carve's bytes (in the
+        query: UTF-8, where a header carries Latin-1 only)."""
+        why = {"justification": self.justification} if self.justification else {}
+        return {**(params or {}), **why}
+
+    def send(self, method: str, url: str, body: object = None) -> dict[str, Any]:
+        """A JSON request that changes something (PUT, PATCH, DELETE); its JSON answer."""
+        if not self._token:
+            raise CliError(
+                "not logged in: run carvectl login (or set VAULT_TOKEN)", EXIT_UNAUTHORIZED
+            )
+        headers = {TOKEN_HEADER: self._token, "Accept": "application/json"}
+        try:
+            response = self._session.request(
+                method,
+                url,
+                json=body,
+                headers=headers,
+                verify=self._verify,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise CliError(f"cannot reach {self.server}: {network_reason(exc)}") from exc
+        with contextlib.closing(response):
+            if response.status_code not in (200, 201):
+                raise error_from_response(response)
+            return _response_body(response)
 
     def request(
         self,
@@ -182,6 +226,17 @@ class Api:
             raise CliError(f"{self.server} did not answer in time") from exc
         except requests.RequestException as exc:
             raise CliError(f"cannot reach {self.server}: {network_reason(exc)}") from exc
+
+    def url_of(self, carve_id: str, *parts: str) -> str:
+        """The URL of a carve's resource (each part quoted)."""
+        return self._url(carve_id, *parts)
+
+    def checked(self, response: requests.Response) -> bytes:
+        """The body of a 200 answer (any other: its error)."""
+        with contextlib.closing(response):
+            if response.status_code != 200:
+                raise error_from_response(response)
+            return response.content
 
     def _json(self, url: str, params: Mapping[str, str | int] | None = None) -> dict[str, Any]:
         response = self.request(url, params=params)
@@ -223,13 +278,14 @@ class Api:
         """The streaming export answer, whatever its status."""
         sent = {"Accept-Encoding": "identity", **headers}
         url = self._url(request_id, "export", base="requests")
-        return self.request(url, params=params, headers=sent, stream=True)
+        return self.request(url, params=self._why(params), headers=sent, stream=True)
 
     def member(self, carve_id: str, path: str) -> requests.Response:
         """The streaming answer for one member's bytes, whatever its status."""
         quoted = "/".join(urllib.parse.quote(part, safe="") for part in path.strip("/").split("/"))
         url = f"{self._url(carve_id, 'files')}/{quoted}"
-        return self.request(url, headers={"Accept-Encoding": "identity"}, stream=True)
+        sent = {"Accept-Encoding": "identity"}
+        return self.request(url, params=self._why(), headers=sent, stream=True)
 
     def files(self, carve_id: str, limit: int | None = None) -> dict[str, Any]:
         return self._json(self._url(carve_id, "files"), {"limit": limit} if limit else None)
@@ -237,11 +293,14 @@ class Api:
     def member_at(self, carve_id: str, index: int) -> requests.Response:
         """The streaming answer for the member at position ``index`` (whatever its status)."""
         sent = {"Accept-Encoding": "identity"}
-        return self.request(self._url(carve_id, "members", str(index)), headers=sent, stream=True)
+        url = self._url(carve_id, "members", str(index))
+        return self.request(url, params=self._why(), headers=sent, stream=True)
 
     def archive(self, carve_id: str, headers: Mapping[str, str]) -> requests.Response:
         """The streaming archive answer, whatever its status: the caller handles 206 and 416."""
         # identity: a Content-Encoding would make Range offsets and Content-Length mean the
         # encoded bytes, not the archive's.
         sent = {"Accept-Encoding": "identity", **headers}
-        return self.request(self._url(carve_id, "archive"), headers=sent, stream=True)
+        return self.request(
+            self._url(carve_id, "archive"), params=self._why(), headers=sent, stream=True
+        )

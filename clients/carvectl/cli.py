@@ -17,6 +17,15 @@ import requests
 from clients.carvectl.api import DEFAULT_SERVER, Api
 from clients.carvectl.campaign import cmd_campaign, cmd_export
 from clients.carvectl.commands import cmd_extract, cmd_files, cmd_get, cmd_list, cmd_show
+from clients.carvectl.custody import (
+    cmd_cases,
+    cmd_custody,
+    cmd_custody_keys,
+    cmd_expiry,
+    cmd_hold,
+    cmd_release,
+    cmd_verify,
+)
 from clients.carvectl.errors import (
     EXIT_CODES,
     EXIT_ERROR,
@@ -36,6 +45,7 @@ from shared.vault import is_loopback
 STATUSES = tuple(status.value for status in Status)
 VERDICTS = ("clean", "flagged", "incomplete")
 SORTS = tuple(f"{sign}{key}" for key in ("created", "size", "status", "host") for sign in ("", "-"))
+_DOWNLOADS = frozenset({"get", "member", "export", "extract"})  # they take --reason
 ID_HELP = "a carve id, a unique prefix of one, or a request id only one carve has"
 
 
@@ -137,6 +147,7 @@ def _add_commands(sub: Any, env: Mapping[str, str]) -> None:
     export = command("export", cmd_export, "download a campaign as one ZIP (resumable, verified)")
     export.add_argument("request_id", metavar="REQUEST_ID")
     export.add_argument("-o", "--output", metavar="FILE", help="default: campaign_<id>.zip")
+    _add_reason(export)
 
     files = command("files", cmd_files, "list the members of a carve's archive")
     files.add_argument("carve_id", metavar="ID", help=ID_HELP)
@@ -146,11 +157,13 @@ def _add_commands(sub: Any, env: Mapping[str, str]) -> None:
     get.add_argument("carve_id", metavar="ID", help=ID_HELP)
     get.add_argument("-o", "--output", metavar="FILE", help="default: the server's file name")
     get.add_argument("--expect-sha256", type=_sha256_arg, metavar="HEX")
+    _add_reason(get)
 
     member = command("member", cmd_member, "download one member by its INDEX (carvectl files)")
     member.add_argument("carve_id", metavar="ID", help=ID_HELP)
     member.add_argument("index", type=_index_arg, metavar="INDEX")
     member.add_argument("-o", "--output", metavar="FILE", help="default: the member's name")
+    _add_reason(member)
 
     extract = command(
         "extract", cmd_extract, "extract a carve's files safely (named ones: only their bytes)"
@@ -163,8 +176,10 @@ def _add_commands(sub: Any, env: Mapping[str, str]) -> None:
         help="only these paths or dirs: fetched one by one when the carve has a manifest",
     )
     extract.add_argument("-d", "--directory", required=True, metavar="DIR")
+    _add_reason(extract)
     extract.add_argument("--expect-sha256", type=_sha256_arg, metavar="HEX")
     defaults = tarsafe.Limits()
+    _add_custody_commands(command)
     extract.add_argument(
         "--max-bytes",
         type=_bounded_int(1 << 62),
@@ -176,6 +191,42 @@ def _add_commands(sub: Any, env: Mapping[str, str]) -> None:
         type=float,
         default=defaults.max_seconds,
         help=f"seconds the extraction may take (default {defaults.max_seconds})",
+    )
+
+
+def _add_reason(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help="why you download (kept in the audit; required where the service says so)",
+    )
+
+
+def _add_custody_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    hold = command("hold", cmd_hold, "place a legal hold on a carve for a case (admin)")
+    hold.add_argument("carve_id", metavar="ID", help=ID_HELP)
+    hold.add_argument("--case", required=True, help="the case id, e.g. IR-2026-0042")
+    hold.add_argument("--reason", required=True, help="why it is held")
+    release = command("release", cmd_release, "release a case's legal hold (admin)")
+    release.add_argument("carve_id", metavar="ID", help=ID_HELP)
+    release.add_argument("--case", required=True)
+    cases = command("cases", cmd_cases, "show, add or remove a carve's case ids")
+    cases.add_argument("carve_id", metavar="ID", help=ID_HELP)
+    cases.add_argument("--add", action="append", metavar="CASE")
+    cases.add_argument("--remove", action="append", metavar="CASE")
+    expiry = command("expiry", cmd_expiry, "set when a carve's bytes go (admin)")
+    expiry.add_argument("carve_id", metavar="ID", help=ID_HELP)
+    expiry.add_argument("when", metavar="TIME", help="ISO 8601 with a zone, or 'retention'")
+    custody = command("custody", cmd_custody, "fetch a carve's signed custody record")
+    custody.add_argument("carve_id", metavar="ID", help=ID_HELP)
+    custody.add_argument("--out", "-o", metavar="FILE", help="default: standard output")
+    keys = command("custody-keys", cmd_custody_keys, "save the custody signing public keys")
+    keys.add_argument("--out", "-o", metavar="FILE", help="default: standard output")
+    check = command("verify", cmd_verify, "check a saved custody record offline (and archive)")
+    check.add_argument("record", metavar="RECORD")
+    check.add_argument("archive", metavar="ARCHIVE", nargs="?")
+    check.add_argument(
+        "--keys", required=True, metavar="FILE", help="saved custody-keys JSON, or a PEM"
     )
 
 
@@ -210,11 +261,15 @@ def _dispatch(
 ) -> int:
     if args.command == "login":
         return cmd_login(args, env)
+    if args.command == "verify":
+        return cmd_verify(args)  # offline: no server, no token
     with contextlib.ExitStack() as stack:
         if session is None:
             session = stack.enter_context(requests.Session())
         handler: Callable[[argparse.Namespace, Api], int] = args.handler
-        return handler(args, _make_api(args, session, env))
+        api = _make_api(args, session, env)
+        api.justification = getattr(args, "reason", None) if args.command in _DOWNLOADS else None
+        return handler(args, api)
 
 
 def run(

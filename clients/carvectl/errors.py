@@ -12,6 +12,7 @@ EXIT_NOT_COMPLETE = 6
 EXIT_INTEGRITY = 7
 EXIT_AMBIGUOUS = 8
 EXIT_GONE = 9
+EXIT_HELD = 10
 EXIT_INTERRUPTED = 130
 
 # Every exit code, as `carvectl --help` lists them.
@@ -26,6 +27,7 @@ EXIT_CODES = (
     (EXIT_INTEGRITY, "integrity: a SHA-256 mismatch, unsafe members, the archive refused"),
     (EXIT_AMBIGUOUS, "the id prefix or request id names several carves (they are listed)"),
     (EXIT_GONE, "the carve is gone: deleted, expired, or failed (410; when, by whom, why)"),
+    (EXIT_HELD, "a legal hold keeps the carve (409 held): release it first"),
     (EXIT_INTERRUPTED, "interrupted"),
 )
 

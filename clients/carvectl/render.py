@@ -187,6 +187,13 @@ def format_carve(carve: Mapping[str, Any]) -> str:
         rows.append(("expired", ago(carve.get("expired_at"))))
     if carve.get("deleted_at"):
         rows.append(("deleted", f"{ago(carve['deleted_at'])} by {carve.get('deleted_by')}"))
+    for hold in carve.get("holds") or []:
+        placed = f"{hold.get('case')}: {hold.get('reason')} ({hold.get('placed_by')}, "
+        rows.append(("legal hold", placed + f"{ago(hold.get('placed_at'))})"))
+    if carve.get("cases"):
+        rows.append(("cases", ", ".join(str(c) for c in carve["cases"])))
+    if "expires_at" in carve:
+        rows.append(("expires", ago(carve["expires_at"]) if carve["expires_at"] else "retention"))
     if isinstance(device := carve.get("device"), Mapping):
         rows.append(("device", lookup.device_line(device)))
     if carve.get("filename"):

@@ -1,9 +1,10 @@
 """The broker adapter: deliveries in, acks and rejects out; the only module here using aio-pika.
 
 Each delivery runs in its own task (aio-pika's model). The task parses the
-message, calls the pure handler and then acks (stored), rejects to the
-dead-letter queue (can never be stored) or keeps retrying while MongoDB is
-away: the message stays unacked, so nothing is lost and prefetch stops the
+message, calls the pure handler and then acks (stored; ``Acker`` sends one frame
+for the deliveries whose writes finished together), rejects to the dead-letter
+queue (can never be stored) or keeps retrying while MongoDB is away: the message
+stays unacked, so nothing is lost and prefetch stops the
 flow. Shutdown has two phases: stop taking deliveries, then wait for the
 running ones up to a limit; whatever is still unacked is redelivered.
 """
@@ -17,6 +18,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -26,6 +28,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from services.assembler.acks import Acker
 from services.assembler.handler import Handled
 from services.assembler.metrics import AssemblerMetrics
 from shared.errors import PoisonMessage, Unavailable
@@ -108,6 +111,7 @@ class BlockConsumer:
         self._resizing: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._acker = Acker(on_ack=metrics.acks.inc)
 
     @property
     def prefetch(self) -> int:
@@ -165,6 +169,7 @@ class BlockConsumer:
         if pending:
             await asyncio.wait(pending)
             log.warning("%d blocks left unacked; the broker will redeliver them", len(pending))
+        await self._acker.drain()
         for sub in subs:
             await self._close(sub)
         if self._retry_channel is not None and not self._retry_channel.is_closed:
@@ -189,6 +194,7 @@ class BlockConsumer:
         self._in_flight.add(task)
         sub.in_flight.add(task)
         self._metrics.in_flight.inc()
+        self._acker.track(message)
         try:
             await self._process(message)
         finally:
@@ -222,6 +228,7 @@ class BlockConsumer:
             await self._cancel(old)
             if old.in_flight:
                 await asyncio.wait(set(old.in_flight), timeout=self._handover_timeout)
+            await self._acker.drain()
             await self._close(old)  # anything it still held is requeued, and comes again
         finally:
             self._old.discard(old)
@@ -231,6 +238,7 @@ class BlockConsumer:
             await self._process_received(message)
             return
         self._fit_prefetch(len(message.body))
+        self._observe_lag(message)
         try:
             blocks = decode(message.body, message.headers)
         except PoisonMessage as exc:
@@ -245,13 +253,14 @@ class BlockConsumer:
                 return
             except Unavailable as exc:
                 self._metrics.retries.inc()
+                self._metrics.unavailable.labels(exc.backend.lower()).inc()
                 if _channel_closed(message):
                     # Handed over to a new consumer, or the connection dropped: the broker
                     # has requeued this message already, so stop holding it here.
                     log.info("message %s: channel closed, it will come again", _describe(blocks))
                     return
                 if self._stopping.is_set():
-                    await self._settle(message.nack(requeue=True))
+                    await self._settle(message, message.nack(requeue=True))
                     return
                 log.warning("message %s: %s; retrying", _describe(blocks), exc)
                 await asyncio.sleep(delay)
@@ -260,9 +269,18 @@ class BlockConsumer:
             except Exception:
                 await self._unexpected(message, blocks)
                 return
-            await self._settle(message.ack())
+            self._acker.done(message)  # stored: acked with the others stored meanwhile
             self._count(blocks, outcomes)
             return
+
+    def _observe_lag(self, message: AbstractIncomingMessage) -> None:
+        """Publish-to-handling time (a redelivery's too: its carve waited all that time)."""
+        stamp = message.timestamp
+        if stamp is None:
+            return
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        self._metrics.lag.observe(max(0.0, (datetime.now(UTC) - stamp).total_seconds()))
 
     async def _process_received(self, message: AbstractIncomingMessage) -> None:
         """Finalize a carve whose blocks are all in the queue, or look again later."""
@@ -272,7 +290,7 @@ class BlockConsumer:
             await self._dead_letter(message, str(exc))
             return
         if self._on_received is None:
-            await self._settle(message.ack())
+            self._acker.done(message)
             return
         delay = 0.25
         while True:
@@ -281,10 +299,11 @@ class BlockConsumer:
                 break
             except Unavailable as exc:
                 self._metrics.retries.inc()
+                self._metrics.unavailable.labels(exc.backend.lower()).inc()
                 if _channel_closed(message):
                     return
                 if self._stopping.is_set():
-                    await self._settle(message.nack(requeue=True))
+                    await self._settle(message, message.nack(requeue=True))
                     return
                 log.warning("carve %s trigger: %s; retrying", carve_id, exc)
                 await asyncio.sleep(delay)
@@ -300,9 +319,9 @@ class BlockConsumer:
                 attempt + 1,
             )
         elif not done and not await self._look_again_later(carve_id, attempt + 1):
-            await self._settle(message.nack(requeue=True))
+            await self._settle(message, message.nack(requeue=True))
             return
-        await self._settle(message.ack())
+        self._acker.done(message)
 
     async def _look_again_later(self, carve_id: str, attempt: int) -> bool:
         """Put a trigger in the delay queue (the broker brings it back); False if it failed."""
@@ -347,15 +366,16 @@ class BlockConsumer:
         if message.redelivered:
             await self._dead_letter(message, "unexpected error twice")
         else:
-            await self._settle(message.nack(requeue=True))
+            await self._settle(message, message.nack(requeue=True))
 
     async def _dead_letter(self, message: AbstractIncomingMessage, why: str) -> None:
         log.error("dead-lettering message %s: %s", message.message_id, why)
         self._metrics.blocks.labels("dead_lettered").inc()
-        await self._settle(message.reject(requeue=False))
+        await self._settle(message, message.reject(requeue=False))
 
-    @staticmethod
-    async def _settle(action: Awaitable[None]) -> None:
+    async def _settle(self, message: AbstractIncomingMessage, action: Awaitable[None]) -> None:
+        """A nack or reject, on its own: the acker no longer covers ``message``."""
+        self._acker.forget(message)
         # After a broker restart the delivery's channel is gone: the broker has
         # already requeued the message, and storing it again is a no-op.
         try:

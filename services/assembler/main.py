@@ -25,6 +25,9 @@ from shared.crypto.context import KEYRING, keyring_ctx
 from shared.events.relay import RELAY, events_ctx
 from shared.finalize import Finalizer
 from shared.health import add_health_routes, check_amqp, check_mongo, service_app
+from shared.metrics import add_scrape_hook
+from shared.queue import DEAD_SUFFIX, RETRY_SUFFIX
+from shared.queue_depth import ready_messages
 from shared.resources import amqp_ctx, mongo_ctx
 
 
@@ -49,6 +52,7 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
         batch=settings.write_batch,
         batch_bytes=settings.write_batch_bytes,
         keys=app[KEYRING],
+        linger=settings.write_linger,
     )
     tracker = CarveTracker(
         store, finalizer, interval=settings.progress_interval, idle=settings.finalize_idle
@@ -89,4 +93,13 @@ def create_app(settings: AssemblerSettings) -> web.Application:
         ]
     )
     add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo})
+    add_scrape_hook(app, functools.partial(_count_queues, app))
     return app
+
+
+async def _count_queues(app: web.Application) -> None:
+    queue = app[keys.SETTINGS].amqp_queue
+    names = (queue, queue + DEAD_SUFFIX, queue + RETRY_SUFFIX)
+    depths = await ready_messages(app[shared_keys.AMQP], names)
+    for name, messages in depths.items():
+        app[keys.METRICS].queue_messages.labels(name).set(messages)

@@ -18,6 +18,10 @@ class AssemblerMetrics:
     finalized: Counter
     finalize_seconds: Histogram
     in_flight: Gauge
+    unavailable: Counter
+    lag: Histogram
+    queue_messages: Gauge
+    acks: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AssemblerMetrics:
@@ -47,6 +51,31 @@ class AssemblerMetrics:
             ),
             in_flight=Gauge(
                 "carve_assembler_in_flight", "Block messages being handled", registry=registry
+            ),
+            unavailable=Counter(
+                "carve_backend_unavailable",
+                "Block or trigger handling retried because a backend failed, by backend",
+                ["backend"],
+                registry=registry,
+            ),
+            lag=Histogram(
+                "carve_assembler_lag_seconds",
+                "From the ingest's publish of a block message to its first handling here "
+                "(whole seconds: the AMQP timestamp)",
+                buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+                registry=registry,
+            ),
+            queue_messages=Gauge(
+                "carve_queue_messages",
+                "Messages ready in the block queue, its dead-letter and its delay queue, "
+                "at each scrape",
+                ["queue"],
+                registry=registry,
+            ),
+            acks=Counter(
+                "carve_assembler_acks",
+                "basic.ack frames sent (one settles every delivery stored together)",
+                registry=registry,
             ),
         )
 

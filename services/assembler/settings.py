@@ -26,6 +26,10 @@ class AssemblerSettings(
     # Most chunks, and most bytes, written in one insert_many.
     write_batch: int = Field(64, ge=1, le=1000)
     write_batch_bytes: int = Field(4 * MiB, ge=1)
+    # Seconds a chunk write waits for more chunks before it goes (unless the batch fills
+    # first). One host sends one block per message: without it each message is one
+    # insert_many and one ack. It delays the acks and completion, never a host's reply.
+    write_linger: float = Field(0.05, ge=0, le=1.0)
     # On SIGTERM, how long in-flight blocks may take before they are cancelled (and redelivered).
     drain_timeout: float = Field(20.0, ge=0)
     # A finalizer that stops renewing its lease for this long is presumed dead (it renews

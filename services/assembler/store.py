@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
@@ -14,12 +15,16 @@ from shared.errors import PoisonMessage, Unavailable
 from shared.mongo import Document, is_document_error, transient_on_outage
 
 _DUPLICATE_KEY = 11000
+# Chunks this big go without lingering: a round trip is then worth it on its own (and with
+# 8 MiB blocks the prefetch is 1, so no company could come).
+LINGER_BELOW = 256 * 1024
 
 
 class GridChunkStore:
     """Block i of a carve is chunk n = i of the GridFS file whose _id is the carve_id.
 
-    Concurrent writes are coalesced into one unordered ``insert_many``: the
+    Concurrent writes are coalesced into one unordered ``insert_many`` (waiting up to
+    ``linger`` for company, so the single-block messages of one host share it): the
     unique (files_id, n) index still rejects each duplicate on its own, so
     batching keeps every write idempotent.
     """
@@ -32,12 +37,18 @@ class GridChunkStore:
         batch: int = 64,
         batch_bytes: int = 8 * 1024 * 1024,
         keys: KeyRing | None = None,
+        linger: float = 0.0,
     ) -> None:
         self._keys = keys if keys is not None and keys.encrypting else None
         self._chunks = db[f"{bucket}.chunks"]
         self._carves = carves_of(db)
         self._inserts: Coalescer[Document, bool] = Coalescer(
-            self._insert_many, batch, weight=lambda doc: len(doc["data"]), max_weight=batch_bytes
+            self._insert_many,
+            batch,
+            weight=lambda doc: len(doc["data"]),
+            max_weight=batch_bytes,
+            linger=linger,
+            linger_below=LINGER_BELOW,
         )
 
     async def put_chunk(self, carve_id: str, n: int, data: bytes) -> bool:
@@ -55,14 +66,12 @@ class GridChunkStore:
         return await self._inserts.submit({"files_id": carve_id, "n": n, "data": data})
 
     async def _insert_many(self, docs: Sequence[Document]) -> list[bool | BaseException]:
-        results: list[bool | BaseException] = [True] * len(docs)
         with transient_on_outage("chunk write"):
             try:
                 await self._chunks.insert_many(docs, ordered=False)
             except BulkWriteError as exc:
-                for error in exc.details.get("writeErrors", []):
-                    results[error["index"]] = classify_write_error(error)
-        return results
+                return insert_results(len(docs), exc.details)
+        return [True] * len(docs)
 
     async def add_received(self, counts: dict[str, int]) -> None:
         """Add to the progress counters of receiving carves (one update per carve)."""
@@ -72,6 +81,23 @@ class GridChunkStore:
                     {"_id": carve_id, "status": Status.RECEIVING.value},
                     {"$inc": {"blocks_received": k}, "$currentDate": {"updated_at": True}},
                 )
+
+
+def insert_results(count: int, details: Mapping[str, Any]) -> list[bool | BaseException]:
+    """What a failed ``insert_many`` of ``count`` chunks means for each: stored (True),
+    there already (False), or an error, from the bulk write's error ``details``.
+
+    A write concern error means the chunks are on the primary but a majority did not
+    acknowledge them in time: a failover could still roll them back, so none counts as
+    stored; the message is kept and written again (then a duplicate, acknowledged by a
+    majority or not at all)."""
+    results: list[bool | BaseException] = [True] * count
+    for error in details.get("writeErrors", []):
+        results[error["index"]] = classify_write_error(error)
+    if details.get("writeConcernErrors"):
+        unsure = Unavailable("MongoDB", "chunk write not acknowledged by a majority in time")
+        results = [r if isinstance(r, PoisonMessage) else unsure for r in results]
+    return results
 
 
 def classify_write_error(error: Document) -> bool | BaseException:

@@ -41,11 +41,13 @@ AUDITED |= {"ticket", "audit", "login", "logout", "login_sso", "login_sso_callba
 AUDITED |= {"webhooks"}  # webhooks_api.py
 AUDITED |= {"campaign", "export", "export_ticket"}  # a request id's carves, their ZIP
 AUDITED |= {"triage", "triage_since"}  # triage_api.py
+AUDITED |= {"hold", "release", "expiry", "cases"}  # holds_api.py
+AUDITED |= {"custody", "custody_keys"}  # custody.py
 # Views that show metadata only, which a console refreshes on its own: audited the first time
 # an identity asks for one, and again once the window has passed (``Repeats``).
 REPEATABLE = frozenset({"list", "summary", "carve", "campaign"})
 REPEAT_KEYS = 4096
-OPTIONAL = ("request_id", "carve_ids")  # fields a row has only when they are set
+OPTIONAL = ("request_id", "carve_ids", "justification")  # fields a row has only when they are set
 
 
 class Repeats:
@@ -95,6 +97,8 @@ class AuditEntry:
     # A campaign's request id, and the carves an export held (only on those rows).
     request_id: str | None = None
     carve_ids: list[str] | None = None
+    # Why the responder downloads (services/download/justification.py), when they said.
+    justification: str | None = None
     # Set once the response's headers went out: an error now can only cut it short.
     response: web.StreamResponse | None = field(default=None, repr=False)
 

@@ -19,10 +19,12 @@ from services.download.auth import (
 from shared import keys as shared_keys
 from shared.carves import ENDED, CarveDoc, CarveRecord, Status
 from shared.crypto.keys import encryption_view
-from shared.errors import Conflict, Gone
+from shared.errors import Conflict, Gone, Held
 from shared.events import EventType
 from shared.events.relay import RELAY
+from shared.holds import held, hold_cases, hold_view
 from shared.lifecycle import purge_archive, transition
+from shared.timefmt import rfc3339_or_none
 from shared.triage import history_view, triage_view
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ def carve_view(doc: CarveDoc) -> dict[str, Any]:
     view = record.model_dump(mode="json")
     view["progress"] = round(record.blocks_received / record.block_count, 4)
     view["triage"] = triage_view(doc.get("triage"))
+    view["holds"] = [hold_view(h) for h in doc.get("holds") or []]
+    view["cases"] = list(doc.get("cases") or [])
+    view["expires_at"] = rfc3339_or_none(doc.get("expires_at"))
     view["encryption"] = encryption_view(doc)
     if doc.get("triage_history"):
         view["triage_history"] = history_view(doc.get("triage_history"))
@@ -50,6 +55,7 @@ async def delete_carve(request: web.Request) -> web.Response:
     doc = await load_carve(request, checked_carve_id(request.match_info["carve_id"]))
     if doc["status"] in ENDED:
         raise Gone(f"carve {doc['_id']} was already {doc['status']}", status=doc["status"])
+    _not_held(doc)
     now = datetime.now(UTC)
     fields = {
         "deleted_at": now,
@@ -66,8 +72,10 @@ async def delete_carve(request: web.Request) -> web.Response:
         event=EventType.DELETED,
         events=request.app[RELAY],
         unless_finalizing=True,
+        unless_held=True,
     )
     if not deleted:
+        _not_held(await load_carve(request, doc["_id"]))  # a hold placed meanwhile won
         raise Conflict(f"carve {doc['_id']} is being finalized or changed state: try again")
     settings = request.app[keys.SETTINGS]
     # The ingest's session (if it was still receiving) is removed by the janitor's next sweep.
@@ -77,6 +85,15 @@ async def delete_carve(request: web.Request) -> web.Response:
     log.warning("carve %s deleted by %s: %d chunks", doc["_id"], identity.display_name, chunks)
     view = carve_view(await load_carve(request, doc["_id"]))
     return web.json_response({**view, "chunks_deleted": chunks, "bytes_freed": freed})
+
+
+def _not_held(doc: CarveDoc) -> None:
+    if held(doc):
+        cases = hold_cases(doc)
+        raise Held(
+            f"carve {doc['_id']} is under legal hold ({', '.join(cases)}): release it first",
+            holds=cases,
+        )
 
 
 async def get_carve(request: web.Request) -> web.Response:

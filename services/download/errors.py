@@ -14,6 +14,7 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from services.download import keys
 from services.download.archive import RangeNotSatisfiable
 from services.download.audit import AUDIT, AuditEntry, client_gone
 from shared.crypto.chunks import ChunkIntegrityError
@@ -81,6 +82,7 @@ def _error_answer(request: web.Request, exc: BaseException) -> web.StreamRespons
             return response
         return _error(exc.status, exc.code, exc.message, **exc.details)
     except Unavailable as exc:
+        request.app[keys.METRICS].unavailable.labels(exc.backend.lower()).inc()
         log.warning("%s: answering 503: %s", request.path, exc)
         return _error(503, "unavailable", "a backend is unavailable, retry shortly")
     except ChunkIntegrityError as exc:

@@ -82,6 +82,8 @@ def whoami_view(request: web.Request, identity: Identity) -> dict[str, object]:
         "entity_id": identity.entity_id,
         "can_read": settings.vault_policy in identity.policies,
         "is_admin": settings.vault_admin_policy in identity.policies,
+        # Downloads must say why (CARVE_DOWNLOAD_JUSTIFICATION): the console asks first.
+        "justification": settings.download_justification,
     }
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from services.download import audit, keys, tickets
+from services.download import audit, custody, keys, tickets
 from services.download.audit import audited
 from services.download.bodies import json_posts
+from services.download.census import count_carves
 from services.download.errors import answer_errors
+from services.download.justification import justified
 from services.download.login_limits import LIMITER, LoginLimiter
 from services.download.metrics import DownloadMetrics
 from services.download.routes import setup_routes
@@ -21,6 +24,8 @@ from shared import keys as shared_keys
 from shared.crypto.context import keyring_ctx
 from shared.events.relay import events_ctx
 from shared.health import add_health_routes, check_mongo, service_app
+from shared.metrics import add_scrape_hook
+from shared.mongo import responder_reads
 from shared.resources import mongo_ctx
 from shared.vault import vault_client
 
@@ -53,7 +58,7 @@ async def check_vault(app: web.Application) -> None:
 
 def create_app(settings: DownloadSettings) -> web.Application:
     # The audit middleware outside: it records the answer the errors middleware chose.
-    middlewares = [audited, answer_errors, json_posts]
+    middlewares = [audited, answer_errors, json_posts, justified]
     app = service_app("carve-download", middlewares=middlewares, client_max_size=64 * 1024)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = DownloadMetrics.create(app[shared_keys.REGISTRY])
@@ -75,13 +80,15 @@ def create_app(settings: DownloadSettings) -> web.Application:
     app[audit.REPEATS] = audit.Repeats(settings.audit_repeat_window)
     app.cleanup_ctx.extend(
         [
-            mongo_ctx(settings),
+            mongo_ctx(settings, responder_reads),
             events_ctx(settings, settings),
             _vault_ctx,
             keyring_ctx(settings),
             _tar_pool_ctx,
+            custody.signer_ctx,
         ]
     )
     setup_routes(app)
     add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})
+    add_scrape_hook(app, functools.partial(count_carves, app))
     return app

@@ -20,6 +20,9 @@ class DownloadMetrics:
     streams: Gauge
     too_slow: Counter
     audit_repeats: Counter
+    unavailable: Counter
+    carves: Gauge
+    receiving_idle: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DownloadMetrics:
@@ -77,6 +80,25 @@ class DownloadMetrics:
                 "Views asked for again by the same identity within CARVE_AUDIT_REPEAT_WINDOW: "
                 "not audited again (a console's auto-refresh)",
                 ["action"],
+                registry=registry,
+            ),
+            unavailable=Counter(
+                "carve_backend_unavailable",
+                "Requests answered 503 because a backend failed (mongodb, vault) or every "
+                "stream slot was taken (download)",
+                ["backend"],
+                registry=registry,
+            ),
+            carves=Gauge(
+                "carve_carves",
+                "Carves by status now (receiving, complete, failed), counted at each scrape",
+                ["status"],
+                registry=registry,
+            ),
+            receiving_idle=Gauge(
+                "carve_receiving_idle_seconds",
+                "Seconds since the least recently updated receiving carve moved (0: none "
+                "receiving), at each scrape",
                 registry=registry,
             ),
         )

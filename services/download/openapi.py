@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from services.download import openapi_custody
+
 _ERR = {"$ref": "#/components/responses/Error"}
 _CARVE_ID = {"name": "carve_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -313,6 +315,9 @@ PATHS: dict[str, dict[str, Any]] = {
         ),
     },
 }
+
+PATHS |= openapi_custody.PATHS
+CARVE_SCHEMA["properties"] |= openapi_custody.CARVE_PROPERTIES
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

@@ -10,6 +10,8 @@ from services.download import (
     campaigns,
     carve_views,
     console_api,
+    custody,
+    holds_api,
     listing,
     openapi,
     tar_views,
@@ -33,6 +35,12 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(CARVE + "/files/{path:.+}", tar_views.get_file, name="file")
     # By position: for members whose name a path cannot carry (CR, LF) or a later one hides.
     app.router.add_get(CARVE + "/members/{index:[0-9]{1,9}}", tar_views.get_member, name="member")
+    app.router.add_put(CARVE + "/hold", holds_api.put_hold, name="hold")
+    app.router.add_delete(CARVE + "/hold/{case}", holds_api.delete_hold, name="release")
+    app.router.add_put(CARVE + "/expiry", holds_api.put_expiry, name="expiry")
+    app.router.add_patch(CARVE + "/cases", holds_api.patch_cases, name="cases")
+    app.router.add_get(CARVE + "/custody", custody.get_custody, name="custody")
+    app.router.add_get("/api/v1/custody/keys", custody.get_keys, name="custody_keys")
     app.router.add_post(CARVE + "/download-ticket", console_api.download_ticket, name="ticket")
     app.router.add_post(CARVE + "/triage", triage_api.rescan_carve, name="triage")
     app.router.add_post("/api/v1/triage", triage_api.rescan_since, name="triage_since")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, model_validator
 
 from shared.settings import (
@@ -62,6 +64,13 @@ class DownloadSettings(
     zstd_max_window: int = Field(8 * MiB, ge=1 * MiB)
     # Carves one re-scan request (POST /api/v1/triage {"since"}) may mark for carve-triage.
     triage_rescan_max: int = Field(10_000, ge=1, le=1_000_000)
+    # required: every archive, member or export download must say why (X-Carve-Justification
+    # or ?justification=), stored in its audit row; off: recorded when given.
+    download_justification: Literal["off", "required"] = "off"
+    # --- custody records (services/download/custody.py) ---
+    # The Vault Transit ed25519 key that signs them, and Transit's mount.
+    custody_key: str = Field("osquery-carve-custody", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    custody_mount: str = Field("transit", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]{0,63}$")
     # Seconds a JSON request body (/file_request, login, single sign-on, tickets) may take to
     # arrive; slower: 408 and the connection closed.
     request_body_timeout: float = Field(10.0, gt=0)

@@ -49,6 +49,7 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
         concurrency=settings.publish_concurrency,
         linger=settings.publish_linger,
         on_batch=app[keys.METRICS].batch_blocks.observe,
+        on_linger=app[keys.METRICS].lingered.inc,
     )
     await publisher.open()
     app[keys.PUBLISHER] = publisher

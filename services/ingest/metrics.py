@@ -16,6 +16,7 @@ class IngestMetrics:
     unavailable: Counter
     latency: Histogram
     batch_blocks: Histogram
+    lingered: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -52,6 +53,12 @@ class IngestMetrics:
                 "carve_publish_batch_blocks",
                 "Blocks per published message (concurrent requests share messages)",
                 buckets=(1, 2, 4, 8, 16, 32, 64),
+                registry=registry,
+            ),
+            lingered=Counter(
+                "carve_publish_lingered",
+                "Messages that waited CARVE_PUBLISH_LINGER for more blocks (only while another"
+                " message awaited its confirm)",
                 registry=registry,
             ),
         )

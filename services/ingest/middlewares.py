@@ -66,7 +66,7 @@ async def osquery_errors(request: web.Request, handler: Handler) -> web.StreamRe
         body = {"success": False, "error": exc.message, "code": exc.code, **exc.details}
         return web.json_response(body, status=exc.status)
     except Unavailable as exc:
-        metrics.unavailable.labels(exc.backend).inc()
+        metrics.unavailable.labels(exc.backend.lower()).inc()
         log.warning("%s: %s %s, answering 503", endpoint, exc.backend, exc.reason)
         return _retry_later(f"{exc.backend} {exc.reason}")
     except TimeoutError:

@@ -3,7 +3,9 @@
 The one module of ingest that touches aio-pika. Blocks of concurrent requests
 travel together: with ``linger`` (CARVE_PUBLISH_LINGER, 2 ms by default) a message
 waits that long for more blocks (unless it is full first: ``batch_blocks``,
-``batch_bytes``), and while messages wait for
+``batch_bytes``), but only while another message is waiting for its confirm: the
+hosts of that one send their next blocks once answered. A lone host (one block in
+flight at a time) never waits for company that cannot come. While messages wait for
 their confirms the blocks that arrive meanwhile are packed into the next one,
 so under load the broker confirms many blocks at once. Each request still gets
 its reply only after the message holding its block is confirmed; a message
@@ -42,6 +44,7 @@ class BlockPublisher:
         concurrency: int = 1,
         linger: float = 0.0,
         on_batch: Callable[[int], None] = lambda blocks: None,
+        on_linger: Callable[[], None] = lambda: None,
     ) -> None:
         self._on_batch = on_batch
         self._connection = connection
@@ -55,6 +58,8 @@ class BlockPublisher:
             max_weight=batch_bytes,
             concurrency=concurrency,
             linger=linger,
+            linger_alone=False,
+            on_linger=on_linger,
         )
 
     async def open(self) -> None:

@@ -18,6 +18,7 @@ what.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hmac
 import logging
@@ -33,8 +34,7 @@ from cachetools import TTLCache
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.crc import key_slot
 
 from shared.batching import Coalescer
 from shared.carves import (
@@ -51,6 +51,7 @@ from shared.events import EventType, carve_summary, event_entry
 from shared.events.outbox import Notifier, announce
 from shared.lifecycle import session_keys
 from shared.protocol import StartRequest
+from shared.redis_client import REDIS_OUTAGE, is_cluster
 
 if TYPE_CHECKING:
     from services.ingest.admission import Admission
@@ -108,11 +109,14 @@ class Session:
         )
 
 
+_OUTAGES: tuple[type[Exception], ...] = (*REDIS_OUTAGE, ConnectionFailure)
+
+
 @asynccontextmanager
 async def _backend(name: str) -> AsyncIterator[None]:
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, ConnectionFailure) as exc:
+    except _OUTAGES as exc:
         raise Unavailable(name, exc.__class__.__name__) from exc
 
 
@@ -199,6 +203,7 @@ class SessionStore:
         self._carves = carves
         self._prefix = prefix
         self._ttl = ttl
+        self._cluster = is_cluster(redis)
         self._mark = redis.register_script(_MARK)
         self._received = redis.register_script(_RECEIVED)
         self._marks: Coalescer[tuple[str, int], int] = Coalescer(self._mark_many, max_items=256)
@@ -371,16 +376,33 @@ class SessionStore:
             await self._received(keys=[meta], args=[int(time.time() * 1000)])
 
     async def _mark_many(self, blocks: Sequence[tuple[str, int]]) -> list[int | BaseException]:
-        """One script call for the blocks of many concurrent requests (see ``_MARK``)."""
-        keys = [key for session_id, _ in blocks for key in self._keys(session_id)]
-        args = [self._ttl, int(time.time() * 1000)]  # ms: the janitor's idle test
-        args += [block_id for _, block_id in blocks]
-        async with _backend("redis"):
-            olds = [int(old) for old in await self._mark(keys=keys, args=args)]
+        """One script call for the blocks of many concurrent requests (see ``_MARK``); on a
+        Redis Cluster, one per slot (a script's keys must share one), run concurrently."""
+        now = int(time.time() * 1000)  # ms: the janitor's idle test
+        if self._cluster:
+            groups: dict[int, list[int]] = {}
+            for i, (session_id, _) in enumerate(blocks):
+                slot = key_slot(self._keys(session_id)[0].encode())
+                groups.setdefault(slot, []).append(i)
+            parts = await asyncio.gather(
+                *(self._mark_group([blocks[i] for i in idx], now) for idx in groups.values())
+            )
+            olds = [0] * len(blocks)
+            for idx, part in zip(groups.values(), parts, strict=True):
+                for i, old in zip(idx, part, strict=True):
+                    olds[i] = old
+        else:
+            olds = await self._mark_group(blocks, now)
         return [
             InvalidRequest(f"block_id {block_id} cannot be recorded") if old == -2 else old
             for (_, block_id), old in zip(blocks, olds, strict=True)
         ]
+
+    async def _mark_group(self, blocks: Sequence[tuple[str, int]], now: int) -> list[int]:
+        keys = [key for session_id, _ in blocks for key in self._keys(session_id)]
+        args = [self._ttl, now, *(block_id for _, block_id in blocks)]
+        async with _backend("redis"):
+            return [int(old) for old in await self._mark(keys=keys, args=args)]
 
 
 def _parse(session_id: str, fields: dict[bytes, bytes]) -> Session:

@@ -36,9 +36,10 @@ class IngestSettings(
     publish_batch_bytes: int = Field(1 * MiB, ge=1)
     # Messages waiting for their confirm at once: each confirm waits for the broker's fsync.
     publish_concurrency: int = Field(4, ge=1, le=64)
-    # Seconds a message waits for more blocks before it goes (unless full first). It saves
-    # CPU per block under load, but every block of a lone host (which sends its blocks one at
-    # a time) waits that long too: 0 turns it off (docs/benchmarks/README.md).
+    # Seconds a message waits for more blocks before it goes (unless full first), and only
+    # while another message awaits its confirm: it saves CPU per block under load, and a
+    # lone host (one block in flight at a time) never waits. 0 turns it off
+    # (docs/benchmarks/README.md).
     publish_linger: float = Field(0.002, ge=0, le=5.0)
     # Whole-request budget, kept well under osquery's 16 s hard limit.
     request_timeout: float = Field(12.0, gt=0)

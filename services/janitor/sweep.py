@@ -27,7 +27,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,8 +35,6 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.janitor.settings import JanitorSettings
 from shared.carves import ENDED, CarveDoc, Status, carves_of
@@ -46,6 +44,7 @@ from shared.errors import Unavailable
 from shared.events import EventType
 from shared.events.relay import Relay
 from shared.finalize import CarveFinalizer, Outcome
+from shared.holds import FREE
 from shared.lifecycle import (
     end_session,
     purge_archive,
@@ -56,6 +55,7 @@ from shared.lifecycle import (
 )
 from shared.mongo import Document, transient_on_outage
 from shared.quotas import Quotas
+from shared.redis_client import REDIS_OUTAGE, scan_keys
 from shared.resources import AMQP_ERRORS
 
 log = logging.getLogger(__name__)
@@ -235,14 +235,25 @@ class Janitor:
     # --- 2 and 3. retention ----------------------------------------------------------------------
 
     async def _expire_failed(self, report: Report) -> None:
-        cutoff = self._clock() - _s(self._settings.failed_retention)
-        query = {"status": Status.FAILED.value, "failed_at": {"$lt": cutoff}}
+        query = self._due(Status.FAILED, "failed_at", self._settings.failed_retention)
         await self._expire(query, Status.FAILED, "failed_purged", report)
 
     async def _expire_complete(self, report: Report) -> None:
-        cutoff = self._clock() - _s(self._settings.retention)
-        query = {"status": Status.COMPLETE.value, "completed_at": {"$lt": cutoff}}
+        query = self._due(Status.COMPLETE, "completed_at", self._settings.retention)
         await self._expire(query, Status.COMPLETE, "expired", report)
+
+    def _due(self, status: Status, since: str, retention: float) -> Document:
+        """Carves in ``status`` whose time has come: an administrator's ``expires_at`` passed,
+        or none set and ``retention`` passed since ``since``; never a held one (shared.holds)."""
+        now = self._clock()
+        return {
+            "status": status.value,
+            "$or": [
+                {"expires_at": {"$lt": now}},
+                {"expires_at": None, since: {"$lt": now - _s(retention)}},
+            ],
+            **FREE,
+        }
 
     async def _expire(
         self, query: Document, from_status: Status, action: str, report: Report
@@ -259,19 +270,31 @@ class Janitor:
             if not page:
                 return
             for doc in page:
-                await self._expire_one(doc, from_status, action, report)
+                await self._expire_one(doc, query, from_status, action, report)
 
     async def _expire_one(
-        self, doc: CarveDoc, from_status: Status, action: str, report: Report
+        self, doc: CarveDoc, due: Document, from_status: Status, action: str, report: Report
     ) -> None:
         now = self._clock()
         fields = {"expired_at": now, "expired_from": from_status.value}
         # Tombstone first: from here on nobody downloads it; then the bytes go.
         expired = await transition(
-            self._db, doc, Status.EXPIRED, fields, now, event=EventType.EXPIRED, events=self._events
+            self._db,
+            doc,
+            Status.EXPIRED,
+            fields,
+            now,
+            event=EventType.EXPIRED,
+            events=self._events,
+            unless_held=True,
+            where=due,  # still due: not held, nor given a later expiry, since the page was read
         )
         if expired:
             report.actions[action] += 1
+        elif not await self._ended(doc["_id"]):
+            # Held or given a later expiry since the page was read: its bytes stay.
+            report.actions["kept_held"] += 1
+            return
         await end_session(self._redis, self._settings.redis_key_prefix, doc)
         _, freed = await purge_archive(
             self._db,
@@ -281,6 +304,12 @@ class Janitor:
             carve=doc,
         )
         report.bytes_freed += freed
+
+    async def _ended(self, carve_id: str) -> bool:
+        """True when the carve's bytes are to go anyway (another janitor or a delete won)."""
+        with transient_on_outage("janitor: retention"):
+            doc = await self._carves.find_one({"_id": carve_id}, {"status": 1})
+        return doc is None or doc["status"] in ENDED
 
     # --- 4. orphan chunks -----------------------------------------------------------------------
 
@@ -343,7 +372,7 @@ class Janitor:
     async def _sessions(self, report: Report) -> None:
         prefix = self._settings.redis_key_prefix
         batch = self._settings.janitor_batch
-        async for keys in _scan_batches(self._redis, session_hash_pattern(prefix), batch):
+        async for keys in scan_keys(self._redis, session_hash_pattern(prefix), batch):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hget(key, "carve_id")
@@ -381,23 +410,13 @@ class Janitor:
         report.actions["events_published"] += published
 
 
-async def _scan_batches(redis: Redis, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
-    cursor = 0
-    while True:
-        cursor, keys = await redis.scan(cursor, match=pattern, count=count)
-        if keys:
-            yield [k if isinstance(k, bytes) else k.encode() for k in keys]
-        if cursor == 0:
-            return
-
-
 @contextlib.contextmanager
 def transient_on_redis_outage(what: str) -> Iterator[None]:
     """Redis unreachable (or still loading its data) is a backend outage like MongoDB's: the
     sweep stops there and the next one resumes (``--once`` exits 1, the loop goes on)."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except REDIS_OUTAGE as exc:
         raise Unavailable("Redis", f"unavailable during {what}: {exc.__class__.__name__}") from exc
 
 

@@ -4,6 +4,7 @@ the aiohttp lifecycle; the HTTP side serves /healthz, /readyz and /metrics."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -25,6 +26,8 @@ from shared import keys as shared_keys
 from shared.crypto.context import KEYRING, keyring_ctx
 from shared.events.relay import RELAY, events_ctx
 from shared.health import NotReady, add_health_routes, check_amqp, check_mongo, service_app
+from shared.metrics import add_scrape_hook
+from shared.queue_depth import ready_messages
 from shared.resources import amqp_ctx, mongo_ctx
 
 log = logging.getLogger(__name__)
@@ -101,4 +104,11 @@ def create_app(settings: TriageSettings) -> web.Application:
         ]
     )
     add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo, "rules": check_rules})
+    add_scrape_hook(app, functools.partial(_count_queue, app))
     return app
+
+
+async def _count_queue(app: web.Application) -> None:
+    queue = app[keys.SETTINGS].triage_queue
+    depths = await ready_messages(app[shared_keys.AMQP], [queue])
+    app[keys.METRICS].queue_messages.set(depths[queue])

@@ -17,6 +17,7 @@ class TriageMetrics:
     rules: Gauge
     rules_ok: Gauge
     hashes: Gauge
+    queue_messages: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> TriageMetrics:
@@ -56,6 +57,11 @@ class TriageMetrics:
                 "carve_triage_hashset_size",
                 "Digests in each hash set",
                 ["set"],
+                registry=registry,
+            ),
+            queue_messages=Gauge(
+                "carve_triage_queue_messages",
+                "carve.completed events waiting in the triage queue, at each scrape",
                 registry=registry,
             ),
         )

@@ -27,6 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from shared import keys
+from shared.amqp_hosts import connect_any
 from shared.carves import carves_of
 from shared.events.envelope import CONTENT_TYPE, encode_event
 from shared.events.outbox import CLAIM, FIELD, OutboxEntry
@@ -173,7 +174,7 @@ RELAY = web.AppKey("events_relay", Relay)
 
 
 async def _connect(amqp: AmqpSettings) -> AbstractRobustConnection:
-    return await aio_pika.connect_robust(
+    return await connect_any(
         amqp.amqp_url.get_secret_value(),
         timeout=amqp.amqp_connect_timeout,
         client_properties={"connection_name": "carve-events-relay"},

@@ -3,7 +3,9 @@ CARVE_PREFETCH_BYTES of messages, whatever their size, which is what bounds its 
 
 RabbitMQ applies a consumer's prefetch only when it subscribes, so the consumer changes it by
 subscribing again: these tests check that the count really follows the size, and that the
-handover loses nothing."""
+handover loses nothing. And the acks: deliveries stored together are settled by one
+``basic.ack`` with ``multiple``, a delivery is never acked before its blocks are stored, and
+one slow delivery does not hold the acks of the others."""
 
 from __future__ import annotations
 
@@ -110,3 +112,60 @@ async def test_big_messages_lower_it_and_nothing_is_lost_in_the_handover(rig: Ri
     finally:
         rig.release.set()
         await consumer.stop(drain_timeout=5.0)
+
+
+def acks(consumer: BlockConsumer) -> float:
+    """basic.ack frames the consumer sent (its carve_assembler_acks_total)."""
+    return float(consumer._metrics.acks._value.get())
+
+
+async def test_deliveries_stored_together_share_one_ack(rig: Rig) -> None:
+    await rig.publish(0, 20, 4)
+    consumer = rig.consumer(lambda n: True, prefetch=32, prefetch_bytes=1 << 20)
+    try:
+        await consumer.start()
+        # Every handler waits (an insert_many that has not answered yet).
+        await rig.until(lambda: len(rig.entered) == 20)
+        await asyncio.sleep(0.2)
+        assert acks(consumer) == 0  # nothing acked before it is stored
+        rig.release.set()
+        await rig.until(lambda: rig.done == set(range(20)))
+        await asyncio.sleep(0.3)
+        # One frame per channel (the first subscription's and the one that took over), not
+        # one per delivery.
+        assert acks(consumer) == 2
+    finally:
+        rig.release.set()
+        await consumer.stop(drain_timeout=5.0)
+    # All 20 were settled: a new consumer gets none of them again.
+    rig.entered.clear()
+    again = rig.consumer(lambda n: False, prefetch=32, prefetch_bytes=1 << 20)
+    try:
+        await again.start()
+        await asyncio.sleep(2.0)
+    finally:
+        await again.stop(drain_timeout=5.0)
+    assert rig.entered == []
+
+
+async def test_a_slow_delivery_holds_only_its_own_ack(rig: Rig) -> None:
+    await rig.publish(0, 12, 4)
+    consumer = rig.consumer(lambda n: n == 5, prefetch=32, prefetch_bytes=1 << 20)
+    try:
+        await consumer.start()
+        await rig.until(lambda: rig.done == set(range(12)) - {5})
+        await asyncio.sleep(0.3)  # the acks of the finished ones are on their way
+    finally:
+        await consumer.stop(drain_timeout=0.2)  # block 5 is cancelled, never stored
+    assert 5 not in rig.done
+    # Only block 5 comes again: the others were acked although 5 was still at work, and
+    # block 5 was not acked by any of their frames.
+    rig.entered.clear()
+    again = rig.consumer(lambda n: False, prefetch=32, prefetch_bytes=1 << 20)
+    try:
+        await again.start()
+        await rig.until(lambda: 5 in rig.done, timeout=30)
+        await asyncio.sleep(1.0)
+    finally:
+        await again.stop(drain_timeout=5.0)
+    assert rig.entered == [5]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import time
 import uuid
@@ -283,27 +285,45 @@ async def test_poison_messages_are_dead_lettered(
 
 
 async def test_broker_lost_while_a_batch_lingers_fails_exactly_that_batch(
-    ingest_only: Stack, backends: Backends, monkeypatch: pytest.MonkeyPatch
+    ingest_only: Stack, backends: Backends
 ) -> None:
-    """Blocks of concurrent requests wait together for one publish: a broker lost while
-    they wait fails every one of them (none is recorded, a re-send is stored), and the
-    blocks of the batch confirmed before keep their 200 and reach the assembler."""
+    """A lone host's block is published at once, whatever the linger. Blocks that arrive
+    while another message awaits its confirm wait together for one publish: a broker lost
+    while they wait fails every one of them (none is recorded, a re-send is stored), and
+    the blocks confirmed before keep their 200 and reach the assembler."""
     stack = ingest_only
-    # A linger long enough to stop the broker meanwhile.
+    # A linger long enough to kill the broker meanwhile.
     lingering = await stack.start_ingest(publish_linger=2.0)
     up = Upload(stack, random_bytes(12 * 4 * KiB, 8), 4 * KiB)
+    # This test's queue was declared a moment ago: let the node write its registry first,
+    # or the killed node comes back unable to confirm anything (RabbitServer.persist).
+    await asyncio.to_thread(backends.rabbit.persist)
     async with aiohttp.ClientSession() as http:
         await up.start(http)
-        confirmed = await asyncio.gather(*(up.send(http, i, lingering.url) for i in range(4)))
-        assert [status for status, *_ in confirmed] == [200] * 4
+        for i in range(4):  # one at a time, as one host sends: nothing lingers
+            status, _, raw, took = await up.send(http, i, lingering.url)
+            assert status == 200, raw
+            assert took < 1.5, f"block {i} waited {took:.2f} s"
         metrics = await scrape(lingering.url)
-        assert metrics["carve_publish_batch_blocks_count"] == 1  # the four shared one message
-        waiting = [asyncio.create_task(up.send(http, i, lingering.url)) for i in range(4, 8)]
-        await asyncio.sleep(0.5)
-        assert not any(task.done() for task in waiting)  # still lingering
-        backends.rabbit.stop(signal.SIGKILL)
+        assert metrics["carve_publish_batch_blocks_count"] == 4
+        assert metrics["carve_publish_lingered_total"] == 0
+        # A frozen broker: block 4's message awaits its confirm, so 5-7 wait for company.
+        assert backends.rabbit.proc is not None
+        broker = backends.rabbit.proc.pid
+        os.killpg(broker, signal.SIGSTOP)
         try:
-            for status, ctype, raw, took in await asyncio.gather(*waiting):
+            in_flight = asyncio.create_task(up.send(http, 4, lingering.url))
+            await asyncio.sleep(0.2)
+            waiting = [asyncio.create_task(up.send(http, i, lingering.url)) for i in range(5, 8)]
+            await asyncio.sleep(0.5)
+            assert not any(task.done() for task in [in_flight, *waiting])
+            assert (await scrape(lingering.url))["carve_publish_lingered_total"] == 1
+            backends.rabbit.stop(signal.SIGKILL)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(broker, signal.SIGCONT)
+        try:
+            for status, ctype, raw, took in await asyncio.gather(in_flight, *waiting):
                 assert (status, ctype) == (503, "text/plain"), raw
                 assert raw.startswith(b"service unavailable: rabbitmq"), raw
                 assert took < 4.0
@@ -318,3 +338,42 @@ async def test_broker_lost_while_a_batch_lingers_fails_exactly_that_batch(
         assert ingest.get('carve_blocks_total{outcome="duplicate"}', 0) == 0
     await stack.start_assembler()
     await assert_complete(stack, up)
+
+
+async def test_killed_broker_confirms_again_once_its_queue_registry_is_on_disk(
+    backends: Backends, names: dict[str, str]
+) -> None:
+    """Why the drill above calls ``persist`` first. A quorum queue declared and used less
+    than a few seconds before RabbitMQ is SIGKILLed comes back declared but unable to
+    confirm anything (its Ra server's DETS registry was not saved yet): without
+    ``persist`` this publish is never confirmed. With it, the node comes back whole."""
+    queue = names["amqp_queue"] + ".drill"
+    message = aio_pika.Message(b"kept", delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+    connection = await aio_pika.connect(backends.rabbit.url)
+    channel = await connection.channel(publisher_confirms=True)
+    await channel.declare_queue(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    await channel.default_exchange.publish(message, routing_key=queue)
+    await asyncio.to_thread(backends.rabbit.persist)
+    backends.rabbit.stop(signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        await connection.close()
+    backends.rabbit.start()
+    connection = await aio_pika.connect(backends.rabbit.url)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        async with asyncio.timeout(15):
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"after", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=queue,
+                mandatory=True,
+            )
+        stored = await channel.declare_queue(queue, passive=True)
+        bodies = []
+        for _ in range(2):
+            got = await stored.get(timeout=5)
+            bodies.append(got.body)
+            await got.ack()
+        assert bodies == [b"kept", b"after"]
+        await stored.delete(if_unused=False, if_empty=False)
+    finally:
+        await connection.close()

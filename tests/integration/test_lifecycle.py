@@ -155,7 +155,7 @@ async def test_orphan_chunks_and_ended_sessions_are_removed(stack: Stack) -> Non
     )
     prefix = stack.env["CARVE_REDIS_KEY_PREFIX"].encode()
     keys_before = await session_keys(stack)
-    assert prefix + b"s:" + done.session_id.encode() in keys_before  # left by the ingest
+    assert prefix + b"s:{" + done.session_id.encode() + b"}" in keys_before  # left by the ingest
     janitor = await stack.start_janitor(janitor_batch=2)  # pages smaller than the data
     report = await sweep(janitor)
     report2 = await sweep(janitor)  # the orphan scan resumes where the last one stopped
@@ -165,8 +165,8 @@ async def test_orphan_chunks_and_ended_sessions_are_removed(stack: Stack) -> Non
     assert await stack.chunk_count(live.carve_id) == 1
     assert report.actions["sessions_removed"] == 1
     assert await session_keys(stack) == {
-        prefix + b"s:" + live.session_id.encode(),
-        prefix + b"b:" + live.session_id.encode(),
+        prefix + b"s:{" + live.session_id.encode() + b"}",
+        prefix + b"b:{" + live.session_id.encode() + b"}",
     }
 
 

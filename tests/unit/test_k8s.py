@@ -67,7 +67,7 @@ K8S = ROOT / "deploy" / "k8s"
 OVERLAY = "overlays/example"
 # The oldest Kubernetes these manifests claim (lifecycle.preStop.sleep needs 1.30+).
 KUBERNETES_VERSION = "1.33.0"
-CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 # keda.sh/v1alpha1 ScaledObject spec fields (KEDA 2.x).
 SCALED_OBJECT_FIELDS = {
     "scaleTargetRef",
@@ -475,6 +475,16 @@ def test_keda_passes_a_valid_hpa_to_kubernetes(renders: dict[str, list[Resource]
     hpa["spec"] = {"scaleTargetRef": scaled["spec"]["scaleTargetRef"], "maxReplicas": 2}
     hpa["spec"]["behavior"] = config["behavior"]
     kubernetes_validate.validate(hpa, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_prometheus_rule_ships_the_alerts_file(renders: dict[str, list[Resource]]) -> None:
+    """deploy/observability/alerts.yaml, unchanged by the overlay (tests/unit/test_observability.py
+    runs promtool on it)."""
+    (rule,) = Rendering("example", renders["example"]).of_kind("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["namespace"] == "osquery-carves"
+    plain = yaml.safe_load((ROOT / "deploy" / "observability" / "alerts.yaml").read_text())
+    assert rule["spec"] == plain
 
 
 def test_service_monitor_scrapes_every_metrics_service(

@@ -299,6 +299,72 @@ async def test_coalescer_linger_shares_one_flush_bounded_by_time_count_and_weigh
     assert sorted(len(b) for b in batches) == [2, 4]
 
 
+async def test_coalescer_lingers_only_while_another_flush_is_in_flight() -> None:
+    """``linger_alone=False``: a lone caller (nothing in flight) is flushed at once, however
+    long the linger; items that arrive while a flush awaits its answer wait for company."""
+    batches: list[list[int]] = []
+    answer = asyncio.Event()
+    lingered: list[None] = []
+
+    async def flush(items: Sequence[int]) -> list[int | BaseException]:
+        batches.append(list(items))
+        if items[0] == 0:
+            await answer.wait()  # a confirm that takes its time
+        return list(items)
+
+    coalescer: Coalescer[int, int] = Coalescer(
+        flush,
+        max_items=3,
+        concurrency=2,
+        linger=3600.0,
+        linger_alone=False,
+        on_linger=lambda: lingered.append(None),
+    )
+    # One at a time, as a lone host sends: never a linger (an hour each if it did).
+    for i in range(1, 6):
+        assert await coalescer.submit(i) == i
+    assert lingered == [] and batches == [[i] for i in range(1, 6)]
+    batches.clear()
+    # While block 0's flush is in flight, the next ones wait for company: a full batch.
+    first = asyncio.create_task(coalescer.submit(0))
+    await asyncio.sleep(0)
+    company = [asyncio.create_task(coalescer.submit(i)) for i in (10, 11)]
+    await asyncio.sleep(0.01)
+    assert len(lingered) == 1 and not any(task.done() for task in company)
+    assert await coalescer.submit(12) == 12  # the third fills the batch: it goes at once
+    assert [await task for task in company] == [10, 11]
+    assert batches == [[0], [10, 11, 12]]
+    answer.set()
+    assert await first == 0
+
+
+async def test_coalescer_does_not_linger_for_a_heavy_batch() -> None:
+    """``linger_below``: light items wait for company (up to the linger), a batch that
+    already weighs that much goes at once (an hour's linger would show)."""
+    lingered: list[None] = []
+
+    async def flush(items: Sequence[bytes]) -> list[int | BaseException]:
+        return [len(item) for item in items]
+
+    coalescer: Coalescer[bytes, int] = Coalescer(
+        flush,
+        64,
+        weight=len,
+        max_weight=1000,
+        linger=3600.0,
+        linger_below=100,
+        on_linger=lambda: lingered.append(None),
+    )
+    assert await coalescer.submit(b"x" * 100) == 100
+    assert await coalescer.submit(b"y" * 500) == 500
+    assert lingered == []
+    light = asyncio.create_task(coalescer.submit(b"z"))
+    await asyncio.sleep(0.01)
+    assert len(lingered) == 1 and not light.done()  # waits for company
+    assert await coalescer.submit(b"w" * 99) == 99  # 100 bytes together: the batch goes
+    assert await light == 1
+
+
 async def test_coalescer_goes_on_after_a_flush_raises_cancelled_error() -> None:
     """aiormq cancels pending confirms when its channel closes: the flush raises
     CancelledError though nobody cancelled the coalescer. Items queued meanwhile still go."""

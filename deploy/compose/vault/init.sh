@@ -2,6 +2,8 @@
 # vault-init: what an operator does once on a fresh Vault/OpenBao for the carve server.
 #   - writes the download policy (CARVE_VAULT_POLICY) and the admin policy
 #     (CARVE_VAULT_ADMIN_POLICY) from deploy/vault/;
+#   - creates Transit's ed25519 custody signing key and gives its policy to the download
+#     service's AppRole (custody records);
 #   - enables the userpass auth method (carvectl login --username ...) without Vault's user
 #     lockout, which would let anyone lock a responder out with five wrong passwords (the
 #     download service's login limits and NGINX's per-address limit bound guessing instead);
@@ -59,12 +61,22 @@ if ! bao auth list -format=json | grep -q '"approle/"'; then
     bao auth enable approle >/dev/null
     echo "vault-init: approle enabled"
 fi
+# Custody records (docs/security.md): Transit's ed25519 signing key; its policy goes to the
+# download service's role below, beside carve-reader.
+CUSTODY_KEY=osquery-carve-custody
+bao read "$TRANSIT/keys/$CUSTODY_KEY" >/dev/null 2>&1 ||
+    bao write -f "$TRANSIT/keys/$CUSTODY_KEY" type=ed25519 >/dev/null
+sed "s#transit/#$TRANSIT/#" "$POLICY_DIR/osquery-carve-custody.hcl" |
+    bao policy write osquery-carve-custody - >/dev/null
+echo "vault-init: custody signing key $TRANSIT/keys/$CUSTODY_KEY and its policy ready"
 for pair in assembler:carve-assembler download:carve-reader triage:carve-reader janitor:carve-janitor; do
     service=${pair%%:*}
     policy=${pair#*:}
     sed "s#transit/#$TRANSIT/#" "$POLICY_DIR/$policy.hcl" | bao policy write "$policy" - >/dev/null
     role="carve-$service"
-    bao write "auth/approle/role/$role" token_policies="$policy" token_ttl=1h token_max_ttl=4h \
+    policies=$policy
+    [ "$service" = download ] && policies="$policy,osquery-carve-custody"  # it signs records
+    bao write "auth/approle/role/$role" token_policies="$policies" token_ttl=1h token_max_ttl=4h \
         >/dev/null
     bao write "auth/approle/role/$role/role-id" role_id="$role" >/dev/null
     if [ -d "/approle/$service" ]; then
@@ -73,5 +85,5 @@ for pair in assembler:carve-assembler download:carve-reader triage:carve-reader 
             >"/approle/$service/secret-id"
         chmod 0444 "/approle/$service/secret-id"  # read by the service's own user
     fi
-    echo "vault-init: approle $role holds $policy"
+    echo "vault-init: approle $role holds $policies"
 done

@@ -4,6 +4,8 @@
 // Requests carry no cookies, except the two single sign-on calls (cookies: true): they
 // carry the sign-in's nonce cookie, which ties the provider's answer to this browser.
 
+import { askJustification, withJustification } from "./justify.js";
+
 const KEY = "carve-console-token";
 
 export const session = {
@@ -87,12 +89,18 @@ export function explain(error) {
 // cannot carry, such as those holding CR or LF).
 export async function download(carveId, member = null) {
   const body = member === null ? {} : typeof member === "string" ? { path: member } : member;
+  let reason;
+  try {
+    reason = await askJustification(member === null ? "this archive" : "this file");
+  } catch {
+    return; // cancelled: nothing to download
+  }
   const ticket = await api(`/api/v1/carves/${encodeURIComponent(carveId)}/download-ticket`, {
     method: "POST",
     body,
   });
   const link = document.createElement("a");
-  link.href = ticket.url;
+  link.href = withJustification(ticket.url, reason);
   link.download = "";
   link.rel = "noopener";
   document.body.append(link);

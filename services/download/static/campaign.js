@@ -1,6 +1,7 @@
 // A campaign: every carve of one request id (one live query, many hosts), host by host, and
 // its export as one ZIP (through a single-use ticket: no token in the URL).
 import { api, query } from "./api.js";
+import { askJustification, withJustification } from "./justify.js";
 import {
   ago, carved, emptyState, h, hostName, plural, progressBar, replace, shortId, size, statusBadge,
 } from "./dom.js";
@@ -40,9 +41,15 @@ function summary(campaign) {
 }
 
 async function exportZip(requestId, report) {
+  let reason;
+  try {
+    reason = await askJustification("this export");
+  } catch {
+    return; // cancelled
+  }
   try {
     const ticket = await api(`/api/v1/requests/${encodeURIComponent(requestId)}/export-ticket`, { method: "POST", body: {} });
-    const link = h("a", { href: ticket.url, download: "", rel: "noopener" });
+    const link = h("a", { href: withJustification(ticket.url, reason), download: "", rel: "noopener" });
     document.body.append(link);
     link.click();
     link.remove();

@@ -3,6 +3,7 @@ import {
   ago, campaignLink, copyButton, h, hostName, mode, plural, progressBar, replace, size,
   statusBadge, when,
 } from "./dom.js";
+import { custodySection } from "./holds.js";
 import { triageSection } from "./triage.js";
 
 const POLL_MS = 1000;
@@ -173,6 +174,7 @@ export function renderCarve(view, carveId, { go, fail, later, report, me }) {
     }
     replace(view, h("p", {}, h("a", { href: "#/carves" }, "← All carves")), h("h1", {}, "Carve ", h("span", { class: "mono" }, carve.carve_id.slice(0, 8)), " ", h("span", { class: "muted" }, "from ", hostName(carve))),
       meta(carve), whyNot(carve), actions);
+    view.append(custodySection(carve, { me, report, reload: load }));
     if (carve.status === "complete") view.append(triageSection(carve, { me, report, reload: load }));
     if (carve.status === "complete") view.append(await files(carve, report));
     if (carve.status === "receiving") later(load, POLL_MS);
