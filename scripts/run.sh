@@ -131,7 +131,9 @@ The carve server runs on loopback:
   events     http://127.0.0.1:8084  (carve events to webhooks: docs/events.md)
   triage     http://127.0.0.1:8085  (scans on arrival: docs/triage.md)
   OpenBao    http://127.0.0.1:8200  (dev server; its CLI: .venv/bin/bao)
-  at rest    CARVE_ENCRYPTION=$CARVE_ENCRYPTION (Transit key per carve; docs/security.md)
+  at rest    CARVE_ENCRYPTION=$CARVE_ENCRYPTION (Transit key per carve; docs/security.md);
+             a dev OpenBao forgets its keys when it stops: carves sealed before then answer
+             410 "shredded" (run with CARVE_ENCRYPTION=none to keep local carves readable)
   backends   started: $(list "${backends_started[@]}")
              reused (already running, left as they were): $(list "${backends_reused[@]}")
   logs       $RUN/logs/

@@ -84,8 +84,10 @@ async def ensure_indexes(db: AsyncDatabase[Document], bucket: str) -> None:
     # The console's lookups (request id, audit by time) and used download tickets (TTL).
     await db["carves"].create_index([("request_id", ASCENDING)])
     await db["audit"].create_index([("time", ASCENDING)])
-    # A carve's accesses through campaign exports, for its custody record.
+    # A carve's accesses through campaign exports, for its custody record; carves by case.
     await db["audit"].create_index([("carve_ids", ASCENDING)], sparse=True)
+    await db["carves"].create_index([("cases", ASCENDING)], sparse=True)
+    await db["carves"].create_index([("holds.case", ASCENDING)], sparse=True)
     # Pending carve events by time (shared.events.outbox), for the relays' sweep.
     await db["carves"].create_index([("outbox.time", ASCENDING)])
     await db["download_tickets"].create_index([("until", ASCENDING)], expireAfterSeconds=0)

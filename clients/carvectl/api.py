@@ -260,10 +260,12 @@ class Api:
         q: str | None = None,
         sort: str | None = None,
         verdict: str | None = None,
+        case: str | None = None,
+        held: str | None = None,
     ) -> dict[str, Any]:
         query = {"status": status, "since": since, "limit": limit, "cursor": cursor}
         query |= {"device": device, "request_id": request_id, "q": q, "sort": sort}
-        query |= {"verdict": verdict}
+        query |= {"verdict": verdict, "case": case, "held": held}
         return self._json(self._url(), {k: v for k, v in query.items() if v is not None})
 
     def carve(self, carve_id: str) -> Carve:

@@ -136,6 +136,8 @@ def _add_commands(sub: Any, env: Mapping[str, str]) -> None:
         "--search", "-s", metavar="TEXT", help="id or request id prefix, host or path part"
     )
     listing.add_argument("--sort", choices=SORTS, help="order (default -created: newest first)")
+    listing.add_argument("--case", help="carves tagged with this case id, or held for it")
+    listing.add_argument("--held", action="store_true", help="only carves under legal hold")
 
     show = command("show", cmd_show, "show one carve")
     show.add_argument("carve_id", metavar="ID", help=ID_HELP)

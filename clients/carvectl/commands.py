@@ -64,6 +64,8 @@ def cmd_list(args: argparse.Namespace, api: Api) -> int:
             q=args.search,
             sort=args.sort,
             verdict=args.verdict,
+            case=getattr(args, "case", None),
+            held="true" if getattr(args, "held", False) else None,
         )
         carves.extend(_dicts(page.get("carves"), "carves"))
         cursor = page.get("next_cursor") or None

@@ -24,6 +24,7 @@ from services.download.lookups import int_param, lookup_filters, time_param
 from shared import keys as shared_keys
 from shared.carves import Status, carves_of
 from shared.errors import InvalidRequest
+from shared.holds import CASE_ID
 from shared.mongo import Document, transient_on_outage
 from shared.triage import VERDICTS
 
@@ -90,7 +91,22 @@ def list_filter(request: web.Request) -> Document:
         if verdict not in VERDICTS:
             raise InvalidRequest(f"verdict must be one of {', '.join(VERDICTS)}")
         query["triage.verdict"] = verdict
-    return query
+    return query | case_filter(request.query)
+
+
+def case_filter(params: Any) -> Document:
+    """``?case=``: carves tagged with that case id or held for it; ``?held=true``: carves a
+    legal hold stands on (``shared.holds``)."""
+    found: list[Document] = []
+    if (case := params.get("case")) is not None:
+        if not CASE_ID.fullmatch(case):
+            raise InvalidRequest(f"case must match {CASE_ID.pattern}")
+        found.append({"$or": [{"cases": case}, {"holds.case": case}]})
+    if (held := params.get("held")) is not None:
+        if held not in ("true", "false"):
+            raise InvalidRequest("held must be true or false")
+        found.append({"holds.0": {"$exists": held == "true"}})
+    return {"$and": found} if found else {}
 
 
 async def carve_page(

@@ -73,6 +73,8 @@ _LIST = (
     ),
     _query("sort", "created, size, status or host; a leading - for descending (-created)"),
     _query("verdict", "triage verdict: clean, flagged or incomplete"),
+    _query("case", "carves tagged with this case id, or held for it"),
+    _query("held", "true: carves a legal hold stands on; false: the others"),
     _query("limit", "page size, 1 to 1000"),
     _query("cursor", "next_cursor of the previous page"),
 )

@@ -23,19 +23,29 @@ class _Settings(EncryptionSettings, VaultSettings, MongoSettings):
     """What the key ring needs of a service's settings."""
 
 
-def configured(settings: EncryptionSettings) -> bool:
-    """Whether the service can sign in to Vault for Transit (encrypting, or able to read
-    carves encrypted earlier)."""
-    if settings.encrypting:
-        return True
+def configured_identity(settings: EncryptionSettings) -> bool:
+    """Whether the service has a Vault identity of its own to sign in with for Transit."""
     if settings.vault_auth == "kubernetes":
         return bool(settings.vault_kubernetes_role)
     return bool(settings.vault_role_id)
 
 
+def configured(settings: EncryptionSettings) -> bool:
+    """Whether the service talks to Transit (encrypting, or able to read carves encrypted
+    earlier with encryption now off)."""
+    return settings.encrypting or configured_identity(settings)
+
+
 def keyring_ctx(settings: EncryptionSettings | _Settings) -> CleanupCtx:
     """A KeyRing under ``KEYRING`` (after the MongoDB context), with
     ``carve_integrity_errors_total`` and ``carve_transit_calls_total`` on the app's registry."""
+
+    if settings.encrypting and not configured_identity(settings):
+        raise ValueError(
+            "CARVE_ENCRYPTION=vault-transit needs the service's Vault identity: "
+            "CARVE_VAULT_ROLE_ID (AppRole) or CARVE_VAULT_KUBERNETES_ROLE (CARVE_VAULT_AUTH="
+            "kubernetes); deploy/vault/README.md"
+        )
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         assert isinstance(settings, VaultSettings) and isinstance(settings, MongoSettings)

@@ -100,7 +100,12 @@ class Transit:
     def _token_now(self, *, fresh: bool) -> str:
         with self._login_lock:
             if fresh or self._token is None or time.monotonic() >= self._token_until:
-                self._login()
+                try:
+                    self._login()
+                except (hvac.exceptions.VaultError, OSError, KeyError) as exc:
+                    # Refused (a wrong or expired secret id, an unbound role) or the secret
+                    # file unreadable: an operator's fix; the work waits for it, kept.
+                    raise Unavailable("vault", f"login refused: {exc.__class__.__name__}") from exc
             assert self._token is not None
             return self._token
 

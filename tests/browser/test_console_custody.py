@@ -4,6 +4,7 @@ tags cases and sets an expiry on the carve page; hostile text stays text."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from playwright.async_api import expect
 
 from devstack.vault import VaultAdmin
+from shared.custody import load_keys, verify
 from tests.audit_rows import settled_rows
 from tests.browser.test_console import (
     ADMIN,
@@ -31,7 +33,13 @@ POLICY = "osquery-file-carve-file-requests"
 async def console(stack: Stack, vault: VaultAdmin, tmp_path: Path) -> AsyncIterator[Console]:
     """A console whose service requires a justification for every download."""
     ingest = await stack.start_ingest(trusted_proxies="127.0.0.1/32")
-    download = await stack.start_download(vault_cache_ttl=0.5, download_justification="required")
+    role = vault.custody_role()  # the default key: sign records as the test's own AppRole
+    download = await stack.start_download(
+        vault_cache_ttl=0.5,
+        download_justification="required",
+        vault_role_id=role["vault_role_id"],
+        vault_secret_id=role["vault_secret_id"],
+    )
     vault.client.sys.create_or_update_policy(
         ADMIN, (Path(__file__).parents[2] / "deploy" / "vault" / f"{ADMIN}.hcl").read_text()
     )
@@ -107,9 +115,44 @@ async def test_a_responder_sees_holds_but_cannot_place_them(console: Console, ta
         assert resp.status == 201
     page = tab.page
     await log_in(page, *console.user(POLICY))
+    other = await console.carve({"/etc/issue": b"other\n"})
+    # The list marks held carves, and its Case filter finds them.
+    await expect(page.locator(f'tr[data-carve="{carve.carve_id}"] .badge.held')).to_be_visible()
+    await expect(page.locator(f'tr[data-carve="{other.carve_id}"]')).to_be_visible()
+    assert await page.locator(f'tr[data-carve="{other.carve_id}"] .badge.held').count() == 0
+    await page.fill("#filters input[name=case]", "IR-1")
+    await page.click("#filters button[type=submit]")
+    await expect(page.locator("#carve-rows tr")).to_have_count(1)
+    assert "case=IR-1" in page.url
     await page.goto(f"/ui/#/carves/{carve.carve_id}")
     await expect(page.locator('#holds li[data-case="IR-1"]')).to_contain_text("IR-1: court")
     assert await page.locator("#hold-form").count() == 0
     assert await page.locator(".release-hold").count() == 0
     assert await page.locator("#expiry-form").count() == 0
+    await tab.assert_clean()
+
+
+async def test_the_signed_custody_record_is_saved_as_issued(console: Console, tab: Tab) -> None:
+    carve = await console.carve({"/etc/motd": b"hello\n"})
+    page = tab.page
+    await log_in(page, *console.user(POLICY))
+    await page.goto(f"/ui/#/carves/{carve.carve_id}")
+    async with page.expect_download() as info:
+        await page.click("#custody-record")
+    download = await info.value
+    assert download.suggested_filename == f"custody_{carve.carve_id}.json"
+    saved = Path(await download.path()).read_bytes()
+    reader = console.vault.token(POLICY).token
+    async with console.http.get(
+        f"{console.url}/api/v1/custody/keys", headers={"X-Vault-Token": reader}
+    ) as resp:
+        keys = load_keys(await resp.text())
+    record = verify(json.loads(saved), keys)  # the bytes as issued: the signature holds
+    assert record["carve"]["carve_id"] == carve.carve_id
+    assert record["archive"]["sha256"] == carve.sha256
+    doc = await console.stack.carve_doc(carve.carve_id)
+    assert doc is not None and doc["device"]  # the console's hosts send a device certificate
+    assert record["carve"]["device"] == {
+        k: doc["device"][k] for k in ("fingerprint_sha256", "subject_dn", "common_name", "serial")
+    }
     await tab.assert_clean()

@@ -84,6 +84,10 @@ async def test_holds_cases_and_expiry_from_the_command_line(cli: Cli, tmp_path: 
     assert (code, out.split()) == (0, ["IR-7", "IR-8"])
     code, out, _ = await cli.run("expiry", cid, "2030-01-01T00:00:00Z")
     assert code == 0 and "2030-01-01T00:00:00Z" in out
+    code, out, _ = await cli.run("--json", "list", "--held")
+    assert (code, [c["carve_id"] for c in json.loads(out)]) == (0, [cid])
+    code, out, _ = await cli.run("--json", "list", "--case", "IR-7")
+    assert (code, [c["carve_id"] for c in json.loads(out)]) == (0, [cid])
     code, out, _ = await cli.run("show", cid, token=cli.responder.token.token)
     assert "IR-2026-0042: court" in out and "IR-7, IR-8" in out and "2030-01-01" in out
     # A responder without the admin policy cannot release it; the admin can.

@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,10 @@ async def custody(stack: Stack, vault: VaultAdmin, tmp_path: Path) -> AsyncItera
         )
 
 
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
 def leaves(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
     """The path of every scalar inside ``value``."""
     if isinstance(value, dict):
@@ -126,6 +131,9 @@ async def test_a_record_verifies_offline_and_says_what_happened(custody: Custody
         await custody.call("PUT", f"/api/v1/carves/{cid}/hold", {"case": "IR-1", "reason": "r"})
     )[0] == 201
     assert (await custody.call("DELETE", f"/api/v1/carves/{cid}/hold/IR-1"))[0] == 200
+    # What carve-triage leaves on the carve when it has scanned it.
+    scanned = {"status": "done", "verdict": "clean", "rules_version": "r1", "finished": now()}
+    await custody.stack.db["carves"].update_one({"_id": cid}, {"$set": {"triage": scanned}})
     document = await custody.record()
     keys = load_keys(await custody.keys_text())
     record = verify(document, keys)  # offline: the public key only
@@ -146,6 +154,8 @@ async def test_a_record_verifies_offline_and_says_what_happened(custody: Custody
     events = [e["event"] for e in record["timeline"]]
     assert events[:2] == ["started", "completed"]
     assert "hold.placed" in events and "hold.released" in events
+    triaged = [e for e in record["timeline"] if e["event"] == "triaged"]
+    assert [(t["verdict"], t["rules_version"]) for t in triaged] == [("clean", "r1")]
     assert events.index("hold.placed") < events.index("hold.released")
     downloads = [e for e in record["timeline"] if e.get("action") == "archive"]
     assert [(d["outcome"], d["justification"], d["bytes_sent"]) for d in downloads] == [

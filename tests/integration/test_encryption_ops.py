@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -291,3 +295,27 @@ async def test_a_carve_assembled_half_in_the_clear_during_a_rollout_completes_mi
             assert await sealed_count(stack, up) == up.count
             assert (await stack.carve_doc(up.carve_id) or {})["encryption"]["sealed"] == "all"
             await archive_ok(http, download, token, up)
+
+
+async def test_the_key_commands_run_from_the_command_line(
+    sealed_stack: Stack, transit_roles: dict[str, dict[str, str]]
+) -> None:
+    """``carve-janitor rewrap`` and ``carve-janitor encrypt`` as an operator runs them: the
+    janitor's own AppRole, JSON on stdout, exit 0."""
+    stack = sealed_stack
+    up = Upload(stack, random_bytes(9 * 4 * KiB, 60), 4 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+        await up.send_all(http, range(up.count))
+    before = (await stack.wait_complete(up.carve_id))["encryption"]["wrapped"]
+    env = {**os.environ, **stack.env, **transit_roles["janitor"], "CARVE_LOG_LEVEL": "WARNING"}
+    for command, key in (("rewrap", "rewrapped"), ("encrypt", None)):
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "services.janitor", command],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)[command]
+        assert report == ({key: 1} if key else {}), report
+    after = (await stack.carve_doc(up.carve_id) or {})["encryption"]["wrapped"]
+    assert before.startswith("vault:v1:") and after.startswith("vault:v2:")

@@ -242,6 +242,19 @@ async def test_responders_tag_carves_with_cases(admin: Admin, stack: Stack) -> N
     assert (status, body["code"]) == (400, "invalid_request")
     status, one = await admin.call("GET", f"/api/v1/carves/{upload.carve_id}", token=admin.reader)
     assert one["cases"] == ["IR-8", "IR-9"] and one["holds"] == [] and one["expires_at"] is None
+    # The listing finds carves by case (tagged or held) and by hold.
+    other = await complete(admin.stack, seed=9)
+    assert (await admin.hold(other.carve_id, "IR-9"))[0] == 201
+    for query, expected in (
+        ("case=IR-8", [upload.carve_id]),
+        ("case=IR-9", sorted([upload.carve_id, other.carve_id])),
+        ("held=true", [other.carve_id]),
+        ("held=false&case=IR-9", [upload.carve_id]),
+    ):
+        status, page = await admin.call("GET", f"/api/v1/carves?{query}", token=admin.reader)
+        assert (status, sorted(c["carve_id"] for c in page["carves"])) == (200, expected), query
+    for wrong in ("case=a%20b", "held=yes"):
+        assert (await admin.call("GET", f"/api/v1/carves?{wrong}", token=admin.reader))[0] == 400
     rows = await settled_rows(admin.stack.db, {"carve_id": upload.carve_id, "action": "cases"})
     assert sorted(r["status"] for r in rows) == [200, 200, 400, 400, 400, 400]
 

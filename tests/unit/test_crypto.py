@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from services.assembler.settings import AssemblerSettings
 from shared.crypto.chunks import (
     NONCE_BYTES,
     OVERHEAD,
@@ -16,6 +17,7 @@ from shared.crypto.chunks import (
     associated_data,
     new_data_key,
 )
+from shared.crypto.context import keyring_ctx
 from shared.crypto.keys import KeyRing
 from shared.crypto.transit import KeyShredded
 from shared.errors import CorruptArchive
@@ -128,3 +130,10 @@ async def test_clear_and_shredded_carves() -> None:
     with pytest.raises(KeyShredded):
         await keys.for_reading({"_id": "x", "encryption": {"key": "k-x", "shredded_at": 1}})
     assert transit.unwraps == 0
+
+
+def test_encryption_without_a_vault_identity_refuses_to_start() -> None:
+    with pytest.raises(ValueError, match="CARVE_VAULT_ROLE_ID"):
+        keyring_ctx(AssemblerSettings(encryption="vault-transit"))
+    keyring_ctx(AssemblerSettings(encryption="vault-transit", vault_role_id="carve-assembler"))
+    keyring_ctx(AssemblerSettings())  # off: no identity needed

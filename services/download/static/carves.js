@@ -6,7 +6,7 @@ import {
 import { VERDICTS, verdictBadge } from "./triage.js";
 
 const STATUSES = ["", "receiving", "complete", "failed", "expired", "deleted"];
-const FILTERS = ["q", "status", "verdict", "since", "device", "request_id", "sort"];
+const FILTERS = ["q", "status", "verdict", "since", "device", "request_id", "case", "sort"];
 // The summary counts the server gives, in order; "flagged" is a triage verdict, not a status.
 const COUNTED = ["receiving", "complete", "failed", "flagged"];
 const COUNT_FILTER = { flagged: "verdict" };
@@ -22,7 +22,9 @@ function row(carve) {
     h("td", { class: "id" }, shortId(carve.carve_id)),
     h("td", { class: "host" }, hostName(carve)),
     h("td", { class: "what" }, carved(carve)),
-    h("td", {}, statusBadge(carve.status)),
+    h("td", {}, statusBadge(carve.status), (carve.holds || []).length
+      ? h("span", { class: "badge held", title: `legal hold: ${carve.holds.map((x) => x.case).join(", ")}` }, " held")
+      : null),
     h("td", {}, progressBar(carve)),
     h("td", { class: "num" }, size(carve.carve_size)),
     h("td", { class: "created" }, ago(carve.created_at)),
@@ -42,12 +44,13 @@ function filterForm(params, go) {
     since: h("input", { name: "since", type: "datetime-local", step: "1" }),
     device: h("input", { name: "device", placeholder: "device CN or fingerprint" }),
     request_id: h("input", { name: "request_id", placeholder: "request id" }),
+    case: h("input", { name: "case", placeholder: "case id", maxlength: "64" }),
   };
   inputs.status.value = params.get("status") || "";
   inputs.verdict.value = params.get("verdict") || "";
   const since = params.get("since");
   inputs.since.value = since ? since.replace(/Z$/, "").slice(0, 19) : "";
-  for (const name of ["device", "request_id", "q"]) inputs[name].value = params.get(name) || "";
+  for (const name of ["device", "request_id", "q", "case"]) inputs[name].value = params.get(name) || "";
   const form = h(
     "form",
     { class: "filters", id: "filters", role: "search" },
@@ -57,6 +60,7 @@ function filterForm(params, go) {
     h("label", {}, "Created since (UTC)", inputs.since),
     h("label", {}, "Device", inputs.device),
     h("label", {}, "Request id", inputs.request_id),
+    h("label", {}, "Case", inputs.case),
     h("button", { type: "submit", class: "primary" }, "Filter"),
     h("button", { type: "reset", id: "clear-filters" }, "Clear"),
   );

@@ -1,7 +1,7 @@
 // A carve's legal holds, case tags and expiry on its page: shown to every responder; cases
 // editable by responders, holds and expiry by admins (the API checks the policies again).
 // Case ids and reasons are put in the page as text only (h()).
-import { api } from "./api.js";
+import { ApiError, api, session } from "./api.js";
 import { ago, h, replace } from "./dom.js";
 
 const CASE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
@@ -104,6 +104,31 @@ function expiry(carve, { me, report, reload }) {
   return h("div", {}, shown, form);
 }
 
+// The signed custody record, saved as the server wrote it (its bytes are what is signed).
+async function saveRecord(carve, report) {
+  try {
+    const response = await fetch(path(carve, "custody"), {
+      headers: { Accept: "application/json", "X-Vault-Token": session.token || "" },
+      credentials: "omit",
+      cache: "no-store",
+    });
+    const text = await response.text();
+    if (!response.ok) {
+      let body = {};
+      try { body = JSON.parse(text); } catch { body = { error: text.slice(0, 300) }; }
+      throw new ApiError(response.status, body);
+    }
+    const link = h("a", { download: `custody_${carve.carve_id}.json`, rel: "noopener" });
+    link.href = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+  } catch (error) {
+    report(error);
+  }
+}
+
 export function custodySection(carve, context) {
   const section = h("section", { id: "custody" }, h("h2", {}, "Custody"));
   const live = carve.status !== "expired" && carve.status !== "deleted";
@@ -112,6 +137,9 @@ export function custodySection(carve, context) {
     live && context.me && context.me.is_admin ? holdForm(carve, context) : null,
     h("h3", {}, "Cases"), caseTags(carve, context),
     h("h3", {}, "Expiry"), live ? expiry(carve, context) : h("p", { class: "muted" }, "Its bytes are gone."));
-  section.append(body);
+  const record = h("button", { type: "button", id: "custody-record" }, "Download signed custody record");
+  record.addEventListener("click", () => saveRecord(carve, context.report));
+  section.append(body, h("p", {}, record, " ",
+    h("span", { class: "muted" }, "check it offline: carvectl verify RECORD --keys KEYS")));
   return section;
 }
