@@ -91,7 +91,9 @@ POLICY=osquery-file-carve-file-requests
 ADMIN=osquery-file-carve-admin
 if bao policy write "$POLICY" "deploy/vault/$POLICY.hcl" >"$RUN/logs/vault-setup.log" 2>&1 &&
   bao policy write "$ADMIN" "deploy/vault/$ADMIN.hcl" >>"$RUN/logs/vault-setup.log" 2>&1; then
-  bao auth list -format=json | grep -q '"userpass/"' || bao auth enable userpass >/dev/null
+  # Not a pipe into grep -q: under pipefail, bao killed by SIGPIPE would fail the test.
+  auths=$(bao auth list -format=json)
+  grep -q '"userpass/"' <<<"$auths" || bao auth enable userpass >/dev/null
   bao write auth/userpass/users/responder password=responder token_policies="$POLICY" >/dev/null
   bao write auth/userpass/users/admin password=admin token_policies="$POLICY,$ADMIN" >/dev/null
 else
