@@ -13,6 +13,13 @@ python -m devstack port-open PORT
 python -m devstack transit-roles DIR
     on the Vault at BAO_ADDR (token BAO_TOKEN): Transit and AppRole enabled, the services'
     policies written, and each service's AppRole secret id in DIR/<service>.secret-id
+python -m devstack bao-config DIR [--port PORT] [--cluster-port PORT]
+    write DIR/openbao.hcl for a persistent OpenBao on loopback PORT (data in DIR/data) and
+    print its path: the server scripts/run.sh starts
+python -m devstack bao-unseal DIR [--init]
+    unseal the OpenBao at BAO_ADDR with the key saved in DIR/secrets; with --init, first
+    initialize it if it never was, saving its unseal key and root token there (0600 files in
+    a 0700 directory: a local development convenience, never for production)
 python -m devstack wait-port PORT... [--timeout S] [--name NAME] [--log PATH]
     wait until every PORT accepts connections; exit 1 (saying which) when time is up
 """
@@ -35,6 +42,7 @@ import hvac
 
 from devstack.backends import ROLES, running_backends
 from devstack.ha import RedisMode, running_ha
+from devstack.localbao import init_and_unseal, write_config
 from devstack.ports import HOST, free_port, port_open, wait_port
 from devstack.vault import provision_transit
 
@@ -96,6 +104,17 @@ def transit_roles(directory: Path) -> int:
     return 0
 
 
+def bao_unseal(directory: Path, init: bool) -> int:
+    url = os.environ["BAO_ADDR"]
+    try:
+        done = init_and_unseal(url, directory, init)
+    except (RuntimeError, OSError, ValueError, KeyError, hvac.exceptions.VaultError) as exc:
+        print(f"devstack: {exc}", file=sys.stderr)
+        return 1
+    print(f"devstack: OpenBao at {url}: {done}")
+    return 0
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m devstack", description=(__doc__ or "").split("\n")[0]
@@ -118,6 +137,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     check.add_argument("port", type=int)
     roles = commands.add_parser("transit-roles", help="Transit and the services' AppRoles")
     roles.add_argument("dir", type=Path)
+    config = commands.add_parser("bao-config", help="config of a persistent local OpenBao")
+    config.add_argument("dir", type=Path)
+    config.add_argument("--port", type=int, default=8200, help="its port (default 8200)")
+    config.add_argument("--cluster-port", type=int, help="Raft's port (default PORT + 1)")
+    unseal = commands.add_parser("bao-unseal", help="unseal (and init) the OpenBao at BAO_ADDR")
+    unseal.add_argument("dir", type=Path)
+    unseal.add_argument("--init", action="store_true", help="initialize it if it never was")
     wait = commands.add_parser("wait-port", help="wait until each PORT accepts connections")
     wait.add_argument("ports", nargs="+", type=int)
     wait.add_argument("--timeout", type=float, default=30.0, help="seconds per port (default 30)")
@@ -145,6 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if port_open(args.port) else 1
     if args.command == "transit-roles":
         return transit_roles(args.dir)
+    if args.command == "bao-config":
+        print(write_config(args.dir.resolve(), args.port, args.cluster_port))
+        return 0
+    if args.command == "bao-unseal":
+        return bao_unseal(args.dir.resolve(), args.init)
     return wait_ports(args.ports, args.timeout, args.name, args.log)
 
 

@@ -2,7 +2,8 @@
 # The run command: starts the whole stack on loopback and keeps it in the
 # foreground until Ctrl-C.
 #   backends  Redis :6379, RabbitMQ :5672, SecantusDB (MongoDB wire) :27017,
-#             OpenBao dev :8200 -- each started only if its port is closed
+#             OpenBao :8200 (data, unseal key and root token in .run/openbao: local
+#             development only) -- each started only if its port is closed
 #   services  carve-ingest :8080, carve-assembler :8081, carve-download :8082,
 #             carve-janitor :8083 (sweeps every 5 minutes), carve-events :8084 (webhooks:
 #             set CARVE_WEBHOOK_URL and CARVE_WEBHOOK_SECRET, or CARVE_WEBHOOKS_FILE),
@@ -60,31 +61,50 @@ if port_open 27017; then backends_reused+=("MongoDB :27017"); else
     --storage-path "$RUN/mongo" --log-level WARNING
   wait_port 27017 30 secantus
 fi
+# OpenBao keeps its data in .run/openbao, so the Transit keys of the carves in .run/mongo
+# survive a restart. Its unseal key and root token are saved next to it (0700 directory,
+# 0600 files) so that each start unseals it: a local development convenience, never a way
+# to run Vault in production.
+BAO_DIR="$RUN/openbao"
 if port_open 8200; then backends_reused+=("OpenBao :8200"); else
   backends_started+=("OpenBao :8200")
-  echo "run: starting OpenBao dev server on 8200 (root token: root)"
-  background openbao env HOME="$RUN" \
-    bao server -dev -dev-root-token-id=root -dev-listen-address=127.0.0.1:8200
+  echo "run: starting OpenBao on 8200 (data in $BAO_DIR/data)"
+  mkdir -p "$BAO_DIR" && chmod 700 "$BAO_DIR"
+  config=$(python -m devstack bao-config "$BAO_DIR" --port 8200)  # Raft's port: 8201
+  background openbao env HOME="$RUN" bao server -config="$config"
   wait_port 8200 30 openbao
+  BAO_ADDR=http://127.0.0.1:8200 python -m devstack bao-unseal "$BAO_DIR" --init || {
+    echo "run: could not initialize or unseal the OpenBao on 8200; see $RUN/logs/openbao.log" >&2
+    exit 1
+  }
+  BAO_STARTED=1
 fi
 # The responder side, as an operator would set it up: the policies the download service
-# checks, and userpass logins holding them (local development credentials only).
-export BAO_ADDR=http://127.0.0.1:8200 BAO_TOKEN="${RUN_VAULT_ROOT_TOKEN:-root}"
+# checks, and userpass logins holding them (local development credentials only). The root
+# token: the saved one for the OpenBao started here; for one already running,
+# RUN_VAULT_ROOT_TOKEN (default "root", a dev server's).
+if [ -n "${BAO_STARTED:-}" ]; then root_token=$(cat "$BAO_DIR/secrets/root-token"); else
+  root_token="${RUN_VAULT_ROOT_TOKEN:-root}"
+fi
+export BAO_ADDR=http://127.0.0.1:8200 BAO_TOKEN="$root_token"
 POLICY=osquery-file-carve-file-requests
 ADMIN=osquery-file-carve-admin
 if bao policy write "$POLICY" "deploy/vault/$POLICY.hcl" >"$RUN/logs/vault-setup.log" 2>&1 &&
   bao policy write "$ADMIN" "deploy/vault/$ADMIN.hcl" >>"$RUN/logs/vault-setup.log" 2>&1; then
-  bao auth list -format=json | grep -q '"userpass/"' || bao auth enable userpass >/dev/null
+  # Not a pipe into grep -q: under pipefail, bao killed by SIGPIPE would fail the test.
+  auths=$(bao auth list -format=json)
+  grep -q '"userpass/"' <<<"$auths" || bao auth enable userpass >/dev/null
   bao write auth/userpass/users/responder password=responder token_policies="$POLICY" >/dev/null
   bao write auth/userpass/users/admin password=admin token_policies="$POLICY,$ADMIN" >/dev/null
 else
-  echo "run: could not set up the OpenBao on 8200 (not a dev server with root token" \
-    "'${BAO_TOKEN}'? set RUN_VAULT_ROOT_TOKEN); see $RUN/logs/vault-setup.log" >&2
+  echo "run: could not set up the OpenBao on 8200 (if it was already running: is its root" \
+    "token '${RUN_VAULT_ROOT_TOKEN:-root}'? set RUN_VAULT_ROOT_TOKEN);" \
+    "see $RUN/logs/vault-setup.log" >&2
 fi
 # Encryption at rest (docs/security.md): Transit, and each service that touches carve keys
 # signed in with its own AppRole and policy (deploy/vault/carve-*.hcl). The secret ids go to
-# files only this user can read. The dev server keeps keys in memory: carves encrypted
-# before it restarts can no longer be read (410 "shredded"), like carves whose key was shredded.
+# files only this user can read. The keys are kept in .run/openbao: remove it and every carve
+# sealed before can no longer be read (410 "shredded"), like carves whose key was shredded.
 export CARVE_ENCRYPTION="${CARVE_ENCRYPTION:-vault-transit}"
 mkdir -p "$RUN/vault" && chmod 700 "$RUN/vault"
 if python -m devstack transit-roles "$RUN/vault" >>"$RUN/logs/vault-setup.log" 2>&1; then
@@ -97,7 +117,7 @@ else
   export CARVE_ENCRYPTION=none
   role_env() { echo "CARVE_ENCRYPTION=none"; }
 fi
-unset BAO_TOKEN
+unset BAO_TOKEN root_token
 
 background ingest carve-ingest
 # shellcheck disable=SC2046  # role_env prints VAR=value words on purpose
@@ -118,6 +138,12 @@ background triage env CARVE_HTTP_PORT=8085 $(role_env triage) \
 wait_port 8084 30 events
 wait_port 8085 30 triage
 
+bao_note="already running, left as it was: its keys last as long as it keeps them"
+if [ -n "${BAO_STARTED:-}" ]; then
+  bao_note="its data, the carves' keys too, kept across restarts in .run/openbao; its unseal
+             key and root token in .run/openbao/secrets, to unseal it on each start: a local
+             development convenience, never for production (without .run/openbao: 410)"
+fi
 list() { if [ $# -gt 0 ]; then local IFS=","; echo "$*" | sed 's/,/, /g'; else echo "none"; fi; }
 cat <<MSG
 
@@ -130,10 +156,9 @@ The carve server runs on loopback:
   janitor    http://127.0.0.1:8083  (/metrics; one sweep now: .venv/bin/carve-janitor --once)
   events     http://127.0.0.1:8084  (carve events to webhooks: docs/events.md)
   triage     http://127.0.0.1:8085  (scans on arrival: docs/triage.md)
-  OpenBao    http://127.0.0.1:8200  (dev server; its CLI: .venv/bin/bao)
-  at rest    CARVE_ENCRYPTION=$CARVE_ENCRYPTION (Transit key per carve; docs/security.md);
-             a dev OpenBao forgets its keys when it stops: carves sealed before then answer
-             410 "shredded" (run with CARVE_ENCRYPTION=none to keep local carves readable)
+  OpenBao    http://127.0.0.1:8200  (its CLI: .venv/bin/bao)
+             $bao_note
+  at rest    CARVE_ENCRYPTION=$CARVE_ENCRYPTION (Transit key per carve; docs/security.md)
   backends   started: $(list "${backends_started[@]}")
              reused (already running, left as they were): $(list "${backends_reused[@]}")
   logs       $RUN/logs/
