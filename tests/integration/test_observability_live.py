@@ -74,19 +74,24 @@ async def test_rules_and_panels_work_on_what_the_services_export(
         assert result.ok
         await stack.wait_complete(result.carve_id)
         await prometheus.wait_for(f'max by (status) (carve_carves{{status="complete"}}) == {n}')
+        # Every series the rates below read must be scraped once before the second carve
+        # grows it (on a loaded machine the first scrape can come after both carves).
+        for series in ("carve_blocks_total", "carve_request_seconds_count",
+                       "carve_assembler_lag_seconds_count"):  # fmt: skip
+            await prometheus.wait_for(f"{series} > 0")
 
     # The labels the panels group by are the services' own.
-    blocks = await prometheus.wait_for("sum by (outcome) (rate(carve_blocks_total[1m])) > 0")
+    blocks = await prometheus.wait_for("sum by (outcome) (rate(carve_blocks_total[5m])) > 0")
     assert {r["metric"]["outcome"] for r in blocks} == {"accepted"}
     queues = await prometheus.query("max by (queue) (carve_queue_messages)")
     queue = stack.env["CARVE_AMQP_QUEUE"]
     assert {r["metric"]["queue"] for r in queues} == {queue, f"{queue}.dead", f"{queue}.retry"}
     latency = await prometheus.wait_for(
-        "histogram_quantile(0.99, sum by (le, endpoint) (rate(carve_request_seconds_bucket[1m])))"
+        "histogram_quantile(0.99, sum by (le, endpoint) (rate(carve_request_seconds_bucket[5m])))"
     )
     assert {"start_uploads", "upload_blocks"} <= {r["metric"].get("endpoint") for r in latency}
     lag = await prometheus.wait_for(
-        "histogram_quantile(0.99, sum by (le) (rate(carve_assembler_lag_seconds_bucket[1m])))"
+        "histogram_quantile(0.99, sum by (le) (rate(carve_assembler_lag_seconds_bucket[5m])))"
     )
     assert 0 < float(lag[0]["value"][1]) <= 5
     checks = await prometheus.query("min by (check) (carve_check_up)")
