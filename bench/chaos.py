@@ -20,6 +20,7 @@ and what they hit in flight depend on the machine)::
 
     .venv/bin/python -m bench.chaos --seed 7 --minutes 3
     .venv/bin/python -m bench.chaos --seed 1 --minutes 0.3 --hosts 10   # the test suite's run
+    .venv/bin/python -m bench.chaos --seed 7 --minutes 3 --ha   # three RabbitMQ nodes, Sentinel
 
 The drill shortens a few timeouts (idle 20 s, janitor every 2 s, assembler drain 5 s)
 so it settles in seconds, not hours; nothing else differs from the defaults. It also
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import hashlib
 import random
 import shutil
@@ -65,6 +67,8 @@ from clients.osquery_sim import (
     carve,
 )
 from devstack.backends import running_backends
+from devstack.ha import HaBackends, running_ha
+from devstack.servers import RabbitServer, Server
 from devstack.vault import POLICY, VaultAdmin
 from shared.protocol import max_block_body
 
@@ -223,16 +227,21 @@ class Run:
 async def chaos(args: argparse.Namespace, root: Path) -> int:
     rng = random.Random(f"{args.seed}:hosts")
     hosts = plan_hosts(rng, args.hosts or rng.randint(30, 50), args.minutes * 60)
-    redis, mongo = DurableRedis(root / "redis"), DurableSecantus(root / "mongo")
-    with running_backends(root, redis=redis, mongo=mongo) as backends:
-        vault = VaultAdmin.provisioned(backends.vault)
-        env = {
-            **backends.env(),
-            "CARVE_AMQP_URL": add_vhost(backends.rabbit),
-            "CARVE_MONGO_DB": "chaos",
-            "CARVE_LOG_LEVEL": "WARNING",
-            **SHORT,
-        }
+    with contextlib.ExitStack() as stack:
+        ha: HaBackends | None = None
+        redis: Server | None
+        rabbit: RabbitServer
+        if args.ha:  # three RabbitMQ nodes, Redis with Sentinel: the drills' faults
+            ha = stack.enter_context(running_ha(root / "ha", redis_cluster=False))
+            env = ha.env("sentinel")
+            redis, rabbit, mongo, vault = None, ha.rabbit.nodes[0], ha.mongo, ha.vault
+        else:
+            redis = DurableRedis(root / "redis")
+            mongo = DurableSecantus(root / "mongo")
+            backends = stack.enter_context(running_backends(root, redis=redis, mongo=mongo))
+            env = {**backends.env(), "CARVE_AMQP_URL": add_vhost(backends.rabbit)}
+            rabbit, vault = backends.rabbit, backends.vault
+        env = {**env, "CARVE_MONGO_DB": "chaos", "CARVE_LOG_LEVEL": "WARNING", **SHORT}
         logdir = root / "logs"
         logdir.mkdir(exist_ok=True)
         ingests = [Service("ingest", f"ingest-{i}", env, logdir) for i in (1, 2)]
@@ -244,8 +253,8 @@ async def chaos(args: argparse.Namespace, root: Path) -> int:
             service.start()
         try:
             await asyncio.gather(*(s.wait_ready() for s in services))
-            targets = Targets(ingests, assemblers, backends.redis, backends.rabbit, backends.mongo)
-            token = vault.token(POLICY).token
+            targets = Targets(ingests, assemblers, redis, rabbit, mongo, ha=ha)
+            token = VaultAdmin.provisioned(vault).token(POLICY).token
             return await drive(Run(args, root, hosts, targets, download, env, token))
         finally:
             await asyncio.gather(*(s.stop() for s in services), return_exceptions=True)
@@ -355,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=3.0, help="faults for this long")
     parser.add_argument("--hosts", type=int, default=0, help="hosts (default: 30-50, seeded)")
     parser.add_argument("--workdir", type=Path, help="keep servers' data and logs here")
+    parser.add_argument(
+        "--ha", action="store_true", help="on the HA stack, with the failover drills' faults"
+    )
     args = parser.parse_args(argv)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="carve-chaos-"))
     root.mkdir(parents=True, exist_ok=True)

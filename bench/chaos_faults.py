@@ -4,6 +4,11 @@ Every fault is a process or broker event a production system sees: a service
 SIGKILLed or SIGTERMed and started again, an assembler frozen (SIGSTOP) for a
 few seconds, Redis restarted, the vhost's broker connections closed, a memory
 alarm for a few seconds, the database SIGKILLed and started again.
+
+On the HA stack (``bench.chaos --ha``) the backend faults are those of the failover
+drills instead (``HA_FAULTS``): the Redis primary killed (Sentinel promotes the replica),
+the block queue's leader node killed or paused, a rolling restart of the three RabbitMQ
+nodes, a memory alarm on one node; the service faults stay.
 """
 
 from __future__ import annotations
@@ -18,6 +23,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bench.chaos_services import VHOST, Service
+from bench.drill_faults import (
+    kill_rabbit_leader,
+    kill_redis_primary,
+    pause_rabbit_node,
+    rolling_restart,
+)
+from devstack.ha import HaBackends
 from devstack.servers import RabbitServer, Server
 
 
@@ -25,9 +37,12 @@ from devstack.servers import RabbitServer, Server
 class Targets:
     ingests: list[Service]
     assemblers: list[Service]
-    redis: Server
+    redis: Server | None
     rabbit: RabbitServer
     mongo: Server
+    # On the HA stack (``--ha``): the faults of ``HA_FAULTS`` instead of those of one node.
+    ha: HaBackends | None = None
+    queue: str = "carve.blocks"
 
 
 @dataclass
@@ -83,6 +98,7 @@ async def freeze_assembler(t: Targets, rng: random.Random) -> str:
 
 
 async def restart_redis(t: Targets, rng: random.Random) -> str:
+    assert t.redis is not None
     await asyncio.to_thread(t.redis.stop)  # SIGTERM: Redis writes its file and exits
     await asyncio.to_thread(t.redis.start)
     return "redis SIGTERM, restarted (append-only file)"
@@ -124,6 +140,32 @@ FAULTS: dict[str, Fault] = {
 }
 
 
+def _on_ha(fault: Callable[[HaBackends, str, float], Awaitable[str]], lasts: float) -> Fault:
+    async def run(t: Targets, rng: random.Random) -> str:
+        assert t.ha is not None
+        return await fault(t.ha, t.queue, lasts)
+
+    return run
+
+
+async def ha_memory_alarm(t: Targets, rng: random.Random) -> str:
+    assert t.ha is not None
+    t = Targets(t.ingests, t.assemblers, None, t.ha.rabbit.nodes[0], t.mongo)
+    return await memory_alarm(t, rng) + " on one node of three"
+
+
+# On the HA stack: the services' faults, and each backend's node-level faults
+# (``bench.drill_faults``) instead of a single node's restart.
+HA_FAULTS: dict[str, Fault] = {
+    **{k: v for k, v in FAULTS.items() if k.endswith(("_ingest", "_assembler"))},
+    "memory_alarm": ha_memory_alarm,
+    "kill_redis_primary": _on_ha(kill_redis_primary, 0),
+    "kill_rabbit_leader": _on_ha(kill_rabbit_leader, 2.0),
+    "pause_rabbit_node": _on_ha(pause_rabbit_node, 5.0),
+    "rolling_restart": _on_ha(rolling_restart, 1.0),
+}
+
+
 async def inject(
     targets: Targets, rng: random.Random, until: float, log: FaultLog, started: float
 ) -> None:
@@ -133,10 +175,11 @@ async def inject(
         if time.monotonic() + wait >= until:
             return
         await asyncio.sleep(wait)
-        kind = rng.choice(sorted(FAULTS))
+        faults = FAULTS if targets.ha is None else HA_FAULTS
+        kind = rng.choice(sorted(faults))
         at = time.monotonic() - started
         try:
-            what = await FAULTS[kind](targets, rng)
+            what = await faults[kind](targets, rng)
         except Exception as exc:  # the run goes on; a fault that could not be done is reported
             log.errors.append(f"{kind}: {exc!r}")
             what = f"FAILED to inject: {exc!r}"

@@ -21,6 +21,7 @@ import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -71,6 +72,7 @@ class HostCarve:
     archive: Path
     result: CarveResult
     started: float  # monotonic
+    finished: datetime  # the host's last reply (UTC)
 
 
 @dataclass
@@ -83,8 +85,11 @@ class Fleet:
     workdir: Path
     carves: list[HostCarve] = field(default_factory=list)
     clock: ErrorClock = field(default_factory=ErrorClock)
+    only: int = 0  # every host at this block size (0: alternate 8 KiB and 1 MiB)
 
     def block_size(self, host: int) -> int:
+        if self.only:
+            return self.only
         return 8 * KiB if host % 2 == 0 else MiB
 
     async def run(self, front: str, stop: asyncio.Event, *, once: bool = False) -> None:
@@ -117,7 +122,8 @@ class Fleet:
                 http, front, archive, block_size=size, carve_id=carve_id,
                 node_key=f"node-key-{i}", version=(5, 23, 0),
             )  # fmt: skip
-            self.carves.append(HostCarve(i, size, archive, result, started))
+            finished = datetime.now(UTC)
+            self.carves.append(HostCarve(i, size, archive, result, started, finished))
             n += 1
             if once or stop.is_set():
                 return

@@ -97,6 +97,17 @@ class RabbitCluster:
                             return node
         raise LookupError(f"no leader known for {queue}")
 
+    def queue_state(self, queue: str) -> dict[str, object]:
+        """Messages, unacknowledged messages, consumers and online members of ``queue``."""
+        out = self.running_nodes()[0].ctl(
+            "list_queues", "name", "messages", "messages_unacknowledged", "consumers",
+            "online", "--formatter", "json", "-q",
+        )  # fmt: skip
+        for row in json.loads(out or "[]"):
+            if row.get("name") == queue:
+                return {k: v for k, v in row.items() if k != "name"}
+        return {}
+
     def members(self, queue: str) -> list[str]:
         """The nodes holding a replica of quorum queue ``queue``."""
         out = self.running_nodes()[0].ctl(

@@ -15,7 +15,9 @@ that fails fails every block in it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from aio_pika.abc import AbstractChannel, AbstractMessage, AbstractRobustConnection
@@ -24,12 +26,14 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryErr
 from shared.batching import Coalescer
 from shared.errors import Unavailable
 from shared.queue import Block, declare_topology, encode, encode_received
-from shared.resources import amqp_blocked, amqp_connected, with_amqp_retry
+from shared.resources import AMQP_ERRORS, amqp_blocked, amqp_connected, with_amqp_retry
 
 log = logging.getLogger(__name__)
 
 # While a message waits for its confirm, how often to look whether the broker blocked us.
 _BLOCKED_POLL = 0.05
+# At most one new channel per this many seconds after nacks (see _reopen_soon).
+_REOPEN_EVERY = 1.0
 
 
 class BlockPublisher:
@@ -51,6 +55,8 @@ class BlockPublisher:
         self._queue = queue
         self._timeout = timeout
         self._channel: AbstractChannel | None = None
+        self._reopening: asyncio.Task[None] | None = None
+        self._reopened_at = -_REOPEN_EVERY
         self._batches: Coalescer[Block, None] = Coalescer(
             self._publish_batch,
             batch_blocks,
@@ -72,8 +78,40 @@ class BlockPublisher:
         self._channel = channel
 
     async def close(self) -> None:
+        if self._reopening is not None:
+            self._reopening.cancel()
+            await asyncio.gather(self._reopening, return_exceptions=True)
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
+
+    def _reopen_soon(self) -> None:
+        """After a nack, publish on a new channel (at most once a second).
+
+        A quorum queue's leader moved to another node: on RabbitMQ 3.10 a channel that
+        reached the queue while its old leader was down keeps having every publish
+        nacked until that node returns (the drills saw 20 s of it, every block refused),
+        while a new channel finds the new leader at once. The failed publish was
+        answered 503 anyway; the host sends the block again.
+        """
+        now = time.monotonic()
+        if (self._reopening is not None and not self._reopening.done()) or (
+            now - self._reopened_at < _REOPEN_EVERY
+        ):
+            return
+        self._reopened_at = now
+        self._reopening = asyncio.create_task(self._reopen(), name="publisher-reopen")
+
+    async def _reopen(self) -> None:
+        old = self._channel
+        try:
+            await self._open_channel()
+        except AMQP_ERRORS as exc:  # the connection is down: the robust one reopens it
+            log.warning("new publishing channel not opened: %s", exc.__class__.__name__)
+            return
+        log.warning("a publish was nacked: publishing on a new channel")
+        if old is not None and not old.is_closed:
+            with contextlib.suppress(*AMQP_ERRORS):
+                await old.close()
 
     async def publish(self, block: Block) -> None:
         """Return once RabbitMQ has confirmed ``block``; raise Unavailable otherwise, quickly."""
@@ -114,6 +152,7 @@ class BlockPublisher:
             # Also what a broker in a memory or disk alarm (blocking publishers) looks like.
             raise Unavailable("rabbitmq", "confirm timed out") from exc
         except DeliveryError as exc:
+            self._reopen_soon()
             raise Unavailable("rabbitmq", "message returned or nacked") from exc
         except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
             raise Unavailable("rabbitmq", exc.__class__.__name__) from exc
