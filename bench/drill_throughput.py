@@ -40,7 +40,7 @@ async def measure(
         )
         try:
             ids = [c.result.carve_id for c in fleet.carves]
-            await settle(mongo[env["CARVE_MONGO_DB"]], ids, timeout=120)
+            await settle(mongo[env["CARVE_MONGO_DB"]], ids, timeout=300)
             complete = await mongo[env["CARVE_MONGO_DB"]]["carves"].count_documents(
                 {"_id": {"$in": ids}, "status": "complete"}
             )

@@ -197,6 +197,8 @@ async def drills(args: argparse.Namespace, root: Path) -> int:
     if args.hosts:
         mode = dataclasses.replace(mode, hosts=args.hosts)
     chosen = [d for d in (args.only.split(",") if args.only else mode.drills) if d]
+    if args.no_drills:
+        chosen = []
     unknown = set(chosen) - set(DRILLS)
     if unknown:
         print(f"no such drill: {', '.join(sorted(unknown))}", file=sys.stderr)
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=0, help="hosts (default 30; smoke 4)")
     parser.add_argument("--only", default="", help=f"comma-separated, of {', '.join(DRILLS)}")
     parser.add_argument("--throughput", action="store_true", help="also the throughput ratios")
+    parser.add_argument("--no-drills", action="store_true", help="no drill (with --throughput)")
     parser.add_argument("--json", type=Path, help="write every figure there")
     parser.add_argument("--workdir", type=Path, help="keep data and logs here")
     args = parser.parse_args(argv)
