@@ -22,9 +22,9 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import (
-    ClusterDownError,
     ClusterError,
     ReadOnlyError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,13 +35,14 @@ from shared.settings import RedisSettings
 
 # What a Redis outage or a failover in progress looks like to a caller: the server is
 # unreachable or slow, Sentinel names no primary yet, the primary was just demoted (READONLY),
-# or the cluster has a slot without a primary for a moment. Callers turn these into "try
-# again" (503 to a host), never into "stored" nor "failed".
+# or the cluster has a slot without a primary for a moment (CLUSTERDOWN is a ClusterError;
+# a slot no node serves yet, redis-py's SlotNotCoveredError, is not a RedisError at all).
+# Callers turn these into "try again" (503 to a host), never into "stored" nor "failed".
 REDIS_OUTAGE: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
-    ClusterDownError,
     ClusterError,
+    SlotNotCoveredError,
     TryAgainError,
     ReadOnlyError,
 )
