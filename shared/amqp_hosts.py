@@ -8,7 +8,8 @@ node that is up. Channels, queues and consumers are restored on the new node by 
 as usual; quorum queues live on every node, so nothing else changes.
 
 What a lost node costs: messages published but not yet confirmed are not confirmed, so the
-ingest answers the host with an error and the host retries the block (osquery resends it);
+ingest answers the host with a text 503 (osquery 5.22+ sends the block again; 5.21 and older
+skip it, and the carve ends failed for the missing block rather than complete);
 nothing acknowledged to a host depends on the node that died, because RabbitMQ confirms a
 quorum-queue publish only once a majority of its replicas hold it.
 """

@@ -91,7 +91,11 @@ class BlockPublisher:
         reached the queue while its old leader was down keeps having every publish
         nacked until that node returns (the drills saw 20 s of it, every block refused),
         while a new channel finds the new leader at once. The failed publish was
-        answered 503 anyway; the host sends the block again.
+        answered 503 anyway (text, so osquery 5.22+ sends the block again; 5.21 and older
+        skip it, and the carve ends failed for the missing block after the idle timeout).
+        Publishes still awaiting their confirm on the old channel when it closes fail with
+        CancelledError: their requests end without a reply, which osquery's HTTP client
+        answers by re-sending once on a new connection.
         """
         now = time.monotonic()
         if (self._reopening is not None and not self._reopening.done()) or (
