@@ -123,6 +123,9 @@ class EncryptionSettings(_Part):
     vault_kubernetes_role: str = ""
     vault_kubernetes_token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
     # Plaintext data keys are kept in process memory only, this long and this many at most.
+    # A miss costs a MongoDB read and a Vault unwrap, so on an assembler both must cover the
+    # carves receiving at once (0 s, or fewer entries than carves in flight: one of each
+    # per chunk written).
     key_cache_ttl: float = Field(300.0, ge=0)
     key_cache_size: int = Field(1024, ge=1, le=1_000_000)
     # Transit calls run in threads (hvac is synchronous): at most this many at once.
