@@ -36,9 +36,7 @@ import collections
 import contextlib
 import hashlib
 import random
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -60,6 +58,7 @@ from bench.chaos_services import (
     add_vhost,
     round_robin_front,
 )
+from bench.cli import work_root
 from clients.osquery_sim import (
     STATUS_SUCCESS,
     CarveResult,
@@ -368,13 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         "--ha", action="store_true", help="on the HA stack, with the failover drills' faults"
     )
     args = parser.parse_args(argv)
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="carve-chaos-"))
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_root(args.workdir, "carve-chaos-") as root:
         return uvloop.run(chaos(args, root))
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

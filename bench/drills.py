@@ -26,9 +26,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +36,7 @@ from typing import Any
 import uvloop
 from pymongo import AsyncMongoClient
 
+from bench.cli import work_root
 from bench.drill_faults import DRILLS, Drill
 from bench.drill_hosts import Fleet, HostCarve, check, settle
 from bench.drill_stack import SHORT, services
@@ -235,13 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every figure there")
     parser.add_argument("--workdir", type=Path, help="keep data and logs here")
     args = parser.parse_args(argv)
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="carve-drills-"))
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_root(args.workdir, "carve-drills-") as root:
         return uvloop.run(drills(args, root))
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def latency_ms(latencies: list[float]) -> dict[str, float] | None:
+    """p50/p90/p99/max/mean of latencies in seconds, as milliseconds; None for none."""
+    if not latencies:
+        return None
+    return {
+        "p50": round(1000 * percentile(latencies, 0.5), 1),
+        "p90": round(1000 * percentile(latencies, 0.9), 1),
+        "p99": round(1000 * percentile(latencies, 0.99), 1),
+        "max": round(1000 * max(latencies), 1),
+        "mean": round(1000 * statistics.fmean(latencies), 1),
+    }
+
+
 async def run(hosts: int, size: int, block_size: int, workdir: Path) -> dict[str, Any]:
     received: list[tuple[float, dict[str, Any]]] = []
 
@@ -97,15 +110,7 @@ async def run(hosts: int, size: int, block_size: int, workdir: Path) -> dict[str
         "events": dict(kinds),
         "duplicate_ids": sum(1 for n in ids.values() if n > 1),
         "seconds": round(elapsed, 1),
-        "complete_to_2xx_ms": {
-            "p50": round(1000 * percentile(latencies, 0.5), 1),
-            "p90": round(1000 * percentile(latencies, 0.9), 1),
-            "p99": round(1000 * percentile(latencies, 0.99), 1),
-            "max": round(1000 * max(latencies), 1),
-            "mean": round(1000 * statistics.fmean(latencies), 1),
-        }
-        if latencies
-        else None,
+        "complete_to_2xx_ms": latency_ms(latencies),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import random
-import statistics
 import tempfile
 import time
 import uuid
@@ -29,7 +28,7 @@ from typing import Any
 from pymongo import AsyncMongoClient
 
 from bench.cli import size_arg
-from bench.events_latency import percentile
+from bench.events_latency import latency_ms
 from bench.procstats import cpu_seconds, machine_info
 from bench.services import running_backends, running_services, service_env
 from bench.triage_scan import generated_rules
@@ -97,15 +96,7 @@ async def run(hosts: int, size: int, rules: int, workers: int, workdir: Path) ->
         "verdicts": dict(Counter(d["triage"]["verdict"] for d in docs)),
         "seconds": round(elapsed, 1),
         "triage_cpu_s": round(cpu, 2),
-        "complete_to_triaged_ms": {
-            "p50": round(1000 * percentile(latencies, 0.5), 1),
-            "p90": round(1000 * percentile(latencies, 0.9), 1),
-            "p99": round(1000 * percentile(latencies, 0.99), 1),
-            "max": round(1000 * max(latencies), 1),
-            "mean": round(1000 * statistics.fmean(latencies), 1),
-        }
-        if latencies
-        else None,
+        "complete_to_triaged_ms": latency_ms(latencies),
     }
 
 

@@ -28,6 +28,32 @@ from shared.settings import VaultSettings
 log = logging.getLogger(__name__)
 
 
+# Vault cannot answer now (unreachable, down, overloaded): not a refusal; a retry may succeed.
+VAULT_DOWN: tuple[type[Exception], ...] = (
+    requests.RequestException,
+    hvac.exceptions.VaultDown,
+    hvac.exceptions.InternalServerError,
+    hvac.exceptions.BadGateway,
+    hvac.exceptions.RateLimitExceeded,
+)
+
+
+def hvac_client(settings: VaultSettings) -> hvac.Client:
+    """A new hvac client for ``CARVE_VAULT_ADDR``: TLS verified (system CAs or
+    ``CARVE_VAULT_CACERT``), ``CARVE_VAULT_TIMEOUT``, no token."""
+    verify: bool | str = settings.vault_cacert or True
+    return hvac.Client(
+        url=settings.vault_addr.rstrip("/"), verify=verify, timeout=settings.vault_timeout
+    )
+
+
+def require_ready(status: object) -> None:
+    """Raise Unavailable unless a health answer says initialized and unsealed (hvac asks with
+    raise_exception=False: a sealed Vault answers 503 with a body)."""
+    if not isinstance(status, dict) or status.get("sealed") or not status.get("initialized"):
+        raise Unavailable("vault", "sealed or not initialized")
+
+
 class InvalidToken(Unauthorized):
     """Vault does not know the token (never issued, expired or revoked)."""
 
@@ -52,19 +78,17 @@ class VaultClient:
     """Token lookup-self and health, each call in a worker thread."""
 
     def __init__(self, settings: VaultSettings) -> None:
-        self._addr = settings.vault_addr.rstrip("/")
-        self._verify: bool | str = settings.vault_cacert or True
-        self._timeout = settings.vault_timeout
+        self._settings = settings
         self._pool = ThreadPoolExecutor(settings.vault_concurrency, thread_name_prefix="vault")
         self._local = threading.local()
-        parts = urlsplit(self._addr)
+        parts = urlsplit(settings.vault_addr)
         if parts.scheme != "https" and not is_loopback(parts.hostname):
             log.warning("CARVE_VAULT_ADDR is not https: tokens cross the network in clear")
 
     def _client(self) -> hvac.Client:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = hvac.Client(url=self._addr, verify=self._verify, timeout=self._timeout)
+            client = hvac_client(self._settings)
             self._local.client = client
         return client
 
@@ -74,13 +98,7 @@ class VaultClient:
             yield
         except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as exc:
             raise InvalidToken("token unknown, expired or revoked") from exc
-        except (
-            requests.RequestException,
-            hvac.exceptions.VaultDown,
-            hvac.exceptions.InternalServerError,
-            hvac.exceptions.BadGateway,
-            hvac.exceptions.RateLimitExceeded,
-        ) as exc:
+        except VAULT_DOWN as exc:
             raise Unavailable("vault", exc.__class__.__name__) from exc
 
     def _lookup_self(self, token: str) -> dict[str, Any]:
@@ -96,7 +114,7 @@ class VaultClient:
 
     def _userpass_login(self, mount: str, username: str, password: str) -> dict[str, Any]:
         # A fresh client: no token of a previous call in it, none left behind.
-        client = hvac.Client(url=self._addr, verify=self._verify, timeout=self._timeout)
+        client = hvac_client(self._settings)
         try:
             with self._vault_errors():
                 answer = client.auth.userpass.login(username, password, mount_point=mount)
@@ -110,7 +128,7 @@ class VaultClient:
         return auth
 
     def _oidc_auth_url(self, mount: str, role: str, redirect_uri: str, client_nonce: str) -> str:
-        client = hvac.Client(url=self._addr, verify=self._verify, timeout=self._timeout)
+        client = hvac_client(self._settings)
         try:
             with self._vault_errors():
                 answer = client.write(
@@ -132,7 +150,7 @@ class VaultClient:
     def _oidc_callback(
         self, mount: str, state: str, code: str, client_nonce: str
     ) -> dict[str, Any]:
-        client = hvac.Client(url=self._addr, verify=self._verify, timeout=self._timeout)
+        client = hvac_client(self._settings)
         params = {"state": state, "code": code, "client_nonce": client_nonce}
         try:
             with self._vault_errors():
@@ -156,9 +174,7 @@ class VaultClient:
     def _health(self) -> None:
         with self._vault_errors():
             status = self._client().sys.read_health_status(method="GET", standby_ok=True)
-        # Asked with raise_exception=False by hvac: a sealed Vault answers 503 with a body.
-        if not isinstance(status, dict) or status.get("sealed") or not status.get("initialized"):
-            raise Unavailable("vault", "sealed or not initialized")
+        require_ready(status)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -42,6 +42,7 @@ from shared.holds import (
     place_hold,
     release_hold,
 )
+from shared.inert import inert
 from shared.mongo import transient_on_outage
 from shared.text import check_plain
 
@@ -126,7 +127,7 @@ async def put_hold(request: web.Request) -> web.Response:
         if body.case not in hold_cases(doc):
             raise Conflict(f"carve {doc['_id']} already has {MAX_HOLDS} holds: release one first")
         return web.json_response(carve_view(doc))  # that case holds it already
-    log.warning("carve %s held for case %s by %s", doc["_id"], body.case, hold["placed_by"])
+    log.warning("carve %s held for case %s by %s", doc["_id"], body.case, inert(hold["placed_by"]))
     return web.json_response(carve_view(changed), status=201)
 
 
@@ -141,7 +142,7 @@ async def delete_hold(request: web.Request) -> web.Response:
     )
     if changed is None:
         raise NotFound(f"carve {doc['_id']} has no hold for case {case}", holds=hold_cases(doc))
-    log.warning("carve %s: hold of case %s released by %s", doc["_id"], case, who(identity))
+    log.warning("carve %s: hold of case %s released by %s", doc["_id"], case, inert(who(identity)))
     return web.json_response(carve_view(changed))
 
 
@@ -158,7 +159,7 @@ async def put_expiry(request: web.Request) -> web.Response:
             raise InvalidRequest("expires_at must be in the future, at most ten years ahead")
     update: dict[str, Any] = {"$set": {"expires_at": when, "updated_at": now}}
     changed = await _update(request, {"_id": _live(doc)["_id"], **LIVE}, update)
-    log.warning("carve %s: expiry set to %s by %s", doc["_id"], when, who(identity))
+    log.warning("carve %s: expiry set to %s by %s", doc["_id"], when, inert(who(identity)))
     return web.json_response(carve_view(changed))
 
 

@@ -30,6 +30,7 @@ from shared import keys as shared_keys
 from shared.carves import Status, carves_of
 from shared.errors import Conflict, InvalidRequest
 from shared.mongo import transient_on_outage
+from shared.timefmt import rfc3339
 from shared.triage import rescan_update, triage_view
 
 
@@ -80,7 +81,7 @@ async def rescan_since(request: web.Request) -> web.Response:
         found = await carves.find(query, {"_id": 1}).limit(limit + 1).to_list()
         if len(found) > limit:
             raise InvalidRequest(
-                f"more than {limit} carves completed since {since.isoformat()}: give a later "
+                f"more than {limit} carves completed since {rfc3339(since)}: give a later "
                 "since (CARVE_TRIAGE_RESCAN_MAX)",
                 limit=limit,
             )
@@ -90,5 +91,5 @@ async def rescan_since(request: web.Request) -> web.Response:
             rescan_update(datetime.now(UTC), _who(identity)),
         )
     return web.json_response(
-        {"since": since.isoformat(), "requested": done.modified_count}, status=202
+        {"since": rfc3339(since), "requested": done.modified_count}, status=202
     )

@@ -21,9 +21,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, field
+from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
@@ -32,6 +31,7 @@ from shared.carves import Status, carves_of
 from shared.crypto.chunks import OVERHEAD
 from shared.crypto.keys import ALL, STORED, KeyRing
 from shared.crypto.reader import CarveReader
+from shared.crypto.transit import Transit
 from shared.errors import CorruptArchive, Unavailable
 from shared.mongo import Document, transient_on_outage
 from shared.protocol import expected_block_length
@@ -43,15 +43,7 @@ REWRAP_STATE = "rewrap"
 _VERSION = re.compile(r"^vault:v(\d+):")
 
 
-@dataclass
-class Tally:
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def add(self, what: str, k: int = 1) -> None:
-        self.counts[what] = self.counts.get(what, 0) + k
-
-
-def _transit(keyring: KeyRing) -> Any:
+def _transit(keyring: KeyRing) -> Transit:
     if keyring.transit is None:
         raise Unavailable("vault", "no Vault Transit configured (CARVE_VAULT_ROLE_ID...)")
     return keyring.transit
@@ -63,7 +55,7 @@ async def rewrap(
     """Rotate and re-wrap every carve's data key (resuming an unfinished run)."""
     transit = _transit(keyring)
     carves, state = carves_of(db), db[LOCKS]
-    tally = Tally()
+    tally: Counter[str] = Counter()
     with transient_on_outage("rewrap state"):
         saved = await state.find_one({"_id": REWRAP_STATE}) or {}
         if saved.get("done", True):
@@ -86,10 +78,10 @@ async def rewrap(
                 done = await carves.update_one(
                     {"_id": doc["_id"], "encryption.wrapped": old}, {"$set": change}
                 )
-            tally.add("rewrapped" if done.modified_count else "changed_meanwhile")
+            tally["rewrapped" if done.modified_count else "changed_meanwhile"] += 1
             if retire and done.modified_count and (match := _VERSION.match(new)):
                 await transit.retire(name, int(match.group(1)))
-                tally.add("retired")
+                tally["retired"] += 1
         if not page:
             break
         after = page[-1]["_id"]
@@ -97,7 +89,7 @@ async def rewrap(
             await state.update_one({"_id": REWRAP_STATE}, {"$set": {"after": after}})
     with transient_on_outage("rewrap state"):
         await state.update_one({"_id": REWRAP_STATE}, {"$set": {"done": True}})
-    return tally.counts
+    return dict(tally)
 
 
 def _encrypt_query() -> Document:
@@ -112,7 +104,7 @@ async def encrypt(
 ) -> dict[str, int]:
     """Seal the clear chunks of up to ``limit`` stored carves (all of them: run again)."""
     _transit(keyring)
-    tally = Tally()
+    tally: Counter[str] = Counter()
     carves = carves_of(db)
     with transient_on_outage("encrypt listing"):
         ids = [
@@ -123,11 +115,11 @@ async def encrypt(
             sealed = await _encrypt_one(db, bucket, keyring, carve_id, batch_bytes)
         except CorruptArchive as exc:
             log.error("carve %s not encrypted: %s", carve_id, exc)
-            tally.add("corrupt")
+            tally["corrupt"] += 1
             continue
-        tally.add("carves_sealed" if sealed is not None else "skipped")
-        tally.add("chunks_sealed", sealed or 0)
-    return tally.counts
+        tally["carves_sealed" if sealed is not None else "skipped"] += 1
+        tally["chunks_sealed"] += sealed or 0
+    return dict(tally)
 
 
 async def _encrypt_one(

@@ -7,8 +7,9 @@
    chunks, keep the document as an ``expired`` tombstone;
 3. complete carves past ``CARVE_RETENTION``: the same;
 4. orphan chunks (no carve document, or a carve whose bytes are gone): a
-   slice of them per sweep, resuming where the last sweep stopped; then the
-   Transit keys of deleted and expired carves are destroyed (crypto-shredding);
+   slice of them per sweep, resuming where the last sweep stopped
+   (``services.janitor.orphans``); then the Transit keys of deleted and expired
+   carves are destroyed (crypto-shredding);
 5. Redis sessions of carves that no longer receive;
 6. carve events a dead process left in the outbox (``shared.events``).
 
@@ -36,6 +37,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
+from services.janitor.orphans import OrphanScan
 from services.janitor.settings import JanitorSettings
 from shared.carves import ENDED, CarveDoc, Status, carves_of
 from shared.crypto.keys import KeyRing
@@ -63,7 +65,6 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 LOCKS = "locks"
 LOCK_ID = "janitor"
-ORPHAN_STATE = "janitor-orphan-scan"
 
 
 def utc_now() -> datetime:
@@ -110,6 +111,7 @@ class Janitor:
         self._clock = clock
         self._events = events
         self._owner = f"{socket.gethostname()}:{secrets.token_hex(4)}"
+        self._orphan_scan = OrphanScan(db, settings, db[LOCKS])
 
     async def sweep(self, *, dry_run: bool = False) -> Report:
         """One pass over everything; a dry run changes nothing and reports what it would do."""
@@ -314,49 +316,8 @@ class Janitor:
     # --- 4. orphan chunks -----------------------------------------------------------------------
 
     async def _orphans(self, report: Report) -> None:
-        """Check the next ``janitor_batch`` distinct carve ids found among the chunks."""
-        state = self._db[LOCKS]
-        with transient_on_outage("janitor: orphans"):
-            saved = await state.find_one({"_id": ORPHAN_STATE}) or {}
-            after: str = saved.get("after", "")
-            ids = await self._next_chunk_owners(after, self._settings.janitor_batch)
-            found = self._carves.find({"_id": {"$in": ids}}, {"status": 1})
-            live = {d["_id"] async for d in found if d["status"] not in ENDED}
-        for carve_id in ids:
-            if carve_id in live:
-                continue
-            report.actions["orphans_removed"] += 1
-            if not report.dry_run:
-                deleted, _ = await purge_archive(
-                    self._db,
-                    self._settings.mongo_bucket,
-                    carve_id,
-                    batch=self._settings.janitor_batch,
-                    carve=None,
-                )
-                report.actions["orphan_chunks"] += deleted
-        if not report.dry_run:
-            # Wrap around once the end is reached: the next sweep starts over.
-            position = ids[-1] if len(ids) == self._settings.janitor_batch else ""
-            with transient_on_outage("janitor: orphans"):
-                await state.update_one(
-                    {"_id": ORPHAN_STATE}, {"$set": {"after": position}}, upsert=True
-                )
-
-    async def _next_chunk_owners(self, after: str, limit: int) -> list[str]:
-        """Distinct files_id values after ``after``: one index seek each, no full scan."""
-        owners: list[str] = []
-        while len(owners) < limit:
-            doc = await self._chunks.find_one(
-                {"files_id": {"$gt": after}},
-                {"files_id": 1, "_id": 0},
-                sort=[("files_id", 1), ("n", 1)],
-            )
-            if doc is None:
-                break
-            after = doc["files_id"]
-            owners.append(after)
-        return owners
+        """A slice of the orphan chunks (``services.janitor.orphans``)."""
+        await self._orphan_scan.step(report.actions, dry_run=report.dry_run)
 
     async def _shred(self, report: Report) -> None:
         """Crypto-shredding (``shared.crypto.shred``): keys of deleted and expired carves."""

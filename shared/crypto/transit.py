@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 
 import hvac
 import hvac.exceptions
-import requests
 
 from shared.errors import Gone, Unavailable
 from shared.settings import EncryptionSettings, VaultSettings
+from shared.vault import VAULT_DOWN, hvac_client, require_ready
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,9 +48,7 @@ class Transit:
     """Create, use, rotate and destroy the per-carve Transit keys."""
 
     def __init__(self, vault: VaultSettings, settings: EncryptionSettings) -> None:
-        self._addr = vault.vault_addr.rstrip("/")
-        self._verify: bool | str = vault.vault_cacert or True
-        self._timeout = vault.vault_timeout
+        self._vault = vault
         self._mount = settings.transit_mount
         self._settings = settings
         self._pool = ThreadPoolExecutor(settings.transit_concurrency, thread_name_prefix="transit")
@@ -64,7 +62,7 @@ class Transit:
     # --- signing in ------------------------------------------------------------------------
 
     def _new_client(self) -> hvac.Client:
-        return hvac.Client(url=self._addr, verify=self._verify, timeout=self._timeout)
+        return hvac_client(self._vault)
 
     def _login(self) -> None:
         settings = self._settings
@@ -120,11 +118,7 @@ class Transit:
         try:
             yield
         except (
-            requests.RequestException,
-            hvac.exceptions.VaultDown,
-            hvac.exceptions.InternalServerError,
-            hvac.exceptions.BadGateway,
-            hvac.exceptions.RateLimitExceeded,
+            *VAULT_DOWN,
             hvac.exceptions.Forbidden,
             hvac.exceptions.Unauthorized,
             OSError,
@@ -221,8 +215,7 @@ class Transit:
     def _health(self) -> None:
         with self._errors("health"):
             status = self._client().sys.read_health_status(method="GET", standby_ok=True)
-        if not isinstance(status, dict) or status.get("sealed") or not status.get("initialized"):
-            raise Unavailable("vault", "sealed or not initialized")
+        require_ready(status)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

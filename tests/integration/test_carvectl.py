@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 import stat
 from collections.abc import AsyncIterator
@@ -16,6 +14,7 @@ import pytest
 
 from clients import carvectl
 from devstack.vault import POLICY, VaultAdmin
+from tests.carvectl_run import run_carvectl
 from tests.integration.test_download import MEMBERS, Carved, Responder
 from tests.stack import Stack
 from tests.uploads import Upload, random_bytes
@@ -31,14 +30,7 @@ class Cli:
         env = {"XDG_CONFIG_HOME": str(self.home), "VAULT_ADDR": self.responder.vault.url}
         if token is not None:
             env["VAULT_TOKEN"] = self.responder.token.token if token == "default" else token
-        out, err = io.StringIO(), io.StringIO()
-
-        def call() -> int:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                return carvectl.run(["--server", self.responder.url, "--quiet", *argv], env=env)
-
-        code = await asyncio.to_thread(call)
-        return code, out.getvalue(), err.getvalue()
+        return await run_carvectl(self.responder.url, env, *argv)
 
 
 @pytest.fixture

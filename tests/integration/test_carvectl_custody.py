@@ -4,9 +4,6 @@ fetched, then verified offline (no server, no token)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -17,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from clients import carvectl
 from clients.carvectl.errors import EXIT_HELD, EXIT_INTEGRITY, EXIT_USAGE
 from devstack.vault import POLICY, VaultAdmin
 from tests.audit_rows import settled_rows
+from tests.carvectl_run import run_carvectl
 from tests.integration.test_download import Carved, Responder
 from tests.stack import Stack
 
@@ -35,14 +32,7 @@ class Cli:
 
     async def run(self, *argv: str, token: str | None = None) -> tuple[int, str, str]:
         env = {"XDG_CONFIG_HOME": str(self.home), "VAULT_TOKEN": token or self.admin}
-        out, err = io.StringIO(), io.StringIO()
-
-        def call() -> int:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                return carvectl.run(["--server", self.responder.url, "--quiet", *argv], env=env)
-
-        code = await asyncio.to_thread(call)
-        return code, out.getvalue(), err.getvalue()
+        return await run_carvectl(self.responder.url, env, *argv)
 
 
 @pytest.fixture

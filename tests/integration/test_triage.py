@@ -255,7 +255,8 @@ async def test_sighup_brings_new_rules_and_an_admin_re_scan_applies_them_to_an_o
         async with http.post(
             f"{api}/triage", headers=admin, json={"since": "2000-01-01T00:00:00Z"}
         ) as resp:
-            assert resp.status == 202 and (await resp.json())["requested"] == 2
+            assert resp.status == 202
+            assert await resp.json() == {"since": "2000-01-01T00:00:00Z", "requested": 2}
         async with http.post(f"{api}/triage", headers=admin, json={"since": "yesterday"}) as resp:
             assert resp.status == 400
         stack_third = await upload(stack, {"/etc/motd": b"hi\n"}, tmp_path, compress=False)
