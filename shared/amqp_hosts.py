@@ -93,6 +93,13 @@ async def connect_any(
             last = exc
             await connection.close()
             continue
+        except BaseException:
+            # Cancelled mid-connect (a shutdown, a caller's timeout): close it, or its
+            # reconnect task lives on. That task treats a cancel that comes while it connects
+            # as a failed attempt and tries again, unless close() was called: an event loop
+            # shutting down (asyncio.run, pytest-asyncio) then waits for it for ever.
+            await connection.close()
+            raise
         return connection
     assert last is not None
     raise last

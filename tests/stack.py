@@ -33,8 +33,12 @@ from services.janitor.settings import JanitorSettings
 from services.janitor.sweep import Clock, utc_now
 from services.triage.main import create_app as create_triage
 from services.triage.settings import TriageSettings
+from tests.hangdump import watchdog
 
 S = TypeVar("S", bound=BaseSettings)
+
+# A teardown still running this long prints every asyncio task (pytest-timeout is 120 s).
+TEARDOWN_DUMP_AFTER = 60.0
 
 
 def fields(env: dict[str, str]) -> dict[str, Any]:
@@ -85,6 +89,10 @@ class Stack:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        async with watchdog("Stack teardown", TEARDOWN_DUMP_AFTER):
+            await self._teardown()
+
+    async def _teardown(self) -> None:
         for proc in self.processes:
             proc.kill(signal.SIGTERM)
         for app in reversed(self.apps):
