@@ -21,6 +21,14 @@ company worth waiting for. A lone caller, with nothing else in flight, is never
 delayed. ``linger_below`` (a weight) lingers only while the batch weighs less:
 big items fill a round trip's worth on their own. ``on_linger`` is called for
 each flush that does wait.
+
+With ``inline=True`` an item that finds nothing pending and nothing in flight is
+flushed in its caller's own task: no runner task, no future, two event-loop
+turns fewer (a lone osquery host sends one block at a time, so each of its
+blocks is such an item). Items that arrive meanwhile queue as usual and go to a
+runner once it ends; it counts as one of the ``concurrency`` flushes. A caller
+cancelled during its inline flush cancels that flush (its own item only). An item
+that would linger alone (``linger`` with ``linger_alone``) is never flushed inline.
 """
 
 from __future__ import annotations
@@ -71,8 +79,12 @@ class Coalescer(Generic[T, R]):
         linger_alone: bool = True,
         linger_below: int = 0,
         on_linger: Callable[[], None] = lambda: None,
+        inline: bool = False,
     ) -> None:
         self._flush = flush
+        # A lone item that would linger for company (linger_alone) is not flushed inline.
+        self._inline = inline and not (linger and linger_alone)
+        self._inline_flushing = 0  # inline flushes in flight (in their callers' tasks)
         self._linger = linger
         self._linger_alone = linger_alone
         self._linger_below = linger_below
@@ -89,6 +101,8 @@ class Coalescer(Generic[T, R]):
         self._runners: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
+        if self._inline and not self._pending and not self._flushing and self._waiter is None:
+            return await self._flush_inline(item)  # (never set with linger_alone: see init)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._weight is not None:
@@ -100,10 +114,25 @@ class Coalescer(Generic[T, R]):
         self._spawn()
         return await future
 
+    async def _flush_inline(self, item: T) -> R:
+        """``item`` alone, flushed in the caller's task (see ``inline``)."""
+        self._flushing += 1
+        self._inline_flushing += 1
+        try:
+            (result,) = await self._flush([item])
+        finally:
+            self._flushing -= 1
+            self._inline_flushing -= 1
+            if self._pending and self._waiter is None:
+                self._spawn()  # what arrived meanwhile, unless a runner lingers for it
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     def _spawn(self) -> None:
         # A finished runner may still wait for its done-callbacks: prune by done(), not by them.
         self._runners = {runner for runner in self._runners if not runner.done()}
-        if len(self._runners) < self._concurrency:
+        if len(self._runners) + self._inline_flushing < self._concurrency:
             self._runners.add(asyncio.create_task(self._drain()))
 
     def _enough(self) -> bool:

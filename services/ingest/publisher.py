@@ -66,6 +66,7 @@ class BlockPublisher:
             linger=linger,
             linger_alone=False,
             on_linger=on_linger,
+            inline=True,  # a lone host's block: published in its own request's task
         )
 
     async def open(self) -> None:

@@ -206,7 +206,7 @@ class SessionStore:
         self._cluster = is_cluster(redis)
         self._mark = redis.register_script(_MARK)
         self._received = redis.register_script(_RECEIVED)
-        self._marks: Coalescer[tuple[str, int], int] = Coalescer(self._mark_many, max_items=256)
+        self._marks = Coalescer[tuple[str, int], int](self._mark_many, 256, inline=True)
         self._cache: TTLCache[str, Session] = TTLCache(maxsize=cache_size, ttl=cache_ttl)
 
     def _keys(self, session_id: str) -> tuple[str, str]:

@@ -70,7 +70,9 @@ async def test_concurrent_marks_share_round_trips_and_keep_their_answers(
     # every block recorded once; the repeat is a duplicate
     assert sum(m is Marked.FRESH for m in fresh) == 40
     assert {fresh[7], fresh[40]} == {Marked.FRESH, Marked.DUPLICATE}
-    assert redis.scripts <= 2, f"{redis.scripts} script calls for 41 concurrent marks"
+    # The first alone (nothing was in flight: it goes at once, inline), the 40 others in one
+    # call, and one more when Redis had not loaded the script yet (NOSCRIPT, then again).
+    assert redis.scripts <= 3, f"{redis.scripts} script calls for 41 concurrent marks"
     # What Redis holds: exactly blocks 0-19 of each session.
     for session_id in (one, two):
         bits = session_keys(sessions._prefix, session_id)[1]
