@@ -20,12 +20,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from aio_pika.abc import AbstractChannel, AbstractMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
+from aiormq import spec
 
 from shared.batching import Coalescer
 from shared.errors import Unavailable
-from shared.queue import Block, declare_topology, encode, encode_received
+from shared.queue import Block, blocks_properties, declare_topology, encode_body, encode_received
 from shared.resources import AMQP_ERRORS, amqp_blocked, amqp_connected, with_amqp_retry
 
 log = logging.getLogger(__name__)
@@ -124,14 +125,15 @@ class BlockPublisher:
 
     async def publish_received(self, carve_id: str) -> None:
         """Publish the durable "carve fully received" trigger; return once confirmed."""
-        await self._confirmed(encode_received(carve_id))
+        trigger = encode_received(carve_id)
+        await self._confirmed(trigger.body, trigger.properties)
 
     async def _publish_batch(self, blocks: Sequence[Block]) -> list[None]:
-        await self._confirmed(encode(blocks))
+        await self._confirmed(encode_body(blocks), blocks_properties(len(blocks)))
         self._on_batch(len(blocks))
         return [None] * len(blocks)
 
-    async def _confirmed(self, message: AbstractMessage) -> None:
+    async def _confirmed(self, body: bytes, properties: spec.Basic.Properties) -> None:
         channel = self._channel
         if channel is None or channel.is_closed or not amqp_connected(self._connection):
             raise Unavailable("rabbitmq", "not connected")
@@ -140,9 +142,12 @@ class BlockPublisher:
             raise Unavailable("rabbitmq", "publishers blocked by a resource alarm")
         try:
             async with asyncio.timeout(self._timeout):
+                # What aio-pika's default_exchange.publish(message) does, without the
+                # Message object and the typing work of its return (per publish).
+                underlay = await channel.get_underlay_channel()
                 publish = asyncio.ensure_future(
-                    channel.default_exchange.publish(
-                        message, routing_key=self._queue, mandatory=True
+                    underlay.basic_publish(
+                        body, routing_key=self._queue, properties=properties, mandatory=True
                     )
                 )
                 try:
