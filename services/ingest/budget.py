@@ -11,8 +11,6 @@ osquery is told to retry.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 
 class ByteBudget:
@@ -26,24 +24,42 @@ class ByteBudget:
     def used(self) -> int:
         return self._used
 
-    @asynccontextmanager
-    async def hold(self, size: int) -> AsyncIterator[None]:
-        # A request larger than the whole budget still runs, alone.
-        size = min(size, self._capacity)
+    def hold(self, size: int) -> _Hold:
+        """``async with budget.hold(size):`` reserves ``size`` bytes (at most the whole
+        budget: a larger request still runs, alone) until the block is done."""
+        return _Hold(self, min(size, self._capacity))
+
+    async def _reserve(self, size: int) -> None:
         if self._used + size <= self._capacity:
             self._used += size  # the common case: no lock, no wait
-        else:
-            self._waiting += 1
-            try:
-                async with self._changed:
-                    await self._changed.wait_for(lambda: self._used + size <= self._capacity)
-                    self._used += size
-            finally:
-                self._waiting -= 1
+            return
+        self._waiting += 1
         try:
-            yield
+            async with self._changed:
+                await self._changed.wait_for(lambda: self._used + size <= self._capacity)
+                self._used += size
         finally:
-            self._used -= size
-            if self._waiting:
-                async with self._changed:
-                    self._changed.notify_all()
+            self._waiting -= 1
+
+    async def _give_back(self, size: int) -> None:
+        self._used -= size
+        if self._waiting:
+            async with self._changed:
+                self._changed.notify_all()
+
+
+class _Hold:
+    """One reservation; a class rather than an @asynccontextmanager generator, whose
+    machinery costs more Python calls than the reservation itself (once per block)."""
+
+    __slots__ = ("_budget", "_size")
+
+    def __init__(self, budget: ByteBudget, size: int) -> None:
+        self._budget = budget
+        self._size = size
+
+    async def __aenter__(self) -> None:
+        await self._budget._reserve(self._size)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._budget._give_back(self._size)

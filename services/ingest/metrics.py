@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -17,6 +17,22 @@ class IngestMetrics:
     latency: Histogram
     batch_blocks: Histogram
     lingered: Counter
+    # Children of the per-block series, bound once: labels() on every block costs a lock,
+    # a validation and a dict lookup each time.
+    accepted: Counter = field(init=False)
+    duplicate: Counter = field(init=False)
+    _latency_of: dict[str, Histogram] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "accepted", self.blocks.labels("accepted"))
+        object.__setattr__(self, "duplicate", self.blocks.labels("duplicate"))
+
+    def latency_of(self, endpoint: str) -> Histogram:
+        """``latency`` of ``endpoint`` (a route's name: a handful, never the host's text)."""
+        child = self._latency_of.get(endpoint)
+        if child is None:
+            child = self._latency_of[endpoint] = self.latency.labels(endpoint)
+        return child
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:

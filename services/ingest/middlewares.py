@@ -87,4 +87,4 @@ async def osquery_errors(request: web.Request, handler: Handler) -> web.StreamRe
         log.exception("%s: unexpected error", endpoint)
         return web.Response(status=500, text="internal error\n")
     finally:
-        metrics.latency.labels(endpoint).observe(time.monotonic() - started)
+        metrics.latency_of(endpoint).observe(time.monotonic() - started)

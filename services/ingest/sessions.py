@@ -401,8 +401,10 @@ class SessionStore:
     async def _mark_group(self, blocks: Sequence[tuple[str, int]], now: int) -> list[int]:
         keys = [key for session_id, _ in blocks for key in self._keys(session_id)]
         args = [self._ttl, now, *(block_id for _, block_id in blocks)]
-        async with _backend("redis"):
+        try:  # _backend("redis"), without a generator's machinery on every block
             return [int(old) for old in await self._mark(keys=keys, args=args)]
+        except _OUTAGES as exc:
+            raise Unavailable("redis", exc.__class__.__name__) from exc
 
 
 def _parse(session_id: str, fields: dict[bytes, bytes]) -> Session:

@@ -98,9 +98,9 @@ async def upload_block(request: web.Request) -> web.Response:
         )
     metrics = app[keys.METRICS]
     if not fresh:
-        metrics.blocks.labels("duplicate").inc()
+        metrics.duplicate.inc()
     else:
-        metrics.blocks.labels("accepted").inc()
+        metrics.accepted.inc()
         metrics.block_bytes.inc(len(block.data))
     return web.Response(body=OK_BODY, content_type="application/json")
 
