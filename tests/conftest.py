@@ -11,6 +11,7 @@ import pytest
 
 from devstack.backends import Backends, running_backends
 from devstack.vault import VaultAdmin, provision_transit
+from tests.hangdump import thread_watchdog
 from tests.stack import Stack
 
 
@@ -92,6 +93,13 @@ async def sealed_stack(
 def vault(backends: Backends) -> VaultAdmin:
     """Root access to the session's OpenBao, with the download policy and userpass set up."""
     return VaultAdmin.provisioned(backends.vault)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    # A teardown that hangs (a task ignoring its cancellation) prints every task at 60 s.
+    with thread_watchdog(f"teardown after {item.nodeid}"):
+        return (yield)
 
 
 def pytest_configure(config: pytest.Config) -> None:
