@@ -266,6 +266,17 @@ class Transit:
         service (signed in, its policy allowing a decrypt there)."""
         await self._run(self._health)
 
+    # --- other Transit operations, signed in as the same identity (custody signing) -------
+
+    def call(self, op: str, fn: Callable[[hvac.Client], T]) -> T:
+        """``fn`` with a client signed in as the service, sharing this object's login and
+        token (one per process), counted under ``op``. Blocking: run it with ``run``."""
+        return self._call(op, fn)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in this object's worker threads."""
+        return await self._run(fn, *args)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
