@@ -211,7 +211,8 @@ async def calls_per_carve(procs: dict[str, ServiceProcess], carves: int) -> dict
         for sample, value in (await scrape(procs[name].url)).items():
             if sample.startswith("carve_transit_calls_total"):
                 op = sample.split("op=")[1].strip('"}')
-                found[f"{name}:{op}"] = value / carves
+                if op != "probe":  # readiness checks, per scrape: not a carve's cost
+                    found[f"{name}:{op}"] = value / carves
     return found
 
 

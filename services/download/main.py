@@ -21,7 +21,7 @@ from services.download.settings import DownloadSettings
 from services.download.slots import StreamSlots, TarJobs
 from services.download.tokens import Authorizer
 from shared import keys as shared_keys
-from shared.crypto.context import keyring_ctx
+from shared.crypto.context import keyring_ctx, transit_checks
 from shared.events.relay import events_ctx
 from shared.health import add_health_routes, check_mongo, service_app
 from shared.metrics import add_scrape_hook
@@ -89,6 +89,8 @@ def create_app(settings: DownloadSettings) -> web.Application:
         ]
     )
     setup_routes(app)
-    add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})
+    add_health_routes(
+        app, {"mongodb": check_mongo, "vault": check_vault, **transit_checks(settings)}
+    )
     add_scrape_hook(app, functools.partial(count_carves, app))
     return app

@@ -18,7 +18,7 @@ from services.janitor.metrics import JanitorMetrics
 from services.janitor.settings import JanitorSettings
 from services.janitor.sweep import Clock, Janitor, Report, utc_now
 from shared import keys as shared_keys
-from shared.crypto.context import KEYRING, keyring_ctx
+from shared.crypto.context import KEYRING, keyring_ctx, transit_checks
 from shared.errors import Unavailable
 from shared.events.relay import RELAY, events_ctx
 from shared.finalize import Finalizer
@@ -126,7 +126,11 @@ def create_app(
             _janitor_ctx(clock, loop=loop),
         ]
     )
-    checks: dict[str, Check] = {"redis": check_redis, "mongodb": check_mongo}
+    checks: dict[str, Check] = {
+        "redis": check_redis,
+        "mongodb": check_mongo,
+        **transit_checks(settings),
+    }
     if loop:
         checks["sweeps"] = check_sweeping
     add_health_routes(app, checks)

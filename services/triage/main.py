@@ -23,7 +23,7 @@ from services.triage.settings import TriageSettings
 from services.triage.store import TriageStore, ensure_indexes
 from services.triage.sweep import Sweep
 from shared import keys as shared_keys
-from shared.crypto.context import KEYRING, keyring_ctx
+from shared.crypto.context import KEYRING, keyring_ctx, transit_checks
 from shared.events.relay import RELAY, events_ctx
 from shared.health import NotReady, add_health_routes, check_amqp, check_mongo, service_app
 from shared.metrics import add_scrape_hook
@@ -103,7 +103,8 @@ def create_app(settings: TriageSettings) -> web.Application:
             _triage_ctx,
         ]
     )
-    add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo, "rules": check_rules})
+    checks = {"rabbitmq": check_amqp, "mongodb": check_mongo, "rules": check_rules}
+    add_health_routes(app, {**checks, **transit_checks(settings)})
     add_scrape_hook(app, functools.partial(_count_queue, app))
     return app
 
