@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -24,6 +23,7 @@ from shared.events.relay import RELAY, events_ctx
 from shared.finalize import Finalizer
 from shared.health import Check, add_health_routes, check_mongo, check_redis, service_app
 from shared.resources import CleanupCtx, mongo_ctx, redis_ctx
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,7 @@ def _janitor_ctx(clock: Clock, *, loop: bool) -> CleanupCtx:
         try:
             yield
         finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
 
     return ctx
 

@@ -29,6 +29,7 @@ from shared.health import NotReady, add_health_routes, check_amqp, check_mongo, 
 from shared.metrics import add_scrape_hook
 from shared.queue_depth import ready_messages
 from shared.resources import amqp_ctx, mongo_ctx
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ async def _triage_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         await consumer.stop()
         await sweep.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         await pool.close()
 
 
