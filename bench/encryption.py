@@ -61,6 +61,8 @@ async def service_set(
         "CARVE_EVENTS_EXCHANGE": f"bench.events.{tag}",
         "CARVE_REDIS_KEY_PREFIX": f"bench{tag}:",
         "CARVE_LOG_LEVEL": "WARNING",
+        # every carve comes from one simulated host: more than its 30 starts a minute
+        "CARVE_MAX_STARTS_PER_HOST_PER_MINUTE": "100000",
     }
     procs = {
         name: ServiceProcess(name, {**own, **roles.get(name, {})}, logdir / f"{mode}-{name}.log")
@@ -83,7 +85,9 @@ async def upload(http: aiohttp.ClientSession, ingest: str, data: bytes, block: i
         carve_id=carve_id, request_id=request_id, node_key="",
     )  # fmt: skip
     async with http.post(ingest + "/start_uploads", data=body) as resp:
-        session = (await resp.json())["session_id"]
+        answer = await resp.json()
+        assert "session_id" in answer, f"start_uploads answered {resp.status}: {answer}"
+        session = answer["session_id"]
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(count):
         queue.put_nowait(i)
