@@ -51,7 +51,8 @@ _HEADER = 1 + NONCE_BYTES  # version and nonce, before the ciphertext
 class _Scratch(threading.local):
     """Each thread's sealing buffer: as large as the largest chunk it sealed, and kept."""
 
-    buf = bytearray()
+    def __init__(self) -> None:
+        self.buf = bytearray()  # per thread: __init__ runs again in each thread
 
 
 _scratch = _Scratch()
