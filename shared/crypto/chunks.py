@@ -22,7 +22,9 @@ Sealing writes version, nonce, ciphertext and tag into one scratch buffer (AESGC
 ``encrypt`` and then concatenating would allocate two fresh chunk-sized buffers a chunk, and
 with 1 MiB chunks fresh memory (page faults) costs more than AES itself. Opening reads any
 buffer (a memoryview into a MongoDB reply will do) and returns new bytes only once the tag
-has authenticated: ``decrypt`` raises before it hands anything out.
+has authenticated: ``decrypt`` raises before it hands anything out. (Not ``decrypt_into``:
+with cryptography 50 it leaves the unauthenticated plaintext in the caller's buffer when
+the tag fails.)
 """
 
 from __future__ import annotations
