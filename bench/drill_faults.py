@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from devstack.cluster import RabbitCluster, RabbitNode
+from devstack.cluster import RabbitCluster, RabbitNode, RedisNode
 from devstack.ha import HaBackends
 from devstack.ports import HOST
 
@@ -51,8 +51,35 @@ async def kill_redis_primary(ha: HaBackends, queue: str, seconds: float) -> str:
     new = await asyncio.to_thread(sentinel.current_primary)
     old.extra = ["--replicaof", HOST, str(new.port)]
     await asyncio.to_thread(old.start)
-    await _wait(lambda: "master_link_status:up" in old.cli("info", "replication"), 60, "rejoin")
+    try:
+        await _wait(lambda: "master_link_status:up" in old.cli("info", "replication"), 90, "rejoin")
+    except TimeoutError as exc:
+        # Say what each side saw (a run under load once timed out here, cause unknown).
+        seen = await asyncio.to_thread(_replication, old, new)
+        raise TimeoutError(f"{exc}: {seen}") from exc
     return f"redis primary :{old.port} SIGKILL; Sentinel promoted the replica in {promoted:.1f} s"
+
+
+def _replication(*nodes: RedisNode) -> str:
+    views = []
+    for node in nodes:
+        try:
+            info = node.cli("info", "replication").replace("\r", "").split("\n")
+        except Exception as exc:  # a node that does not answer: that is the news
+            info = [f"no answer: {exc!r}"]
+        keep = [
+            line
+            for line in info
+            if line.split(":")[0] in _REPLICATION_FIELDS or "no answer" in line
+        ]
+        views.append(f":{node.port} " + ", ".join(keep))
+    return "; ".join(views)
+
+
+_REPLICATION_FIELDS = {
+    "role", "master_port", "master_link_status", "master_sync_in_progress",
+    "master_link_down_since_seconds", "connected_slaves", "slave0", "master_repl_offset",
+}  # fmt: skip
 
 
 async def kill_cluster_primary(ha: HaBackends, queue: str, seconds: float) -> str:

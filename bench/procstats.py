@@ -44,6 +44,12 @@ def cpu_seconds(pid: int) -> float:
     return _cpu_of(_stat_fields(pid))
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of ``pid`` so far: pages the kernel had to map in (fresh memory
+    from malloc's mmap or a regrown heap), each paid in system CPU."""
+    return int(_stat_fields(pid)[7])  # field 10: minflt
+
+
 def group_cpu_seconds(pgid: int) -> float:
     """CPU seconds of the live processes in process group ``pgid`` (a server and its children)."""
     total = 0.0

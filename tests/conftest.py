@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -11,6 +12,8 @@ import pytest
 
 from devstack.backends import Backends, running_backends
 from devstack.vault import VaultAdmin, provision_transit
+from shared.tasks import cancel_and_wait
+from tests.hangdump import thread_watchdog
 from tests.stack import Stack
 
 
@@ -92,6 +95,24 @@ async def sealed_stack(
 def vault(backends: Backends) -> VaultAdmin:
     """Root access to the session's OpenBao, with the download policy and userpass set up."""
     return VaultAdmin.provisioned(backends.vault)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _no_task_left_behind() -> AsyncIterator[None]:
+    """Torn down last of the session's fixtures, before pytest-asyncio closes the loop: that
+    cancels what is left once and waits, for ever when a task lost its cancel (Python 3.11's
+    wait_for, shared.tasks); here they are cancelled until they end."""
+    yield
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    async with asyncio.timeout(60):
+        await cancel_and_wait(*left)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    # A teardown that hangs (a task ignoring its cancellation) prints every task at 60 s.
+    with thread_watchdog(f"teardown after {item.nodeid}"):
+        return (yield)
 
 
 def pytest_configure(config: pytest.Config) -> None:

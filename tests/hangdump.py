@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import os
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 
@@ -77,3 +79,27 @@ async def watchdog(title: str, after: float = 60.0) -> AsyncIterator[None]:
     finally:
         # Not awaited: awaiting it here could swallow a cancellation meant for the block.
         dog.cancel()
+
+
+@contextlib.contextmanager
+def thread_watchdog(title: str, after: float = 60.0) -> Iterator[None]:
+    """The same dump for synchronous code that drives a loop (pytest's teardowns, where
+    pytest-asyncio's runner cancels the session's remaining tasks and waits for them): a
+    timer thread asks every running loop to dump its tasks from its own thread."""
+
+    def bark() -> None:
+        loops = [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, asyncio.AbstractEventLoop) and o.is_running()
+        ]
+        for loop in loops:
+            loop.call_soon_threadsafe(dump_tasks, f"{title} still running after {after:g} s")
+
+    timer = threading.Timer(after, bark)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

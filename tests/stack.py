@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +17,7 @@ from aiohttp import web
 from gridfs import AsyncGridFSBucket
 from pydantic_settings import BaseSettings
 from pymongo import AsyncMongoClient
+from pymongo.monitoring import CommandListener
 
 from devstack.ports import HOST, free_port
 from devstack.services import ServiceProcess
@@ -33,6 +34,7 @@ from services.janitor.settings import JanitorSettings
 from services.janitor.sweep import Clock, utc_now
 from services.triage.main import create_app as create_triage
 from services.triage.settings import TriageSettings
+from shared.resources import MONGO_LISTENERS
 from tests.hangdump import watchdog
 
 S = TypeVar("S", bound=BaseSettings)
@@ -124,10 +126,20 @@ class Stack:
             create_assembler(self._settings(AssemblerSettings, overrides, "assembler"))
         )
 
-    async def start_download(self, port: int | None = None, **overrides: Any) -> RunningApp:
-        """A download service (on ``port`` when its URL must be known before it starts)."""
+    async def start_download(
+        self,
+        port: int | None = None,
+        *,
+        mongo_listeners: Sequence[CommandListener] = (),
+        **overrides: Any,
+    ) -> RunningApp:
+        """A download service (on ``port`` when its URL must be known before it starts;
+        ``mongo_listeners`` see every command its MongoDB client sends)."""
         settings = self._settings(DownloadSettings, overrides, "download")
-        return await self._serve(create_download(settings), port)
+        app = create_download(settings)
+        if mongo_listeners:
+            app[MONGO_LISTENERS] = list(mongo_listeners)
+        return await self._serve(app, port)
 
     async def start_events(self, **overrides: Any) -> RunningApp:
         """``carve-events`` (webhook deliveries) with ``overrides`` (its endpoints, timeouts)."""

@@ -42,6 +42,7 @@ from shared.queue import (
     is_received,
 )
 from shared.resources import with_amqp_retry
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,7 @@ class BlockConsumer:
         """Stop deliveries, let running blocks finish for up to ``drain_timeout`` s, close."""
         self._stopping.set()
         subs = [*self._old, *([self._sub] if self._sub is not None else [])]
-        if self._resizing is not None:
-            self._resizing.cancel()
-            await asyncio.gather(self._resizing, return_exceptions=True)
+        await cancel_and_wait(self._resizing)
         for sub in subs:
             await self._cancel(sub)
         pending = set(self._in_flight)

@@ -21,7 +21,7 @@ from services.assembler.settings import AssemblerSettings
 from services.assembler.store import GridChunkStore
 from services.assembler.tracker import CarveTracker
 from shared import keys as shared_keys
-from shared.crypto.context import KEYRING, keyring_ctx
+from shared.crypto.context import KEYRING, keyring_ctx, transit_checks
 from shared.events.relay import RELAY, events_ctx
 from shared.finalize import Finalizer
 from shared.health import add_health_routes, check_amqp, check_mongo, service_app
@@ -92,7 +92,9 @@ def create_app(settings: AssemblerSettings) -> web.Application:
             _consumer_ctx,
         ]
     )
-    add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo})
+    add_health_routes(
+        app, {"rabbitmq": check_amqp, "mongodb": check_mongo, **transit_checks(settings)}
+    )
     add_scrape_hook(app, functools.partial(_count_queues, app))
     return app
 

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from shared.errors import Unavailable
 from shared.finalize import CarveFinalizer, Outcome
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,7 @@ class CarveTracker:
         self._task = asyncio.create_task(self._run(), name="carve-tracker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         with contextlib.suppress(Unavailable):
             await self._flush()  # last progress, best effort
 

@@ -29,6 +29,7 @@ from services.download.custody_signer import TransitSigner
 from services.download.holds_api import who
 from shared import keys as shared_keys
 from shared.carves import CarveDoc
+from shared.crypto.context import KEYRING
 from shared.custody import ALGORITHM, FORMAT, canonical, manifest_sha256, public_key_pem
 from shared.holds import hold_view
 from shared.manifest import COLLECTION as MANIFESTS
@@ -42,12 +43,10 @@ _ACCESS_FIELDS = ("action", "outcome", "status", "code", "justification", "clien
 
 
 async def signer_ctx(app: web.Application) -> AsyncIterator[None]:
-    signer = TransitSigner(app[keys.SETTINGS])
-    app[SIGNER] = signer
-    try:
-        yield
-    finally:
-        signer.close()
+    """The custody signer (after the key ring's context): it signs through the key ring's
+    Transit, so the service signs in to Vault once, and the key ring closes it."""
+    app[SIGNER] = TransitSigner(app[KEYRING].transit, app[keys.SETTINGS])
+    yield
 
 
 def _identity(doc: CarveDoc) -> dict[str, Any]:

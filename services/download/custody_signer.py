@@ -1,7 +1,8 @@
 """Signing custody records with a Vault Transit ed25519 key, as the download service itself.
 
 The service signs with its own Vault identity, never a responder's token: the same AppRole
-(or Kubernetes) identity it unwraps carve keys with (``shared.crypto.transit``, settings
+(or Kubernetes) identity, and the same login and token, it unwraps carve keys with (the key
+ring's ``shared.crypto.transit.Transit``: one login per process, not one per use; settings
 ``CARVE_VAULT_AUTH``, ``CARVE_VAULT_ROLE_ID``, ``CARVE_VAULT_SECRET_ID[_FILE]``...), whose
 role also holds ``deploy/vault/osquery-carve-custody.hcl``: ``update`` on
 ``transit/sign/<key>`` and ``read`` on ``transit/keys/<key>``, nothing else on that key. The
@@ -28,27 +29,23 @@ class PublicKey:
     created: str
 
 
-class TransitSigner(Transit):
-    """Signs bytes with ``transit/sign/<key>`` and reads the key's public versions."""
+class TransitSigner:
+    """Signs bytes with ``transit/sign/<key>`` and reads the key's public versions, through
+    the key ring's ``Transit`` (None when the service has no Vault identity)."""
 
-    def __init__(self, settings: DownloadSettings) -> None:
-        super().__init__(settings, settings)
+    def __init__(self, transit: Transit | None, settings: DownloadSettings) -> None:
+        self._transit = transit
         self.key = settings.custody_key
         self._custody_mount = settings.custody_mount
-        self._configured = bool(
-            settings.vault_role_id
-            if settings.vault_auth == "approle"
-            else settings.vault_kubernetes_role
-        )
 
-    def _check(self) -> None:
-        if not self._configured:
+    def _signed_in(self) -> Transit:
+        if self._transit is None:
             raise Unavailable("vault", "no service identity (CARVE_VAULT_ROLE_ID) to sign with")
+        return self._transit
 
     def _sign(self, data: bytes, version: int) -> str:
-        self._check()
         try:
-            answer = self._call("sign", lambda c: c.secrets.transit.sign_data(
+            answer = self._signed_in().call("sign", lambda c: c.secrets.transit.sign_data(
                 self.key, hash_input=base64.b64encode(data).decode(), key_version=version,
                 mount_point=self._custody_mount))  # fmt: skip
         except hvac.exceptions.InvalidRequest as exc:
@@ -60,9 +57,8 @@ class TransitSigner(Transit):
         return signature.removeprefix(prefix)
 
     def _keys(self) -> tuple[int, list[PublicKey]]:
-        self._check()
         try:
-            answer = self._call("read", lambda c: c.secrets.transit.read_key(
+            answer = self._signed_in().call("read", lambda c: c.secrets.transit.read_key(
                 self.key, mount_point=self._custody_mount))  # fmt: skip
         except hvac.exceptions.InvalidRequest as exc:
             raise Unavailable("vault", f"the custody key cannot be read: {exc}") from exc
@@ -78,8 +74,8 @@ class TransitSigner(Transit):
 
     async def sign(self, data: bytes, version: int) -> str:
         """The base64 ed25519 signature of ``data`` by version ``version`` of the key."""
-        return await self._run(self._sign, data, version)
+        return await self._signed_in().run(self._sign, data, version)
 
     async def public_keys(self) -> tuple[int, list[PublicKey]]:
         """The key's latest version, and the public key of every version Vault keeps."""
-        return await self._run(self._keys)
+        return await self._signed_in().run(self._keys)

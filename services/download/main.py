@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +10,7 @@ from aiohttp import web
 from services.download import audit, custody, keys, tickets
 from services.download.audit import audited
 from services.download.bodies import json_posts
-from services.download.census import count_carves
+from services.download.census import add_census
 from services.download.errors import answer_errors
 from services.download.justification import justified
 from services.download.login_limits import LIMITER, LoginLimiter
@@ -21,10 +20,9 @@ from services.download.settings import DownloadSettings
 from services.download.slots import StreamSlots, TarJobs
 from services.download.tokens import Authorizer
 from shared import keys as shared_keys
-from shared.crypto.context import keyring_ctx
+from shared.crypto.context import keyring_ctx, transit_checks
 from shared.events.relay import events_ctx
 from shared.health import add_health_routes, check_mongo, service_app
-from shared.metrics import add_scrape_hook
 from shared.mongo import responder_reads
 from shared.resources import mongo_ctx
 from shared.vault import vault_client
@@ -89,6 +87,8 @@ def create_app(settings: DownloadSettings) -> web.Application:
         ]
     )
     setup_routes(app)
-    add_health_routes(app, {"mongodb": check_mongo, "vault": check_vault})
-    add_scrape_hook(app, functools.partial(count_carves, app))
+    add_health_routes(
+        app, {"mongodb": check_mongo, "vault": check_vault, **transit_checks(settings)}
+    )
+    add_census(app, app[keys.METRICS], settings.census_ttl)
     return app

@@ -23,6 +23,7 @@ class DownloadMetrics:
     unavailable: Counter
     carves: Gauge
     receiving_idle: Gauge
+    census_age: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DownloadMetrics:
@@ -91,14 +92,22 @@ class DownloadMetrics:
             ),
             carves=Gauge(
                 "carve_carves",
-                "Carves by status now (receiving, complete, failed), counted at each scrape",
+                "Carves by status (receiving, complete, failed), counted at most every "
+                "CARVE_CENSUS_TTL (carve_census_age_seconds: how long ago)",
                 ["status"],
                 registry=registry,
             ),
             receiving_idle=Gauge(
                 "carve_receiving_idle_seconds",
                 "Seconds since the least recently updated receiving carve moved (0: none "
-                "receiving), at each scrape",
+                "receiving), as of the last census (carve_census_age_seconds ago)",
+                registry=registry,
+            ),
+            census_age=Gauge(
+                "carve_census_age_seconds",
+                "Seconds since carve_carves and carve_receiving_idle_seconds were counted "
+                "(reused for CARVE_CENSUS_TTL; grows while MongoDB cannot answer; before any "
+                "census: since the first scrape)",
                 registry=registry,
             ),
         )

@@ -67,6 +67,9 @@ class DownloadSettings(
     # required: every archive, member or export download must say why (X-Carve-Justification
     # or ?justification=), stored in its audit row; off: recorded when given.
     download_justification: Literal["off", "required"] = "off"
+    # Seconds the carve counts of /metrics (carve_carves, carve_receiving_idle_seconds) are
+    # reused before a scrape counts again (census.py); 0: each scrape counts.
+    census_ttl: float = Field(30.0, ge=0, le=3600)
     # --- custody records (services/download/custody.py) ---
     # The Vault Transit ed25519 key that signs them, and Transit's mount.
     custody_key: str = Field("osquery-carve-custody", pattern=r"^[A-Za-z0-9_.-]{1,128}$")

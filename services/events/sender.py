@@ -30,6 +30,7 @@ from services.events.store import Deliveries, backoff
 from shared.deliveries import DeliveryDoc
 from shared.errors import PoisonMessage
 from shared.events.envelope import decode_event
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ class Sender:
         self._wake.set()
         if self._workers:
             _, pending = await asyncio.wait(self._workers, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(*pending)
         if self._http is not None:
             await self._http.close()
 

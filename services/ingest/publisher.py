@@ -28,6 +28,7 @@ from shared.batching import Coalescer
 from shared.errors import Unavailable
 from shared.queue import Block, blocks_properties, declare_topology, encode_body, encode_received
 from shared.resources import AMQP_ERRORS, amqp_blocked, amqp_connected, with_amqp_retry
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,7 @@ class BlockPublisher:
         self._channel = channel
 
     async def close(self) -> None:
-        if self._reopening is not None:
-            self._reopening.cancel()
-            await asyncio.gather(self._reopening, return_exceptions=True)
+        await cancel_and_wait(self._reopening)
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -18,12 +17,13 @@ from services.janitor.metrics import JanitorMetrics
 from services.janitor.settings import JanitorSettings
 from services.janitor.sweep import Clock, Janitor, Report, utc_now
 from shared import keys as shared_keys
-from shared.crypto.context import KEYRING, keyring_ctx
+from shared.crypto.context import KEYRING, keyring_ctx, transit_checks
 from shared.errors import Unavailable
 from shared.events.relay import RELAY, events_ctx
 from shared.finalize import Finalizer
 from shared.health import Check, add_health_routes, check_mongo, check_redis, service_app
 from shared.resources import CleanupCtx, mongo_ctx, redis_ctx
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,7 @@ def _janitor_ctx(clock: Clock, *, loop: bool) -> CleanupCtx:
         try:
             yield
         finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
 
     return ctx
 
@@ -126,7 +123,11 @@ def create_app(
             _janitor_ctx(clock, loop=loop),
         ]
     )
-    checks: dict[str, Check] = {"redis": check_redis, "mongodb": check_mongo}
+    checks: dict[str, Check] = {
+        "redis": check_redis,
+        "mongodb": check_mongo,
+        **transit_checks(settings),
+    }
     if loop:
         checks["sweeps"] = check_sweeping
     add_health_routes(app, checks)

@@ -21,6 +21,7 @@ from shared.events import EventType
 from shared.events.envelope import decode_event
 from shared.events.relay import declare_exchange
 from shared.resources import with_amqp_retry
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 _OUTAGE_PAUSE = 1.0
@@ -60,9 +61,7 @@ class CompletedConsumer:
     async def stop(self) -> None:
         if self._queue is not None and self._tag is not None:
             await self._queue.cancel(self._tag)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # Each event in its own task: the channel's callbacks must not wait for a scan.

@@ -23,12 +23,13 @@ from services.triage.settings import TriageSettings
 from services.triage.store import TriageStore, ensure_indexes
 from services.triage.sweep import Sweep
 from shared import keys as shared_keys
-from shared.crypto.context import KEYRING, keyring_ctx
+from shared.crypto.context import KEYRING, keyring_ctx, transit_checks
 from shared.events.relay import RELAY, events_ctx
 from shared.health import NotReady, add_health_routes, check_amqp, check_mongo, service_app
 from shared.metrics import add_scrape_hook
 from shared.queue_depth import ready_messages
 from shared.resources import amqp_ctx, mongo_ctx
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ async def _triage_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         await consumer.stop()
         await sweep.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         await pool.close()
 
 
@@ -103,7 +102,8 @@ def create_app(settings: TriageSettings) -> web.Application:
             _triage_ctx,
         ]
     )
-    add_health_routes(app, {"rabbitmq": check_amqp, "mongodb": check_mongo, "rules": check_rules})
+    checks = {"rabbitmq": check_amqp, "mongodb": check_mongo, "rules": check_rules}
+    add_health_routes(app, {**checks, **transit_checks(settings)})
     add_scrape_hook(app, functools.partial(_count_queue, app))
     return app
 

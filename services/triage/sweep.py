@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from services.triage.scan import Triage
 from services.triage.store import TriageStore
 from shared.errors import Unavailable
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,4 @@ class Sweep:
                 log.warning("triage sweep skipped: %s", exc)
 
     async def stop(self) -> None:
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await cancel_and_wait(*self._running)

@@ -11,6 +11,7 @@ from prometheus_client import Counter
 from shared import keys as shared_keys
 from shared.crypto.keys import KeyRing
 from shared.crypto.transit import Transit
+from shared.health import Check
 from shared.resources import CleanupCtx
 from shared.settings import EncryptionSettings, MongoSettings, VaultSettings
 
@@ -76,7 +77,17 @@ def keyring_ctx(settings: EncryptionSettings | _Settings) -> CleanupCtx:
 
 
 async def check_transit(app: web.Application) -> None:
-    """Ready only when Vault answers (a service that encrypts or decrypts needs it)."""
+    """Ready only when Vault Transit answers the service (a service that encrypts or decrypts
+    needs it): Vault unsealed, the service signed in, its policy allowing a decrypt on the
+    mount."""
     transit = app[KEYRING].transit
     if transit is not None:
         await transit.health()
+
+
+def transit_checks(settings: EncryptionSettings) -> dict[str, Check]:
+    """The ``transit`` readiness check (``carve_check_up{check="transit"}``, the alert
+    CarveVaultUnavailable) for a service with a KeyRing, when ``CARVE_ENCRYPTION=vault-transit``;
+    none otherwise: with encryption off, Vault matters only to carves sealed earlier, whose
+    reads answer 503 on their own while it is away."""
+    return {"transit": check_transit} if settings.encrypting else {}

@@ -216,6 +216,15 @@ class Transit:
         with self._errors("health"):
             status = self._client().sys.read_health_status(method="GET", standby_ok=True)
         require_ready(status)
+        # Signed in as the service, a decrypt under a key no carve has (carve keys end in a
+        # UUID): "key not found" proves the token, the policy and the mount; a missing mount,
+        # a refused policy or a refused login is Unavailable. Every role may decrypt.
+        probe = f"{self._settings.transit_key}-readiness"
+        try:
+            self._call("probe", lambda c: c.secrets.transit.decrypt_data(
+                probe, ciphertext="vault:v1:AAAA", mount_point=self._mount))  # fmt: skip
+        except hvac.exceptions.InvalidRequest:
+            pass  # the mount answered, as the service: ready
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -253,7 +262,20 @@ class Transit:
         return await self._run(self._destroy, name)
 
     async def health(self) -> None:
+        """Unavailable unless Vault is unsealed and answers on the Transit mount as the
+        service (signed in, its policy allowing a decrypt there)."""
         await self._run(self._health)
+
+    # --- other Transit operations, signed in as the same identity (custody signing) -------
+
+    def call(self, op: str, fn: Callable[[hvac.Client], T]) -> T:
+        """``fn`` with a client signed in as the service, sharing this object's login and
+        token (one per process), counted under ``op``. Blocking: run it with ``run``."""
+        return self._call(op, fn)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in this object's worker threads."""
+        return await self._run(fn, *args)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -34,6 +34,7 @@ from shared.events.outbox import CLAIM, FIELD, OutboxEntry
 from shared.mongo import Document
 from shared.resources import AMQP_ERRORS, CleanupCtx
 from shared.settings import AmqpSettings, EventsSettings
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +214,7 @@ def events_ctx(settings: EventsSettings, amqp: AmqpSettings) -> CleanupCtx:
             yield
         finally:
             await relay.drain(timeout=min(5.0, settings.events_publish_timeout))
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
             for pending in own:
                 # Bounded: a broker that stopped answering must not hold the shutdown.
                 with contextlib.suppress(*AMQP_ERRORS, OSError, TimeoutError):

@@ -22,11 +22,13 @@ from redis.crc import key_slot
 from bench.drill_faults import kill_redis_primary
 from bench.drill_hosts import Fleet, Verdict, check, settle
 from bench.drills import SMOKE, run_drills
+from devstack.cluster import RabbitCluster
 from devstack.ha import HaBackends, RedisMode, running_ha
 from services.janitor.main import run_sweep
 from shared import keys
 from shared.amqp_hosts import MultiHostConnection
 from shared.lifecycle import session_keys
+from shared.queue import DEAD_SUFFIX, RETRY_SUFFIX
 from shared.quotas import _keys as quota_keys
 from shared.quotas import _rate, _totals
 from tests.stack import Stack
@@ -64,7 +66,12 @@ async def ha_stack(ha: HaBackends, redis: RedisMode, tmp_path: Path) -> AsyncIte
 
 
 async def carve_and_check(
-    stack: Stack, fleet: Fleet, during: Any = None, *, after: float = 0.3
+    stack: Stack,
+    fleet: Fleet,
+    during: Any = None,
+    *,
+    after: float = 0.3,
+    rabbit: RabbitCluster | None = None,
 ) -> Verdict:
     """The fleet carves once per host; ``during`` (a coroutine) runs ``after`` s into it."""
     hosts = asyncio.create_task(fleet.run(stack.ingest_url, asyncio.Event(), once=True))
@@ -73,8 +80,27 @@ async def carve_and_check(
         await during
     await asyncio.wait_for(hosts, 180)
     ids = [c.result.carve_id for c in fleet.carves]
-    assert await settle(stack.db, ids, timeout=60) == 0
-    return await check(stack.db, fleet.carves)
+    left = await settle(stack.db, ids, timeout=60)
+    verdict = await check(stack.db, fleet.carves)
+    assert left == 0, await _why_stuck(stack, ids, verdict, rabbit)
+    return verdict
+
+
+async def _why_stuck(
+    stack: Stack, ids: list[str], verdict: Verdict, rabbit: RabbitCluster | None
+) -> str:
+    """What a failed settle leaves to read: the host's view, the carves, the queues."""
+    lines = [f"verdict: {verdict}"]
+    async for doc in stack.db["carves"].find({"_id": {"$in": ids}, "status": "receiving"}):
+        chunks = await stack.db["archives.chunks"].count_documents({"files_id": doc["_id"]})
+        fields = {k: v for k, v in doc.items() if k not in ("manifest", "origin")}
+        lines.append(f"stuck: {fields} chunks={chunks}")
+    if rabbit is not None:
+        queue = stack.env["CARVE_AMQP_QUEUE"]
+        for name in (queue, queue + RETRY_SUFFIX, queue + DEAD_SUFFIX):
+            state = await asyncio.to_thread(rabbit.queue_state, name)
+            lines.append(f"queue {name}: {state}")
+    return "\n".join(lines)
 
 
 def assert_whole(verdict: Verdict, carves: int) -> None:
@@ -173,7 +199,9 @@ async def test_uploads_go_on_when_the_rabbitmq_node_the_services_use_dies(
         connected = connection.url.port
         victim = next(n for n in ha.rabbit.nodes if n.port == connected)
         fleet = Fleet(4, 150, 4, tmp_path / "archives")
-        verdict = await carve_and_check(stack, fleet, asyncio.to_thread(victim.stop, 9), after=0.5)
+        verdict = await carve_and_check(
+            stack, fleet, asyncio.to_thread(victim.stop, 9), after=0.5, rabbit=ha.rabbit
+        )
         assert_whole(verdict, 4)
         assert dict(verdict.osquery) == {"SUCCESS": 4}
         # The ingest moved to another node.

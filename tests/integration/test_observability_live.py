@@ -38,7 +38,7 @@ def _hostport(url: str) -> str:
 async def watched(stack: Stack, tmp_path: Path) -> AsyncIterator[tuple[Stack, PrometheusServer]]:
     """The stack with a download service, one whose Vault is away, and a Prometheus
     scraping all four and evaluating the rules (each alert's ``for`` cut to 0 s)."""
-    download = await stack.start_download()
+    download = await stack.start_download(census_ttl=0)  # the counts the rules see, at once
     nobody = f"http://{HOST}:{free_port()}"
     vaultless = await stack.start_download(vault_addr=nobody, vault_timeout=1.0)
     rules = yaml.safe_load(RULES.read_text())

@@ -110,7 +110,7 @@ async def test_mongodb_down_shows_in_checks_and_retries_by_backend(
 
 async def test_download_counts_carves_and_shows_stuck_receiving(ingest_only: Stack) -> None:
     stack = ingest_only
-    download = await stack.start_download()
+    download = await stack.start_download(census_ttl=0)  # each scrape counts (test_census.py)
     empty = await scrape(download.url)
     assert empty['carve_carves{status="receiving"}'] == 0.0
     assert empty["carve_receiving_idle_seconds"] == 0.0

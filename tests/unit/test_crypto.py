@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.assembler.settings import AssemblerSettings
 from shared.crypto.chunks import (
@@ -44,6 +45,34 @@ def test_a_sealed_chunk_opens_only_at_its_place_under_its_key() -> None:
         with pytest.raises(ChunkIntegrityError):
             cipher.open(7, bytes(flipped))
     assert issubclass(ChunkIntegrityError, CorruptArchive)  # never served, never finalized
+
+
+def test_the_stored_format_is_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """version 1 | nonce | AES-256-GCM(key, nonce, plain, AAD) | tag, AAD = prefix, version,
+    chunk number (8 bytes, big-endian), carve id: chunks stored by any earlier release open."""
+    carve_id, key = "6f1c2a9e-0d4b-4f8e-9a57-3c2b1d0e9f88", bytes(range(32))
+    nonce = bytes(range(100, 100 + NONCE_BYTES))
+    monkeypatch.setattr("shared.crypto.chunks.os.urandom", lambda n: nonce[:n])
+    cipher = ChunkCipher(carve_id, key)
+    stored = cipher.seal(5, b"evidence of a carve")
+    assert stored.hex() == (
+        "016465666768696a6b6c6d6e6f2d6db7021c8735fb1e0d39c8bb45099c30b46318beb368c09eb40e15"
+        "0e77ea4262923d"
+    )
+    aad = b"osquery-carve-chunk\x00\x01" + (5).to_bytes(8, "big") + carve_id.encode()
+    for plain in (b"", b"x", bytes(range(256)) * 4099):  # small, then larger than before
+        stored = cipher.seal(5, plain)
+        assert stored == b"\x01" + nonce + AESGCM(key).encrypt(nonce, plain, aad)
+        assert cipher.open(5, stored) == cipher.open(5, memoryview(stored)) == plain
+    assert cipher.seal(5, memoryview(b"abc")) == cipher.seal(5, bytearray(b"abc"))
+
+
+def test_a_chunk_that_fails_authentication_yields_no_byte() -> None:
+    cipher = ChunkCipher("carve-a", new_data_key())
+    stored = bytearray(cipher.seal(0, b"secret" * 100))
+    stored[-1] ^= 1
+    with pytest.raises(ChunkIntegrityError, match="failed authentication"):
+        cipher.open(0, memoryview(stored))
 
 
 def test_the_same_block_sealed_twice_never_reuses_a_nonce() -> None:
