@@ -18,7 +18,6 @@ gets its result.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from services.download.metrics import DownloadMetrics
 from shared import keys as shared_keys
 from shared.carves import Status, carves_of
 from shared.metrics import add_scrape_hook
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,7 @@ class Census:
     async def close(self, _app: web.Application | None = None) -> None:
         """Stop a running census (on shutdown, before the MongoDB client closes)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(task)
 
 
 CENSUS = web.AppKey("census", Census)
