@@ -200,8 +200,8 @@ async def test_uploads_go_on_when_the_rabbitmq_node_the_services_use_dies(
         victim = next(n for n in ha.rabbit.nodes if n.port == connected)
         # The janitor runs as in production: an assembler's finalize of a 1 MiB carve, begun
         # as the node died, has been seen to stall holding the deliveries (its lease expired,
-        # never renewed; root cause open, docs/deployment.md "Known and open"). The janitor finishes such a
-        # carve once its lease lapsed; without it the carve would stay receiving.
+        # never renewed; root cause open, docs/deployment.md "Known and open"). The janitor
+        # finishes such a carve once its lease lapsed; without it the carve stays receiving.
         await stack.start_janitor(
             loop=True, janitor_interval=0.5, finalize_grace=2, session_idle_timeout=10
         )
