@@ -188,6 +188,15 @@ class BlockConsumer:
                 await sub.channel.close()
 
     async def _on_message(self, sub: _Subscription, message: AbstractIncomingMessage) -> None:
+        # aiormq runs this callback as a task of the delivery's channel and cancels it when
+        # the channel closes (a broker node lost): the work runs in a task of our own, so a
+        # chunk write or a finalize is never cut in the middle (a finalize cut there left
+        # its lease to lapse and its carve receiving). The broker redelivers the message;
+        # storing it again is a no-op. stop() and a prefetch handover wait for that task.
+        work = asyncio.create_task(self._handle(sub, message), name="carve-delivery")
+        await asyncio.shield(work)
+
+    async def _handle(self, sub: _Subscription, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
