@@ -15,6 +15,7 @@ from devstack.vault import VaultAdmin, provision_transit
 from shared.tasks import cancel_and_wait
 from tests.hangdump import thread_watchdog
 from tests.stack import Stack
+from tests.tcp_gate import TcpGate
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +121,15 @@ def pytest_configure(config: pytest.Config) -> None:
     for tool in ("redis-server", "rabbitmq-server", "nginx"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             raise pytest.UsageError(f"{tool} is not installed: run scripts/test.sh")
+
+
+@pytest.fixture
+async def gate(backends: Backends) -> AsyncIterator[TcpGate]:
+    """The session's OpenBao behind a gate the test closes (Vault refused, cut, unreachable)
+    and opens again."""
+    opened = TcpGate(backends.vault.port)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import aiohttp
 import hvac.exceptions
 import pytest
 
-from devstack.backends import Backends
 from devstack.vault import POLICY, VaultAdmin
 from services.janitor import keywork
 from shared.crypto.context import KEYRING
@@ -63,17 +61,6 @@ async def sealed_count(stack: Stack, up: Upload) -> int:
 
 
 # --- Vault unreachable --------------------------------------------------------------------
-
-
-@pytest.fixture
-async def gate(backends: Backends) -> AsyncIterator[TcpGate]:
-    """The session's OpenBao behind a gate the test closes (refused, cut) and opens again."""
-    opened = TcpGate(backends.vault.port)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_vault_unreachable_during_uploads_loses_nothing(

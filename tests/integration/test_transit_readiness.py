@@ -6,30 +6,16 @@ mount missing for its identity, and back again."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from devstack.backends import Backends
 from tests.stack import RunningApp, Stack
 from tests.tcp_gate import TcpGate
 from tests.triage import write_library
 
 CHECK_UP = re.compile(r'^carve_check_up\{check="transit"\} (\S+)$', re.MULTILINE)
-
-
-@pytest.fixture
-async def gate(backends: Backends) -> AsyncIterator[TcpGate]:
-    """The session's OpenBao behind a gate the test closes (Vault unreachable) and opens."""
-    opened = TcpGate(backends.vault.port)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def readiness(http: aiohttp.ClientSession, app: RunningApp) -> tuple[int, dict[str, Any]]:
