@@ -380,6 +380,20 @@ def inspect(container: str) -> dict[str, Any]:
     return info
 
 
+def wait_for_a_stored_chunk(
+    carvectl: Callable[..., Any], since: str, sim: subprocess.Popen[str], timeout: float = 60
+) -> None:
+    """Return once a carve started after ``since`` has a block stored and is still receiving."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and sim.poll() is None:
+        done = carvectl("--json", "list", "--status", "receiving", "--since", since)
+        if done.returncode == 0 and any(
+            (carve.get("blocks_received") or 0) >= 1 for carve in json.loads(done.stdout)
+        ):
+            return
+        time.sleep(0.1)
+
+
 @pytest.mark.timeout(400)
 def test_docker_stop_of_an_assembler_mid_carve_loses_nothing(
     stack: Stack, responder: Callable[..., subprocess.CompletedProcess[str]]
@@ -389,13 +403,15 @@ def test_docker_stop_of_an_assembler_mid_carve_loses_nothing(
     victim = assemblers[0]
     grace = inspect(victim)["Config"].get("StopTimeout")
     assert grace == 40, grace  # compose's stop_grace_period
-    # Three hosts, 32 blocks each; one of the two assemblers is stopped while they carve.
+    # Three hosts, 48 blocks each; one of the two assemblers is stopped while they carve, as soon
+    # as a chunk of theirs is stored (a fixed sleep let a fast machine finish them first).
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
     sim = subprocess.Popen(
-        sim_argv(stack, client=stack.device(), hosts=3, size=32 * MiB - 1000, block_size=MiB),
+        sim_argv(stack, client=stack.device(), hosts=3, size=48 * MiB - 1000, block_size=MiB),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        time.sleep(2)
+        wait_for_a_stored_chunk(responder, since, sim)
         assert sim.poll() is None, "the carves ended before the stop: nothing was in flight"
         started = time.monotonic()
         stop = subprocess.run(
