@@ -46,6 +46,21 @@ def test_lone_host_measures_one_verified_carve_per_process() -> None:
     assert median["ok"] is True and median["runs"] == 1
 
 
+def test_lone_floor_publishes_and_marks_every_block_it_answers() -> None:
+    record = run_json(
+        "bench.lone_floor", "--point", "1x200KB", "--rounds", "1", "--json",
+        "--modes", "http", "publish-redis",
+    )  # fmt: skip
+    http, marked = record["runs"]
+    blocks = -(-200_000 // 8192)
+    assert http["mode"] == "http" and http["ok"] is True and "queued" not in http
+    # The floor did the design's per-block work: each block confirmed in the queue, marked once.
+    assert marked["mode"] == "publish-redis" and marked["ok"] is True
+    assert marked["queued"] == blocks and marked["marked"] == blocks
+    assert marked["cpu_ms_per_block"]["rabbitmq"] > 0 and 0 < marked["p50_ms"] <= marked["p99_ms"]
+    assert [m["mode"] for m in record["medians"]] == ["http", "publish-redis"]
+
+
 def test_encryption_counts_vault_calls_per_carve_and_both_modes() -> None:
     record = run_json(
         "bench.encryption", "--rounds", "1", "--mib", "2", "--small-mib", "1", "--carves", "1"
