@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import signal
 import time
+from typing import Any
 
 import aio_pika
 import aiohttp
 import pytest
 from aiohttp import web
 
+from devstack.backends import Backends
 from services.assembler import main as assembler_main
 from services.assembler.consumer import BlockConsumer
 from services.assembler.settings import AssemblerSettings
@@ -159,3 +161,41 @@ async def test_a_live_finalizer_keeps_its_lease_however_long_it_hashes(stack: St
             await keeper
     await asyncio.sleep(0.7)
     assert await other._claim(up.carve_id, "other:1:token")  # silent now: taken over
+
+
+async def test_a_finalize_goes_on_when_the_broker_closes_the_assembler_s_connection(
+    stack: Stack, backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RabbitMQ node lost mid-finalize (here: the broker closes every connection) must not
+    cut the finalize: aiormq cancels its channel's delivery tasks when the channel closes,
+    and a finalize cancelled there kept its lease and left the carve receiving (test_ha)."""
+    entered, gate = asyncio.Event(), asyncio.Event()
+    cancelled: list[str] = []
+    hash_chunks = Finalizer._hash_chunks
+
+    async def held_open(self: Finalizer, doc: Any) -> Any:
+        entered.set()
+        try:
+            await gate.wait()  # the finalize is in the middle of its work, holding the lease
+        except asyncio.CancelledError:
+            cancelled.append(doc["_id"])
+            raise
+        return await hash_chunks(self, doc)
+
+    monkeypatch.setattr(Finalizer, "_hash_chunks", held_open)
+    up = Upload(stack, random_bytes(6 * 4 * KiB - 7, 24), 4 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+        await up.send_all(http, range(up.count))
+    await asyncio.wait_for(entered.wait(), 20)
+    backends.rabbit.ctl("close_all_connections", "test: a node went away")
+    await asyncio.sleep(1.0)  # the channel's tasks are cancelled now, if ever
+    gate.set()
+    opened = time.monotonic()
+    doc = await stack.wait_complete(up.carve_id, timeout=20)
+    took = time.monotonic() - opened
+    assert cancelled == [], "the finalize was cancelled with the delivery's channel"
+    assert doc["sha256"] == up.sha256 and "finalize_lease" not in doc
+    assert await stack.stored_sha256(up.carve_id) == up.sha256
+    # Finished by the finalize that held the lease, not by another after it lapsed (6 s).
+    assert took < 3.0, took
