@@ -9,6 +9,7 @@ from aiohttp import web
 from services.ingest import keys
 from services.ingest.admission import Admission
 from services.ingest.budget import ByteBudget
+from services.ingest.duplicates import DuplicateBudget
 from services.ingest.metrics import IngestMetrics
 from services.ingest.middlewares import osquery_errors
 from services.ingest.publisher import BlockPublisher
@@ -72,6 +73,7 @@ def create_app(settings: IngestSettings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = IngestMetrics.create(app[shared_keys.REGISTRY])
     app[keys.BUDGET] = ByteBudget(settings.max_inflight_bytes)
+    app[keys.DUPLICATES] = DuplicateBudget(settings.max_duplicates_per_session)
     app.cleanup_ctx.extend(
         [
             redis_ctx(settings),

@@ -17,6 +17,7 @@ class IngestMetrics:
     latency: Histogram
     batch_blocks: Histogram
     lingered: Counter
+    unpublished: Counter
     # Children of the per-block series, bound once: labels() on every block costs a lock,
     # a validation and a dict lookup each time.
     accepted: Counter = field(init=False)
@@ -69,6 +70,12 @@ class IngestMetrics:
                 "carve_publish_batch_blocks",
                 "Blocks per published message (concurrent requests share messages)",
                 buckets=(1, 2, 4, 8, 16, 32, 64),
+                registry=registry,
+            ),
+            unpublished=Counter(
+                "carve_duplicates_unpublished",
+                "Re-sent blocks answered from the session's bitmap without a publish, once the"
+                " session was past CARVE_MAX_DUPLICATES_PER_SESSION (a host re-sending blocks)",
                 registry=registry,
             ),
             lingered=Counter(

@@ -348,8 +348,15 @@ class SessionStore:
             raise UnknownSession("the carve has ended")
 
     async def seen(self, session_id: str, block_id: int) -> bool:
-        async with _backend("redis"):
-            return bool(await self._redis.getbit(self._keys(session_id)[1], block_id))
+        """Whether block ``block_id`` is confirmed already (one round trip); as in get(),
+        not while the carve's trigger is owed (marking a block again sends it)."""
+        meta, bits = self._keys(session_id)
+        async with _backend("redis"), self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(meta, "confirmed", "block_count", "received")
+            pipe.getbit(bits, block_id)
+            (confirmed, block_count, received), seen = await pipe.execute()
+        owed = received is None and confirmed is not None and confirmed == block_count
+        return bool(seen) and not owed
 
     async def mark(self, session_id: str, block_id: int) -> Marked:
         """Record block ``block_id`` as confirmed (see Marked).

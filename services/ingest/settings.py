@@ -58,6 +58,9 @@ class IngestSettings(
     # osquery's default is 8 KiB; blocks this small only multiply requests.
     min_block_size: int = Field(1024, ge=1)
     max_active_carves_per_host: int = Field(8, ge=1)
+    # Re-sent blocks of one session published again (per process) before the others are
+    # looked up in Redis first and, if stored, answered without a publish (duplicates.py).
+    max_duplicates_per_session: int = Field(8, ge=0)
     max_starts_per_host_per_minute: int = Field(30, ge=1)
     max_inflight_bytes_per_host: int = Field(200 * GiB, ge=1)
     # All hosts together: a fleet-wide flood becomes refusals, not an outage.

@@ -93,12 +93,21 @@ async def upload_block(request: web.Request) -> web.Response:
         # The body is a third larger than the block: only the block is kept for the confirm.
         block = await accept.read(request, incoming)
         del incoming
-        fresh = (
-            False if block.seen else await _store(app, block.session, block.block_id, block.data)
-        )
+        session_id, duplicates = block.session.session_id, app[keys.DUPLICATES]
+        if block.seen or (
+            duplicates.spent(session_id)
+            and await app[keys.SESSIONS].seen(session_id, block.block_id)
+        ):
+            fresh = False  # confirmed before: answered without publishing it again
+            if not block.seen:
+                app[keys.METRICS].unpublished.inc()
+        else:
+            fresh = await _store(app, block.session, block.block_id, block.data)
+            if not fresh:
+                duplicates.count(session_id)
     metrics = app[keys.METRICS]
     if not fresh:
-        metrics.duplicate.inc()
+        metrics.duplicate.inc()  # every answer to a block already stored, published or not
     else:
         metrics.accepted.inc()
         metrics.block_bytes.inc(len(block.data))

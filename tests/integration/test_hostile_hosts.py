@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 from redis.asyncio import Redis
@@ -31,6 +32,7 @@ from services.ingest.settings import IngestSettings
 from services.janitor.main import run_sweep
 from shared.quotas import Quotas, Refusal, session_bytes
 from tests.stack import Stack, fields
+from tests.uploads import Upload, random_bytes
 
 KiB, MiB, GiB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 
@@ -279,3 +281,40 @@ async def test_a_block_id_past_any_bitmap_gets_a_refusal_not_an_error(stack: Sta
             assert (resp.status, resp.content_type) == (400, "text/plain"), raw
             assert b"out of range" in raw
             assert not judge_reply(resp.status, raw).ok  # osquery 5.22+ fails the carve
+
+
+async def queued_messages(stack: Stack) -> int:
+    connection = await aio_pika.connect(stack.env["CARVE_AMQP_URL"])
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(stack.env["CARVE_AMQP_QUEUE"], passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+
+async def test_a_host_re_sending_a_stored_block_costs_a_lookup_not_a_publish(
+    ingest_only: Stack,
+) -> None:
+    """A hostile host re-sends block 0 of its carve 200 times. Each is answered as osquery
+    expects ({"success": true}), but past the session's duplicate budget (8) none goes
+    through RabbitMQ again: without it, 200 more messages (8 MiB each at the largest
+    block size) for the assemblers and MongoDB to throw away."""
+    stack = ingest_only
+    allowed = IngestSettings.model_fields["max_duplicates_per_session"].default
+    up = Upload(stack, random_bytes(4 * 4 * KiB - 3, 31), 4 * KiB)
+    async with aiohttp.ClientSession() as http:
+        await up.start(http)
+        await up.send_all(http, [0, 1, 2])
+        assert await queued_messages(stack) == 3
+        for _ in range(200):
+            status, ctype, raw, _ = await up.send(http, 0)
+            assert (status, ctype, raw) == (200, "application/json", b'{"success":true}')
+        assert await queued_messages(stack) == 3 + allowed
+        metrics = await scrape(stack.ingest_url)
+        assert metrics['carve_blocks_total{outcome="duplicate"}'] == 200
+        assert metrics["carve_duplicates_unpublished_total"] == 200 - allowed
+        await up.send_all(http, [3])  # the last block still goes through, and completes it
+    assert await queued_messages(stack) == 3 + allowed + 2  # the block and its trigger
+    await stack.start_assembler()
+    doc = await stack.wait_complete(up.carve_id, timeout=30)
+    assert doc["sha256"] == up.sha256 and doc["blocks_received"] == 4
+    assert await stack.stored_sha256(up.carve_id) == up.sha256
