@@ -18,7 +18,6 @@ what.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import hmac
 import logging
@@ -207,6 +206,9 @@ class SessionStore:
         self._mark = redis.register_script(_MARK)
         self._received = redis.register_script(_RECEIVED)
         self._marks = Coalescer[tuple[str, int], int](self._mark_many, 256, inline=True)
+        # On a Redis Cluster, one per slot (created on first use): a script's keys must share
+        # a slot, and a primary that stalls then holds up only the blocks of its own slots.
+        self._slot_marks: dict[int, Coalescer[tuple[str, int], int]] = {}
         self._cache: TTLCache[str, Session] = TTLCache(maxsize=cache_size, ttl=cache_ttl)
 
     def _keys(self, session_id: str) -> tuple[str, str]:
@@ -365,13 +367,14 @@ class SessionStore:
         (Redis lost it), and refused with UnknownSession if the carve ended
         (a complete carve: DUPLICATE, every block of it is stored).
         """
-        old = await self._marks.submit((session_id, block_id))
+        marks = self._marks_of(session_id)
+        old = await marks.submit((session_id, block_id))
         if old == -1:
             self._cache.pop(session_id, None)
             _, complete = await self._recover(session_id)
             if complete:
                 return Marked.DUPLICATE
-            old = await self._marks.submit((session_id, block_id))
+            old = await marks.submit((session_id, block_id))
             if old == -1:  # ended again meanwhile (the janitor): never answer "stored"
                 raise UnknownSession("the carve has ended")
         return Marked(old) if old in (0, 1, 2) else Marked.DUPLICATE
@@ -382,24 +385,19 @@ class SessionStore:
         async with _backend("redis"):
             await self._received(keys=[meta], args=[int(time.time() * 1000)])
 
+    def _marks_of(self, session_id: str) -> Coalescer[tuple[str, int], int]:
+        if not self._cluster:
+            return self._marks
+        slot = key_slot(self._keys(session_id)[0].encode())
+        marks = self._slot_marks.get(slot)
+        if marks is None:
+            marks = self._slot_marks[slot] = Coalescer(self._mark_many, 256, inline=True)
+        return marks
+
     async def _mark_many(self, blocks: Sequence[tuple[str, int]]) -> list[int | BaseException]:
-        """One script call for the blocks of many concurrent requests (see ``_MARK``); on a
-        Redis Cluster, one per slot (a script's keys must share one), run concurrently."""
-        now = int(time.time() * 1000)  # ms: the janitor's idle test
-        if self._cluster:
-            groups: dict[int, list[int]] = {}
-            for i, (session_id, _) in enumerate(blocks):
-                slot = key_slot(self._keys(session_id)[0].encode())
-                groups.setdefault(slot, []).append(i)
-            parts = await asyncio.gather(
-                *(self._mark_group([blocks[i] for i in idx], now) for idx in groups.values())
-            )
-            olds = [0] * len(blocks)
-            for idx, part in zip(groups.values(), parts, strict=True):
-                for i, old in zip(idx, part, strict=True):
-                    olds[i] = old
-        else:
-            olds = await self._mark_group(blocks, now)
+        """One script call for the blocks of many concurrent requests (see ``_MARK``), all of
+        one slot on a Redis Cluster (``_marks_of``)."""
+        olds = await self._mark_group(blocks, int(time.time() * 1000))  # ms: the idle test
         return [
             InvalidRequest(f"block_id {block_id} cannot be recorded") if old == -2 else old
             for (_, block_id), old in zip(blocks, olds, strict=True)

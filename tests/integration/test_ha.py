@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis.crc import key_slot
 
@@ -24,14 +25,18 @@ from bench.drill_hosts import Fleet, Verdict, check, settle
 from bench.drills import SMOKE, run_drills
 from devstack.cluster import RabbitCluster
 from devstack.ha import HaBackends, RedisMode, running_ha
+from services.ingest import keys as ingest_keys
+from services.ingest.sessions import Marked
 from services.janitor.main import run_sweep
 from shared import keys
 from shared.amqp_hosts import MultiHostConnection
+from shared.errors import Unavailable
 from shared.lifecycle import session_keys
 from shared.queue import DEAD_SUFFIX, RETRY_SUFFIX
 from shared.quotas import _keys as quota_keys
 from shared.quotas import _rate, _totals
 from tests.stack import Stack
+from tests.uploads import Upload, random_bytes
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -147,6 +152,47 @@ async def test_uploads_on_a_redis_cluster_spread_sessions_and_run_every_script(
         assert report.actions["sessions_removed"] == 8
         redis = janitor.app[keys.REDIS]
         assert [k async for k in redis.scan_iter(match=f"{prefix}s:*")] == []
+
+
+async def test_a_cluster_primary_that_stalls_holds_up_only_the_blocks_it_holds(
+    ha: HaBackends, tmp_path: Path
+) -> None:
+    """A primary that stops answering writes (CLIENT PAUSE: alive, so no failover) must hold
+    up only the blocks whose sessions it holds. Before, every block of the process recorded
+    its mark through one batch at a time, and one slot's stall held up all of them."""
+    async with ha_stack(ha, "cluster", tmp_path) as stack:
+        assert ha.cluster is not None
+        sessions = stack.apps[0].app[ingest_keys.SESSIONS]
+        prefix = stack.env["CARVE_REDIS_KEY_PREFIX"]
+        holder: dict[str, int] = {}  # session id -> port of the primary holding its keys
+        async with aiohttp.ClientSession() as http:
+            for seed in range(8):  # CARVE_MAX_ACTIVE_CARVES_PER_HOST: at most 8 at once
+                up = Upload(stack, random_bytes(2 * 4096, seed), 4096)
+                await up.start(http)
+                meta = session_keys(prefix, up.session_id)[0]
+                for node in ha.cluster.primaries():
+                    if node.cli("exists", meta).strip() == "1":
+                        holder[up.session_id] = node.port
+                if len(set(holder.values())) >= 2:
+                    break
+        stalled_id, stalled_port = next(iter(holder.items()))
+        live_id = next(sid for sid, port in holder.items() if port != stalled_port)
+        (stalled,) = [n for n in ha.cluster.primaries() if n.port == stalled_port]
+        stalled.cli("client", "pause", "8000", "write")
+        try:
+            held_up = asyncio.create_task(sessions.mark(stalled_id, 0))
+            await asyncio.sleep(0.2)  # its script call is out, waiting on the paused primary
+            live = await asyncio.wait_for(sessions.mark(live_id, 0), 4.0)
+            assert live is Marked.FRESH
+            assert not held_up.done()
+        finally:
+            stalled.cli("client", "unpause")
+        # Once the primary answers again, the held-up block is recorded (or told to retry).
+        try:
+            assert await asyncio.wait_for(held_up, 30) is Marked.FRESH
+        except Unavailable:
+            pass
+        assert await sessions.mark(live_id, 0) is Marked.DUPLICATE
 
 
 # --- Redis Sentinel --------------------------------------------------------------------------
