@@ -23,7 +23,20 @@ from devstack.ports import HOST, free_port, wait_port
 from devstack.servers import RabbitServer, RedisServer, Server, start_all
 
 
-class RabbitNode(RabbitServer):
+class Pausable(Server):
+    """A node that can be frozen (SIGSTOP): its sockets stay open, nothing answers (a
+    partition, or a process stalled), until resumed."""
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+
+class RabbitNode(RabbitServer, Pausable):
     """One node of a cluster: the cluster's Erlang cookie, so the nodes and rabbitmqctl talk."""
 
     def __init__(self, workdir: Path, cookie: str) -> None:
@@ -34,15 +47,6 @@ class RabbitNode(RabbitServer):
         if os.geteuid() == 0:
             user = pwd.getpwnam("rabbitmq")
             os.chown(cookie_file, user.pw_uid, user.pw_gid)
-
-    def pause(self) -> None:
-        """Freeze the node (SIGSTOP): its sockets stay open, nothing answers (a partition)."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGCONT)
 
 
 class RabbitCluster:
@@ -119,7 +123,7 @@ class RabbitCluster:
         raise LookupError(f"no queue {queue}")
 
 
-class RedisNode(RedisServer):
+class RedisNode(RedisServer, Pausable):
     """A Redis data node with extra options (replication, cluster mode). Not durable, like
     the single-node stack's: a restarted node resynchronises from its new primary."""
 
@@ -141,14 +145,6 @@ class RedisNode(RedisServer):
 
     def role(self) -> str:
         return self.cli("role").split("\n", 1)[0].strip()
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGCONT)
 
 
 class SentinelServer(Server):
