@@ -28,7 +28,7 @@ from services.ingest.body import (
 )
 from services.ingest.device import device_of, node_key_header
 from services.ingest.sessions import Session
-from shared.errors import Forbidden, InvalidRequest
+from shared.errors import Forbidden, InvalidRequest, UnknownSession
 from shared.protocol import BlockRequest, decode_block_data, expected_block_length, max_block_body
 
 PEEK_BYTES = 512
@@ -68,7 +68,7 @@ async def peek(request: web.Request) -> Incoming:
     block_id = peek_block_id(prefix)
     if (peeked := peek_session_id(prefix)) is None:
         return Incoming(prefix, None, False, block_id, global_limit)
-    session, seen = await request.app[keys.SESSIONS].get(peeked, block_id)
+    session, seen = await _session(request, peeked, block_id)
     limit = max_block_body(session.block_size)
     check_declared_length(request, limit)  # before the body waits for the byte budget
     return Incoming(prefix, session, seen, block_id, limit)
@@ -117,19 +117,40 @@ class _Received:
 
 async def _read_block_request(request: web.Request, incoming: Incoming) -> _Received:
     """Parse a block body, reading no more than the session's block size allows."""
-    sessions = request.app[keys.SESSIONS]
     body = await read_rest(request, incoming.prefix, incoming.limit)
     fields, decoded = split_block_body(body)
     del body
     block = parse_model(BlockRequest, fields)
     session, seen = incoming.session, incoming.seen
     if session is None or session.session_id != block.session_id:
-        session, seen = await sessions.get(block.session_id, block.block_id)
+        session, seen = await _session(request, block.session_id, block.block_id)
         seen = seen and block.block_id < session.block_count
     elif incoming.block_id != block.block_id and block.block_id < session.block_count:
         # (Out of range: refused by _check_block; Redis would refuse the bit offset.)
-        seen = await sessions.seen(session.session_id, block.block_id)
+        seen = await request.app[keys.SESSIONS].seen(session.session_id, block.block_id)
     return _Received(block, decoded, session, seen)
+
+
+async def _session(
+    request: web.Request, session_id: str, block_id: int | None
+) -> tuple[Session, bool]:
+    """The session a block names (see SessionStore.get); refused without a lookup when it
+    is not cached and its device keeps naming sessions nobody issued (strangers.py)."""
+    app = request.app
+    sessions = app[keys.SESSIONS]
+    if (cached := sessions.cached(session_id)) is not None:
+        return cached, False
+    device = device_of(request, app[keys.SETTINGS].proxy_networks)
+    unknown = app[keys.UNKNOWN]
+    if device is not None and unknown.spent(device.fingerprint_sha256):
+        app[keys.METRICS].strangers.inc()
+        raise UnknownSession("unknown or ended session")
+    try:
+        return await sessions.get(session_id, block_id)
+    except UnknownSession:
+        if device is not None:
+            unknown.count(device.fingerprint_sha256)
+        raise
 
 
 def _check_block(request: web.Request, received: _Received) -> bytes:

@@ -16,6 +16,7 @@ from services.ingest.publisher import BlockPublisher
 from services.ingest.routes import setup_routes
 from services.ingest.sessions import SessionStore
 from services.ingest.settings import IngestSettings
+from services.ingest.strangers import UnknownSessions
 from shared import keys as shared_keys
 from shared.carves import carves_of
 from shared.events.relay import RELAY, events_ctx
@@ -74,6 +75,7 @@ def create_app(settings: IngestSettings) -> web.Application:
     app[keys.METRICS] = IngestMetrics.create(app[shared_keys.REGISTRY])
     app[keys.BUDGET] = ByteBudget(settings.max_inflight_bytes)
     app[keys.DUPLICATES] = DuplicateBudget(settings.max_duplicates_per_session)
+    app[keys.UNKNOWN] = UnknownSessions(settings.max_unknown_sessions_per_device)
     app.cleanup_ctx.extend(
         [
             redis_ctx(settings),

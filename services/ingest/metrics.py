@@ -18,6 +18,7 @@ class IngestMetrics:
     batch_blocks: Histogram
     lingered: Counter
     unpublished: Counter
+    strangers: Counter
     # Children of the per-block series, bound once: labels() on every block costs a lock,
     # a validation and a dict lookup each time.
     accepted: Counter = field(init=False)
@@ -76,6 +77,12 @@ class IngestMetrics:
                 "carve_duplicates_unpublished",
                 "Re-sent blocks answered from the session's bitmap without a publish, once the"
                 " session was past CARVE_MAX_DUPLICATES_PER_SESSION (a host re-sending blocks)",
+                registry=registry,
+            ),
+            strangers=Counter(
+                "carve_unknown_sessions_unlooked",
+                "Blocks refused as naming an unknown session without a lookup: their device"
+                " was past CARVE_MAX_UNKNOWN_SESSIONS_PER_DEVICE (a host guessing session ids)",
                 registry=registry,
             ),
             lingered=Counter(

@@ -230,10 +230,13 @@ class SessionStore:
             doc, resumed = await self._create(start, origin)
         if resumed and (doc["status"] != Status.RECEIVING or not same_start(doc, start, origin)):
             raise Conflict(f"carve_id {start.carve_id} is already used (status {doc['status']})")
+        session = Session.from_carve(doc)
         if resumed:
-            await self._save_while_receiving(Session.from_carve(doc))
+            await self._save_while_receiving(session)
         else:
-            await self._save(Session.from_carve(doc))
+            await self._save(session)
+        # Its host's first block then needs no read (nor a device's lookup budget: strangers.py).
+        self._cache[session.session_id] = session
         return doc["session_id"], resumed
 
     async def _create(self, start: StartRequest, origin: Origin) -> tuple[CarveDoc, bool]:
@@ -285,6 +288,10 @@ class SessionStore:
             )
             pipe.expire(meta, self._ttl)
             await pipe.execute()
+
+    def cached(self, session_id: str) -> Session | None:
+        """The session if this process holds it now (no round trip), else None."""
+        return self._cache.get(session_id)
 
     async def get(self, session_id: str, block_hint: int | None = None) -> tuple[Session, bool]:
         """The session, and whether block ``block_hint`` is known to be confirmed already.

@@ -61,6 +61,9 @@ class IngestSettings(
     # Re-sent blocks of one session published again (per process) before the others are
     # looked up in Redis first and, if stored, answered without a publish (duplicates.py).
     max_duplicates_per_session: int = Field(8, ge=0)
+    # Blocks naming an unknown session per verified device certificate (per process, a
+    # sliding minute) before that device's unknown sessions are refused unlooked (strangers.py).
+    max_unknown_sessions_per_device: int = Field(30, ge=1)
     max_starts_per_host_per_minute: int = Field(30, ge=1)
     max_inflight_bytes_per_host: int = Field(200 * GiB, ge=1)
     # All hosts together: a fleet-wide flood becomes refusals, not an outage.

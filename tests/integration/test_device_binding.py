@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -16,8 +17,11 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
+from redis.asyncio import Redis
 
 from clients.osquery_sim import block_body, judge_reply, start_body
+from devstack.backends import Backends
+from devstack.services import scrape
 from tests.certs import self_signed
 from tests.stack import Stack
 
@@ -190,3 +194,45 @@ async def test_body_node_key_binds_blocks_as_each_version_sends_them(
     for i in range(3):
         assert (await host.block(i, headers))[0] == 200
     await stack.wait_complete(host.carve_id)
+
+
+async def test_a_device_guessing_session_ids_stops_costing_lookups(
+    stack: Stack, backends: Backends
+) -> None:
+    """Each block naming a session nobody issued costs a Redis round trip and a MongoDB
+    query. Past CARVE_MAX_UNKNOWN_SESSIONS_PER_DEVICE of them, that device's guesses are
+    refused with the same reply and no lookup; another device is not affected."""
+    ingest = await stack.start_ingest(
+        trusted_proxies="127.0.0.1/32", max_unknown_sessions_per_device=5
+    )
+    guesser = Host(ingest.url)
+
+    async def guess() -> tuple[int, bytes]:
+        guesser.session_id = secrets.token_urlsafe(24)
+        return await guesser.block(0, cert_headers(DEVICE_A))
+
+    looked_up = [await guess() for _ in range(5)]
+    async with Redis.from_url(backends.redis.url) as redis:
+        before = int((await redis.info("stats"))["total_commands_processed"])
+        unlooked = [await guess() for _ in range(50)]
+        spent = int((await redis.info("stats"))["total_commands_processed"]) - before - 1
+    # The same answer as before (osquery's verdict unchanged), from no lookup at all.
+    assert {reply for reply in looked_up + unlooked} == {looked_up[0]}
+    status, raw = looked_up[0]
+    assert status == 404 and b"unknown or ended session" in raw
+    assert spent <= 2, spent  # 50 lookups would be 100 commands (HGETALL and GETBIT each)
+    metrics = await scrape(ingest.url)
+    assert metrics["carve_unknown_sessions_unlooked_total"] == 50
+    # Another device carves on, and its own unknown session is still looked up.
+    other = Host(ingest.url)
+    status, reply = await other.start(cert_headers(DEVICE_B))
+    assert status == 200, reply
+    for i in range(3):
+        assert await other.block(i, cert_headers(DEVICE_B)) == (200, b'{"success":true}')
+    doc = await stack.wait_complete(other.carve_id, timeout=30)
+    assert doc["blocks_received"] == 3
+    # The guessing device's own carve, once its session is cached, is not refused either.
+    own = Host(ingest.url)
+    status, reply = await own.start(cert_headers(DEVICE_A))
+    assert status == 200, reply
+    assert await own.block(0, cert_headers(DEVICE_A)) == (200, b'{"success":true}')
