@@ -135,15 +135,15 @@ async def _session(
     request: web.Request, session_id: str, block_id: int | None
 ) -> tuple[Session, bool]:
     """The session a block names (see SessionStore.get); refused without a lookup when it
-    is not cached and its device keeps naming sessions nobody issued (strangers.py)."""
+    is not cached and its device keeps naming sessions nobody issued (abuse.py)."""
     app = request.app
     sessions = app[keys.SESSIONS]
     if (cached := sessions.cached(session_id)) is not None:
         return cached, False
     device = device_of(request, app[keys.SETTINGS].proxy_networks)
     unknown = app[keys.UNKNOWN]
-    if device is not None and unknown.spent(device.fingerprint_sha256):
-        app[keys.METRICS].strangers.inc()
+    if device is not None and unknown.reached(device.fingerprint_sha256):
+        app[keys.METRICS].unlooked.inc()
         raise UnknownSession("unknown or ended session")
     try:
         return await sessions.get(session_id, block_id)

@@ -7,16 +7,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.ingest import keys
+from services.ingest.abuse import Tally
 from services.ingest.admission import Admission
 from services.ingest.budget import ByteBudget
-from services.ingest.duplicates import DuplicateBudget
 from services.ingest.metrics import IngestMetrics
 from services.ingest.middlewares import osquery_errors
 from services.ingest.publisher import BlockPublisher
 from services.ingest.routes import setup_routes
 from services.ingest.sessions import SessionStore
 from services.ingest.settings import IngestSettings
-from services.ingest.strangers import UnknownSessions
 from shared import keys as shared_keys
 from shared.carves import carves_of
 from shared.events.relay import RELAY, events_ctx
@@ -74,8 +73,8 @@ def create_app(settings: IngestSettings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = IngestMetrics.create(app[shared_keys.REGISTRY])
     app[keys.BUDGET] = ByteBudget(settings.max_inflight_bytes)
-    app[keys.DUPLICATES] = DuplicateBudget(settings.max_duplicates_per_session)
-    app[keys.UNKNOWN] = UnknownSessions(settings.max_unknown_sessions_per_device)
+    app[keys.DUPLICATES] = Tally(settings.max_duplicates_per_session, ttl=3600.0)
+    app[keys.UNKNOWN] = Tally(settings.max_unknown_sessions_per_device, ttl=60.0)
     app.cleanup_ctx.extend(
         [
             redis_ctx(settings),

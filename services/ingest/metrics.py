@@ -18,7 +18,7 @@ class IngestMetrics:
     batch_blocks: Histogram
     lingered: Counter
     unpublished: Counter
-    strangers: Counter
+    unlooked: Counter
     # Children of the per-block series, bound once: labels() on every block costs a lock,
     # a validation and a dict lookup each time.
     accepted: Counter = field(init=False)
@@ -79,7 +79,7 @@ class IngestMetrics:
                 " session was past CARVE_MAX_DUPLICATES_PER_SESSION (a host re-sending blocks)",
                 registry=registry,
             ),
-            strangers=Counter(
+            unlooked=Counter(
                 "carve_unknown_sessions_unlooked",
                 "Blocks refused as naming an unknown session without a lookup: their device"
                 " was past CARVE_MAX_UNKNOWN_SESSIONS_PER_DEVICE (a host guessing session ids)",

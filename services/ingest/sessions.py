@@ -235,7 +235,7 @@ class SessionStore:
             await self._save_while_receiving(session)
         else:
             await self._save(session)
-        # Its host's first block then needs no read (nor a device's lookup budget: strangers.py).
+        # Its host's first block then needs no read (nor a device's lookup budget: abuse.py).
         self._cache[session.session_id] = session
         return doc["session_id"], resumed
 

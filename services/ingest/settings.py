@@ -59,10 +59,10 @@ class IngestSettings(
     min_block_size: int = Field(1024, ge=1)
     max_active_carves_per_host: int = Field(8, ge=1)
     # Re-sent blocks of one session published again (per process) before the others are
-    # looked up in Redis first and, if stored, answered without a publish (duplicates.py).
+    # looked up in Redis first and, if stored, answered without a publish (abuse.py).
     max_duplicates_per_session: int = Field(8, ge=0)
     # Blocks naming an unknown session per verified device certificate (per process, a
-    # sliding minute) before that device's unknown sessions are refused unlooked (strangers.py).
+    # sliding minute) before that device's unknown sessions are refused unlooked (abuse.py).
     max_unknown_sessions_per_device: int = Field(30, ge=1)
     max_starts_per_host_per_minute: int = Field(30, ge=1)
     max_inflight_bytes_per_host: int = Field(200 * GiB, ge=1)

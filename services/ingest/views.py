@@ -95,7 +95,7 @@ async def upload_block(request: web.Request) -> web.Response:
         del incoming
         session_id, duplicates = block.session.session_id, app[keys.DUPLICATES]
         if block.seen or (
-            duplicates.spent(session_id)
+            duplicates.reached(session_id)
             and await app[keys.SESSIONS].seen(session_id, block.block_id)
         ):
             fresh = False  # confirmed before: answered without publishing it again
