@@ -40,7 +40,7 @@ class Tally:
     keeps being counted is never forgotten), at most ``keys`` of them (the least recently
     used go first); ``reached`` once a key's count is ``allowed``."""
 
-    def __init__(self, allowed: int, *, ttl: float, keys: int = 65_536) -> None:
+    def __init__(self, allowed: int, *, ttl: float, keys: int = 16_384) -> None:
         self._allowed = allowed
         self._counts: TTLCache[str, int] = TTLCache(maxsize=keys, ttl=ttl)
 
