@@ -18,16 +18,18 @@ Session ids nobody issued, per device (``CARVE_MAX_UNKNOWN_SESSIONS_PER_DEVICE``
 A block naming a session this process does not hold costs a Redis round trip and an
 indexed MongoDB query before it can be refused (the session may be one Redis lost, or
 one another replica cached). A hostile enrolled host can send such blocks without end.
-So this process counts, per verified device certificate, the blocks refused as an
-unknown session; past the setting's number of them within a minute (the minute starts
-again with each refusal, so a host that keeps guessing stays refused), that device's
-blocks for sessions not in the cache are refused the same way, without a lookup.
+So this process counts, per verified device certificate, the blocks refused for
+naming a session id no carve ever had (not those of a carve that ended: osquery 5.21
+and older go on sending the rest of such a carve, each block refused); past the
+setting's number of them within a minute (the minute starts again with each one
+counted), that device's blocks for sessions not in the cache are refused the same way,
+without a lookup.
 
 Only a device certificate a trusted proxy verified counts as who sent it: a node key
 header is whatever the host writes (a new one per request would dodge any count), and
 hosts behind one address (NAT) are many hosts. Without a verified certificate every
-unknown session is looked up, as before. An honest host never gets here: osquery stops
-a carve at the first refused block.
+unknown session is looked up, as before. An honest host never gets here: it only names
+sessions it was given.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from services.ingest.body import (
     read_rest,
 )
 from services.ingest.device import device_of, node_key_header
-from services.ingest.sessions import Session
+from services.ingest.sessions import NeverIssued, Session
 from shared.errors import Forbidden, InvalidRequest, UnknownSession
 from shared.protocol import BlockRequest, decode_block_data, expected_block_length, max_block_body
 
@@ -147,7 +147,7 @@ async def _session(
         raise UnknownSession("unknown or ended session")
     try:
         return await sessions.get(session_id, block_id)
-    except UnknownSession:
+    except NeverIssued:  # only ids no carve ever had: not a host still sending to an ended one
         if device is not None:
             unknown.count(device.fingerprint_sha256)
         raise

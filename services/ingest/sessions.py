@@ -61,6 +61,15 @@ log = logging.getLogger(__name__)
 MAX_BIT = 2**32
 
 
+class NeverIssued(UnknownSession):
+    """A session id no carve ever had (not one of an ended carve): a guess, or a forgery.
+
+    Answered exactly as any unknown session; only the ingest's count of guesses per
+    device (abuse.py) tells them apart, so that an honest host still sending blocks of a
+    carve that ended (osquery 5.21 and older skip a refused block and go on) is never
+    counted as guessing."""
+
+
 def redact(session_id: str) -> str:
     """Enough of a session id to follow it in logs, not enough to use it."""
     return session_id[:6] + "…"
@@ -325,12 +334,11 @@ class SessionStore:
         async with _backend("mongodb"):
             # By its hash: an ended carve keeps only that (older documents the id itself).
             doc = await self._carves.find_one(
-                {
-                    "$or": [{"session_sha256": digest(session_id)}, {"session_id": session_id}],
-                    "status": {"$in": [Status.RECEIVING.value, Status.COMPLETE.value]},
-                }
+                {"$or": [{"session_sha256": digest(session_id)}, {"session_id": session_id}]}
             )
         if doc is None:
+            raise NeverIssued("unknown or ended session")  # the same words: no oracle
+        if doc["status"] not in (Status.RECEIVING, Status.COMPLETE):
             raise UnknownSession("unknown or ended session")
         session = Session.from_carve({**doc, "session_id": session_id})
         if doc["status"] == Status.COMPLETE:

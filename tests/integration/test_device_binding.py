@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from clients.osquery_sim import block_body, judge_reply, start_body
 from devstack.backends import Backends
 from devstack.services import scrape
+from shared.lifecycle import session_keys
 from tests.certs import self_signed
 from tests.stack import Stack
 
@@ -236,3 +237,36 @@ async def test_a_device_guessing_session_ids_stops_costing_lookups(
     status, reply = await own.start(cert_headers(DEVICE_A))
     assert status == 200, reply
     assert await own.block(0, cert_headers(DEVICE_A)) == (200, b'{"success":true}')
+
+
+async def test_a_host_still_sending_to_its_ended_carve_is_not_taken_for_a_guesser(
+    stack: Stack, backends: Backends
+) -> None:
+    """osquery 5.21 and older skip a refused block and send the rest: a host whose carve the
+    janitor failed may send many blocks of it. Those sessions were issued, so they are not
+    counted as guesses, and the host's next carve is served by a replica that never cached
+    its session."""
+    settings = {"trusted_proxies": "127.0.0.1/32", "max_unknown_sessions_per_device": 5}
+    first, second = await stack.start_ingest(**settings), await stack.start_ingest(**settings)
+    ended = Host(first.url)
+    status, reply = await ended.start(cert_headers(DEVICE_B))
+    assert status == 200, reply
+    # What the janitor does to a carve that went quiet: failed, then its Redis keys go.
+    await stack.db["carves"].update_one(
+        {"_id": ended.carve_id}, {"$set": {"status": "failed"}, "$unset": {"session_id": ""}}
+    )
+    async with Redis.from_url(backends.redis.url) as redis:
+        await redis.delete(*session_keys(stack.env["CARVE_REDIS_KEY_PREFIX"], ended.session_id))
+    ended.url = second.url
+    for _ in range(20):  # block 0 again and again, as a host skipping refused blocks would
+        status, raw = await ended.block(0, cert_headers(DEVICE_B))
+        assert status == 404 and b"unknown or ended session" in raw
+    metrics = await scrape(second.url)
+    assert metrics.get("carve_unknown_sessions_unlooked_total", 0) == 0
+    fresh = Host(first.url)
+    status, reply = await fresh.start(cert_headers(DEVICE_B))
+    assert status == 200, reply
+    fresh.url = second.url  # started on one replica, its blocks on another: not cached there
+    for i in range(3):
+        assert await fresh.block(i, cert_headers(DEVICE_B)) == (200, b'{"success":true}')
+    assert (await stack.wait_complete(fresh.carve_id, timeout=30))["blocks_received"] == 3
