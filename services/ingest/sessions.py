@@ -70,6 +70,15 @@ class NeverIssued(UnknownSession):
     counted as guessing."""
 
 
+def _trigger_owed(
+    confirmed: bytes | None, block_count: bytes | None, received: bytes | None
+) -> bool:
+    """From a session hash's fields: every block is confirmed and the "carve fully received"
+    trigger is not recorded yet. A block is then not "seen": marking it again sends the
+    trigger (see Marked.COMPLETES)."""
+    return received is None and confirmed is not None and confirmed == block_count
+
+
 def redact(session_id: str) -> str:
     """Enough of a session id to follow it in logs, not enough to use it."""
     return session_id[:6] + "…"
@@ -320,9 +329,8 @@ class SessionStore:
         if fields:
             session = _parse(session_id, fields)
             self._cache[session_id] = session
-            # Not "seen" while a trigger is owed: marking it again sends the trigger.
-            owed = b"received" not in fields and fields.get(b"confirmed") == fields.get(
-                b"block_count"
+            owed = _trigger_owed(
+                fields.get(b"confirmed"), fields.get(b"block_count"), fields.get(b"received")
             )
             return session, bool(seen) and block_hint is not None and not owed
         # A complete carve has every block: a re-send (its reply was lost) is a duplicate.
@@ -372,8 +380,7 @@ class SessionStore:
             pipe.hmget(meta, "confirmed", "block_count", "received")
             pipe.getbit(bits, block_id)
             (confirmed, block_count, received), seen = await pipe.execute()
-        owed = received is None and confirmed is not None and confirmed == block_count
-        return bool(seen) and not owed
+        return bool(seen) and not _trigger_owed(confirmed, block_count, received)
 
     async def mark(self, session_id: str, block_id: int) -> Marked:
         """Record block ``block_id`` as confirmed (see Marked).
